@@ -1,0 +1,74 @@
+"""On-disk cache of trained models and generated pairs, keyed by a hash of everything that determines them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from rfbench.models import CheckpointError, load_checkpoint, save_checkpoint
+from rfbench.models.checkpoint import atomic_torch_save
+
+# Bump when training code changes in a way that changes the weights, so stale caches are not reused.
+TRAINING_CODE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$RFBENCH_CACHE`` if set, else ``~/.cache/rfbench``."""
+    return Path(os.environ.get("RFBENCH_CACHE") or Path.home() / ".cache" / "rfbench")
+
+
+def config_key(config: dict) -> str:
+    """A short stable hash of a JSON-able config (sorted keys)."""
+    blob = json.dumps({"training_code_version": TRAINING_CODE_VERSION, **config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Cache:
+    """Trained networks and tensors under ``root``; ``log`` receives one line per train or load."""
+
+    def __init__(self, root: str | os.PathLike | None = None, log: Callable[[str], None] = print):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.log = log
+        self.trained: list[str] = []  # names trained (not loaded) during this run
+
+    def network(self, name: str, config: dict, make: Callable[[], nn.Module],
+                train: Callable[[], tuple[nn.Module, dict]], device: str | torch.device) -> nn.Module:
+        """Load the network for ``config`` from the cache, or train it with ``train()`` and store it."""
+        path = self.root / "models" / f"{name}-{config_key(config)}.pt"
+        if path.exists():
+            net = make()
+            try:
+                load_checkpoint(path, net, expected_config=_jsonable(config))
+                self.log(f"loaded {name} from {path}")
+                return net.to(device).eval()
+            except CheckpointError as exc:
+                self.log(f"ignoring unusable cache entry ({exc}); training {name} again")
+        self.log(f"training {name} ...")
+        net, info = train()
+        save_checkpoint(path, net, _jsonable(config), info=info)
+        self.trained.append(name)
+        self.log(f"trained {name} ({info.get('seconds', 0):.1f} s, final loss {info.get('final_loss', float('nan')):.4g})"
+                 f" -> {path}")
+        return net.to(device).eval()
+
+    def tensors(self, name: str, config: dict, build: Callable[[], dict[str, torch.Tensor]]) -> dict:
+        """Load a dict of tensors (e.g. reflow pairs) for ``config``, or build and store it."""
+        path = self.root / "pairs" / f"{name}-{config_key(config)}.pt"
+        if path.exists():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # a truncated file from an interrupted run: rebuild it
+                self.log(f"ignoring unreadable {path} ({type(exc).__name__}: {exc})")
+        data = build()
+        atomic_torch_save(data, path)
+        return data
+
+
+def _jsonable(config: dict) -> dict:
+    return json.loads(json.dumps(config, sort_keys=True, default=str))

@@ -1,0 +1,47 @@
+"""A DDPM-style baseline: an eps-prediction network trained with DDPM's loss on the suite's data."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from baselines import BASELINES, Baseline
+from rfbench.models import MLP, DiffusionModel, MLPConfig, alphas_cumprod, linear_betas
+from rfbench.training import TrainConfig, ddpm_loss, fit, seeded_init
+
+
+@dataclass(frozen=True)
+class DDPMRecipe:
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    net: MLPConfig = MLPConfig(hidden=128, depth=3, time_scale=1 / 1000)   # the network sees timesteps / T
+    train: TrainConfig = TrainConfig(steps=4000, batch_size=1024, lr=2e-3, seed=3)
+
+
+RECIPES: dict[str, DDPMRecipe] = {"toy2d": DDPMRecipe()}
+
+
+def load_ddpm(suite, cache, device) -> DiffusionModel:
+    try:
+        recipe = RECIPES[suite.name]
+    except KeyError:
+        raise KeyError(f"no ddpm recipe for suite {suite.name!r}; recipes exist for: {', '.join(sorted(RECIPES))}") \
+            from None
+    betas = linear_betas(recipe.num_timesteps, recipe.beta_start, recipe.beta_end)
+    spec = {"family": "ddpm", "model": "ddpm", "problem": suite.problem.to_dict(), **asdict(recipe)}
+
+    def train():
+        start = time.perf_counter()
+        loss = ddpm_loss(suite.problem.train_target(), alphas_cumprod(betas))
+        net = seeded_init(lambda: MLP(recipe.net), recipe.train.seed)
+        net, history = fit(net, loss, recipe.train, device)
+        return net, {"seconds": time.perf_counter() - start, "final_loss": history[-1], "loss_history": history}
+
+    net = cache.network("ddpm", spec, lambda: MLP(recipe.net), train, device)
+    return DiffusionModel(net, betas, prediction="eps")
+
+
+BASELINES.add("ddpm", Baseline("ddpm", "diffusion", "DDPM eps-prediction, linear betas, T=1000", load_ddpm))

@@ -1,0 +1,98 @@
+"""Command line: ``python benchmark.py [--suite NAME] [--out DIR] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from baselines.cache import default_cache_dir
+from rfbench.registry import UnknownNameError
+from rfbench.results import markdown_table
+from rfbench.samplers import SOLVERS
+from rfbench.suites import SUITES
+from rfbench.suites.runner import resolve_device, run_suite
+
+DEFAULT_SUITE = "toy2d"
+
+EPILOG = """examples:
+  python benchmark.py                                  # the toy2d suite on the CPU, training included (~3 min)
+  python benchmark.py --suite toy2d-transfer --out runs/transfer
+  python benchmark.py --suite toy2d --models 2-rf 2-rf-distill --solvers euler --num-samples 4000
+  python benchmark.py --list                           # suites, models, solvers
+  python benchmark.py --suite toy2d --dry-run          # the cells a run would compute
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmark.py", description="rfbench: benchmark samplers of rectified-flow and diffusion models.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default=DEFAULT_SUITE, metavar="NAME",
+                        help=f"suite to run (default: {DEFAULT_SUITE}); one of: {', '.join(SUITES.names())}")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output folder for results.csv, results.md, plots and cells/ (default: runs/SUITE)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                        help=f"trained-model cache (default: $RFBENCH_CACHE or {default_cache_dir()})")
+    parser.add_argument("--num-samples", type=int, default=None, metavar="N",
+                        help="samples per cell (default: the suite's own; recorded in every row)")
+    parser.add_argument("--models", nargs="+", default=None, metavar="M", help="run only these models")
+    parser.add_argument("--solvers", nargs="+", default=None, metavar="S", help="run only these solvers")
+    parser.add_argument("--no-plots", action="store_true", help="write tables only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
+    parser.add_argument("--list", action="store_true", help="list suites, their models and the solvers, then exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the cells the run would compute, then exit")
+    return parser
+
+
+def _list() -> str:
+    lines = ["suites:"]
+    for name, suite in SUITES.items():
+        lines.append(f"  {name:16s} v{suite.version}  {len(suite.cells):3d} cells  {suite.description}")
+        lines.append(f"  {'':16s} models: {', '.join(suite.models)}")
+    lines.append("solvers:")
+    for name, spec in SOLVERS.items():
+        lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print(_list())
+        return 0
+    try:
+        suite = SUITES[args.suite]
+        if args.num_samples is not None and args.num_samples < 2:
+            raise ValueError(f"--num-samples must be >= 2, got {args.num_samples}")
+        suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers)
+        device = resolve_device(args.device)
+    except (UnknownNameError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.dry_run:
+        print(f"{suite.name} v{suite.version}: {len(suite.cells)} cells, {suite.num_samples} samples, "
+              f"seeds {suite.first_seed}-{suite.first_seed + suite.num_samples - 1}, device {device}")
+        for cell in suite.cells:
+            print(f"  {cell.label}")
+        return 0
+    out = args.out or Path("runs") / suite.name
+    start = time.perf_counter()
+    result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
+                       plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None))
+    if not args.quiet:
+        print(markdown_table(result.frame))
+        print(f"\n{len(result.frame)} rows in {time.perf_counter() - start:.1f} s; wrote:")
+        for path in result.files:
+            print(f"  {path}")
+    failed = result.frame[result.frame["status"] != "ok"]
+    if len(failed):
+        print(f"{len(failed)} cell(s) failed; see the status and error columns", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

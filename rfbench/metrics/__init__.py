@@ -1,0 +1,79 @@
+"""Metrics, registered by name, each saying whether higher is better and which result columns it fills.
+
+A metric sees plain tensors (the coupling, the trajectory if any, the reference samples), never a sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from rfbench.metrics.coupling import crossing_prob, segments_intersect, straightness, transport_cost
+from rfbench.metrics.distances import w2
+from rfbench.registry import Registry
+
+__all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_intersect", "straightness",
+           "transport_cost", "w2"]
+
+
+@dataclass(frozen=True)
+class MetricInput:
+    """What a metric may look at for one cell. z0, z1: (N, ...) the coupling (source points, samples).
+    reference: (M, ...) held-out target samples. times/states/velocities: the trajectory, when recorded."""
+
+    z0: torch.Tensor
+    z1: torch.Tensor
+    reference: torch.Tensor | None = None
+    times: torch.Tensor | None = None
+    states: torch.Tensor | None = None
+    velocities: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    columns: tuple[str, ...]
+    higher_is_better: bool
+    fn: Callable[[MetricInput], dict]
+    description: str = ""
+
+    def __call__(self, inputs: MetricInput) -> dict:
+        out = self.fn(inputs)
+        assert set(out) == set(self.columns), (self.name, sorted(out))
+        return out
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def _crossing(inp: MetricInput) -> dict:
+    if inp.z0.ndim != 2 or inp.z0.shape[1] != 2:  # only defined in 2D: empty, never a made-up number
+        return {"crossing_prob": None, "crossing_prob_se": None}
+    p, se = crossing_prob(inp.z0, inp.z1)
+    return {"crossing_prob": p, "crossing_prob_se": se}
+
+
+def _straightness(inp: MetricInput) -> dict:
+    if inp.velocities is None or inp.states is None or inp.times is None:
+        return {"straightness": None}
+    return {"straightness": straightness(inp.times, inp.states, inp.velocities)}
+
+
+def _w2(inp: MetricInput) -> dict:
+    if inp.reference is None:
+        raise ValueError("w2 needs reference samples of the target distribution")
+    return {"w2": w2(inp.z1, inp.reference)}
+
+
+for _metric in (
+    Metric("crossing_prob", ("crossing_prob", "crossing_prob_se"), False, _crossing,
+           "P(segments of two random pairs intersect), 10,000 draws; 2D only; with its standard error"),
+    Metric("transport_cost", ("transport_cost",), False,
+           lambda inp: {"transport_cost": transport_cost(inp.z0, inp.z1)}, "E||Z1 - Z0||^2"),
+    Metric("straightness", ("straightness",), False, _straightness,
+           "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt on the solver's trajectory (ODE solvers only)"),
+    Metric("w2", ("w2",), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples"),
+):
+    METRICS.add(_metric.name, _metric)

@@ -1,0 +1,99 @@
+"""Coupling metrics of rectified flow (Liu, Gong & Liu 2023): how straight and how cheap a coupling (Z0, Z1) is.
+
+* ``crossing_prob``: join two random pairs by straight segments; how often do the segments intersect? (2D only)
+* ``transport_cost``: E ||Z1 - Z0||^2.
+* ``straightness``: S = integral_0^1 E ||(Z1 - Z0) - v(Z_t, t)||^2 dt on a sampled trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _orient(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Sign of the cross product (b - a) x (c - a): >0 counter-clockwise, <0 clockwise, 0 collinear."""
+    return torch.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1])
+                      - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
+
+
+def _on_segment(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """For c collinear with segment ab: is c within ab's bounding box (so on the closed segment)?"""
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    return ((c >= lo) & (c <= hi)).all(dim=-1)
+
+
+def segments_intersect(p1: torch.Tensor, p2: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    """Do the closed segments p1p2 and q1q2 share a point? Inputs (..., 2); returns a bool tensor (...).
+
+    Proper crossings, touching at an end and collinear overlap count as intersecting; parallel or disjoint
+    segments do not. Computed in float64.
+    """
+    p1, p2, q1, q2 = (v.to(torch.float64) for v in (p1, p2, q1, q2))
+    if p1.shape[-1] != 2:
+        raise ValueError(f"segments_intersect is defined for 2D points; got points of dimension {p1.shape[-1]}")
+    o1, o2 = _orient(p1, p2, q1), _orient(p1, p2, q2)
+    o3, o4 = _orient(q1, q2, p1), _orient(q1, q2, p2)
+    proper = (o1 * o2 < 0) & (o3 * o4 < 0)
+    touch = (((o1 == 0) & _on_segment(p1, p2, q1)) | ((o2 == 0) & _on_segment(p1, p2, q2))
+             | ((o3 == 0) & _on_segment(q1, q2, p1)) | ((o4 == 0) & _on_segment(q1, q2, p2)))
+    return proper | touch
+
+
+def crossing_prob(z0: torch.Tensor, z1: torch.Tensor, num_draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Probability that the segments of two random pairs of the coupling (z0[i], z1[i]) intersect.
+
+    Pairs (i, j), i != j, are drawn uniformly with a generator seeded by ``seed``. Returns the estimate and its
+    standard error sqrt(p (1 - p) / num_draws). Only defined in 2D.
+    """
+    _check_pairs(z0, z1)
+    if z0.ndim != 2 or z0.shape[1] != 2:
+        raise ValueError(f"crossing_prob is only defined for 2D points, got shape {tuple(z0.shape)}")
+    n = z0.shape[0]
+    if n < 2:
+        raise ValueError(f"crossing_prob needs at least 2 pairs, got {n}")
+    if num_draws < 1:
+        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
+    gen = torch.Generator().manual_seed(seed)
+    i = torch.randint(n, (num_draws,), generator=gen)
+    j = torch.randint(n - 1, (num_draws,), generator=gen)
+    j = j + (j >= i).long()  # uniform over j != i
+    z0, z1 = z0.detach().cpu(), z1.detach().cpu()
+    hits = segments_intersect(z0[i], z1[i], z0[j], z1[j])
+    p = hits.double().mean().item()
+    return p, math.sqrt(p * (1 - p) / num_draws)
+
+
+def transport_cost(z0: torch.Tensor, z1: torch.Tensor) -> float:
+    """E ||Z1 - Z0||^2: the squared distance summed over all dimensions, averaged over pairs (float64)."""
+    _check_pairs(z0, z1)
+    d = (z1.detach().to(torch.float64) - z0.detach().to(torch.float64)).reshape(z0.shape[0], -1)
+    return d.pow(2).sum(dim=1).mean().item()
+
+
+def straightness(times: torch.Tensor, states: torch.Tensor, velocities: torch.Tensor) -> float:
+    """S = integral_0^1 E ||(Z1 - Z0) - v(Z_t, t)||^2 dt, estimated on a trajectory (left Riemann sum).
+
+    Args:
+        times: (K+1,) increasing flow times from t_0 to t_K.
+        states: (K+1, B, ...) the states Z_{t_k}; Z0 = states[0], Z1 = states[-1].
+        velocities: (K, B, ...) the model's velocity v(Z_{t_k}, t_k) at the start of each step.
+    A path of one Euler step is straight by construction (S = 0); 0 means perfectly straight.
+    """
+    if states.shape[0] != times.shape[0] or velocities.shape[0] != times.shape[0] - 1:
+        raise ValueError(f"straightness needs K+1 times and states and K velocities; got {times.shape[0]} times, "
+                         f"{states.shape[0]} states and {velocities.shape[0]} velocities")
+    times = times.to(torch.float64)
+    dt = times[1:] - times[:-1]
+    if bool((dt <= 0).any()):
+        raise ValueError("straightness needs strictly increasing times")
+    chord = (states[-1] - states[0]).to(torch.float64)
+    dev = (chord.unsqueeze(0) - velocities.to(torch.float64)).reshape(velocities.shape[0], velocities.shape[1], -1)
+    per_step = dev.pow(2).sum(dim=2).mean(dim=1)  # E ||(Z1 - Z0) - v_k||^2 for each step
+    return (dt * per_step).sum().item()
+
+
+def _check_pairs(z0: torch.Tensor, z1: torch.Tensor) -> None:
+    if z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")

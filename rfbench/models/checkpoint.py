@@ -1,0 +1,90 @@
+"""rfbench's own checkpoints: the network's state_dict with the config that built it, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "rfbench-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, of another format, or not matching the expected model."""
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, net: nn.Module, config: dict, **extra: Any) -> None:
+    """Save ``net``'s state_dict with ``config`` (a plain dict of what built and trained it)."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dict(config),
+               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, **extra}
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read an rfbench checkpoint file; every failure is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or not a torch file at all
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not an rfbench checkpoint (format {found!r}, expected {FORMAT!r})")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, net: nn.Module, expected_config: dict | None = None) -> dict:
+    """Load weights into ``net`` (strictly) and return the payload.
+
+    With ``expected_config``, every key must match the stored config; the first mismatch is an error naming it.
+    """
+    payload = read_checkpoint(path)
+    if expected_config is not None:
+        stored = payload["config"]
+        for key in sorted(set(stored) | set(expected_config)):
+            if stored.get(key, "<missing>") != expected_config.get(key, "<missing>"):
+                raise CheckpointError(f"checkpoint {path} does not match: config key {key!r} is "
+                                      f"{stored.get(key, '<missing>')!r} in the file, "
+                                      f"expected {expected_config.get(key, '<missing>')!r}")
+    load_state_dict_strict(net, payload["state_dict"], source=str(path))
+    return payload
+
+
+def load_state_dict_strict(net: nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict(strict=True)`` with one error that names the first missing, unexpected or misshapen key."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing key(s) {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        if unexpected:
+            parts.append(f"unexpected key(s) {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else ""))
+        raise CheckpointError(f"{source} does not fit {type(net).__name__}: {'; '.join(parts)}")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{source} does not fit {type(net).__name__}: key {key!r} has shape "
+                                  f"{tuple(state[key].shape)} in the file, the model expects {tuple(value.shape)}")
+    net.load_state_dict(state, strict=True)

@@ -1,0 +1,87 @@
+"""Seeded noise: the initial x0 of every sample, and the per-step noise of stochastic samplers.
+
+Every sample owns its seed. Each seed gets its own ``torch.Generator`` on the CPU, and the draws are moved to the
+device afterwards, so the noise of a seed is the same whatever the batch size, the batch composition or the device
+(the habit of NVlabs/edm's ``StackedRandomGenerator``). Samplers never draw their own noise: this module is the one
+place noise comes from, so every model and solver in a sweep sees the same x0 for the same seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+# Streams separate independent uses of one seed: x0, the per-step noise of stochastic samplers, data draws.
+STREAM_INITIAL = 0
+STREAM_STEPS = 1
+STREAM_DATA = 2
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: pass at least one seed (one per sample)")
+    if min(seeds) < 0:
+        raise ValueError(f"seeds must be non-negative integers, got {min(seeds)}")
+    return seeds
+
+
+def generator_for(seed: int, stream: int = STREAM_INITIAL) -> torch.Generator:
+    """A CPU generator for one (seed, stream); stream 0 is ``manual_seed(seed)`` itself."""
+    gen = torch.Generator()
+    if stream == STREAM_INITIAL:
+        gen.manual_seed(int(seed))
+    else:
+        # SeedSequence mixes (seed, stream) into well-separated states; plain seed + stream would collide.
+        gen.manual_seed(int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, np.uint64)[0]))
+    return gen
+
+
+def per_seed(seeds: Sequence[int], draw: Callable[[torch.Generator], torch.Tensor], *,
+             stream: int = STREAM_INITIAL, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Stack ``draw(generator)`` over seeds (one generator per seed, on the CPU), then move to ``device``."""
+    seeds = _check_seeds(seeds)
+    out = torch.stack([draw(generator_for(s, stream)) for s in seeds])
+    return out.to(device=device, dtype=dtype if dtype is not None else out.dtype)
+
+
+def initial(seeds: Sequence[int], shape: Sequence[int], *, device: str | torch.device = "cpu",
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal x0 of shape ``(len(seeds), *shape)``, row i drawn from seed ``seeds[i]`` alone."""
+    shape = tuple(int(s) for s in shape)
+    return per_seed(seeds, lambda g: torch.randn(shape, generator=g, dtype=torch.float32),
+                    device=device, dtype=dtype)
+
+
+class StepNoise:
+    """Per-step noise for stochastic samplers: ``noise(i)`` is the N(0, I) draw of step ``i`` for every row.
+
+    Row r's draws come from its own generator (seed ``seeds[r]``, stream ``STREAM_STEPS``), drawn in chunks whose
+    size depends only on the sample shape, so a sample's noise does not depend on the batch it is in. Steps must be
+    requested in order 0, 1, 2, ...
+    """
+
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int], *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.seeds = _check_seeds(seeds)
+        self.shape = tuple(int(s) for s in shape)
+        self.device, self.dtype = device, dtype
+        numel = int(np.prod(self.shape)) if self.shape else 1
+        self.chunk = int(min(64, max(1, 2**16 // numel)))
+        self._gens = [generator_for(s, STREAM_STEPS) for s in self.seeds]
+        self._buffer: torch.Tensor | None = None  # (chunk, B, *shape)
+        self._start = 0
+        self._next = 0
+
+    def __call__(self, step: int) -> torch.Tensor:
+        if step != self._next:
+            raise ValueError(f"StepNoise must be read in order: asked for step {step}, next is {self._next}")
+        self._next += 1
+        if self._buffer is None or step >= self._start + self.chunk:
+            self._start = step
+            draws = [torch.randn((self.chunk, *self.shape), generator=g) for g in self._gens]
+            self._buffer = torch.stack(draws, dim=1).to(device=self.device, dtype=self.dtype)
+        return self._buffer[step - self._start]

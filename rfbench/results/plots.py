@@ -1,0 +1,81 @@
+"""Plots written beside the tables: quality against NFE, and 2D trajectories of each model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+STYLES = (("-", "o"), ("--", "s"), (":", "*"), ("-.", "^"), ("-", "D"), ("--", "v"))
+
+
+def plot_quality_vs_nfe(frame: pd.DataFrame, path: str | Path, metric: str = "w2") -> Path | None:
+    """``metric`` against measured NFE (log scale), one line per model and solver; the independent coupling's
+    value, when present, is drawn as the floor that sampling noise alone gives."""
+    ok = frame[(frame["status"] == "ok") & frame[metric].notna()] if metric in frame else frame.iloc[0:0]
+    if ok.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    sampled = ok[ok["nfe"] > 0]
+    models = list(dict.fromkeys(sampled["model"]))
+    solvers = list(dict.fromkeys(sampled["solver"]))
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}          # colour: model
+    styles = {s: STYLES[i % len(STYLES)] for i, s in enumerate(solvers)}     # line and marker: solver
+    for (model, solver), grp in sampled.groupby(["model", "solver"], sort=False):
+        grp = grp.sort_values("nfe")
+        ls, marker = styles[solver]
+        ax.plot(grp["nfe"], grp[metric], ls=ls, marker=marker, ms=5 if len(grp) > 1 else 9, color=colors[model],
+                label=f"{model} {solver}")
+    floor = ok[ok["model"] == "independent"]
+    if not floor.empty:
+        ax.axhline(float(floor[metric].iloc[0]), color="gray", ls="--", lw=1,
+                   label="independent X1 (sampling floor)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (counted)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{frame['suite'].iloc[0]}: {metric} against NFE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_trajectories(trajectories: dict[str, tuple[str, np.ndarray]], target: np.ndarray, path: str | Path,
+                      max_paths: int = 300) -> Path | None:
+    """One panel per model: paths from x0 (blue) to samples (red) over the target samples (light).
+
+    trajectories: model -> (label of the cell, states of shape (K+1, N, 2)).
+    """
+    if not trajectories:
+        return None
+    n = len(trajectories)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for ax, (model, (label, states)) in zip(axes.flat, trajectories.items()):
+        states = np.asarray(states)[:, :max_paths]
+        ax.scatter(target[:, 0], target[:, 1], s=2, c="#e0c080", alpha=0.4, label="target")
+        ax.plot(states[:, :, 0], states[:, :, 1], color="k", lw=0.4, alpha=0.35)
+        ax.scatter(states[0, :, 0], states[0, :, 1], s=3, c="tab:blue", label="x0")
+        ax.scatter(states[-1, :, 0], states[-1, :, 1], s=3, c="tab:red", label="sample")
+        ax.set_title(f"{model} ({label})", fontsize=9)
+        ax.set_aspect("equal")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="upper left", markerscale=3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

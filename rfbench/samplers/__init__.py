@@ -1,0 +1,140 @@
+"""One entry point over every solver: :func:`sample`.
+
+Solvers live in a registry (``SOLVERS``); each is a plain function ``fn(model, x, *, steps?, callback, ...)``.
+``sample`` checks the input once for all of them, wraps the model to count evaluations, supplies seeded noise to
+stochastic samplers, records trajectories on request, and refuses options a solver does not take.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+from rfbench.noise import StepNoise
+from rfbench.samplers import discrete, ode  # noqa: F401  (registers the solvers)
+from rfbench.samplers.base import (SOLVERS, CountingModel, NonFiniteError, SampleResult, SamplerError, SolverSpec,
+                                   Trajectory, TrajectoryRecorder)
+
+__all__ = ["sample", "SOLVERS", "SampleResult", "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError",
+           "CountingModel", "is_diffusion_model"]
+
+_RESERVED = {"model", "x", "steps", "callback", "noise"}
+
+
+def is_diffusion_model(model: Any) -> bool:
+    """True for DDPM-style models (anything with ``eps(x, timesteps)`` and a discrete schedule)."""
+    return callable(getattr(model, "eps", None)) and hasattr(model, "alphas_cumprod")
+
+
+def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, *,
+           trajectory: bool = False, callback=None, seeds: Sequence[int] | None = None, noise=None,
+           **options: Any) -> SampleResult:
+    """Integrate from x0 (t=0, the source) to t=1 (data) with a registered solver.
+
+    Args:
+        model: a flow ``model(x, t) -> v`` with x (B, ...) and t (B,) in [0, 1], or a
+            :class:`rfbench.models.DiffusionModel` (ODE solvers then integrate its probability-flow ODE).
+        x0: initial points, shape (B, ...); draw them with :func:`rfbench.noise.initial`.
+        solver: a name in ``SOLVERS`` (euler, heun, midpoint, rk4, rk45, dopri5, ddim, ddpm).
+        steps: number of steps for fixed-grid and discrete solvers (>= 1); None for adaptive ones.
+        trajectory: also return the states (and, for ODE solvers, the velocities) at every step point.
+        callback: ``callback(i, t, x, v)`` at every step point.
+        seeds: one seed per row of x0, for the per-step noise of stochastic samplers (or pass ``noise``, a callable
+            ``noise(i) -> tensor like x0`` for step i).
+        **options: solver options (rk45/dopri5: rtol, atol; ddim: eta). Unknown options are an error.
+
+    Returns:
+        SampleResult with ``.x`` (shaped like x0) and ``.nfe`` counted by wrapping the model.
+    """
+    spec = SOLVERS[solver]
+    _check_x0(model, x0)
+    steps = _check_steps(spec, steps, model)
+    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in _RESERVED]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"{solver} got unknown option(s) {', '.join(unknown)}; "
+                        f"it takes: {', '.join(allowed) if allowed else 'no options'}")
+    if spec.kind == "discrete" and not is_diffusion_model(model):
+        raise TypeError(f"{solver} samples DDPM-style models on their discrete schedule; got a flow model "
+                        f"({type(model).__name__}). Wrap an eps/x0/v network in rfbench.models.DiffusionModel, "
+                        f"or use an ODE solver: {', '.join(n for n, s in SOLVERS.items() if s.kind != 'discrete')}")
+
+    kwargs: dict[str, Any] = dict(options)
+    if spec.kind != "adaptive":
+        kwargs["steps"] = steps
+    if spec.is_stochastic(options):
+        kwargs["noise"] = _step_noise(solver, x0, seeds, noise)
+    elif seeds is not None or noise is not None:
+        raise TypeError(f"{solver} is deterministic with these options: seeds/noise would be ignored")
+
+    recorder = TrajectoryRecorder() if trajectory else None
+    if recorder is not None and callback is not None:
+        def kwargs_callback(i, t, x, v):
+            recorder(i, t, x, v)
+            callback(i, t, x, v)
+        kwargs["callback"] = kwargs_callback
+    else:
+        kwargs["callback"] = recorder or callback
+
+    counted = CountingModel(model)
+    with torch.no_grad():
+        x, stats = spec.fn(counted, x0, **kwargs)
+        traj = None
+        if recorder is not None:
+            velocity_fn = None
+            if spec.kind != "discrete":  # fill velocities an adaptive solver did not expose (uncounted)
+                velocity_fn = lambda s, t: model(s.to(x0.device), torch.full((s.shape[0],), t, dtype=x0.dtype,
+                                                                              device=x0.device))
+            traj, extra = recorder.build(velocity_fn)
+            if extra:
+                stats["trajectory_evals"] = extra
+
+    if spec.expected_nfe is not None and counted.nfe != spec.expected_nfe(steps):
+        raise AssertionError(f"{solver}: counted {counted.nfe} evaluations, expected {spec.expected_nfe(steps)}")
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        raise NonFiniteError(f"{solver} (steps={steps}) produced non-finite samples: {int(bad.sum())} of "
+                             f"{x.shape[0]} rows contain NaN or inf after {counted.nfe} model evaluations")
+    return SampleResult(x=x, nfe=counted.nfe, solver=solver, steps=steps, stats=stats, trajectory=traj)
+
+
+def _check_x0(model: Any, x0: Any) -> None:
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor of shape (B, ...), got {type(x0).__name__}")
+    if x0.ndim < 2 or x0.shape[0] < 1:
+        raise ValueError(f"x0 must have shape (B, ...) with B >= 1 and at least one feature dimension; "
+                         f"got {tuple(x0.shape)}")
+    if not x0.dtype.is_floating_point:
+        raise TypeError(f"x0 must be floating point, got {x0.dtype}")
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(x0.shape[1:]) != tuple(expected):
+        raise ValueError(f"x0 has shape {tuple(x0.shape)} but the model takes (B, {', '.join(map(str, expected))})")
+
+
+def _check_steps(spec: SolverSpec, steps: Any, model: Any) -> int | None:
+    if spec.kind == "adaptive":
+        if steps is not None:
+            raise ValueError(f"{spec.name} is adaptive and chooses its own steps; pass steps=None "
+                             f"(got steps={steps!r}); set rtol/atol instead")
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{spec.name} needs steps, an integer >= 1; got {steps!r}")
+    if spec.kind == "discrete" and is_diffusion_model(model) and steps > model.num_timesteps:
+        raise ValueError(f"{spec.name}: steps={steps} exceeds the model's {model.num_timesteps} timesteps")
+    return steps
+
+
+def _step_noise(solver: str, x0: torch.Tensor, seeds: Sequence[int] | None, noise: Any):
+    if (seeds is None) == (noise is None):
+        raise TypeError(f"{solver} is stochastic: pass exactly one of seeds= (one per row of x0, for seeded "
+                        f"per-step noise) or noise= (a callable noise(i) -> tensor like x0)")
+    if noise is not None:
+        if not callable(noise):
+            raise TypeError(f"noise must be a callable noise(i) -> tensor like x0, got {type(noise).__name__}")
+        return noise
+    seeds = list(seeds)
+    if len(seeds) != x0.shape[0]:
+        raise ValueError(f"seeds has {len(seeds)} entries but x0 has {x0.shape[0]} rows: pass one seed per row")
+    return StepNoise(seeds, x0.shape[1:], device=x0.device, dtype=x0.dtype)

@@ -1,0 +1,140 @@
+"""What every sampler shares: the NFE-counting model wrapper, trajectories, results and the solver registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from rfbench.registry import Registry
+
+# callback(i, t, x, v): called at step i, flow time t, state x; v is the model's velocity at (x, t) when the solver
+# has it (ODE solvers), else None.
+Callback = Callable[[int, float, torch.Tensor, "torch.Tensor | None"], None]
+
+
+class SamplerError(RuntimeError):
+    """A sampler failed on its input (an adaptive solver that cannot proceed, for example)."""
+
+
+class NonFiniteError(SamplerError):
+    """The samples (or a model evaluation) contain NaN or inf."""
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A registered solver.
+
+    kind: ``"fixed"`` (uniform grid over [0, 1], takes ``steps``), ``"adaptive"`` (error-controlled, no ``steps``)
+    or ``"discrete"`` (a DDPM-family sampler on the model's discrete schedule, takes ``steps``).
+    expected_nfe: for fixed-grid solvers, NFE as a function of steps; the counted NFE is checked against it.
+    """
+
+    name: str
+    fn: Callable[..., tuple[torch.Tensor, dict]]
+    kind: str
+    order: int | None = None
+    stochastic: bool | Callable[[dict], bool] = False
+    expected_nfe: Callable[[int], int] | None = None
+    description: str = ""
+
+    def is_stochastic(self, options: dict) -> bool:
+        return self.stochastic(options) if callable(self.stochastic) else bool(self.stochastic)
+
+
+SOLVERS: Registry[SolverSpec] = Registry("solver")
+
+
+def register_solver(name: str, kind: str, **kwargs: Any):
+    """Decorator registering a solver function under ``name``."""
+
+    def deco(fn):
+        SOLVERS.add(name, SolverSpec(name=name, fn=fn, kind=kind, **kwargs))
+        return fn
+
+    return deco
+
+
+class CountingModel:
+    """Wraps a model and counts its evaluations (one call on a batch is one NFE).
+
+    ``model(x, t)`` accepts t as a float or a (B,) tensor and always passes the model a (B,) tensor of x's dtype.
+    ``model.eps(x, timesteps)`` is counted too, for DDPM-style models. The first output's shape is checked.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.nfe = 0
+
+    def _check(self, out: Any, x: torch.Tensor, what: str) -> torch.Tensor:
+        if self.nfe == 1 and (not isinstance(out, torch.Tensor) or out.shape != x.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise SamplerError(f"the model's {what} returned {got} for an input of shape {tuple(x.shape)}; "
+                               f"it must return a tensor shaped like its input")
+        return out
+
+    def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or t.ndim == 0:
+            t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+        self.nfe += 1
+        return self._check(self.model(x, t), x, "velocity")
+
+    def eps(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self._check(self.model.eps(x, timesteps), x, "eps prediction")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+@dataclass
+class Trajectory:
+    """States along a sampler's path. times: (K+1,) flow times; states: (K+1, B, ...); velocities: (K, B, ...),
+    the model's velocity at the start of each step (None for discrete samplers)."""
+
+    times: torch.Tensor
+    states: torch.Tensor
+    velocities: torch.Tensor | None = None
+
+
+class TrajectoryRecorder:
+    """A callback that keeps every (t, x, v) it is given, on the CPU."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.states: list[torch.Tensor] = []
+        self.velocities: list[torch.Tensor | None] = []
+
+    def __call__(self, i: int, t: float, x: torch.Tensor, v: torch.Tensor | None) -> None:
+        self.times.append(float(t))
+        self.states.append(x.detach().cpu())
+        self.velocities.append(None if v is None else v.detach().cpu())
+
+    def build(self, velocity_fn: Callable[[torch.Tensor, float], torch.Tensor] | None) -> tuple[Trajectory, int]:
+        """The Trajectory; missing velocities at step starts are filled with ``velocity_fn`` (count returned)."""
+        vels = self.velocities[:-1]
+        extra = 0
+        if velocity_fn is not None:
+            for k, v in enumerate(vels):
+                if v is None:
+                    vels[k] = velocity_fn(self.states[k], self.times[k]).detach().cpu()
+                    extra += 1
+        velocities = torch.stack(vels) if vels and all(v is not None for v in vels) else None
+        return Trajectory(torch.tensor(self.times, dtype=torch.float64), torch.stack(self.states), velocities), extra
+
+
+@dataclass
+class SampleResult:
+    """The output of :func:`rfbench.sample`.
+
+    x: final samples, shaped like x0. nfe: model evaluations counted on the batch. stats: solver facts (adaptive
+    solvers: accepted and rejected steps). trajectory: when asked for with ``trajectory=True``.
+    """
+
+    x: torch.Tensor
+    nfe: int
+    solver: str
+    steps: int | None
+    stats: dict = field(default_factory=dict)
+    trajectory: Trajectory | None = None

@@ -1,0 +1,88 @@
+"""DDPM-family samplers on a DiffusionModel's discrete schedule: DDIM and DDPM ancestral sampling.
+
+Both visit S timesteps uniformly spaced over [0, T): tau_i = floor(i * T / S), i = 0..S-1, in decreasing order
+(DDIM's "uniform" skip), and take their last step to alpha_bar = 1. Flow time reported to callbacks is
+t = 1 - tau / (T - 1), and 1 after the last step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from rfbench.samplers.base import Callback, register_solver
+
+
+def uniform_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """tau_i = floor(i * T / S) for i = 0..S-1 (increasing); distinct when S <= T."""
+    return [(i * num_timesteps) // steps for i in range(steps)]
+
+
+def _flow_time(tau: int, num_timesteps: int) -> float:
+    return 1.0 - tau / (num_timesteps - 1)
+
+
+def _full(x: torch.Tensor, tau: int) -> torch.Tensor:
+    return torch.full((x.shape[0],), tau, dtype=torch.long, device=x.device)
+
+
+@register_solver("ddim", "discrete", stochastic=lambda opts: float(opts.get("eta", 0.0)) > 0,
+                 description="DDIM (Song et al. 2021, eq. 12), eta=0 deterministic")
+def ddim(model, x, *, steps: int, eta: float = 0.0, noise: Callable[[int], torch.Tensor] | None = None,
+         callback: Callback | None = None):
+    """DDIM, eq. 12 of Song, Meng & Ermon 2021:
+        x_prev = sqrt(a_prev) * x0_hat + sqrt(1 - a_prev - sigma^2) * eps + sigma * z,
+        x0_hat = (x - sqrt(1 - a) * eps) / sqrt(a),
+        sigma  = eta * sqrt((1 - a_prev) / (1 - a)) * sqrt(1 - a / a_prev).
+    """
+    if not (isinstance(eta, (int, float)) and 0 <= eta <= 1):
+        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    T = model.num_timesteps
+    alpha_bar = model.alphas_cumprod
+    taus = uniform_timesteps(T, steps)
+    for i in range(steps):
+        k = steps - 1 - i                      # walk the timesteps in decreasing order
+        tau = taus[k]
+        a = float(alpha_bar[tau])
+        a_prev = float(alpha_bar[taus[k - 1]]) if k > 0 else 1.0
+        eps = model.eps(x, _full(x, tau))
+        if callback is not None:
+            callback(i, _flow_time(tau, T), x, None)
+        x0_hat = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a)) * math.sqrt(1 - a / a_prev)
+        x = math.sqrt(a_prev) * x0_hat + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * noise(i)
+    if callback is not None:
+        callback(steps, 1.0, x, None)
+    return x, {"eta": eta}
+
+
+@register_solver("ddpm", "discrete", stochastic=True,
+                 description="DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), sigma^2 = beta")
+def ddpm(model, x, *, steps: int, noise: Callable[[int], torch.Tensor] | None = None,
+         callback: Callback | None = None):
+    """Algorithm 2 of Ho et al. 2020 with sigma_t^2 = beta_t:
+        x_{t-1} = 1/sqrt(alpha_t) * (x_t - beta_t / sqrt(1 - a_t) * eps) + sigma_t * z,   z = 0 at the last step.
+    With S < T steps the schedule is respaced (Nichol & Dhariwal 2021): beta_i = 1 - a_{tau_i} / a_{tau_{i-1}}.
+    """
+    T = model.num_timesteps
+    alpha_bar = model.alphas_cumprod
+    taus = uniform_timesteps(T, steps)
+    for i in range(steps):
+        k = steps - 1 - i
+        tau = taus[k]
+        a = float(alpha_bar[tau])
+        a_prev = float(alpha_bar[taus[k - 1]]) if k > 0 else 1.0
+        beta = 1 - a / a_prev
+        eps = model.eps(x, _full(x, tau))
+        if callback is not None:
+            callback(i, _flow_time(tau, T), x, None)
+        x = (x - beta / math.sqrt(1 - a) * eps) / math.sqrt(1 - beta)
+        if k > 0:
+            x = x + math.sqrt(beta) * noise(i)
+    if callback is not None:
+        callback(steps, 1.0, x, None)
+    return x, {}

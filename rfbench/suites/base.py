@@ -1,0 +1,101 @@
+"""A suite is data: the problem, the models, the solver grid, the metrics, the sample count and seeds, a version."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from rfbench.metrics import METRICS
+from rfbench.registry import Registry
+from rfbench.samplers import SOLVERS
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of a sweep: a model sampled by a solver with a step count (None for adaptive solvers)."""
+
+    model: str
+    solver: str
+    steps: int | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        steps = "adaptive" if self.steps is None else str(self.steps)
+        opts = "".join(f",{k}={v}" for k, v in self.options)
+        return f"{self.model}/{self.solver}/{steps}{opts}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Everything that determines a suite's numbers. Bump ``version`` whenever they would change.
+
+    ``independent_row`` adds a row for the independent coupling (X0 ~ pi0, X1 ~ pi1 drawn separately), the
+    reference point of the coupling metrics and, for w2, the floor set by sampling noise.
+    """
+
+    name: str
+    version: int
+    description: str
+    problem: Any
+    models: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    metrics: tuple[str, ...]
+    num_samples: int
+    first_seed: int = 0
+    independent_row: bool = False
+
+    def __post_init__(self):
+        if self.num_samples < 2:
+            raise ValueError(f"suite {self.name}: num_samples must be >= 2, got {self.num_samples}")
+        if self.first_seed < 0:
+            raise ValueError(f"suite {self.name}: first_seed must be >= 0, got {self.first_seed}")
+        for metric in self.metrics:
+            METRICS[metric]  # raises with the list of known metrics
+        for cell in self.cells:
+            SOLVERS[cell.solver]
+            if cell.model not in self.models:
+                raise ValueError(f"suite {self.name}: cell {cell.label} names model {cell.model!r}, "
+                                 f"not one of the suite's models {', '.join(self.models)}")
+        labels = [c.label for c in self.cells]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"suite {self.name}: duplicate cells in the grid")
+
+    @property
+    def seeds(self) -> range:
+        return range(self.first_seed, self.first_seed + self.num_samples)
+
+    def grid(self, model: str) -> list[Cell]:
+        return [c for c in self.cells if c.model == model]
+
+    def select(self, *, num_samples: int | None = None, models: Sequence[str] | None = None,
+               solvers: Sequence[str] | None = None) -> "Suite":
+        """A copy restricted to some models and solvers, or with another sample count (recorded in every row)."""
+        changes: dict[str, Any] = {}
+        if num_samples is not None:
+            changes["num_samples"] = int(num_samples)
+        cells = self.cells
+        if models is not None:
+            unknown = [m for m in models if m not in self.models]
+            if unknown:
+                raise ValueError(f"suite {self.name} has no model {', '.join(map(repr, unknown))}; "
+                                 f"its models are: {', '.join(self.models)}")
+            changes["models"] = tuple(m for m in self.models if m in models)
+            cells = tuple(c for c in cells if c.model in models)
+        if solvers is not None:
+            used = sorted({c.solver for c in self.cells})
+            unknown = [s for s in solvers if s not in used]
+            if unknown:
+                raise ValueError(f"suite {self.name} has no cells for solver {', '.join(map(repr, unknown))}; "
+                                 f"its solvers are: {', '.join(used)}")
+            cells = tuple(c for c in cells if c.solver in solvers)
+        changes["cells"] = cells
+        return dataclasses.replace(self, **changes)
+
+
+SUITES: Registry[Suite] = Registry("suite")
+
+
+def fixed_grid(model: str, solvers: Sequence[str], steps: Sequence[int]) -> tuple[Cell, ...]:
+    return tuple(Cell(model, s, n) for s in solvers for n in steps)

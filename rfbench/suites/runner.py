@@ -1,0 +1,179 @@
+"""Run a suite: load or train each model, sweep its cells, compute metrics, store each cell as it finishes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from baselines import BASELINES
+from baselines.cache import Cache
+from rfbench.metrics import METRICS, MetricInput
+from rfbench.results import ResultStore, cell_key, provenance, write_tables
+from rfbench.results.plots import plot_quality_vs_nfe, plot_trajectories
+from rfbench.samplers import SOLVERS, sample
+from rfbench.suites.base import Cell, Suite
+
+PLOT_PATHS = 300  # trajectories drawn per model
+
+
+@dataclass
+class RunOutput:
+    frame: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` or "auto" -> cuda when there is one, else cpu; anything else must be a valid torch device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device | None = None,
+              cache_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
+              log: Callable[[str], None] | None = None) -> RunOutput:
+    """Run every cell of ``suite`` and write ``results.csv``, ``results.md`` and plots into ``out_dir``.
+
+    A cell whose sampler fails (NaN samples, a solver that cannot proceed) is recorded with its error and the sweep
+    goes on; every finished cell is on disk before the next one starts.
+    """
+    device = resolve_device(str(device) if device is not None else None)
+    out_dir = Path(out_dir)
+    store = ResultStore(out_dir)
+    bar = tqdm(total=len(suite.cells) + int(suite.independent_row), desc=suite.name, disable=not progress,
+               unit="cell", dynamic_ncols=True)
+    say = log or (lambda msg: tqdm.write(msg))
+    cache = Cache(cache_dir, log=say)
+
+    seeds = list(suite.seeds)
+    x0 = suite.problem.initial(seeds).to(device)
+    reference = suite.problem.reference(suite.num_samples)
+    base = {"suite": suite.name, "suite_version": suite.version, "n_samples": suite.num_samples,
+            "seed": seeds[0], "seeds": f"{seeds[0]}-{seeds[-1]}",
+            **provenance(device_name(device), str(x0.dtype).replace("torch.", ""))}
+    keys: list[str] = []
+    trajectories: dict[str, tuple[str, np.ndarray]] = {}
+
+    def store_record(record: dict) -> None:
+        record["order"] = len(keys)
+        store.write(record)
+        keys.append(cell_key(record))
+        bar.update(1)
+
+    if suite.independent_row:
+        store_record(_independent_record(suite, x0.cpu(), reference, seeds, base))
+
+    for model_name in suite.models:
+        cells = suite.grid(model_name)
+        if not cells:
+            continue
+        bar.set_postfix_str(f"{model_name}: loading")
+        try:
+            model = BASELINES[model_name].load_or_train(suite, cache, device)
+        except Exception as exc:  # record the failure for each of its cells and go on with the next model
+            say(f"{model_name}: could not load or train: {type(exc).__name__}: {exc}")
+            for cell in cells:
+                store_record({**base, **_cell_fields(cell), **_empty_metrics(suite),
+                              "status": "failed", "error": f"model: {type(exc).__name__}: {exc}"})
+            continue
+        best: tuple[int, str, np.ndarray] | None = None
+        for cell in cells:
+            bar.set_postfix_str(cell.label)
+            record, traj = _run_cell(suite, cell, model, x0, seeds, reference, device)
+            if record["status"] != "ok":
+                say(f"{cell.label}: {record['error']}")
+            store_record({**base, **record})
+            if traj is not None and (best is None or traj.shape[0] >= best[0]):
+                label = f"{cell.solver}, {'adaptive' if cell.steps is None else f'{cell.steps} steps'}"
+                best = (traj.shape[0], label, traj)
+        if best is not None:
+            trajectories[model_name] = (best[1], best[2])
+    bar.close()
+
+    frame = store.load(keys=keys)
+    files = list(write_tables(frame, out_dir))
+    if plots:
+        for path in (plot_quality_vs_nfe(frame, out_dir / "w2_vs_nfe.png", "w2"),
+                     plot_trajectories(trajectories, reference.numpy(), out_dir / "trajectories.png",
+                                       max_paths=PLOT_PATHS)):
+            if path is not None:
+                files.append(path)
+    return RunOutput(frame=frame, files=files, trained=list(cache.trained))
+
+
+def _cell_fields(cell: Cell) -> dict:
+    return {"model": cell.model, "solver": cell.solver, "steps": cell.steps,
+            "options": ",".join(f"{k}={v}" for k, v in cell.options)}
+
+
+def _empty_metrics(suite: Suite) -> dict:
+    out: dict = {"nfe": None, "wall_clock_s": None, "samples_per_s": None}
+    for name in suite.metrics:
+        out.update(dict.fromkeys(METRICS[name].columns))
+    return out
+
+
+def _independent_record(suite: Suite, x0: torch.Tensor, reference: torch.Tensor, seeds: list[int],
+                        base: dict) -> dict:
+    """The independent coupling (X0, X1 drawn separately): the reference row of the coupling metrics."""
+    x1 = suite.problem.independent_target(seeds)
+    values: dict = {}
+    for name in suite.metrics:
+        values.update(METRICS[name](MetricInput(z0=x0, z1=x1, reference=reference)))
+    return {**base, "model": "independent", "solver": "none", "steps": None, "options": "", "nfe": 0,
+            "wall_clock_s": None, "samples_per_s": None, **values, "status": "ok", "error": None}
+
+
+def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int], reference: torch.Tensor,
+              device: torch.device) -> tuple[dict, np.ndarray | None]:
+    """Sample one cell and compute its metrics; failures become a recorded row, never an exception."""
+    options = dict(cell.options)
+    stochastic = SOLVERS[cell.solver].is_stochastic(options)
+    fields = _cell_fields(cell)
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        result = sample(model, x0, cell.solver, cell.steps, trajectory=True,
+                        seeds=seeds if stochastic else None, **options)
+        _sync(device)
+        wall = time.perf_counter() - start
+        traj = result.trajectory
+        inputs = MetricInput(z0=x0.cpu(), z1=result.x.cpu(), reference=reference, times=traj.times,
+                             states=traj.states, velocities=traj.velocities)
+        values: dict = {}
+        for name in suite.metrics:
+            values.update(METRICS[name](inputs))
+    except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
+        return {**fields, **_empty_metrics(suite), "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}"}, None
+    stats = {k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")}
+    record = {**fields, "nfe": result.nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall, **values,
+              "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()), "status": "ok", "error": None}
+    plot_traj = traj.states[:, :PLOT_PATHS].numpy() if traj.velocities is not None else None
+    return record, plot_traj
