@@ -18,7 +18,7 @@ class DDPMRecipe:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     net: MLPConfig = MLPConfig(hidden=128, depth=3, time_scale=1 / 1000)   # the network sees timesteps / T
-    train: TrainConfig = TrainConfig(steps=4000, batch_size=1024, lr=2e-3, seed=3)
+    train: TrainConfig = TrainConfig(steps=4000, batch_size=1024, lr=2e-3, ema_decay=0.99, seed=3)
 
 
 RECIPES: dict[str, DDPMRecipe] = {"toy2d": DDPMRecipe()}

@@ -37,11 +37,13 @@ class FlowRecipe:
 
 
 # Sized for the 2-core CPU: the whole toy2d suite, training included, in under 3 minutes from a cold cache.
+# EMA decay 0.99: with 2-3k steps, 0.999 averages over a third of training and lags the cosine-annealed weights
+# (measured on toy2d-transfer 1-RF, w2 to held-out data: 0.98 with EMA 0.999 against 0.38 for the raw weights).
 TOY_RECIPE = FlowRecipe(
     net=MLPConfig(hidden=128, depth=3),
-    train=TrainConfig(steps=3000, batch_size=1024, lr=2e-3, seed=0),
-    reflow=TrainConfig(steps=2000, batch_size=1024, lr=1e-3, seed=1),
-    distill=TrainConfig(steps=2000, batch_size=1024, lr=1e-3, seed=2),
+    train=TrainConfig(steps=3000, batch_size=1024, lr=2e-3, ema_decay=0.99, seed=0),
+    reflow=TrainConfig(steps=2000, batch_size=1024, lr=1e-3, ema_decay=0.99, seed=1),
+    distill=TrainConfig(steps=2000, batch_size=1024, lr=1e-3, ema_decay=0.99, seed=2),
 )
 RECIPES: dict[str, FlowRecipe] = {"toy2d": TOY_RECIPE, "toy2d-transfer": TOY_RECIPE}
 

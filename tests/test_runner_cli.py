@@ -1,0 +1,109 @@
+"""The sweep runner and the command line, with stand-in baselines that need no training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+
+from baselines import BASELINES, Baseline
+from rfbench.cli import main
+from rfbench.results import ResultStore
+from rfbench.suites import SUITES, Cell
+from rfbench.suites.runner import run_suite
+
+REQUIRED_COLUMNS = ("suite", "model", "solver", "steps", "nfe", "n_samples", "seed", "wall_clock_s",
+                    "samples_per_s", "crossing_prob", "transport_cost", "straightness", "w2", "device",
+                    "torch_version", "git_commit")
+
+
+class ShiftFlow:
+    """A constant velocity: moves every point by the mean of the target (a crude but finite model)."""
+
+    input_shape = (2,)
+
+    def __call__(self, x, t):
+        return torch.full_like(x, 0.5)
+
+
+class NaNFlow:
+    input_shape = (2,)
+
+    def __call__(self, x, t):
+        return torch.full_like(x, float("nan"))
+
+
+@pytest.fixture
+def stand_in_suite(monkeypatch):
+    def broken(suite, cache, device):
+        raise FileNotFoundError("weights file /nowhere/model.pt not found")
+
+    for name, load in (("shift", lambda s, c, d: ShiftFlow()), ("nan", lambda s, c, d: NaNFlow()),
+                       ("broken", broken)):
+        monkeypatch.setitem(BASELINES._items, name, Baseline(name, "flow", "test stand-in", load))
+    suite = dataclasses.replace(
+        SUITES["toy2d"], name="toy2d-standin", models=("shift", "nan", "broken"), num_samples=300,
+        cells=(Cell("shift", "euler", 2), Cell("shift", "rk45"), Cell("nan", "euler", 4), Cell("nan", "rk45"),
+               Cell("shift", "heun", 3), Cell("broken", "euler", 1)))
+    return suite
+
+
+def test_a_sweep_records_failures_and_goes_on(stand_in_suite, tmp_path):
+    out = run_suite(stand_in_suite, tmp_path / "run", device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                    log=lambda msg: None)
+    frame = out.frame
+    assert list(frame["model"]) == ["independent", "shift", "shift", "shift", "nan", "nan", "broken"]  # by model
+    for col in REQUIRED_COLUMNS:
+        assert col in frame.columns, col
+    ok = frame[frame["status"] == "ok"]
+    assert set(ok["model"]) == {"independent", "shift"}
+    nan_rows = frame[frame["model"] == "nan"]
+    assert (nan_rows["status"] == "failed").all()
+    assert nan_rows["error"].str.contains("NonFiniteError").all()
+    assert nan_rows["w2"].isna().all()                     # no number for a failed cell
+    broken = frame[frame["model"] == "broken"].iloc[0]
+    assert broken["status"] == "failed" and "/nowhere/model.pt" in broken["error"]
+    shift = frame[(frame["model"] == "shift") & (frame["solver"] == "euler")].iloc[0]
+    assert shift["nfe"] == 2 and shift["n_samples"] == 300 and shift["seed"] == 0
+    assert shift["transport_cost"] == pytest.approx(0.5, rel=1e-5)   # every point moved by (0.5, 0.5)
+    assert shift["straightness"] == pytest.approx(0.0, abs=1e-10)
+    assert frame.loc[frame["model"] == "independent", "nfe"].iloc[0] == 0
+    # everything on disk: the CSV, the Markdown table, one JSON per cell
+    csv = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert len(csv) == len(frame) == len(ResultStore(tmp_path / "run").load())
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| model" in md and "nan" in md and "failed" in md
+    assert (tmp_path / "run" / "w2_vs_nfe.png").stat().st_size > 0
+    assert (tmp_path / "run" / "trajectories.png").stat().st_size > 0
+
+
+def test_cli_list_and_dry_run(capsys):
+    assert main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "toy2d" in listed and "toy2d-transfer" in listed and "rk45" in listed and "ddim" in listed
+    assert main(["--suite", "toy2d", "--dry-run", "--models", "2-rf", "--solvers", "euler", "--device", "cpu"]) == 0
+    cells = capsys.readouterr().out
+    assert "2-rf/euler/1" in cells and "2-rf/euler/32" in cells and "heun" not in cells
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--suite", "toy2", "--dry-run"], "Unknown suite 'toy2'. Did you mean: toy2d"),
+    (["--num-samples", "1", "--dry-run"], "--num-samples must be >= 2, got 1"),
+    (["--models", "4-rf", "--dry-run"], "suite toy2d has no model '4-rf'"),
+    (["--solvers", "rk23", "--dry-run"], "no cells for solver 'rk23'"),
+    (["--device", "tpu7", "--dry-run"], "is not a torch device"),
+])
+def test_cli_bad_arguments_exit_with_one_clear_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
+def test_cli_cuda_without_a_gpu(capsys):
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda", "--dry-run"])
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""The toy2d suites end to end from a cold cache, and the rectified-flow paper's claims on them.
+
+These train every model (about 2 minutes on 2 CPU cores for toy2d) and check the claims on the table the
+suite writes. Thresholds are the claims themselves, not fitted to a run: "falls", "far below" (less than half),
+"no worse", and "does not rise beyond its sampling error" (two combined standard errors).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from baselines import BASELINES
+from baselines.cache import Cache
+from rfbench.suites import SUITES
+from rfbench.suites.runner import run_suite
+
+pytestmark = pytest.mark.slow
+
+COLUMNS = ("suite", "model", "solver", "steps", "nfe", "n_samples", "seed", "wall_clock_s", "samples_per_s",
+           "crossing_prob", "transport_cost", "straightness", "w2", "device", "torch_version", "git_commit")
+
+
+@pytest.fixture(scope="module")
+def toy2d(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy2d")
+    out = run_suite(SUITES["toy2d"], root / "out", device="cpu", cache_dir=root / "cache", progress=False,
+                    log=lambda msg: None)
+    return out, root
+
+
+def _cell(frame: pd.DataFrame, model: str, solver: str, steps=None) -> pd.Series:
+    rows = frame[(frame["model"] == model) & (frame["solver"] == solver)]
+    rows = rows[rows["steps"].isna()] if steps is None else rows[rows["steps"] == steps]
+    assert len(rows) == 1, (model, solver, steps)
+    return rows.iloc[0]
+
+
+def test_every_cell_ran_and_wrote_every_column(toy2d):
+    out, root = toy2d
+    frame, suite = out.frame, SUITES["toy2d"]
+    assert len(frame) == len(suite.cells) + 1
+    assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["model", "solver", "error"]]
+    for col in COLUMNS:
+        assert col in frame.columns
+    assert sorted(out.trained) == sorted(suite.models)
+    for name in ("results.csv", "results.md", "w2_vs_nfe.png", "trajectories.png"):
+        assert (root / "out" / name).stat().st_size > 0
+    fixed = frame[frame["solver"].isin(["euler", "heun"])]
+    assert (fixed["nfe"] == fixed["steps"] * fixed["solver"].map({"euler": 1, "heun": 2})).all()
+    assert (frame.loc[frame["model"] != "independent", "n_samples"] >= 2000).all()
+
+
+def test_a_second_run_trains_nothing(toy2d):
+    _, root = toy2d
+    cache = Cache(root / "cache", log=lambda msg: None)
+    for model in SUITES["toy2d"].models:
+        BASELINES[model].load_or_train(SUITES["toy2d"], cache, "cpu")
+    assert cache.trained == []
+
+
+def test_transport_cost_and_straightness_fall_with_each_reflow(toy2d):
+    frame = toy2d[0].frame
+    cost = [_cell(frame, f"{k}-rf", "rk45")["transport_cost"] for k in (1, 2, 3)]
+    assert cost[0] > cost[1] > cost[2], cost
+    straight = [_cell(frame, f"{k}-rf", "rk45")["straightness"] for k in (1, 2, 3)]
+    assert straight[0] > straight[1] > straight[2], straight
+
+
+def test_crossing_falls_sharply_from_the_independent_coupling_and_does_not_rise_with_reflow(toy2d):
+    frame = toy2d[0].frame
+    indep = frame[frame["model"] == "independent"].iloc[0]
+    one = _cell(frame, "1-rf", "rk45")
+    assert one["crossing_prob"] < indep["crossing_prob"] / 10, (one["crossing_prob"], indep["crossing_prob"])
+    for k in (2, 3):
+        cell = _cell(frame, f"{k}-rf", "rk45")
+        error = 2 * math.hypot(one["crossing_prob_se"], cell["crossing_prob_se"])
+        assert cell["crossing_prob"] <= one["crossing_prob"] + error, (k, cell["crossing_prob"], one["crossing_prob"])
+
+
+def test_one_step_quality(toy2d):
+    frame = toy2d[0].frame
+    one_rf, two_rf = _cell(frame, "1-rf", "euler", 1)["w2"], _cell(frame, "2-rf", "euler", 1)["w2"]
+    distilled = _cell(frame, "2-rf-distill", "euler", 1)["w2"]
+    assert two_rf < 0.5 * one_rf, (one_rf, two_rf)
+    assert distilled <= two_rf, (distilled, two_rf)
+
+
+def test_transfer_suite_straightens_a_data_to_data_coupling(tmp_path):
+    suite = SUITES["toy2d-transfer"].select(solvers=["euler", "rk45"])
+    frame = run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                      plots=False, log=lambda msg: None).frame
+    assert (frame["status"] == "ok").all()
+    indep = frame[frame["model"] == "independent"].iloc[0]
+    cost = [_cell(frame, f"{k}-rf", "rk45")["transport_cost"] for k in (1, 2, 3)]
+    assert cost[0] > cost[1] > cost[2] and cost[0] < indep["transport_cost"], (cost, indep["transport_cost"])
+    assert _cell(frame, "1-rf", "rk45")["crossing_prob"] < indep["crossing_prob"] / 10
+    assert _cell(frame, "2-rf", "euler", 1)["w2"] < _cell(frame, "1-rf", "euler", 1)["w2"]
