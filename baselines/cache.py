@@ -36,11 +36,13 @@ class Cache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.log = log
         self.trained: list[str] = []  # names trained (not loaded) during this run
+        self.keys: dict[str, str] = {}  # name -> checkpoint file stem, for the provenance of result rows
 
     def network(self, name: str, config: dict, make: Callable[[], nn.Module],
                 train: Callable[[], tuple[nn.Module, dict]], device: str | torch.device) -> nn.Module:
         """Load the network for ``config`` from the cache, or train it with ``train()`` and store it."""
         path = self.root / "models" / f"{name}-{config_key(config)}.pt"
+        self.keys[name] = path.stem
         if path.exists():
             net = make()
             try:

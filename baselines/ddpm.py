@@ -20,6 +20,11 @@ class DDPMRecipe:
     net: MLPConfig = MLPConfig(hidden=128, depth=3, time_scale=1 / 1000)   # the network sees timesteps / T
     train: TrainConfig = TrainConfig(steps=4000, batch_size=1024, lr=2e-3, ema_decay=0.99, seed=3)
 
+    def __post_init__(self):
+        if abs(self.net.time_scale * self.num_timesteps - 1) > 1e-12:
+            raise ValueError(f"DDPMRecipe: net.time_scale must be 1/num_timesteps = {1 / self.num_timesteps:g} so "
+                             f"the network sees timesteps/T in [0, 1); got {self.net.time_scale:g}")
+
 
 RECIPES: dict[str, DDPMRecipe] = {"toy2d": DDPMRecipe()}
 

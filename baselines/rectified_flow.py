@@ -39,11 +39,15 @@ class FlowRecipe:
 # Sized for the 2-core CPU: the whole toy2d suite, training included, in under 3 minutes from a cold cache.
 # EMA decay 0.99: with 2-3k steps, 0.999 averages over a third of training and lags the cosine-annealed weights
 # (measured on toy2d-transfer 1-RF, w2 to held-out data: 0.98 with EMA 0.999 against 0.38 for the raw weights).
+# Depth 4 and 3,000 reflow steps on 30,000 pairs: with depth 3 and 2,000 steps on 20,000 pairs, fitting error made
+# the crossing probability rise with each reflow (0.0071, 0.0075, 0.0077 +- 0.0001 on 20,000 samples); here it
+# stays level (0.0071, 0.0073, 0.0072), as it does for much larger training (256x4, 8,000 steps: 0.0070 each).
 TOY_RECIPE = FlowRecipe(
-    net=MLPConfig(hidden=128, depth=3),
+    net=MLPConfig(hidden=128, depth=4),
     train=TrainConfig(steps=3000, batch_size=1024, lr=2e-3, ema_decay=0.99, seed=0),
-    reflow=TrainConfig(steps=2000, batch_size=1024, lr=1e-3, ema_decay=0.99, seed=1),
+    reflow=TrainConfig(steps=3000, batch_size=1024, lr=1e-3, ema_decay=0.99, seed=1),
     distill=TrainConfig(steps=2000, batch_size=1024, lr=1e-3, ema_decay=0.99, seed=2),
+    num_pairs=30_000,
 )
 RECIPES: dict[str, FlowRecipe] = {"toy2d": TOY_RECIPE, "toy2d-transfer": TOY_RECIPE}
 

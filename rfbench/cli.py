@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         for cell in suite.cells:
             print(f"  {cell.label}")
         return 0
+    if suite.num_samples < 2000:
+        print(f"note: {suite.num_samples} samples per cell; w2 and the coupling metrics are noisier below 2,000 "
+              f"and rows are not comparable with runs of the suite's default {SUITES[args.suite].num_samples}",
+              file=sys.stderr)
     out = args.out or Path("runs") / suite.name
     start = time.perf_counter()
     result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
@@ -90,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {path}")
     failed = result.frame[result.frame["status"] != "ok"]
     if len(failed):
-        print(f"{len(failed)} cell(s) failed; see the status and error columns", file=sys.stderr)
+        print(f"{len(failed)} of {len(result.frame)} cell(s) failed ({', '.join(failed['model'].unique())}); "
+              f"see the status and error columns of {out / 'results.csv'}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,6 +28,18 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
+def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        out = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be the shape of one sample, e.g. (2,) or (3, 32, 32); got {shape!r}") from None
+    if any(s < 1 for s in out):
+        raise ValueError(f"shape must have positive sizes, got {out}")
+    return out
+
+
 def generator_for(seed: int, stream: int = STREAM_INITIAL) -> torch.Generator:
     """A CPU generator for one (seed, stream); stream 0 is ``manual_seed(seed)`` itself."""
     gen = torch.Generator()
@@ -50,8 +62,9 @@ def per_seed(seeds: Sequence[int], draw: Callable[[torch.Generator], torch.Tenso
 
 def initial(seeds: Sequence[int], shape: Sequence[int], *, device: str | torch.device = "cpu",
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal x0 of shape ``(len(seeds), *shape)``, row i drawn from seed ``seeds[i]`` alone."""
-    shape = tuple(int(s) for s in shape)
+    """Standard normal x0 of shape ``(len(seeds), *shape)``, row i drawn from seed ``seeds[i]`` alone.
+    ``shape`` is the shape of one sample, e.g. (2,) or (3, 32, 32); an int means (shape,)."""
+    shape = _shape(shape)
     return per_seed(seeds, lambda g: torch.randn(shape, generator=g, dtype=torch.float32),
                     device=device, dtype=dtype)
 
@@ -67,7 +80,7 @@ class StepNoise:
     def __init__(self, seeds: Sequence[int], shape: Sequence[int], *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32):
         self.seeds = _check_seeds(seeds)
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = _shape(shape)
         self.device, self.dtype = device, dtype
         numel = int(np.prod(self.shape)) if self.shape else 1
         self.chunk = int(min(64, max(1, 2**16 // numel)))

@@ -114,3 +114,27 @@ def test_training_is_seeded():
         nets.append(fit(MLP(MLPConfig(hidden=16, depth=2)), loss, config)[0])
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_shape_may_be_an_int_and_is_checked():
+    assert noise.initial([0, 1], 3).shape == (2, 3)
+    with pytest.raises(TypeError, match="shape must be the shape of one sample"):
+        noise.initial([0], None)
+    with pytest.raises(ValueError, match="positive sizes"):
+        noise.initial([0], (0, 2))
+
+
+def test_suite_cells_are_checked_when_the_suite_is_built():
+    import dataclasses
+
+    from rfbench.suites import SUITES, Cell
+
+    base = SUITES["toy2d"]
+    with pytest.raises(ValueError, match="cell 1-rf/rk45/8: rk45 is adaptive"):
+        dataclasses.replace(base, cells=(Cell("1-rf", "rk45", 8),))
+    with pytest.raises(ValueError, match="cell 1-rf/euler/4,eta=0.5: euler got unknown option"):
+        dataclasses.replace(base, cells=(Cell("1-rf", "euler", 4, (("eta", 0.5),)),))
+    with pytest.raises(ValueError, match="Unknown solver 'eular'"):
+        dataclasses.replace(base, cells=(Cell("1-rf", "eular", 4),))
+    with pytest.raises(ValueError, match="names model '9-rf'"):
+        dataclasses.replace(base, cells=(Cell("9-rf", "euler", 4),))

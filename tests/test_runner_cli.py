@@ -68,7 +68,8 @@ def test_a_sweep_records_failures_and_goes_on(stand_in_suite, tmp_path):
     shift = frame[(frame["model"] == "shift") & (frame["solver"] == "euler")].iloc[0]
     assert shift["nfe"] == 2 and shift["n_samples"] == 300 and shift["seed"] == 0
     assert shift["transport_cost"] == pytest.approx(0.5, rel=1e-5)   # every point moved by (0.5, 0.5)
-    assert shift["straightness"] == pytest.approx(0.0, abs=1e-10)
+    assert shift["straightness"] == pytest.approx(0.0, abs=1e-10)     # a constant velocity is straight
+    assert shift["model_metrics_solver"] == "rk4/100"
     assert frame.loc[frame["model"] == "independent", "nfe"].iloc[0] == 0
     # everything on disk: the CSV, the Markdown table, one JSON per cell
     csv = pd.read_csv(tmp_path / "run" / "results.csv")
@@ -77,6 +78,16 @@ def test_a_sweep_records_failures_and_goes_on(stand_in_suite, tmp_path):
     assert "| model" in md and "nan" in md and "failed" in md
     assert (tmp_path / "run" / "w2_vs_nfe.png").stat().st_size > 0
     assert (tmp_path / "run" / "trajectories.png").stat().st_size > 0
+
+
+def test_cli_exits_non_zero_when_a_cell_failed(stand_in_suite, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(SUITES._items, "toy2d-standin", stand_in_suite)
+    code = main(["--suite", "toy2d-standin", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                 "--models", "shift", "nan", "--quiet", "--no-plots"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "2 of 6 cell(s) failed (nan)" in err and "300 samples per cell" in err
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 6
 
 
 def test_cli_list_and_dry_run(capsys):
@@ -93,6 +104,7 @@ def test_cli_list_and_dry_run(capsys):
     (["--num-samples", "1", "--dry-run"], "--num-samples must be >= 2, got 1"),
     (["--models", "4-rf", "--dry-run"], "suite toy2d has no model '4-rf'"),
     (["--solvers", "rk23", "--dry-run"], "no cells for solver 'rk23'"),
+    (["--models", "ddpm", "--solvers", "euler", "--dry-run"], "nothing to run"),
     (["--device", "tpu7", "--dry-run"], "is not a torch device"),
 ])
 def test_cli_bad_arguments_exit_with_one_clear_line(argv, message, capsys):

@@ -255,3 +255,50 @@ def test_diffusion_model_rejects_bad_schedules():
         DiffusionModel(lambda x, t: x, torch.tensor([0.1, 1.5]))
     with pytest.raises(ValueError, match="prediction must be one of eps, x0, v"):
         DiffusionModel(lambda x, t: x, linear_betas(10), prediction="score")
+
+
+def test_adaptive_solvers_never_evaluate_past_t1(flow, x0):
+    seen = []
+
+    def watched(x, t):
+        seen.append(float(t.max()))
+        return flow(x, t)
+
+    for solver in ("rk45", "dopri5"):
+        seen.clear()
+        sample(watched, x0, solver)
+        assert max(seen) <= 1.0, (solver, max(seen))
+
+
+def test_dopri5_nan_is_a_clear_error(x0):
+    with pytest.raises(NonFiniteError, match="dopri5: the model returned non-finite velocities"):
+        sample(lambda x, t: torch.full_like(x, float("nan")), x0, "dopri5")
+
+
+def test_numpy_integer_steps_are_accepted(flow, x0):
+    assert sample(flow, x0, "euler", np.int64(3)).nfe == 3
+
+
+@pytest.mark.parametrize("eta", ["x", True, -0.1, 1.5])
+def test_eta_is_validated(gauss_eps, x0, eta):
+    with pytest.raises(ValueError, match="eta must be a number in \\[0, 1\\]"):
+        sample(gauss_eps.model, x0, "ddim", 10, eta=eta)
+
+
+def test_discrete_trajectories_are_strictly_increasing_in_time(gauss_eps, x0):
+    traj = sample(gauss_eps.model, x0, "ddim", 10, trajectory=True).trajectory
+    assert traj.times.shape == (11,) and traj.velocities is None
+    assert bool((traj.times.diff() > 0).all()) and traj.times[-1] == 1
+    assert traj.times[0].item() == pytest.approx(1 - 901 / 1000)  # the first timestep of S=10 is 900, not 999
+
+
+def test_an_integer_only_network_gets_a_clear_error_from_ode_solvers(x0):
+    table = torch.nn.Embedding(1000, 2).double()
+
+    def net(x, timesteps):
+        return x * 0 + table(timesteps)
+
+    model = DiffusionModel(net)
+    assert sample(model, x0, "ddim", 5).x.shape == x0.shape       # integer timesteps work
+    with pytest.raises(TypeError, match="fractional float timesteps"):
+        sample(model, x0, "euler", 2)

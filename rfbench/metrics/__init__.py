@@ -33,11 +33,19 @@ class MetricInput:
 
 @dataclass(frozen=True)
 class Metric:
+    """A registered metric. scope: ``"cell"`` (computed on each cell's samples) or ``"model"`` (a property of the
+    model's flow, computed once per model on a fine reference trajectory and reported on each of its rows)."""
+
     name: str
     columns: tuple[str, ...]
     higher_is_better: bool
     fn: Callable[[MetricInput], dict]
     description: str = ""
+    scope: str = "cell"
+
+    def __post_init__(self):
+        if self.scope not in ("cell", "model"):
+            raise ValueError(f"metric {self.name}: scope must be 'cell' or 'model', got {self.scope!r}")
 
     def __call__(self, inputs: MetricInput) -> dict:
         out = self.fn(inputs)
@@ -73,7 +81,8 @@ for _metric in (
     Metric("transport_cost", ("transport_cost",), False,
            lambda inp: {"transport_cost": transport_cost(inp.z0, inp.z1)}, "E||Z1 - Z0||^2"),
     Metric("straightness", ("straightness",), False, _straightness,
-           "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt on the solver's trajectory (ODE solvers only)"),
+           "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt of the model's flow, on a fine reference trajectory",
+           scope="model"),
     Metric("w2", ("w2",), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples"),
 ):
     METRICS.add(_metric.name, _metric)

@@ -116,7 +116,13 @@ class DiffusionModel:
         span = self.num_timesteps - 1
         tau = (1 - t.to(torch.float64)) * span
         log_a, dlog_a = self._log_alpha_bar(tau)
-        eps = self.eps(x, tau.to(x.dtype))
+        try:
+            eps = self.eps(x, tau.to(x.dtype))
+        except (RuntimeError, IndexError, TypeError) as exc:
+            raise TypeError(f"the probability-flow ODE of this DiffusionModel calls net(x, timesteps) with fractional "
+                            f"float timesteps in [0, {span}], and the network failed on them "
+                            f"({type(exc).__name__}: {exc}). ODE solvers need a network that accepts float "
+                            f"timesteps (score_sde and diffusers networks do); ddim and ddpm use integer ones.") from exc
         a = _expand(torch.exp(log_a), x)
         dx_dtau = 0.5 * _expand(dlog_a, x) * (x - eps / (1 - a).sqrt())
         return (-span * dx_dtau).to(x.dtype)

@@ -8,6 +8,7 @@ stochastic samplers, records trajectories on request, and refuses options a solv
 from __future__ import annotations
 
 import inspect
+import operator
 from typing import Any, Sequence
 
 import torch
@@ -17,7 +18,7 @@ from rfbench.samplers import discrete, ode  # noqa: F401  (registers the solvers
 from rfbench.samplers.base import (SOLVERS, CountingModel, NonFiniteError, SampleResult, SamplerError, SolverSpec,
                                    Trajectory, TrajectoryRecorder)
 
-__all__ = ["sample", "SOLVERS", "SampleResult", "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError",
+__all__ = ["sample", "check_call", "SOLVERS", "SampleResult", "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError",
            "CountingModel", "is_diffusion_model"]
 
 _RESERVED = {"model", "x", "steps", "callback", "noise"}
@@ -50,12 +51,9 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     """
     spec = SOLVERS[solver]
     _check_x0(model, x0)
-    steps = _check_steps(spec, steps, model)
-    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in _RESERVED]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(f"{solver} got unknown option(s) {', '.join(unknown)}; "
-                        f"it takes: {', '.join(allowed) if allowed else 'no options'}")
+    steps = check_call(solver, steps, options)
+    if spec.kind == "discrete" and is_diffusion_model(model) and steps > model.num_timesteps:
+        raise ValueError(f"{solver}: steps={steps} exceeds the model's {model.num_timesteps} timesteps")
     if spec.kind == "discrete" and not is_diffusion_model(model):
         raise TypeError(f"{solver} samples DDPM-style models on their discrete schedule; got a flow model "
                         f"({type(model).__name__}). Wrap an eps/x0/v network in rfbench.models.DiffusionModel, "
@@ -113,16 +111,35 @@ def _check_x0(model: Any, x0: Any) -> None:
         raise ValueError(f"x0 has shape {tuple(x0.shape)} but the model takes (B, {', '.join(map(str, expected))})")
 
 
-def _check_steps(spec: SolverSpec, steps: Any, model: Any) -> int | None:
+def check_call(solver: str, steps: Any, options: dict) -> int | None:
+    """Check a solver name, its step count and its options without running anything (also used by suites).
+
+    Returns steps as an int (None for adaptive solvers). Unknown options are an error, never a warning.
+    """
+    spec = SOLVERS[solver]
+    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in _RESERVED]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"{solver} got unknown option(s) {', '.join(unknown)}; "
+                        f"it takes: {', '.join(allowed) if allowed else 'no options'}")
+    if "eta" in options:
+        eta = options["eta"]
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
     if spec.kind == "adaptive":
         if steps is not None:
-            raise ValueError(f"{spec.name} is adaptive and chooses its own steps; pass steps=None "
+            raise ValueError(f"{solver} is adaptive and chooses its own steps; pass steps=None "
                              f"(got steps={steps!r}); set rtol/atol instead")
         return None
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{spec.name} needs steps, an integer >= 1; got {steps!r}")
-    if spec.kind == "discrete" and is_diffusion_model(model) and steps > model.num_timesteps:
-        raise ValueError(f"{spec.name}: steps={steps} exceeds the model's {model.num_timesteps} timesteps")
+    message = f"{solver} needs steps, an integer >= 1; got {steps!r}"
+    if isinstance(steps, bool):
+        raise ValueError(message)
+    try:
+        steps = operator.index(steps)  # int and numpy integers; not floats or None
+    except TypeError:
+        raise ValueError(message) from None
+    if steps < 1:
+        raise ValueError(message)
     return steps
 
 

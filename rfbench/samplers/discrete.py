@@ -1,8 +1,10 @@
 """DDPM-family samplers on a DiffusionModel's discrete schedule: DDIM and DDPM ancestral sampling.
 
 Both visit S timesteps uniformly spaced over [0, T): tau_i = floor(i * T / S), i = 0..S-1, in decreasing order
-(DDIM's "uniform" skip), and take their last step to alpha_bar = 1. Flow time reported to callbacks is
-t = 1 - tau / (T - 1), and 1 after the last step.
+(DDIM's "uniform" skip), and take their last step to alpha_bar = 1. Note that this spacing never visits T-1:
+with S=1 the only timestep is 0, so one step treats pure noise as nearly clean data; with S=4, T=1000 it starts at
+750. The flow time reported to callbacks labels the S+1 states t = 1 - (tau + 1) / T (tau = -1 after the last
+step, alpha_bar = 1), strictly increasing from about 0 to 1.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ def uniform_timesteps(num_timesteps: int, steps: int) -> list[int]:
 
 
 def _flow_time(tau: int, num_timesteps: int) -> float:
-    return 1.0 - tau / (num_timesteps - 1)
+    return 1.0 - (tau + 1) / num_timesteps
 
 
 def _full(x: torch.Tensor, tau: int) -> torch.Tensor:
     return torch.full((x.shape[0],), tau, dtype=torch.long, device=x.device)
 
 
-@register_solver("ddim", "discrete", stochastic=lambda opts: float(opts.get("eta", 0.0)) > 0,
+@register_solver("ddim", "discrete", stochastic=lambda opts: opts.get("eta", 0.0) > 0,
                  description="DDIM (Song et al. 2021, eq. 12), eta=0 deterministic")
 def ddim(model, x, *, steps: int, eta: float = 0.0, noise: Callable[[int], torch.Tensor] | None = None,
          callback: Callback | None = None):
@@ -37,8 +39,6 @@ def ddim(model, x, *, steps: int, eta: float = 0.0, noise: Callable[[int], torch
         x0_hat = (x - sqrt(1 - a) * eps) / sqrt(a),
         sigma  = eta * sqrt((1 - a_prev) / (1 - a)) * sqrt(1 - a / a_prev).
     """
-    if not (isinstance(eta, (int, float)) and 0 <= eta <= 1):
-        raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
     T = model.num_timesteps
     alpha_bar = model.alphas_cumprod
     taus = uniform_timesteps(T, steps)

@@ -126,7 +126,11 @@ def dopri5(model, x, *, rtol: float = 1e-5, atol: float = 1e-5, callback: Callba
 
     class Func(torch.nn.Module):
         def forward(self, t, y):
-            return model(y, t.to(y.dtype))
+            v = model(y, t.to(y.dtype))
+            if not bool(torch.isfinite(v).all()):
+                raise NonFiniteError(f"dopri5: the model returned non-finite velocities at t={float(t):.6g} "
+                                     f"({int((~torch.isfinite(v)).sum())} of {v.numel()} values)")
+            return v
 
         def callback_accept_step(self, t0, y0, dt):
             if callback is not None:
@@ -137,7 +141,9 @@ def dopri5(model, x, *, rtol: float = 1e-5, atol: float = 1e-5, callback: Callba
             counts["rejected_steps"] += 1
 
     t_span = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
-    out = torchdiffeq.odeint(Func(), x, t_span, rtol=rtol, atol=atol, method="dopri5")[-1]
+    # step_t pins a step end at t=1, so the model is never evaluated past the data end of the interval
+    out = torchdiffeq.odeint(Func(), x, t_span, rtol=rtol, atol=atol, method="dopri5",
+                             options={"step_t": t_span[-1:]})[-1]
     if callback is not None:
         callback(counts["accepted_steps"], 1.0, out, None)
     return out, {**counts, "rtol": rtol, "atol": atol}

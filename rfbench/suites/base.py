@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from rfbench.metrics import METRICS
 from rfbench.registry import Registry
-from rfbench.samplers import SOLVERS
+from rfbench.samplers import check_call
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class Suite:
     num_samples: int
     first_seed: int = 0
     independent_row: bool = False
+    straightness_steps: int = 100   # model-scope metrics use an rk4 trajectory with this many uniform steps
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -53,8 +54,13 @@ class Suite:
             raise ValueError(f"suite {self.name}: first_seed must be >= 0, got {self.first_seed}")
         for metric in self.metrics:
             METRICS[metric]  # raises with the list of known metrics
+        if self.straightness_steps < 1:
+            raise ValueError(f"suite {self.name}: straightness_steps must be >= 1, got {self.straightness_steps}")
         for cell in self.cells:
-            SOLVERS[cell.solver]
+            try:
+                check_call(cell.solver, cell.steps, dict(cell.options))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"suite {self.name}: cell {cell.label}: {exc}") from None
             if cell.model not in self.models:
                 raise ValueError(f"suite {self.name}: cell {cell.label} names model {cell.model!r}, "
                                  f"not one of the suite's models {', '.join(self.models)}")
@@ -90,6 +96,9 @@ class Suite:
                 raise ValueError(f"suite {self.name} has no cells for solver {', '.join(map(repr, unknown))}; "
                                  f"its solvers are: {', '.join(used)}")
             cells = tuple(c for c in cells if c.solver in solvers)
+        if not cells:
+            raise ValueError(f"suite {self.name}: no cell has model in {list(models or self.models)} and solver in "
+                             f"{list(solvers or sorted({c.solver for c in self.cells}))}; nothing to run")
         changes["cells"] = cells
         return dataclasses.replace(self, **changes)
 

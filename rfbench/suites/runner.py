@@ -94,26 +94,27 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
         if not cells:
             continue
         bar.set_postfix_str(f"{model_name}: loading")
+        baseline = BASELINES[model_name]
         try:
-            model = BASELINES[model_name].load_or_train(suite, cache, device)
+            model = baseline.load_or_train(suite, cache, device)
         except Exception as exc:  # record the failure for each of its cells and go on with the next model
             say(f"{model_name}: could not load or train: {type(exc).__name__}: {exc}")
             for cell in cells:
                 store_record({**base, **_cell_fields(cell), **_empty_metrics(suite),
                               "status": "failed", "error": f"model: {type(exc).__name__}: {exc}"})
             continue
-        best: tuple[int, str, np.ndarray] | None = None
+        bar.set_postfix_str(f"{model_name}: reference flow")
+        model_values, plot = _model_scope(suite, baseline.kind, model, x0, say)
+        if plot is not None:
+            trajectories[model_name] = plot
         for cell in cells:
             bar.set_postfix_str(cell.label)
-            record, traj = _run_cell(suite, cell, model, x0, seeds, reference, device)
+            record = _run_cell(suite, cell, model, x0, seeds, reference, device)
             if record["status"] != "ok":
                 say(f"{cell.label}: {record['error']}")
-            store_record({**base, **record})
-            if traj is not None and (best is None or traj.shape[0] >= best[0]):
-                label = f"{cell.solver}, {'adaptive' if cell.steps is None else f'{cell.steps} steps'}"
-                best = (traj.shape[0], label, traj)
-        if best is not None:
-            trajectories[model_name] = (best[1], best[2])
+            else:
+                record.update(model_values)
+            store_record({**base, **record, "model_checkpoint": cache.keys.get(model_name)})
     bar.close()
 
     frame = store.load(keys=keys)
@@ -144,36 +145,63 @@ def _independent_record(suite: Suite, x0: torch.Tensor, reference: torch.Tensor,
     """The independent coupling (X0, X1 drawn separately): the reference row of the coupling metrics."""
     x1 = suite.problem.independent_target(seeds)
     values: dict = {}
-    for name in suite.metrics:
-        values.update(METRICS[name](MetricInput(z0=x0, z1=x1, reference=reference)))
+    for name in suite.metrics:  # model-scope metrics (straightness) need a flow: they stay empty here
+        if METRICS[name].scope == "cell":
+            values.update(METRICS[name](MetricInput(z0=x0, z1=x1, reference=reference)))
+        else:
+            values.update(dict.fromkeys(METRICS[name].columns))
     return {**base, "model": "independent", "solver": "none", "steps": None, "options": "", "nfe": 0,
             "wall_clock_s": None, "samples_per_s": None, **values, "status": "ok", "error": None}
 
 
+def _model_scope(suite: Suite, kind: str, model, x0: torch.Tensor,
+                 say: Callable[[str], None]) -> tuple[dict, tuple[str, np.ndarray] | None]:
+    """Model-scope metrics (straightness) on a fine rk4 reference trajectory from the suite's x0, and the
+    trajectories to plot. A one-step model is not a flow: its metrics stay empty and its plot is its one step."""
+    metrics = [METRICS[name] for name in suite.metrics if METRICS[name].scope == "model"]
+    values: dict = {col: None for metric in metrics for col in metric.columns}
+    if kind == "one-step":
+        try:
+            traj = sample(model, x0[:PLOT_PATHS], "euler", 1, trajectory=True).trajectory
+        except Exception:  # the cell itself will record the failure
+            return values, None
+        return values, ("euler, 1 step", traj.states.numpy())
+    steps = suite.straightness_steps
+    try:
+        result = sample(model, x0, "rk4", steps, trajectory=True)
+    except Exception as exc:
+        say(f"reference trajectory (rk4, {steps} steps) failed: {type(exc).__name__}: {exc}")
+        return values, None
+    traj = result.trajectory
+    inputs = MetricInput(z0=x0.cpu(), z1=result.x.cpu(), times=traj.times, states=traj.states,
+                         velocities=traj.velocities)
+    for metric in metrics:
+        values.update(metric(inputs))
+    if metrics:
+        values["model_metrics_solver"] = f"rk4/{steps}"
+    return values, (f"rk4, {steps} steps", traj.states[:, :PLOT_PATHS].numpy())
+
+
 def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int], reference: torch.Tensor,
-              device: torch.device) -> tuple[dict, np.ndarray | None]:
-    """Sample one cell and compute its metrics; failures become a recorded row, never an exception."""
+              device: torch.device) -> dict:
+    """Sample one cell (timed, nothing else in the timed region) and compute its cell-scope metrics; failures
+    become a recorded row, never an exception."""
     options = dict(cell.options)
     stochastic = SOLVERS[cell.solver].is_stochastic(options)
     fields = _cell_fields(cell)
     try:
         _sync(device)
         start = time.perf_counter()
-        result = sample(model, x0, cell.solver, cell.steps, trajectory=True,
-                        seeds=seeds if stochastic else None, **options)
+        result = sample(model, x0, cell.solver, cell.steps, seeds=seeds if stochastic else None, **options)
         _sync(device)
         wall = time.perf_counter() - start
-        traj = result.trajectory
-        inputs = MetricInput(z0=x0.cpu(), z1=result.x.cpu(), reference=reference, times=traj.times,
-                             states=traj.states, velocities=traj.velocities)
+        inputs = MetricInput(z0=x0.cpu(), z1=result.x.cpu(), reference=reference)
         values: dict = {}
         for name in suite.metrics:
-            values.update(METRICS[name](inputs))
+            if METRICS[name].scope == "cell":
+                values.update(METRICS[name](inputs))
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
-        return {**fields, **_empty_metrics(suite), "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}"}, None
+        return {**fields, **_empty_metrics(suite), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     stats = {k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")}
-    record = {**fields, "nfe": result.nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall, **values,
-              "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()), "status": "ok", "error": None}
-    plot_traj = traj.states[:, :PLOT_PATHS].numpy() if traj.velocities is not None else None
-    return record, plot_traj
+    return {**fields, "nfe": result.nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall, **values,
+            "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()), "status": "ok", "error": None}
