@@ -119,3 +119,10 @@ def test_cli_cuda_without_a_gpu(capsys):
     with pytest.raises(SystemExit):
         main(["--device", "cuda", "--dry-run"])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_suite_naming_an_unknown_baseline_fails_before_any_work(tmp_path):
+    suite = dataclasses.replace(SUITES["toy2d"], models=("1-rf", "1-fr"), cells=(Cell("1-fr", "euler", 1),))
+    with pytest.raises(KeyError, match="Unknown baseline '1-fr'. Did you mean: 1-rf"):
+        run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -64,6 +64,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     goes on; every finished cell is on disk before the next one starts.
     """
     device = resolve_device(str(device) if device is not None else None)
+    for model_name in suite.models:  # an unknown model is a mistake in the suite: say so before any work
+        BASELINES[model_name]
     out_dir = Path(out_dir)
     store = ResultStore(out_dir)
     bar = tqdm(total=len(suite.cells) + int(suite.independent_row), desc=suite.name, disable=not progress,
