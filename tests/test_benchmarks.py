@@ -37,3 +37,71 @@ def test_bench_w2_pot(benchmark, clouds):
 
 def test_bench_w2_scipy_assignment_reference(benchmark, clouds):
     benchmark(_lsa_w2, *clouds)
+
+
+# -- image metrics: frechet_distance against clean-fid's sqrtm route on 2048-d statistics -----------------------------
+
+@pytest.fixture(scope="module")
+def stats_2048():
+    from rfbench.metrics.image import GaussianStats
+
+    rng = np.random.default_rng(0)
+    d = 2048
+    mix = rng.standard_normal((d, d)) / math.sqrt(d)
+    a = GaussianStats.from_features(rng.standard_normal((4096, d)) @ mix)
+    b = GaussianStats.from_features(rng.standard_normal((4096, d)) @ mix * 1.1 + 0.05)
+    return a, b
+
+
+def test_bench_frechet_distance_ours(benchmark, stats_2048):
+    from rfbench.metrics.image import frechet_distance
+
+    a, b = stats_2048
+    benchmark(frechet_distance, a.mu, a.sigma, b.mu, b.sigma)
+
+
+def test_bench_frechet_distance_ours_cached_reference(benchmark, stats_2048):
+    from rfbench.metrics.image import frechet_distance_stats
+
+    a, b = stats_2048
+    b.factor  # the reference's factor, computed once per reference set
+    benchmark(frechet_distance_stats, a, b)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # clean-fid passes scipy's deprecated disp argument
+def test_bench_frechet_distance_clean_fid_sqrtm_reference(benchmark, stats_2048):
+    from cleanfid.fid import frechet_distance as cleanfid_frechet_distance
+
+    from rfbench.metrics.image import frechet_distance
+
+    a, b = stats_2048
+    value = benchmark(cleanfid_frechet_distance, a.mu, a.sigma, b.mu, b.sigma)
+    assert frechet_distance(a.mu, a.sigma, b.mu, b.sigma) == pytest.approx(value, rel=1e-6)
+
+
+# -- precision/recall: blocked k-NN against one full distance matrix -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pr_features():
+    rng = np.random.default_rng(1)
+    return rng.standard_normal((4000, 64)), rng.standard_normal((4000, 64)) * 1.2 + 0.1
+
+
+def _full_matrix_precision_recall(real, fake, k=3):
+    def sq(x, y):
+        return np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T, 0)
+
+    r_real, r_fake = np.partition(sq(real, real), k, axis=1)[:, k], np.partition(sq(fake, fake), k, axis=1)[:, k]
+    return float((sq(fake, real) <= r_real[None]).any(1).mean()), float((sq(real, fake) <= r_fake[None]).any(1).mean())
+
+
+def test_bench_precision_recall_ours(benchmark, pr_features):
+    from rfbench.metrics.image import precision_recall
+
+    p, r = benchmark(precision_recall, *pr_features, device="cpu")
+    expected = _full_matrix_precision_recall(*pr_features)
+    assert abs(p - expected[0]) <= 1 / 4000 and abs(r - expected[1]) <= 1 / 4000  # at most one tie flips
+
+
+def test_bench_precision_recall_full_matrix_reference(benchmark, pr_features):
+    benchmark(_full_matrix_precision_recall, *pr_features)

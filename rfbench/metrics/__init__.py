@@ -12,10 +12,13 @@ import torch
 
 from rfbench.metrics.coupling import crossing_prob, segments_intersect, straightness, transport_cost
 from rfbench.metrics.distances import w2
+from rfbench.metrics.image import (GaussianStats, StatsAccumulator, fid, frechet_distance, frechet_distance_stats,
+                                   inception_score, kid, precision_recall)
 from rfbench.registry import Registry
 
 __all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_intersect", "straightness",
-           "transport_cost", "w2"]
+           "transport_cost", "w2", "GaussianStats", "StatsAccumulator", "fid", "frechet_distance",
+           "frechet_distance_stats", "kid", "precision_recall", "inception_score"]
 
 
 @dataclass(frozen=True)

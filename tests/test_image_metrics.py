@@ -1,0 +1,139 @@
+"""FID, KID, precision/recall and IS against clean-fid, direct implementations and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from cleanfid.fid import frechet_distance as cleanfid_frechet_distance
+from cleanfid.fid import kernel_distance as cleanfid_kernel_distance
+
+from rfbench.metrics.image import (GaussianStats, StatsAccumulator, fid, frechet_distance, frechet_distance_stats,
+                                   inception_score, kid, precision_recall)
+
+
+def _features(n, d, seed, scale=1.0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((d, d)) / math.sqrt(d)
+    return (rng.standard_normal((n, d)) @ mix) * scale + shift
+
+
+@pytest.mark.parametrize("d", [8, 64, 256])
+def test_frechet_distance_equals_clean_fid(d):
+    a, b = _features(3 * d, d, 0), _features(4 * d, d, 1, scale=1.3, shift=0.2)
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(cleanfid_frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
+    assert ours == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-9)  # symmetric
+
+
+def test_frechet_distance_closed_form_for_commuting_covariances():
+    rng = np.random.default_rng(3)
+    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+    a, b = rng.uniform(0.1, 2, 5), rng.uniform(0.1, 2, 5)
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))  # the same rotation of both keeps them commuting
+    s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_singular_covariances_work():
+    x = _features(500, 32, 4)
+    assert fid(x, x) == pytest.approx(0.0, abs=1e-6)
+    few = _features(10, 32, 5)  # fewer rows than dimensions: a singular covariance, no regularisation needed
+    assert fid(few, few) == pytest.approx(0.0, abs=1e-6)
+    assert fid(few, x) > 0
+
+
+def test_streamed_statistics_equal_numpy_and_ignore_batching():
+    x = _features(1000, 16, 6, shift=100.0)  # a large mean tests the conditioning of the streamed sums
+    acc = StatsAccumulator()
+    for start in range(0, 1000, 137):
+        acc.update(torch.as_tensor(x[start:start + 137]))  # tensors or arrays
+    stats = acc.stats()
+    np.testing.assert_allclose(stats.mu, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.sigma, np.cov(x, rowvar=False), rtol=1e-9, atol=1e-12)
+    assert stats.n == 1000
+    with pytest.raises(ValueError, match="features have 8 dimensions, earlier batches had 16"):
+        acc.update(np.zeros((2, 8)))
+
+
+def test_statistics_round_trip_and_foreign_files(tmp_path):
+    stats = GaussianStats.from_features(_features(100, 8, 7))
+    stats.save(tmp_path / "ref.npz", dataset="digits", extractor="test")
+    back = GaussianStats.load(tmp_path / "ref.npz")
+    np.testing.assert_array_equal(back.mu, stats.mu) and np.testing.assert_array_equal(back.sigma, stats.sigma)
+    assert back.n == 100
+    np.savez(tmp_path / "cleanfid_style.npz", mu=stats.mu, sigma=stats.sigma)  # clean-fid stores only these
+    assert GaussianStats.load(tmp_path / "cleanfid_style.npz").n == -1
+    np.savez(tmp_path / "wrong.npz", mean=stats.mu)
+    with pytest.raises(ValueError, match="has no mu or sigma array \\(found: mean\\)"):
+        GaussianStats.load(tmp_path / "wrong.npz")
+    with pytest.raises(FileNotFoundError, match="reference statistics not found"):
+        GaussianStats.load(tmp_path / "missing.npz")
+
+
+def test_cached_reference_root_gives_the_same_distance():
+    ref = GaussianStats.from_features(_features(400, 32, 8))
+    gen = GaussianStats.from_features(_features(400, 32, 9, scale=1.2))
+    first = frechet_distance_stats(gen, ref)
+    assert ref._factor is not None
+    assert frechet_distance_stats(gen, ref) == first
+
+
+def test_kid_equals_clean_fid_on_full_sets_and_is_seeded():
+    a, b = _features(300, 16, 10), _features(300, 16, 11, shift=0.3)  # full sets: no subset randomness
+    ours = kid(a, b, num_subsets=1, subset_size=10_000)
+    assert ours == pytest.approx(cleanfid_kernel_distance(a, b, num_subsets=1, max_subset_size=10_000), rel=1e-9)
+    assert kid(a, b, num_subsets=5, subset_size=100, seed=1) == kid(a, b, num_subsets=5, subset_size=100, seed=1)
+    both = _features(600, 16, 10)  # two independent halves of one distribution: KID is zero up to noise
+    same = kid(both[:300], both[300:], num_subsets=1, subset_size=10_000)
+    assert ours > 10 * abs(same)
+
+
+def _direct_precision_recall(real, fake, k):
+    """The definition with full distance matrices (numpy, float64)."""
+    def radii(x):
+        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        return np.sort(d, axis=1)[:, k]
+
+    def coverage(q, s, r):
+        d = ((q[:, None, :] - s[None, :, :]) ** 2).sum(-1)
+        return float((d <= r[None, :]).any(axis=1).mean())
+
+    return coverage(fake, real, radii(real)), coverage(real, fake, radii(fake))
+
+
+def test_precision_recall_equals_the_full_matrix_definition_at_any_block_size():
+    real, fake = _features(300, 8, 12), _features(200, 8, 13, scale=1.5, shift=0.5)
+    expected = _direct_precision_recall(real, fake, 3)
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+    for block in (512 * 2**20, 8 * 300 * 7, 1):  # one block, blocks of 7 rows, one row at a time
+        assert precision_recall(real, fake, k=3, max_block_bytes=block, device="cpu") == expected
+    assert precision_recall(real, fake, k=5, device="cpu") == _direct_precision_recall(real, fake, 5)
+
+
+def test_precision_recall_of_a_set_against_itself_is_one():
+    x = _features(200, 8, 14)
+    assert precision_recall(x, x, device="cpu") == (1.0, 1.0)
+
+
+def test_inception_score_closed_forms():
+    classes = 10
+    confident = np.full((1000, classes), -50.0)
+    confident[np.arange(1000), np.arange(1000) % classes] = 50.0  # sure of each class, all classes equally often
+    mean, std = inception_score(confident, splits=10)
+    assert mean == pytest.approx(classes, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+    assert inception_score(np.zeros((100, classes)), splits=1) == (pytest.approx(1.0), 0.0)  # uniform: IS = 1
+    assert inception_score(confident, splits=1)[1] == 0.0
+
+
+def test_non_finite_features_name_the_bad_rows():
+    x = _features(50, 4, 15)
+    x[[3, 7]] = np.nan
+    for call in (lambda: fid(x, x), lambda: kid(x, x), lambda: precision_recall(x, x, device="cpu"),
+                 lambda: inception_score(x)):
+        with pytest.raises(ValueError, match="2 of 50 rows with NaN or inf"):
+            call()
