@@ -137,3 +137,28 @@ def test_non_finite_features_name_the_bad_rows():
                  lambda: inception_score(x)):
         with pytest.raises(ValueError, match="2 of 50 rows with NaN or inf"):
             call()
+
+
+def test_reference_statistics_are_computed_once_and_keyed(tmp_path):
+    from rfbench.metrics.reference import ReferenceKey, reference_stats
+
+    x = _features(300, 8, 16)
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return (x[i:i + 64] for i in range(0, 300, 64))
+
+    key = ReferenceKey("digits", "train", "digits-cnn", "none", 8)
+    first, path = reference_stats(key, tmp_path, batches)
+    again, _ = reference_stats(key, tmp_path, batches)
+    assert len(calls) == 1 and path.name == "digits_train_digits-cnn_none_8.npz"
+    np.testing.assert_allclose(first.mu, x.mean(0), rtol=1e-12)
+    np.testing.assert_array_equal(again.sigma, first.sigma)
+    other, other_path = reference_stats(ReferenceKey("digits", "train", "digits-cnn", "clean", 8), tmp_path, batches)
+    assert other_path != path and len(calls) == 2               # the resize mode is part of the identity
+    with pytest.raises(ValueError, match="must be a plain name"):
+        ReferenceKey("../etc", "train", "x", "clean", 8)
+    path.rename(tmp_path / "reference" / "digits_test_digits-cnn_none_8.npz")  # a file under the wrong name
+    with pytest.raises(ValueError, match="holds statistics for"):
+        reference_stats(ReferenceKey("digits", "test", "digits-cnn", "none", 8), tmp_path, batches)

@@ -1,0 +1,60 @@
+"""Reference statistics: computed once per (dataset, split, extractor, resize mode, resolution), then reused.
+
+The preprocessing (resize mode) and the resolution are part of a statistic's identity, as in clean-fid: the same
+images through another resize give another reference.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from rfbench.metrics.image import GaussianStats, StatsAccumulator
+
+
+@dataclass(frozen=True)
+class ReferenceKey:
+    """What determines a reference statistic. ``resolution`` is the image size fed to the data pipeline."""
+
+    dataset: str
+    split: str
+    extractor: str
+    resize_mode: str
+    resolution: int
+
+    def __post_init__(self):
+        for name in ("dataset", "split", "extractor", "resize_mode"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+                raise ValueError(f"ReferenceKey.{name} must be a plain name (letters, digits, . _ -), got {value!r}")
+        if self.resolution < 1:
+            raise ValueError(f"ReferenceKey.resolution must be >= 1, got {self.resolution}")
+
+    def filename(self) -> str:
+        return f"{self.dataset}_{self.split}_{self.extractor}_{self.resize_mode}_{self.resolution}.npz"
+
+
+def reference_stats(key: ReferenceKey, cache_dir: str | os.PathLike,
+                    features: Callable[[], Iterable[np.ndarray]]) -> tuple[GaussianStats, Path]:
+    """Load the statistics for ``key`` from ``cache_dir``, or stream ``features()`` (an iterable of (B, D)
+    batches) into them and store them there. Returns the statistics and the file they live in."""
+    path = Path(cache_dir) / "reference" / key.filename()
+    if path.exists():
+        stats = GaussianStats.load(path)
+        with np.load(path) as data:
+            stored = {k[len("meta_"):]: str(data[k]) for k in data.files if k.startswith("meta_")}
+        expected = {k: str(v) for k, v in asdict(key).items()}
+        if stored and stored != expected:  # a file named for this key that says otherwise was not written by us
+            raise ValueError(f"{path} holds statistics for {stored}, not {expected}; remove it to recompute")
+        return stats, path
+    acc = StatsAccumulator()
+    for batch in features():
+        acc.update(batch)
+    stats = acc.stats()
+    stats.save(path, **{k: str(v) for k, v in asdict(key).items()})
+    return stats, path
