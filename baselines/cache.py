@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -12,7 +10,7 @@ import torch
 from torch import nn
 
 from rfbench.models import CheckpointError, load_checkpoint, save_checkpoint
-from rfbench.models.checkpoint import atomic_torch_save
+from rfbench.models.checkpoint import atomic_torch_save, config_hash, jsonable
 
 # Bump when training code changes in a way that changes the weights, so stale caches are not reused.
 TRAINING_CODE_VERSION = 1
@@ -25,8 +23,7 @@ def default_cache_dir() -> Path:
 
 def config_key(config: dict) -> str:
     """A short stable hash of a JSON-able config (sorted keys)."""
-    blob = json.dumps({"training_code_version": TRAINING_CODE_VERSION, **config}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return config_hash({"training_code_version": TRAINING_CODE_VERSION, **config})
 
 
 class Cache:
@@ -46,14 +43,14 @@ class Cache:
         if path.exists():
             net = make()
             try:
-                load_checkpoint(path, net, expected_config=_jsonable(config))
+                load_checkpoint(path, net, expected_config=jsonable(config))
                 self.log(f"loaded {name} from {path}")
                 return net.to(device).eval()
             except CheckpointError as exc:
                 self.log(f"ignoring unusable cache entry ({exc}); training {name} again")
         self.log(f"training {name} ...")
         net, info = train()
-        save_checkpoint(path, net, _jsonable(config), info=info)
+        save_checkpoint(path, net, jsonable(config), info=info)
         self.trained.append(name)
         self.log(f"trained {name} ({info.get('seconds', 0):.1f} s, final loss {info.get('final_loss', float('nan')):.4g})"
                  f" -> {path}")
@@ -70,7 +67,3 @@ class Cache:
         data = build()
         atomic_torch_save(data, path)
         return data
-
-
-def _jsonable(config: dict) -> dict:
-    return json.loads(json.dumps(config, sort_keys=True, default=str))

@@ -6,8 +6,6 @@ samples in [-1, 1]), so real and generated images pass through the same pipeline
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -17,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rfbench.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rfbench.models.checkpoint import CheckpointError, config_hash, jsonable, load_checkpoint, save_checkpoint
 from rfbench.registry import Registry
 
 
@@ -135,18 +133,18 @@ def digits_extractor(cache_dir: str | os.PathLike, device: str | torch.device = 
                      ) -> DigitsExtractor:
     """The digits CNN from ``cache_dir``, trained (about 20 s on 2 CPU cores) and stored on first use."""
     spec = asdict(config)
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    key = config_hash(spec)
     path = Path(cache_dir) / "extractors" / f"digits-cnn-{key}.pt"
     net = DigitsCNN(config)
     if path.exists():
         try:
-            payload = load_checkpoint(path, net, expected_config=json.loads(json.dumps(spec)))
+            payload = load_checkpoint(path, net, expected_config=jsonable(spec))
             return DigitsExtractor(net, payload["accuracy"], path.stem, device)
         except CheckpointError as exc:
             log(f"ignoring unusable {path} ({exc}); training the digits CNN again")
     start = time.perf_counter()
     net, accuracy = train_digits_cnn(config)
-    save_checkpoint(path, net, json.loads(json.dumps(spec)), accuracy=accuracy)
+    save_checkpoint(path, net, jsonable(spec), accuracy=accuracy)
     log(f"trained the digits CNN in {time.perf_counter() - start:.1f} s: held-out accuracy {accuracy:.4f} -> {path}")
     return DigitsExtractor(net, accuracy, path.stem, device)
 

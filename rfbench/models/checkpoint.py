@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -12,6 +14,17 @@ from torch import nn
 
 FORMAT = "rfbench-checkpoint"
 FORMAT_VERSION = 1
+
+
+def jsonable(config: dict) -> dict:
+    """The config as it reads back from JSON (tuples become lists, other objects their str), for storing and
+    comparing with what a checkpoint holds."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of a JSON-able config (sorted keys): the cache key of what the config builds."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class CheckpointError(ValueError):

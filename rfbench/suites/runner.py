@@ -146,14 +146,19 @@ def _independent_record(suite: Suite, x0: torch.Tensor, reference: torch.Tensor,
                         base: dict) -> dict:
     """The independent coupling (X0, X1 drawn separately): the reference row of the coupling metrics."""
     x1 = suite.problem.independent_target(seeds)
-    values: dict = {}
-    for name in suite.metrics:  # model-scope metrics (straightness) need a flow: they stay empty here
-        if METRICS[name].scope == "cell":
-            values.update(METRICS[name](MetricInput(z0=x0, z1=x1, reference=reference)))
-        else:
-            values.update(dict.fromkeys(METRICS[name].columns))
+    values = _cell_metrics(suite, MetricInput(z0=x0, z1=x1, reference=reference))
     return {**base, "model": "independent", "solver": "none", "steps": None, "options": "", "nfe": 0,
             "wall_clock_s": None, "samples_per_s": None, **values, "status": "ok", "error": None}
+
+
+def _cell_metrics(suite: Suite, inputs: MetricInput) -> dict:
+    """The suite's cell-scope metrics on one coupling; model-scope columns (straightness) stay empty here and are
+    filled per model by :func:`_model_scope` (the independent coupling has no flow, so they stay empty)."""
+    values: dict = {}
+    for name in suite.metrics:
+        metric = METRICS[name]
+        values.update(metric(inputs) if metric.scope == "cell" else dict.fromkeys(metric.columns))
+    return values
 
 
 def _model_scope(suite: Suite, kind: str, model, x0: torch.Tensor,
@@ -197,11 +202,7 @@ def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int
         result = sample(model, x0, cell.solver, cell.steps, seeds=seeds if stochastic else None, **options)
         _sync(device)
         wall = time.perf_counter() - start
-        inputs = MetricInput(z0=x0.cpu(), z1=result.x.cpu(), reference=reference)
-        values: dict = {}
-        for name in suite.metrics:
-            if METRICS[name].scope == "cell":
-                values.update(METRICS[name](inputs))
+        values = _cell_metrics(suite, MetricInput(z0=x0.cpu(), z1=result.x.cpu(), reference=reference))
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
         return {**fields, **_empty_metrics(suite), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     stats = {k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")}
