@@ -169,13 +169,13 @@ def test_features_equal_clean_fid_pipeline_on_real_images(real_extractor):
 
 @needs_weights
 def test_real_inception_metrics_invariants(real_extractor):
-    images = _real_rgb_crops(24, seed=1)
+    images = _real_rgb_crops(12, seed=1)
     a = real_extractor.features(images)
-    small_batches = EXTRACTORS["inception"](None, "cpu", batch_size=5, log=lambda m: None).features(images)
-    torch.testing.assert_close(a, small_batches, rtol=1e-4, atol=1e-5)       # batch size does not matter
+    small_batches = EXTRACTORS["inception"](None, "cpu", batch_size=5, log=lambda m: None).features(images[:6])
+    torch.testing.assert_close(a[:6], small_batches, rtol=1e-4, atol=1e-5)   # batch size does not matter
     assert fid(a, a) == pytest.approx(0.0, abs=1e-6)
-    other = real_extractor.features(_real_rgb_crops(24, seed=2))
-    noise = real_extractor.features(torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8,
+    other = real_extractor.features(_real_rgb_crops(12, seed=2))
+    noise = real_extractor.features(torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8,
                                                   generator=torch.Generator().manual_seed(0)))
     assert fid(noise, a) > 2 * fid(other, a), (fid(noise, a), fid(other, a))   # photos are nearer photos than noise
     if real_extractor.num_classes is None:
