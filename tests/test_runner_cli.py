@@ -83,10 +83,11 @@ def test_a_sweep_records_failures_and_goes_on(stand_in_suite, tmp_path):
 def test_cli_exits_non_zero_when_a_cell_failed(stand_in_suite, monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(SUITES._items, "toy2d-standin", stand_in_suite)
     code = main(["--suite", "toy2d-standin", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
-                 "--models", "shift", "nan", "--quiet", "--no-plots"])
+                 "--models", "shift", "nan", "--quiet", "--no-plots", "--num-samples", "200"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "2 of 6 cell(s) failed (nan)" in err and "300 samples per cell" in err
+    assert "2 of 6 cell(s) failed (nan)" in err
+    assert "200 samples per cell, fewer than the suite's default 300" in err
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 6
 
 
@@ -106,6 +107,9 @@ def test_cli_list_and_dry_run(capsys):
     (["--solvers", "rk23", "--dry-run"], "no cells for solver 'rk23'"),
     (["--models", "ddpm", "--solvers", "euler", "--dry-run"], "nothing to run"),
     (["--device", "tpu7", "--dry-run"], "is not a torch device"),
+    (["--inception-weights", "x.pt", "--dry-run"], "apply to suites scored with the inception extractor; suite "
+                                                   "toy2d uses no extractor"),
+    (["--suite", "digits", "--inception-mode", "clean", "--dry-run"], "suite digits uses digits"),
 ])
 def test_cli_bad_arguments_exit_with_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -24,7 +24,9 @@ __all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_inters
 @dataclass(frozen=True)
 class MetricInput:
     """What a metric may look at for one cell. z0, z1: (N, ...) the coupling (source points, samples).
-    reference: (M, ...) held-out target samples. times/states/velocities: the trajectory, when recorded."""
+    reference: (M, ...) held-out target samples. times/states/velocities: the trajectory, when recorded.
+    Image suites add features (N, D) and logits (N, K) of the samples (logits None when the extractor has no
+    classifier head), and reference_features (M, D) with their statistics."""
 
     z0: torch.Tensor
     z1: torch.Tensor
@@ -32,6 +34,10 @@ class MetricInput:
     times: torch.Tensor | None = None
     states: torch.Tensor | None = None
     velocities: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    reference_features: torch.Tensor | None = None
+    reference_stats: GaussianStats | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,35 @@ def _w2(inp: MetricInput) -> dict:
     return {"w2": w2(inp.z1, inp.reference)}
 
 
+def _need_features(inp: MetricInput, name: str) -> None:
+    if inp.features is None or inp.reference_features is None:
+        raise ValueError(f"{name} needs image features of the samples and of the reference (a suite with an extractor)")
+
+
+def _fid(inp: MetricInput) -> dict:
+    _need_features(inp, "fid")
+    ref = inp.reference_stats or GaussianStats.from_features(inp.reference_features)
+    return {"fid": frechet_distance_stats(GaussianStats.from_features(inp.features), ref)}
+
+
+def _kid(inp: MetricInput) -> dict:
+    _need_features(inp, "kid")
+    return {"kid": kid(inp.features, inp.reference_features)}
+
+
+def _precision_recall(inp: MetricInput) -> dict:
+    _need_features(inp, "precision_recall")
+    precision, recall = precision_recall(inp.reference_features, inp.features, k=3)
+    return {"precision": precision, "recall": recall}
+
+
+def _inception_score(inp: MetricInput) -> dict:
+    if inp.logits is None:  # no classifier head: empty, never a number from something else (the row says why)
+        return {"is": None, "is_10": None, "is_10_std": None}
+    mean10, std10 = inception_score(inp.logits, splits=10) if len(inp.logits) >= 10 else (None, None)
+    return {"is": inception_score(inp.logits, splits=1)[0], "is_10": mean10, "is_10_std": std10}
+
+
 for _metric in (
     Metric("crossing_prob", ("crossing_prob", "crossing_prob_se"), False, _crossing,
            "P(segments of two random pairs intersect), 10,000 draws; 2D only; with its standard error"),
@@ -87,5 +122,12 @@ for _metric in (
            "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt of the model's flow, on a fine reference trajectory",
            scope="model"),
     Metric("w2", ("w2",), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples"),
+    Metric("fid", ("fid",), False, _fid, "Frechet distance between feature Gaussians of samples and reference"),
+    Metric("kid", ("kid",), False, _kid, "unbiased MMD^2, cubic polynomial kernel, 100 subsets of up to 1000"),
+    Metric("precision_recall", ("precision", "recall"), True, _precision_recall,
+           "improved precision and recall, k=3 (Kynkaanniemi et al. 2019)"),
+    Metric("inception_score", ("is", "is_10", "is_10_std"), True, _inception_score,
+           "exp E KL(p(y|x) || p(y)) on the extractor's logits: 'is' with 1 split (the rectified-flow paper), "
+           "'is_10' mean and std over 10 splits"),
 ):
     METRICS.add(_metric.name, _metric)

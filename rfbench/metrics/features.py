@@ -40,6 +40,11 @@ class FeatureExtractor:
     checkpoint: str
     logits_note: str = ""
 
+    @property
+    def identity(self) -> str:
+        """A plain name that changes whenever the features would (part of reference-statistics keys)."""
+        return self.name
+
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
@@ -125,6 +130,10 @@ class DigitsExtractor(FeatureExtractor):
     num_classes = 10
     resize_mode = "none"
     resolution = 8
+
+    @property
+    def identity(self) -> str:
+        return self.checkpoint  # digits-cnn-<config hash>: another training config gives other features
 
     def __init__(self, net: DigitsCNN, accuracy: float, checkpoint: str, device: str | torch.device = "cpu"):
         self.net = net.to(device).eval()

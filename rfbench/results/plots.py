@@ -79,3 +79,28 @@ def plot_trajectories(trajectories: dict[str, tuple[str, np.ndarray]], target: n
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def plot_sample_grid(samples: dict[str, np.ndarray], path: str | Path, per_row: int = 16) -> Path | None:
+    """One row of images per cell (the same seeds in every row, so rows compare directly).
+
+    samples: cell label -> images (n, C, H, W) in [-1, 1]; C is 1 (grayscale) or 3.
+    """
+    if not samples:
+        return None
+    rows = len(samples)
+    fig, axes = plt.subplots(rows, 1, figsize=(per_row * 0.55 + 1.6, rows * 0.62 + 0.2), squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], samples.items()):
+        images = np.clip((np.asarray(images[:per_row], dtype=np.float32) + 1) / 2, 0, 1)
+        strip = np.concatenate([np.pad(img.transpose(1, 2, 0), ((1, 1), (1, 1), (0, 0)), constant_values=1)
+                                for img in images], axis=1)
+        ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from rfbench.metrics import METRICS
+from rfbench.metrics.features import EXTRACTORS
 from rfbench.registry import Registry
 from rfbench.samplers import check_call
 
@@ -46,6 +47,9 @@ class Suite:
     first_seed: int = 0
     independent_row: bool = False
     straightness_steps: int = 100   # model-scope metrics use an rk4 trajectory with this many uniform steps
+    straightness_samples: int | None = None   # ... from the first this many seeds (None: all)
+    extractor: str | None = None    # image suites: the feature extractor of the image metrics (EXTRACTORS)
+    quality_metric: str = "w2"      # the column plotted against NFE
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -54,6 +58,14 @@ class Suite:
             raise ValueError(f"suite {self.name}: first_seed must be >= 0, got {self.first_seed}")
         for metric in self.metrics:
             METRICS[metric]  # raises with the list of known metrics
+        if self.straightness_samples is not None and self.straightness_samples < 2:
+            raise ValueError(f"suite {self.name}: straightness_samples must be >= 2 or None, "
+                             f"got {self.straightness_samples}")
+        if self.extractor is not None:
+            EXTRACTORS[self.extractor]  # raises with the list of known extractors
+        if not any(self.quality_metric in METRICS[m].columns for m in self.metrics):
+            raise ValueError(f"suite {self.name}: quality_metric {self.quality_metric!r} is not a column of its "
+                             f"metrics {', '.join(self.metrics)}")
         if self.straightness_steps < 1:
             raise ValueError(f"suite {self.name}: straightness_steps must be >= 1, got {self.straightness_steps}")
         for cell in self.cells:

@@ -14,13 +14,50 @@ from tqdm.auto import tqdm
 
 from baselines import BASELINES
 from baselines.cache import Cache
-from rfbench.metrics import METRICS, MetricInput
+from rfbench.metrics import METRICS, GaussianStats, MetricInput
+from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, quantize
+from rfbench.metrics.reference import ReferenceKey, reference_stats
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
-from rfbench.results.plots import plot_quality_vs_nfe, plot_trajectories
+from rfbench.results.plots import plot_quality_vs_nfe, plot_sample_grid, plot_trajectories
 from rfbench.samplers import SOLVERS, sample
 from rfbench.suites.base import Cell, Suite
 
 PLOT_PATHS = 300  # trajectories drawn per model
+GRID_SAMPLES = 16  # images per cell in samples.png
+
+
+@dataclass
+class ImageEval:
+    """What the image metrics compare samples with: the extractor and the reference set's features."""
+
+    extractor: FeatureExtractor
+    reference_features: torch.Tensor
+    reference_stats: GaussianStats
+    fields: dict  # provenance columns: extractor, reference
+
+    def inputs(self, z0: torch.Tensor, z1: torch.Tensor) -> MetricInput:
+        features, logits = self.extractor.extract(quantize(z1))
+        return MetricInput(z0=z0, z1=z1, features=features, logits=logits,
+                           reference_features=self.reference_features, reference_stats=self.reference_stats)
+
+
+def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict | None,
+                say: Callable[[str], None]) -> ImageEval | None:
+    if suite.extractor is None:
+        return None
+    extractor = EXTRACTORS[suite.extractor](cache.root, device, log=say, **(options or {}))
+    problem = suite.problem
+    images = problem.reference()
+    features = extractor.features(quantize(images))
+    key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
+                       resize_mode=extractor.resize_mode, resolution=problem.shape[-1])
+    stats, path = reference_stats(key, cache.root, lambda: [features.numpy()])
+    if stats.n != len(images):
+        raise ValueError(f"cached reference statistics {path} were computed from {stats.n} images, but "
+                         f"{problem.dataset}/{problem.reference_split} now has {len(images)}; remove the file")
+    fields = {"extractor": f"{extractor.name} ({extractor.checkpoint}, {extractor.resize_mode})",
+              "reference": f"{path.name} ({len(images)} images)"}
+    return ImageEval(extractor, features, stats, fields)
 
 
 @dataclass
@@ -57,8 +94,10 @@ def _sync(device: torch.device) -> None:
 
 def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device | None = None,
               cache_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
-              log: Callable[[str], None] | None = None) -> RunOutput:
+              log: Callable[[str], None] | None = None, extractor_options: dict | None = None) -> RunOutput:
     """Run every cell of ``suite`` and write ``results.csv``, ``results.md`` and plots into ``out_dir``.
+
+    ``extractor_options`` go to the image suite's feature extractor (for ``inception``: ``weights``, ``mode``).
 
     A cell whose sampler fails (NaN samples, a solver that cannot proceed) is recorded with its error and the sweep
     goes on; every finished cell is on disk before the next one starts.
@@ -76,11 +115,15 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     seeds = list(suite.seeds)
     x0 = suite.problem.initial(seeds).to(device)
     reference = suite.problem.reference(suite.num_samples)
+    images = _image_eval(suite, cache, device, extractor_options, say)
     base = {"suite": suite.name, "suite_version": suite.version, "n_samples": suite.num_samples,
-            "seed": seeds[0], "seeds": f"{seeds[0]}-{seeds[-1]}",
+            "seed": seeds[0], "seeds": f"{seeds[0]}-{seeds[-1]}", **(images.fields if images else {}),
             **provenance(device_name(device), str(x0.dtype).replace("torch.", ""))}
+    if images is not None and images.extractor.num_classes is None and "inception_score" in suite.metrics:
+        base["notes"] = f"IS empty: {images.extractor.logits_note}"
     keys: list[str] = []
     trajectories: dict[str, tuple[str, np.ndarray]] = {}
+    grid: dict[str, np.ndarray] = {}
 
     def store_record(record: dict) -> None:
         record["order"] = len(keys)
@@ -89,7 +132,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
         bar.update(1)
 
     if suite.independent_row:
-        store_record(_independent_record(suite, x0.cpu(), reference, seeds, base))
+        store_record(_independent_record(suite, x0.cpu(), reference, seeds, base, images))
 
     for model_name in suite.models:
         cells = suite.grid(model_name)
@@ -111,7 +154,9 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
             trajectories[model_name] = plot
         for cell in cells:
             bar.set_postfix_str(cell.label)
-            record = _run_cell(suite, cell, model, x0, seeds, reference, device)
+            record, samples = _run_cell(suite, cell, model, x0, seeds, reference, device, images)
+            if samples is not None and images is not None:
+                grid[cell.label] = samples[:GRID_SAMPLES].numpy()
             if record["status"] != "ok":
                 say(f"{cell.label}: {record['error']}")
             else:
@@ -122,9 +167,11 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     frame = store.load(keys=keys)
     files = list(write_tables(frame, out_dir))
     if plots:
-        for path in (plot_quality_vs_nfe(frame, out_dir / "w2_vs_nfe.png", "w2"),
+        quality = suite.quality_metric
+        for path in (plot_quality_vs_nfe(frame, out_dir / f"{quality}_vs_nfe.png", quality),
                      plot_trajectories(trajectories, reference.numpy(), out_dir / "trajectories.png",
-                                       max_paths=PLOT_PATHS)):
+                                       max_paths=PLOT_PATHS),
+                     plot_sample_grid(grid, out_dir / "samples.png", per_row=GRID_SAMPLES)):
             if path is not None:
                 files.append(path)
     return RunOutput(frame=frame, files=files, trained=list(cache.trained))
@@ -143,12 +190,20 @@ def _empty_metrics(suite: Suite) -> dict:
 
 
 def _independent_record(suite: Suite, x0: torch.Tensor, reference: torch.Tensor, seeds: list[int],
-                        base: dict) -> dict:
-    """The independent coupling (X0, X1 drawn separately): the reference row of the coupling metrics."""
+                        base: dict, images: ImageEval | None) -> dict:
+    """The independent coupling (X0, X1 drawn separately): the reference row of the coupling metrics, and for
+    image metrics the floor that a finite sample of real images gives."""
     x1 = suite.problem.independent_target(seeds)
-    values = _cell_metrics(suite, MetricInput(z0=x0, z1=x1, reference=reference))
+    values = _cell_metrics(suite, _metric_input(x0, x1, reference, images))
     return {**base, "model": "independent", "solver": "none", "steps": None, "options": "", "nfe": 0,
             "wall_clock_s": None, "samples_per_s": None, **values, "status": "ok", "error": None}
+
+
+def _metric_input(z0: torch.Tensor, z1: torch.Tensor, reference: torch.Tensor,
+                  images: ImageEval | None) -> MetricInput:
+    if images is None:
+        return MetricInput(z0=z0, z1=z1, reference=reference)
+    return images.inputs(z0, z1)
 
 
 def _cell_metrics(suite: Suite, inputs: MetricInput) -> dict:
@@ -167,13 +222,19 @@ def _model_scope(suite: Suite, kind: str, model, x0: torch.Tensor,
     trajectories to plot. A one-step model is not a flow: its metrics stay empty and its plot is its one step."""
     metrics = [METRICS[name] for name in suite.metrics if METRICS[name].scope == "model"]
     values: dict = {col: None for metric in metrics for col in metric.columns}
+    plottable = x0.ndim == 2 and x0.shape[1] == 2      # trajectories are drawn for 2D problems
     if kind == "one-step":
+        if not plottable:
+            return values, None
         try:
             traj = sample(model, x0[:PLOT_PATHS], "euler", 1, trajectory=True).trajectory
         except Exception:  # the cell itself will record the failure
             return values, None
         return values, ("euler, 1 step", traj.states.numpy())
     steps = suite.straightness_steps
+    if not metrics and not plottable:
+        return values, None
+    x0 = x0[:suite.straightness_samples] if suite.straightness_samples else x0
     try:
         result = sample(model, x0, "rk4", steps, trajectory=True)
     except Exception as exc:
@@ -185,14 +246,15 @@ def _model_scope(suite: Suite, kind: str, model, x0: torch.Tensor,
     for metric in metrics:
         values.update(metric(inputs))
     if metrics:
-        values["model_metrics_solver"] = f"rk4/{steps}"
-    return values, (f"rk4, {steps} steps", traj.states[:, :PLOT_PATHS].numpy())
+        values["model_metrics_solver"] = f"rk4/{steps}" + (
+            f", first {x0.shape[0]} seeds" if suite.straightness_samples else "")
+    return values, ((f"rk4, {steps} steps", traj.states[:, :PLOT_PATHS].numpy()) if plottable else None)
 
 
 def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int], reference: torch.Tensor,
-              device: torch.device) -> dict:
+              device: torch.device, images: ImageEval | None = None) -> tuple[dict, torch.Tensor | None]:
     """Sample one cell (timed, nothing else in the timed region) and compute its cell-scope metrics; failures
-    become a recorded row, never an exception."""
+    become a recorded row, never an exception. Returns the record and the samples (None when it failed)."""
     options = dict(cell.options)
     stochastic = SOLVERS[cell.solver].is_stochastic(options)
     fields = _cell_fields(cell)
@@ -202,9 +264,11 @@ def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int
         result = sample(model, x0, cell.solver, cell.steps, seeds=seeds if stochastic else None, **options)
         _sync(device)
         wall = time.perf_counter() - start
-        values = _cell_metrics(suite, MetricInput(z0=x0.cpu(), z1=result.x.cpu(), reference=reference))
+        values = _cell_metrics(suite, _metric_input(x0.cpu(), result.x.cpu(), reference, images))
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
-        return {**fields, **_empty_metrics(suite), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {**fields, **_empty_metrics(suite), "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}"}, None
     stats = {k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")}
     return {**fields, "nfe": result.nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall, **values,
-            "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()), "status": "ok", "error": None}
+            "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()), "status": "ok",
+            "error": None}, result.x.cpu()

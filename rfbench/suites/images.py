@@ -1,0 +1,44 @@
+"""Image suites: rectified flows, reflows, a distilled one-step model and a DDPM baseline trained by rfbench on real
+images, scored with image metrics on a feature extractor.
+
+Expected on digits (the rectified-flow paper's claims, checked by tests/test_digits_suite.py): one-step FID of
+2-RF far below 1-RF's; the distilled 2-RF's one-step FID no worse than 2-RF's; transport cost falls from 1-RF to
+2-RF.
+"""
+
+from __future__ import annotations
+
+from rfbench.data.images import ImageProblem
+from rfbench.suites.base import SUITES, Cell, Suite, fixed_grid
+
+IMAGE_METRICS = ("fid", "inception_score", "precision_recall", "kid", "crossing_prob", "transport_cost",
+                 "straightness")
+FLOW_STEPS = (1, 2, 4, 8, 16)
+
+
+def flow_cells(model: str) -> tuple[Cell, ...]:
+    return fixed_grid(model, ("euler", "heun"), FLOW_STEPS) + (Cell(model, "rk45"),)
+
+
+def image_cells() -> tuple[Cell, ...]:
+    return (flow_cells("1-rf") + flow_cells("2-rf") + flow_cells("3-rf")
+            + (Cell("2-rf-distill", "euler", 1),)
+            + fixed_grid("ddpm", ("ddim",), (4, 8, 16, 32))
+            + (Cell("ddpm", "ddpm", 100),))
+
+
+DIGITS = SUITES.add("digits", Suite(
+    name="digits",
+    version=1,
+    description="N(0, I) -> sklearn's 8x8 digits (1,437 training images); U-Nets trained on the CPU; "
+                "FID/IS/precision/recall on the digits CNN",
+    problem=ImageProblem("digits", (1, 8, 8)),
+    models=("1-rf", "2-rf", "3-rf", "2-rf-distill", "ddpm"),
+    cells=image_cells(),
+    metrics=IMAGE_METRICS,
+    num_samples=1000,
+    independent_row=True,
+    straightness_samples=250,
+    extractor="digits",
+    quality_metric="fid",
+))
