@@ -67,10 +67,11 @@ def test_digits_suite_runs_end_to_end_and_writes_every_column(smoke):
     assert sampled.loc[sampled["model"] == "2-rf-distill", "straightness"].isna().all()   # not a flow
     assert sampled.loc[sampled["model"] == "ddpm", "straightness"].notna().all()         # its PF-ODE is one
     assert frame["extractor"].str.startswith("digits (digits-cnn-").all()
-    assert frame["reference"].str.contains(r"digits_train_digits-cnn-.*_none_8\.npz \(1437 images\)").all()
+    assert frame["reference"].str.fullmatch(r"digits_train_digits-cnn-\w+_none_8_[0-9a-f]{12}\.npz \(1437 images\)").all()
     assert (frame["is"] >= 1).all() and frame["is"].max() <= 10 + 1e-9     # 10 classes
     independent = frame[frame["model"] == "independent"].iloc[0]
-    assert independent["fid"] < sampled["fid"].min()                   # real images: the floor of the FID
+    assert independent["fid"] < sampled["fid"].min()                   # held-out real images beat tiny models
+    assert independent["precision"] < 1                                # held out: not points of the reference
     for name in ("results.csv", "results.md", "fid_vs_nfe.png", "samples.png"):
         assert (root / "out" / name).stat().st_size > 0, name
     assert not (root / "out" / "trajectories.png").exists()           # trajectories are drawn in 2D only
@@ -93,13 +94,25 @@ def test_image_pipeline_is_the_same_for_real_and_generated_images(smoke):
     torch.testing.assert_close(quantize(quantize(real).float() / 127.5 - 1), quantize(real), rtol=0, atol=0)
 
 
-def test_reference_statistics_are_cached_and_checked(smoke):
+def test_reference_statistics_are_keyed_by_content_and_reused(smoke):
+    from rfbench.metrics import GaussianStats
+    from rfbench.metrics.reference import ReferenceKey, reference_stats
     suite, _, root = smoke
     files = list((root / "cache" / "reference").glob("digits_train_*.npz"))
     assert len(files) == 1
+    fingerprint = suite.problem.fingerprint("train")
+    assert files[0].stem.endswith(fingerprint[:12])
     cache = Cache(root / "cache", log=lambda msg: None)
     again = _image_eval(suite, cache, torch.device("cpu"), None, lambda msg: None)
-    assert again.reference_stats.n == 1437
+    fresh = GaussianStats.from_features(again.reference_features)
+    np_close = dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(again.reference_stats.sigma), torch.from_numpy(fresh.sigma), **np_close)
+    # other images under the same dataset name get another file, never the cached statistics
+    key = ReferenceKey("digits", "train", again.extractor.identity, "none", 8, fingerprint="0" * 12)
+    calls = []
+    reference_stats(key, root / "cache", lambda: calls.append(1) or [again.reference_features[:500].numpy()])
+    assert calls == [1]
+    assert len(list((root / "cache" / "reference").glob("digits_train_*.npz"))) == 2
 
 
 @pytest.mark.skipif(os.environ.get("RFBENCH_FULL_SUITES") != "1",

@@ -53,9 +53,11 @@ def test_idx_layouts_read_like_torchvision(tmp_path, layout, compress):
     np.testing.assert_array_equal(quantize(images)[:, 0].numpy(), test)      # [-1, 1] and back: the stored bytes
 
 
-def test_mnist_pickle_layout(tmp_path):
+@pytest.mark.parametrize("scale", [256, 255])   # the classic file stores byte / 256; accept byte / 255 too
+def test_mnist_pickle_layout(tmp_path, scale):
     train, valid, test = _digits_28(20), _digits_28(5, seed=2), _digits_28(7, seed=3)
-    as_pickle = tuple((im.reshape(len(im), 784).astype(np.float32) / 255, np.zeros(len(im), np.int64))
+    train[0, 0, 0] = 255                          # so that the / 255 copy reaches 1.0
+    as_pickle = tuple((im.reshape(len(im), 784).astype(np.float32) / scale, np.zeros(len(im), np.int64))
                       for im in (train, valid, test))
     with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as f:
         pickle.dump(as_pickle, f)
@@ -119,5 +121,7 @@ def test_image_folder(tmp_path):
         load_image_folder(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         load_image_folder(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="has no test/ subfolder"):
+        load_image_folder(tmp_path, "test")
     with pytest.raises(FileNotFoundError, match="needs --data-dir"):
         load_images("folder", "train", None)

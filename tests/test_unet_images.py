@@ -47,6 +47,7 @@ def test_unet_outputs_depend_on_time_and_input():
     (dict(channels=12, groups=8), "channels\\*mult = 12 must be divisible by groups = 8"),
     (dict(channel_mult=()), "channel_mult must be positive"),
     (dict(dropout=1.0), "dropout must be in \\[0, 1\\)"),
+    (dict(channels=9, groups=3), "channels must be even"),
 ])
 def test_unet_config_errors_name_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -100,6 +101,9 @@ def test_image_problem_is_seeded_and_checks_shapes():
     assert problem.train_target().shape == (1437, 1, 8, 8)
     independent = problem.independent_target(range(6))
     torch.testing.assert_close(problem.independent_target(range(3, 6)), independent[3:], rtol=0, atol=0)
+    held_out = {tuple(r.tolist()) for r in load_digits("test")[0].reshape(360, -1)}
+    assert all(tuple(r.tolist()) in held_out for r in independent.reshape(6, -1))   # real images never trained on
+    assert problem.to_dict()["train_sha1"] == problem.fingerprint("train") != problem.fingerprint("test")
     with pytest.raises(ValueError, match=r"has images of shape \(1, 8, 8\); the suite expects \(3, 8, 8\)"):
         ImageProblem("digits", (3, 8, 8)).train_target()
     with pytest.raises(ValueError, match="unknown image dataset 'cifar'"):

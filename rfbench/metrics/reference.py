@@ -26,9 +26,10 @@ class ReferenceKey:
     extractor: str
     resize_mode: str
     resolution: int
+    fingerprint: str = ""   # e.g. a hash of the images: the same name read from another folder is another key
 
     def __post_init__(self):
-        for name in ("dataset", "split", "extractor", "resize_mode"):
+        for name in ("dataset", "split", "extractor", "resize_mode") + (("fingerprint",) if self.fingerprint else ()):
             value = getattr(self, name)
             if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
                 raise ValueError(f"ReferenceKey.{name} must be a plain name (letters, digits, . _ -), got {value!r}")
@@ -36,7 +37,8 @@ class ReferenceKey:
             raise ValueError(f"ReferenceKey.resolution must be >= 1, got {self.resolution}")
 
     def filename(self) -> str:
-        return f"{self.dataset}_{self.split}_{self.extractor}_{self.resize_mode}_{self.resolution}.npz"
+        tail = f"_{self.fingerprint}" if self.fingerprint else ""
+        return f"{self.dataset}_{self.split}_{self.extractor}_{self.resize_mode}_{self.resolution}{tail}.npz"
 
 
 def reference_stats(key: ReferenceKey, cache_dir: str | os.PathLike,

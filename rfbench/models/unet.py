@@ -35,6 +35,9 @@ class UNetConfig:
         for name in ("image_size", "in_channels", "channels", "num_res_blocks", "groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.channels % 2:
+            raise ValueError(f"UNetConfig.channels must be even (the sinusoidal time embedding has channels/2 "
+                             f"frequencies), got {self.channels}")
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ValueError(f"UNetConfig.channel_mult must be positive integers, got {self.channel_mult}")
         if self.image_size % 2 ** (len(self.channel_mult) - 1):

@@ -50,7 +50,8 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
     images = problem.reference()
     features = extractor.features(quantize(images))
     key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
-                       resize_mode=extractor.resize_mode, resolution=problem.shape[-1])
+                       resize_mode=extractor.resize_mode, resolution=problem.shape[-1],
+                       fingerprint=problem.fingerprint(problem.reference_split)[:12])
     stats, path = reference_stats(key, cache.root, lambda: [features.numpy()])
     if stats.n != len(images):
         raise ValueError(f"cached reference statistics {path} were computed from {stats.n} images, but "
