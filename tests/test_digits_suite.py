@@ -94,16 +94,25 @@ def test_image_pipeline_is_the_same_for_real_and_generated_images(smoke):
     torch.testing.assert_close(quantize(quantize(real).float() / 127.5 - 1), quantize(real), rtol=0, atol=0)
 
 
-def test_reference_statistics_are_keyed_by_content_and_reused(smoke):
+def test_reference_statistics_are_keyed_by_content_and_reused(smoke, monkeypatch):
     from rfbench.metrics import GaussianStats
+    from rfbench.metrics.features import DigitsExtractor
     from rfbench.metrics.reference import ReferenceKey, reference_stats
     suite, _, root = smoke
     files = list((root / "cache" / "reference").glob("digits_train_*.npz"))
     assert len(files) == 1
     fingerprint = suite.problem.fingerprint("train")
     assert files[0].stem.endswith(fingerprint[:12])
+    assert files[0].with_name(files[0].stem + ".features.npy").exists()
     cache = Cache(root / "cache", log=lambda msg: None)
+    expected = EXTRACTORS["digits"](root / "cache", "cpu", log=lambda msg: None).features(
+        quantize(suite.problem.reference()))
+
+    def not_again(self, images):
+        raise AssertionError("reference features were computed again instead of read from the cache")
+    monkeypatch.setattr(DigitsExtractor, "extract", not_again)
     again = _image_eval(suite, cache, torch.device("cpu"), None, lambda msg: None)
+    torch.testing.assert_close(again.reference_features, expected, rtol=0, atol=0)
     fresh = GaussianStats.from_features(again.reference_features)
     np_close = dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(torch.from_numpy(again.reference_stats.sigma), torch.from_numpy(fresh.sigma), **np_close)

@@ -60,3 +60,25 @@ def reference_stats(key: ReferenceKey, cache_dir: str | os.PathLike,
     stats = acc.stats()
     stats.save(path, **{k: str(v) for k, v in asdict(key).items()})
     return stats, path
+
+
+def reference_features(key: ReferenceKey, cache_dir: str | os.PathLike,
+                       compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, Path]:
+    """The reference set's features (N, D) for ``key``, from ``cache_dir`` or computed once by ``compute()`` and
+    stored (float32, as extractors produce them: the float64 copy returned equals the computed one). Precision/
+    recall and KID need the features themselves, not only their statistics; with a content fingerprint in the key
+    a stored file can only belong to the same images and extractor."""
+    path = Path(cache_dir) / "reference" / (key.filename()[:-len(".npz")] + ".features.npy")
+    if path.exists():
+        return np.load(path).astype(np.float64), path
+    features = np.asarray(compute())
+    stored = features.astype(np.float32)
+    if not np.array_equal(stored.astype(features.dtype), features):
+        raise ValueError(f"reference features for {key} are not float32-representable; refusing to store a rounded "
+                         f"copy at {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, stored)
+    os.replace(tmp, path)
+    return stored.astype(np.float64), path

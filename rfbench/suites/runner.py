@@ -16,7 +16,7 @@ from baselines import BASELINES
 from baselines.cache import Cache
 from rfbench.metrics import METRICS, GaussianStats, MetricInput
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, quantize
-from rfbench.metrics.reference import ReferenceKey, reference_stats
+from rfbench.metrics.reference import ReferenceKey, reference_features, reference_stats
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_quality_vs_nfe, plot_sample_grid, plot_trajectories
 from rfbench.samplers import SOLVERS, sample
@@ -48,10 +48,11 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
     extractor = EXTRACTORS[suite.extractor](cache.root, device, log=say, **(options or {}))
     problem = suite.problem
     images = problem.reference()
-    features = extractor.features(quantize(images))
     key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
                        resize_mode=extractor.resize_mode, resolution=problem.shape[-1],
                        fingerprint=problem.fingerprint(problem.reference_split)[:12])
+    features_np, _ = reference_features(key, cache.root, lambda: extractor.features(quantize(images)).numpy())
+    features = torch.from_numpy(features_np)
     stats, path = reference_stats(key, cache.root, lambda: [features.numpy()])
     if stats.n != len(images):
         raise ValueError(f"cached reference statistics {path} were computed from {stats.n} images, but "
