@@ -14,6 +14,22 @@ import torch
 
 from rfbench import noise
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Samples in [-1, 1] -> uint8 in [0, 255], rounding as a saved PNG would (values outside are clipped)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def dequantize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] -> float32 in [-1, 1] (v / 127.5 - 1); ``quantize`` gives the bytes back exactly."""
+    return images.float() / 127.5 - 1
+
+
+def image_fingerprint(images: torch.Tensor) -> str:
+    """SHA-1 of images as saved (quantised bytes): identifies a data set wherever it was read from."""
+    import hashlib
+    return hashlib.sha1(quantize(images).numpy().tobytes()).hexdigest()
+
+
 # dataset name -> loader(split, data_dir) -> images (N, C, H, W) in [-1, 1]
 LOADERS: dict[str, Callable[[str, str | None], torch.Tensor]] = {}
 
@@ -63,7 +79,7 @@ def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tenso
             raise ValueError(f"{f} is {arr.shape[0]}x{arr.shape[1]}x{arr.shape[2]} (C x H x W); the first image, "
                              f"{files[0].name}, is {'x'.join(map(str, arrays[0].shape))}: all images must match")
         arrays.append(arr)
-    return torch.from_numpy(np.stack(arrays).astype(np.float32)) / 127.5 - 1
+    return dequantize(torch.from_numpy(np.stack(arrays)))
 
 
 LOADERS["digits"] = _digits
@@ -125,11 +141,8 @@ class ImageProblem:
         return noise.initial(seeds, self.shape)
 
     def fingerprint(self, split: str) -> str:
-        """SHA-1 of a split's images as bytes (quantised as saved): identifies the data wherever it was read from."""
-        import hashlib
-        images = self._load(split)
-        q = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return hashlib.sha1(q.numpy().tobytes()).hexdigest()
+        """:func:`image_fingerprint` of a split."""
+        return image_fingerprint(self._load(split))
 
     def independent_target(self, seeds: Sequence[int]) -> torch.Tensor:
         """One held-out real image per seed (``independent_split``, drawn with replacement, independently of x0):

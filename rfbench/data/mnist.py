@@ -48,7 +48,7 @@ def read_idx_images(path: str | Path) -> np.ndarray:
     if len(data) != 16 + n * rows * cols:
         raise DatasetNotFoundError(f"{path}: header says {n} images of {rows}x{cols} ({16 + n * rows * cols} "
                                    f"bytes), the file has {len(data)} bytes (truncated?)")
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols).copy()  # writable, for torch
 
 
 def _candidates(dataset: str, root: Path) -> list[Path]:
@@ -132,5 +132,5 @@ def load_mnist_uint8(dataset: str, split: str = "train", data_dir: str | Path | 
 
 def load_mnist(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> torch.Tensor:
     """float32 (N, 1, 28, 28) in [-1, 1] (uint8 v -> v / 127.5 - 1, so quantising gives the stored bytes back)."""
-    images = load_mnist_uint8(dataset, split, data_dir)
-    return torch.from_numpy(images.astype(np.float32)).unsqueeze(1) / 127.5 - 1
+    from rfbench.data.images import dequantize
+    return dequantize(torch.from_numpy(load_mnist_uint8(dataset, split, data_dir)).unsqueeze(1))

@@ -16,13 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from rfbench.data.images import dequantize, quantize  # noqa: F401  (quantize: public here too)
 from rfbench.models.checkpoint import CheckpointError, config_hash, jsonable, load_checkpoint, save_checkpoint
 from rfbench.registry import Registry
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Samples in [-1, 1] -> uint8 in [0, 255], rounding as a saved PNG would (values outside are clipped)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 class FeatureExtractor:
@@ -98,7 +94,7 @@ def _to_input(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
         raise ValueError(f"the digits extractor takes uint8 images of shape (N, 1, 8, 8); got {images.dtype} "
                          f"{tuple(images.shape)} (use rfbench.metrics.features.quantize on samples in [-1, 1])")
-    return images.float() / 127.5 - 1
+    return dequantize(images)
 
 
 def train_digits_cnn(config: DigitsCNNConfig = DigitsCNNConfig()) -> tuple[DigitsCNN, float]:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from baselines import BASELINES
 from baselines.cache import Cache
+from rfbench.data.images import image_fingerprint
 from rfbench.metrics import METRICS, GaussianStats, MetricInput
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, quantize
 from rfbench.metrics.reference import ReferenceKey, reference_features, reference_stats
@@ -42,15 +43,16 @@ class ImageEval:
 
 
 def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict | None,
-                say: Callable[[str], None]) -> ImageEval | None:
+                say: Callable[[str], None], images: torch.Tensor | None = None) -> ImageEval | None:
+    """The extractor and the reference set's features; ``images``: the reference images when already loaded."""
     if suite.extractor is None:
         return None
     extractor = EXTRACTORS[suite.extractor](cache.root, device, log=say, **(options or {}))
     problem = suite.problem
-    images = problem.reference()
+    images = problem.reference() if images is None else images
     key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
                        resize_mode=extractor.resize_mode, resolution=problem.shape[-1],
-                       fingerprint=problem.fingerprint(problem.reference_split)[:12])
+                       fingerprint=image_fingerprint(images)[:12])
     features_np, _ = reference_features(key, cache.root, lambda: extractor.features(quantize(images)).numpy())
     features = torch.from_numpy(features_np)
     stats, path = reference_stats(key, cache.root, lambda: [features.numpy()])
@@ -117,7 +119,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     seeds = list(suite.seeds)
     x0 = suite.problem.initial(seeds).to(device)
     reference = suite.problem.reference(suite.num_samples)
-    images = _image_eval(suite, cache, device, extractor_options, say)
+    images = _image_eval(suite, cache, device, extractor_options, say, images=reference)
     base = {"suite": suite.name, "suite_version": suite.version, "n_samples": suite.num_samples,
             "seed": seeds[0], "seeds": f"{seeds[0]}-{seeds[-1]}", **(images.fields if images else {}),
             **provenance(device_name(device), str(x0.dtype).replace("torch.", ""))}
