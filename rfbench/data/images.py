@@ -6,7 +6,7 @@ training split, as FID on CIFAR-10 uses the training images).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,6 +28,10 @@ def image_fingerprint(images: torch.Tensor) -> str:
     """SHA-1 of images as saved (quantised bytes): identifies a data set wherever it was read from."""
     import hashlib
     return hashlib.sha1(quantize(images).numpy().tobytes()).hexdigest()
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data folder is missing or does not hold the expected files."""
 
 
 # dataset name -> loader(split, data_dir) -> images (N, C, H, W) in [-1, 1]
@@ -57,18 +61,18 @@ def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tenso
     from PIL import Image
 
     if data_dir is None:
-        raise FileNotFoundError("the image-folder dataset needs --data-dir DIR holding PNG or JPEG files")
+        raise DatasetNotFoundError("the image-folder dataset needs --data-dir DIR holding PNG or JPEG files")
     root = Path(data_dir).expanduser()
     if (root / split).is_dir():
         root = root / split
     elif split != "train" and root.is_dir():
-        raise FileNotFoundError(f"{root} has no {split}/ subfolder; without train/ and {split}/ subfolders every image "
+        raise DatasetNotFoundError(f"{root} has no {split}/ subfolder; without train/ and {split}/ subfolders every image "
                                 f"is the train split")
     if not root.is_dir():
-        raise FileNotFoundError(f"--data-dir {root} is not a folder; expected a folder of PNG or JPEG images")
+        raise DatasetNotFoundError(f"--data-dir {root} is not a folder; expected a folder of PNG or JPEG images")
     files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"{root} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
+        raise DatasetNotFoundError(f"{root} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
     arrays = []
     for f in files:
         with Image.open(f) as img:
@@ -112,6 +116,7 @@ class ImageProblem:
     independent_split: str = "test"   # real images for the independent row: held out, not in the reference
     data_dir: str | None = None
     data_seed: int = 1234
+    _fingerprints: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # split -> SHA-1
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(self.shape))
@@ -140,9 +145,12 @@ class ImageProblem:
     def initial(self, seeds: Sequence[int]) -> torch.Tensor:
         return noise.initial(seeds, self.shape)
 
-    def fingerprint(self, split: str) -> str:
-        """:func:`image_fingerprint` of a split."""
-        return image_fingerprint(self._load(split))
+    def fingerprint(self, split: str, images: torch.Tensor | None = None) -> str:
+        """:func:`image_fingerprint` of a split (``images``: the split, when already loaded), computed once per
+        problem (every model's cache spec carries it; hashing MNIST's training set takes seconds)."""
+        if split not in self._fingerprints:
+            self._fingerprints[split] = image_fingerprint(self._load(split) if images is None else images)
+        return self._fingerprints[split]
 
     def independent_target(self, seeds: Sequence[int]) -> torch.Tensor:
         """One held-out real image per seed (``independent_split``, drawn with replacement, independently of x0):

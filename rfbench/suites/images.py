@@ -1,4 +1,4 @@
-"""Image suites: rectified flows, reflows, a distilled one-step model and a DDPM baseline trained by rfbench on real
+"""Image suites (digits, mnist, fashion-mnist): rectified flows, reflows, a distilled one-step model and a DDPM baseline trained by rfbench on real
 images, scored with image metrics on a feature extractor.
 
 Expected on digits (the rectified-flow paper's claims, checked by tests/test_digits_suite.py): one-step FID of
@@ -42,3 +42,26 @@ DIGITS = SUITES.add("digits", Suite(
     extractor="digits",
     quality_metric="fid",
 ))
+
+
+def _mnist_family(name: str, title: str) -> Suite:
+    return Suite(
+        name=name,
+        version=1,
+        description=f"N(0, I) -> {title} 28x28 (60,000 training images; --data-dir); U-Nets sized for a GPU; "
+                    f"FID/IS/precision/recall on Inception (else a classifier trained by rfbench)",
+        problem=ImageProblem(name, (1, 28, 28)),
+        models=("1-rf", "2-rf", "3-rf", "2-rf-distill", "ddpm"),
+        cells=image_cells(),
+        metrics=IMAGE_METRICS,
+        num_samples=10_000,        # a GPU's default; on a CPU pass --num-samples (each row records its count)
+        independent_row=True,
+        straightness_samples=1000,
+        extractor="inception",
+        fallback_extractor="classifier",
+        quality_metric="fid",
+    )
+
+
+MNIST = SUITES.add("mnist", _mnist_family("mnist", "MNIST"))
+FASHION_MNIST = SUITES.add("fashion-mnist", _mnist_family("fashion-mnist", "Fashion-MNIST"))

@@ -14,9 +14,8 @@ from tqdm.auto import tqdm
 
 from baselines import BASELINES
 from baselines.cache import Cache
-from rfbench.data.images import image_fingerprint
 from rfbench.metrics import METRICS, GaussianStats, MetricInput
-from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, quantize
+from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
 from rfbench.metrics.reference import ReferenceKey, reference_features, reference_stats
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_quality_vs_nfe, plot_sample_grid, plot_trajectories
@@ -47,12 +46,19 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
     """The extractor and the reference set's features; ``images``: the reference images when already loaded."""
     if suite.extractor is None:
         return None
-    extractor = EXTRACTORS[suite.extractor](cache.root, device, log=say, **(options or {}))
     problem = suite.problem
+    options = dict(options or {})
+    try:
+        extractor = EXTRACTORS[suite.extractor](cache.root, device, log=say, problem=problem, **options)
+    except NoInceptionWeightsError as exc:
+        if suite.fallback_extractor is None or options.get("weights") is not None:
+            raise
+        say(f"{exc}\nscoring with the {suite.fallback_extractor} extractor instead (recorded in the extractor column)")
+        extractor = EXTRACTORS[suite.fallback_extractor](cache.root, device, log=say, problem=problem)
     images = problem.reference() if images is None else images
     key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
                        resize_mode=extractor.resize_mode, resolution=problem.shape[-1],
-                       fingerprint=image_fingerprint(images)[:12])
+                       fingerprint=problem.fingerprint(problem.reference_split, images)[:12])
     features_np, _ = reference_features(key, cache.root, lambda: extractor.features(quantize(images)).numpy())
     features = torch.from_numpy(features_np)
     stats, path = reference_stats(key, cache.root, lambda: [features.numpy()])

@@ -1,0 +1,131 @@
+"""The mnist / fashion-mnist suites on a reduced budget through the CLI, from data files the tests write in the real
+formats (IDX images and labels: real handwritten digits upscaled to 28x28), and the classifier extractor that
+scores them when no Inception weights are installed."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from baselines import ddpm as ddpm_baseline
+from baselines import rectified_flow
+from rfbench.cli import main
+from rfbench.data.images import ImageProblem
+from rfbench.metrics import features as features_mod
+from rfbench.metrics.features import EXTRACTORS, ClassifierConfig, quantize
+from rfbench.models import UNetConfig
+from rfbench.suites import SUITES
+from rfbench.training import TrainConfig
+from tests.image_files import write_mnist_folder
+
+TINY_NET = dict(image_size=28, in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                attn_resolutions=(), groups=4)
+SMOKE_FLOW = rectified_flow.FlowRecipe(
+    net=UNetConfig(**TINY_NET),
+    train=TrainConfig(steps=30, batch_size=16, lr=3e-3, ema_decay=0.9, seed=0),
+    reflow=TrainConfig(steps=10, batch_size=16, lr=1e-3, ema_decay=0.9, seed=1),
+    distill=TrainConfig(steps=10, batch_size=16, lr=1e-3, ema_decay=0.9, seed=2),
+    num_pairs=32, pair_rtol=1e-2, pair_atol=1e-2, pair_batch=16)
+SMOKE_DDPM = ddpm_baseline.DDPMRecipe(net=UNetConfig(**TINY_NET, time_scale=1.0),
+                                      train=TrainConfig(steps=30, batch_size=16, lr=3e-3, ema_decay=0.9, seed=3))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fashion")
+    write_mnist_folder(root, n_train=400, n_test=100)
+    return root
+
+
+def _no_inception_weights(mp):
+    mp.setattr(features_mod, "clean_fid_weights_path", lambda: features_mod.Path("/nonexistent/inception.pt"))
+    mp.setattr(features_mod, "fid_helper_weights_path", lambda: None)
+
+
+@pytest.fixture(scope="module")
+def smoke(data_dir, tmp_path_factory):
+    """`benchmark.py --suite fashion-mnist --data-dir ...` with no Inception weights installed: the classifier."""
+    out = tmp_path_factory.mktemp("out")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(rectified_flow.RECIPES, "fashion-mnist", SMOKE_FLOW)
+        mp.setitem(ddpm_baseline.RECIPES, "fashion-mnist", SMOKE_DDPM)
+        _no_inception_weights(mp)
+        code = main(["--suite", "fashion-mnist", "--data-dir", str(data_dir), "--num-samples", "12",
+                     "--models", "1-rf", "2-rf-distill", "ddpm", "--solvers", "euler", "ddim",
+                     "--out", str(out / "run"), "--cache", str(out / "cache"), "--quiet"])
+    return code, out
+
+
+def test_fashion_mnist_suite_runs_from_the_cli_and_falls_back_to_the_classifier(smoke):
+    code, out = smoke
+    assert code == 0
+    frame = pd.read_csv(out / "run" / "results.csv")
+    assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["model", "solver", "error"]]
+    assert set(frame["model"]) == {"independent", "1-rf", "2-rf-distill", "ddpm"}   # 2-rf: trained, not swept
+    assert (frame["n_samples"] == 12).all()
+    sampled = frame[frame["model"] != "independent"]
+    for col in ("fid", "is", "precision", "recall", "kid", "transport_cost", "nfe", "wall_clock_s"):
+        assert sampled[col].notna().all(), col
+    assert frame["extractor"].str.fullmatch(r"classifier \(fashion-mnist-cnn-[0-9a-f]+, none\)").all()
+    assert frame["reference"].str.fullmatch(
+        r"fashion-mnist_train_fashion-mnist-cnn-[0-9a-f]+_none_28_[0-9a-f]{12}\.npz \(400 images\)").all()
+    assert frame["crossing_prob"].isna().all()
+    assert ((frame["is"] >= 1) & (frame["is"] <= 10 + 1e-9)).all()
+    for name in ("results.csv", "results.md", "fid_vs_nfe.png", "samples.png"):
+        assert (out / "run" / name).stat().st_size > 0, name
+
+
+def test_classifier_extractor_learns_the_labels_and_is_cached_by_data(data_dir, smoke, tmp_path):
+    _, out = smoke
+    problem = ImageProblem("fashion-mnist", (1, 28, 28), data_dir=str(data_dir))
+    logs = []
+    ext = EXTRACTORS["classifier"](out / "cache", "cpu", problem=problem, log=logs.append)
+    assert logs == []                                   # trained by the suite run, loaded here
+    assert ext.accuracy > 0.5                           # 10 classes; 400 training images, 3 epochs
+    real = quantize(problem.reference())
+    feats, logits = ext.extract(real)
+    assert feats.shape == (400, 128) and logits.shape == (400, 10) and feats.dtype == torch.float64
+    torch.testing.assert_close(ext.extract(real[:37])[0], feats[:37], rtol=0, atol=0)  # batch-independent
+    with pytest.raises(ValueError, match=r"classifier extractor takes uint8 images of shape \(N, 1, 28, 28\)"):
+        ext.extract(real[:, :, :8, :8])
+    # other data under the same name: another checkpoint, never the cached one
+    other = tmp_path / "other"
+    write_mnist_folder(other, n_train=200, n_test=50, seed=1)
+    ext2 = EXTRACTORS["classifier"](out / "cache", "cpu", problem=ImageProblem("fashion-mnist", (1, 28, 28),
+                                                                               data_dir=str(other)),
+                                    config=ClassifierConfig(epochs=1), log=logs.append)
+    assert ext2.identity != ext.identity and len(logs) == 1 and "trained the fashion-mnist classifier" in logs[0]
+    with pytest.raises(ValueError, match=r"classifier extractor trains on labelled data \(mnist, fashion-mnist\); "
+                                         r"suite data is 'digits'"):
+        EXTRACTORS["classifier"](tmp_path, "cpu", problem=ImageProblem("digits", (1, 8, 8)))
+
+
+def test_cli_errors_for_data_dir_extractor_and_weights(data_dir, tmp_path, capsys):
+    for argv, message in (
+            (["--suite", "digits", "--data-dir", str(tmp_path)], "uses sklearn's bundled digits; --data-dir does not"),
+            (["--suite", "toy2d", "--data-dir", str(tmp_path)], "does not read data from disk"),
+            (["--suite", "mnist", "--extractor", "digits"], "is scored with inception or classifier, not 'digits'"),
+            (["--suite", "mnist", "--inception-weights", str(tmp_path / "none.pt")], "none.pt: no such file"),
+            (["--suite", "mnist", "--extractor", "classifier", "--inception-weights", str(tmp_path)],
+             "apply to suites scored with the inception extractor")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv + ["--dry-run"])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err, argv
+    # missing data: one line naming the folder and the files expected, before any training
+    with pytest.raises(SystemExit) as exc:
+        main(["--suite", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--extractor", "classifier",
+              "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "nowhere does not exist; expected a folder holding train-images-idx3-ubyte[.gz]" in err
+    assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_suite_select_replaces_data_dir_and_extractor(data_dir):
+    suite = SUITES["mnist"].select(data_dir=str(data_dir), extractor="classifier")
+    assert suite.problem.data_dir == str(data_dir) and suite.problem.dataset == "mnist"
+    assert suite.extractor == "classifier" and suite.fallback_extractor is None
+    assert SUITES["mnist"].problem.data_dir is None and SUITES["mnist"].extractors == ("inception", "classifier")
+    assert SUITES["mnist"].num_samples == 10_000 and SUITES["fashion-mnist"].cells == SUITES["digits"].cells
