@@ -11,7 +11,7 @@ from cleanfid.fid import frechet_distance as cleanfid_frechet_distance
 from cleanfid.fid import kernel_distance as cleanfid_kernel_distance
 
 from rfbench.metrics.image import (GaussianStats, StatsAccumulator, fid, frechet_distance, frechet_distance_stats,
-                                   inception_score, kid, precision_recall)
+                                   inception_score, kid, knn_radii, precision_recall)
 
 
 def _features(n, d, seed, scale=1.0, shift=0.0):
@@ -122,6 +122,13 @@ def test_precision_recall_equals_the_full_matrix_definition_at_any_block_size():
     for block in (512 * 2**20, 8 * 300 * 7, 1):  # one block, blocks of 7 rows, one row at a time
         assert precision_recall(real, fake, k=3, max_block_bytes=block, device="cpu") == expected
     assert precision_recall(real, fake, k=5, device="cpu") == _direct_precision_recall(real, fake, 5)
+    # the reference radii computed once and passed in: the same numbers; a wrong length is an error
+    radii = knn_radii(real, 3, device="cpu")
+    np.testing.assert_allclose(radii.numpy(), np.sort(((real[:, None] - real[None]) ** 2).sum(-1), axis=1)[:, 3],
+                               rtol=1e-12, atol=1e-12)
+    assert precision_recall(real, fake, k=3, device="cpu", real_radii=radii) == expected
+    with pytest.raises(ValueError, match=r"real_radii must have one radius per real row, shape \(300,\); got \(299,\)"):
+        precision_recall(real, fake, k=3, device="cpu", real_radii=radii[:-1])
 
 
 def test_precision_recall_of_a_set_against_itself_is_one():

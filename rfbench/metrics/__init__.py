@@ -13,12 +13,15 @@ import torch
 from rfbench.metrics.coupling import crossing_prob, segments_intersect, straightness, transport_cost
 from rfbench.metrics.distances import w2
 from rfbench.metrics.image import (GaussianStats, StatsAccumulator, fid, frechet_distance, frechet_distance_stats,
-                                   inception_score, kid, precision_recall)
+                                   inception_score, kid, knn_radii, precision_recall)
 from rfbench.registry import Registry
 
 __all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_intersect", "straightness",
            "transport_cost", "w2", "GaussianStats", "StatsAccumulator", "fid", "frechet_distance",
-           "frechet_distance_stats", "kid", "precision_recall", "inception_score"]
+           "frechet_distance_stats", "kid", "knn_radii", "precision_recall", "inception_score"]
+
+
+PR_K = 3   # neighbours of the precision/recall manifolds (Kynkaanniemi et al. 2019)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class MetricInput:
     logits: torch.Tensor | None = None
     reference_features: torch.Tensor | None = None
     reference_stats: GaussianStats | None = None
+    reference_radii: torch.Tensor | None = None   # knn_radii(reference_features, PR_K), computed once per run
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def _kid(inp: MetricInput) -> dict:
 
 def _precision_recall(inp: MetricInput) -> dict:
     _need_features(inp, "precision_recall")
-    precision, recall = precision_recall(inp.reference_features, inp.features, k=3)
+    precision, recall = precision_recall(inp.reference_features, inp.features, k=PR_K, real_radii=inp.reference_radii)
     return {"precision": precision, "recall": recall}
 
 
@@ -125,7 +129,7 @@ for _metric in (
     Metric("fid", ("fid",), False, _fid, "Frechet distance between feature Gaussians of samples and reference"),
     Metric("kid", ("kid",), False, _kid, "unbiased MMD^2, cubic polynomial kernel, 100 subsets of up to 1000"),
     Metric("precision_recall", ("precision", "recall"), True, _precision_recall,
-           "improved precision and recall, k=3 (Kynkaanniemi et al. 2019)"),
+           f"improved precision and recall, k={PR_K} (Kynkaanniemi et al. 2019)"),
     Metric("inception_score", ("is", "is_10", "is_10_std"), True, _inception_score,
            "exp E KL(p(y|x) || p(y)) on the extractor's logits: 'is' with 1 split (the rectified-flow paper), "
            "'is_10' mean and std over 10 splits"),

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from baselines import BASELINES
 from baselines.cache import Cache
-from rfbench.metrics import METRICS, GaussianStats, MetricInput
+from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
 from rfbench.metrics.reference import ReferenceKey, reference_features, reference_stats
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
@@ -34,11 +34,13 @@ class ImageEval:
     reference_features: torch.Tensor
     reference_stats: GaussianStats
     fields: dict  # provenance columns: extractor, reference
+    reference_radii: torch.Tensor | None = None  # precision/recall's k-NN radii of the reference, once per run
 
     def inputs(self, z0: torch.Tensor, z1: torch.Tensor) -> MetricInput:
         features, logits = self.extractor.extract(quantize(z1))
         return MetricInput(z0=z0, z1=z1, features=features, logits=logits,
-                           reference_features=self.reference_features, reference_stats=self.reference_stats)
+                           reference_features=self.reference_features, reference_stats=self.reference_stats,
+                           reference_radii=self.reference_radii)
 
 
 def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict | None,
@@ -67,7 +69,8 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
                          f"{problem.dataset}/{problem.reference_split} now has {len(images)}; remove the file")
     fields = {"extractor": f"{extractor.name} ({extractor.checkpoint}, {extractor.resize_mode})",
               "reference": f"{path.name} ({len(images)} images)"}
-    return ImageEval(extractor, features, stats, fields)
+    radii = knn_radii(features, PR_K, device=device) if "precision_recall" in suite.metrics else None
+    return ImageEval(extractor, features, stats, fields, radii)
 
 
 @dataclass
