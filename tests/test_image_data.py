@@ -138,3 +138,19 @@ def test_image_folder(tmp_path):
         load_image_folder(tmp_path, "test")
     with pytest.raises(FileNotFoundError, match="needs --data-dir"):
         load_images("folder", "train", None)
+
+
+def test_fingerprint_is_remembered_until_the_files_change(tmp_path):
+    write_mnist_folder(tmp_path, 30, 10)
+    problem = ImageProblem("mnist", (1, 28, 28), data_dir=str(tmp_path))
+    first = problem.fingerprint("train")
+    assert problem.fingerprint("train") == first == problem.to_dict()["train_sha1"]
+    write_mnist_folder(tmp_path, 30, 10, seed=1)          # other images, same file sizes
+    assert problem.fingerprint("train") != first
+
+
+def test_empty_label_file_is_a_clear_error(tmp_path):
+    write_mnist_folder(tmp_path, 20, 10, compress=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(0, np.uint8), compress=False)
+    with pytest.raises(DatasetNotFoundError, match=r"0 labels for 20 images; expected one label in 0-9 per image"):
+        load_mnist_labels("mnist", "train", tmp_path)

@@ -17,7 +17,7 @@ from rfbench.metrics.features import EXTRACTORS, ClassifierConfig, quantize
 from rfbench.models import UNetConfig
 from rfbench.suites import SUITES
 from rfbench.training import TrainConfig
-from tests.image_files import write_mnist_folder
+from tests.image_files import write_idx, write_mnist_folder
 
 TINY_NET = dict(image_size=28, in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
                 attn_resolutions=(), groups=4)
@@ -89,12 +89,13 @@ def test_classifier_extractor_learns_the_labels_and_is_cached_by_data(data_dir, 
     torch.testing.assert_close(ext.extract(real[:37])[0], feats[:37], rtol=0, atol=0)  # batch-independent
     with pytest.raises(ValueError, match=r"classifier extractor takes uint8 images of shape \(N, 1, 28, 28\)"):
         ext.extract(real[:, :, :8, :8])
-    # other data under the same name: another checkpoint, never the cached one
+    # the same images with other labels under the same name: another checkpoint, never the cached one
     other = tmp_path / "other"
-    write_mnist_folder(other, n_train=200, n_test=50, seed=1)
+    parts = write_mnist_folder(other, n_train=400, n_test=100)
+    write_idx(other / "train-labels-idx1-ubyte", (parts["train"][1] + 1) % 10, compress=True)
     ext2 = EXTRACTORS["classifier"](out / "cache", "cpu", problem=ImageProblem("fashion-mnist", (1, 28, 28),
                                                                                data_dir=str(other)),
-                                    config=ClassifierConfig(epochs=1), log=logs.append)
+                                    config=ClassifierConfig(), log=logs.append)
     assert ext2.identity != ext.identity and len(logs) == 1 and "trained the fashion-mnist classifier" in logs[0]
     with pytest.raises(ValueError, match=r"classifier extractor trains on labelled data \(mnist, fashion-mnist\); "
                                          r"suite data is 'digits'"):
@@ -129,3 +130,16 @@ def test_suite_select_replaces_data_dir_and_extractor(data_dir):
     assert suite.extractor == "classifier" and suite.fallback_extractor is None
     assert SUITES["mnist"].problem.data_dir is None and SUITES["mnist"].extractors == ("inception", "classifier")
     assert SUITES["mnist"].num_samples == 10_000 and SUITES["fashion-mnist"].cells == SUITES["digits"].cells
+
+
+def test_inception_options_never_fall_back(data_dir, tmp_path, monkeypatch, capsys):
+    """--inception-mode (or --inception-weights) asks for Inception: without weights that is an error, not the
+    classifier."""
+    _no_inception_weights(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        main(["--suite", "fashion-mnist", "--data-dir", str(data_dir), "--inception-mode", "clean",
+              "--num-samples", "4", "--models", "1-rf", "--out", str(tmp_path / "out"), "--cache",
+              str(tmp_path / "cache"), "--quiet"])
+    assert exc.value.code == 2
+    assert "no Inception weights found" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "models").exists()

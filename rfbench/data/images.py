@@ -104,6 +104,21 @@ def load_images(dataset: str, split: str, data_dir: str | None = None) -> torch.
     return images
 
 
+def _files_signature(dataset: str, data_dir: str | None) -> tuple:
+    """(path, size, mtime) of every file a dataset may be read from; () for data bundled with a package."""
+    if dataset == "digits":
+        return ()
+    if data_dir is None and dataset in ("mnist", "fashion-mnist"):
+        from rfbench.data.mnist import _default_dir
+        root = _default_dir(dataset)
+    else:
+        root = Path(data_dir).expanduser() if data_dir is not None else None
+    if root is None or not root.exists():
+        return ()
+    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+    return tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
+
+
 @dataclass(frozen=True)
 class ImageProblem:
     """pi0 = N(0, I) of the image shape, pi1 = the images of ``dataset`` (``train_split`` for training,
@@ -116,7 +131,7 @@ class ImageProblem:
     independent_split: str = "test"   # real images for the independent row: held out, not in the reference
     data_dir: str | None = None
     data_seed: int = 1234
-    _fingerprints: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # split -> SHA-1
+    _fingerprints: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # (split, files) -> SHA-1
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(self.shape))
@@ -146,11 +161,13 @@ class ImageProblem:
         return noise.initial(seeds, self.shape)
 
     def fingerprint(self, split: str, images: torch.Tensor | None = None) -> str:
-        """:func:`image_fingerprint` of a split (``images``: the split, when already loaded), computed once per
-        problem (every model's cache spec carries it; hashing MNIST's training set takes seconds)."""
-        if split not in self._fingerprints:
-            self._fingerprints[split] = image_fingerprint(self._load(split) if images is None else images)
-        return self._fingerprints[split]
+        """:func:`image_fingerprint` of a split (``images``: the split, when already loaded). Every model's cache
+        spec carries it and hashing MNIST's training set takes seconds, so it is remembered, keyed by the size and
+        modification time of the data files: files changed on disk are hashed again."""
+        key = (split, _files_signature(self.dataset, self.data_dir))
+        if key not in self._fingerprints:
+            self._fingerprints[key] = image_fingerprint(self._load(split) if images is None else images)
+        return self._fingerprints[key]
 
     def independent_target(self, seeds: Sequence[int]) -> torch.Tensor:
         """One held-out real image per seed (``independent_split``, drawn with replacement, independently of x0):

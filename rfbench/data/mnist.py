@@ -177,8 +177,9 @@ def load_mnist_labels(dataset: str, split: str = "train", data_dir: str | Path |
     else:
         raise DatasetNotFoundError(f"{root} does not hold {dataset} ({split}): expected {_expected(dataset, split)}")
     if labels.shape[0] != expected or (labels.size and labels.max() > 9):
-        raise DatasetNotFoundError(f"{dataset} ({split}) labels: {labels.shape[0]} labels in 0-{int(labels.max())} "
-                                   f"for {expected} images; expected one label in 0-9 per image")
+        values = f"in 0-{int(labels.max())}" if labels.size else ""
+        raise DatasetNotFoundError(f"{dataset} ({split}) labels: {labels.shape[0]} labels {values} for {expected} "
+                                   f"images; expected one label in 0-9 per image".replace("  ", " "))
     return labels
 
 
