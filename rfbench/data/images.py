@@ -92,6 +92,14 @@ LOADERS["fashion-mnist"] = _mnist("fashion-mnist")
 LOADERS["folder"] = lambda split, data_dir: load_image_folder(data_dir, split)
 
 
+def _cifar10(split: str, data_dir: str | None) -> torch.Tensor:
+    from rfbench.data.cifar import load_cifar10
+    return load_cifar10(split, data_dir)
+
+
+LOADERS["cifar10"] = _cifar10
+
+
 def load_images(dataset: str, split: str, data_dir: str | None = None) -> torch.Tensor:
     try:
         loader = LOADERS[dataset]

@@ -1,0 +1,97 @@
+"""CIFAR-10's python-version files (cifar-10-batches-py) written by the test in the real pickle format from real
+photographs (crops of sklearn's bundled sample images), read by rfbench and, as the reference, by torchvision."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from rfbench.data.cifar import load_cifar10, load_cifar10_uint8
+from rfbench.data.images import DatasetNotFoundError, ImageProblem, quantize
+
+
+def _photo_crops(n: int, seed: int) -> np.ndarray:
+    from sklearn.datasets import load_sample_images
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = photos[rng.integers(len(photos))]
+        y, x = rng.integers(img.shape[0] - 32), rng.integers(img.shape[1] - 32)
+        out.append(img[y:y + 32, x:x + 32].transpose(2, 0, 1))   # CHW, as CIFAR stores each row
+    return np.stack(out).astype(np.uint8)
+
+
+def write_cifar10(root, per_batch: int = 4, n_test: int = 3, bytes_keys: bool = False) -> dict:
+    """cifar-10-batches-py with five train batches, a test batch and batches.meta; returns what was written.
+    Keys are str, as the original Python 2 files load with encoding="latin1"; ``bytes_keys`` writes bytes keys, as
+    a copy re-pickled after loading with encoding="bytes" would have."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    key = (lambda k: k.encode()) if bytes_keys else (lambda k: k)
+    written = {"train": ([], []), "test": ([], [])}
+    names = [(f"data_batch_{i}", "train", per_batch) for i in range(1, 6)] + [("test_batch", "test", n_test)]
+    for i, (name, split, n) in enumerate(names):
+        images = _photo_crops(n, seed=i)
+        labels = [(i + j) % 10 for j in range(n)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({key("batch_label"): key(f"batch {i}"), key("labels"): labels,
+                         key("data"): images.reshape(n, 3072), key("filenames"): [key(f"{j}.png") for j in range(n)]},
+                        f, protocol=2)
+        written[split][0].append(images)
+        written[split][1].extend(labels)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({key("label_names"): [key(c) for c in ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                            "frog", "horse", "ship", "truck")],
+                     key("num_cases_per_batch"): per_batch, key("num_vis"): 3072}, f, protocol=2)
+    return {s: (np.concatenate(v[0]), np.array(v[1])) for s, v in written.items()}
+
+
+@pytest.mark.parametrize("bytes_keys", [True, False])
+def test_cifar10_reads_like_torchvision(tmp_path, monkeypatch, bytes_keys):
+    from torchvision.datasets import CIFAR10
+    written = write_cifar10(tmp_path, bytes_keys=bytes_keys)
+    import torchvision.datasets.cifar as tv_cifar
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)   # it checks the real files' MD5s
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: True)
+    for split in ("train", "test"):
+        images, labels = load_cifar10_uint8(split, tmp_path)
+        np.testing.assert_array_equal(images, written[split][0])
+        np.testing.assert_array_equal(labels, written[split][1])
+        if not bytes_keys:  # the real files' Python 2 str keys load as str with latin1, as torchvision reads them
+            tv = CIFAR10(str(tmp_path), train=split == "train", download=False)
+            np.testing.assert_array_equal(images.transpose(0, 2, 3, 1), tv.data)     # torchvision keeps HWC
+            np.testing.assert_array_equal(labels, tv.targets)
+    # the folder itself works as --data-dir too; [-1, 1] and back gives the stored bytes
+    x = load_cifar10("test", tmp_path / "cifar-10-batches-py")
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.float32
+    np.testing.assert_array_equal(quantize(x).numpy(), written["test"][0])
+    problem = ImageProblem("cifar10", (3, 32, 32), data_dir=str(tmp_path))
+    assert problem.train_target().shape == (20, 3, 32, 32)
+
+
+def test_cifar10_errors_name_the_path_and_what_is_expected(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 needs --data-dir DIR: CIFAR-10's python version"):
+        load_cifar10_uint8("train", None)
+    with pytest.raises(DatasetNotFoundError, match=r"nowhere does not exist"):
+        load_cifar10_uint8("train", tmp_path / "nowhere")
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"lacks data_batch_3 \(CIFAR-10 train split\)"):
+        load_cifar10_uint8("train", tmp_path)
+    blob = (folder / "test_batch").read_bytes()
+    (folder / "test_batch").write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(DatasetNotFoundError, match=r"test_batch is not a CIFAR-10 batch file \(UnpicklingError"):
+        load_cifar10_uint8("test", tmp_path)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 1024), np.uint8), "labels": [0, 1]}, f)
+    with pytest.raises(DatasetNotFoundError, match=r"'data' is uint8 \(2, 1024\), expected uint8 \(N, 3072\)"):
+        load_cifar10_uint8("test", tmp_path)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, f)
+    with pytest.raises(DatasetNotFoundError, match=r"1 labels for 2 images"):
+        load_cifar10_uint8("test", tmp_path)
