@@ -23,6 +23,6 @@ class Baseline:
 
 BASELINES: Registry[Baseline] = Registry("baseline")
 
-from baselines import ddpm, rectified_flow  # noqa: E402,F401  (register the families)
+from baselines import ddpm, published, rectified_flow  # noqa: E402,F401  (register the families)
 
 __all__ = ["BASELINES", "Baseline"]

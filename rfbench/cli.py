@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from baselines.cache import default_cache_dir
-from rfbench.data.images import DatasetNotFoundError
+from rfbench.data.images import DatasetNotFoundError, check_dataset
 from rfbench.metrics.features import InceptionWeightsError, find_inception_weights
 from rfbench.registry import UnknownNameError
 from rfbench.results import markdown_table
@@ -25,6 +25,7 @@ EPILOG = """examples:
   python benchmark.py --suite digits                   # U-Nets on sklearn's 8x8 digits, FID/IS/P/R (CPU, minutes)
   python benchmark.py --suite fashion-mnist --data-dir /usr/share/datasets/fashion-mnist   # 28x28, sized for a GPU
   python benchmark.py --suite mnist --num-samples 500 --extractor classifier              # fewer samples on a CPU
+  python benchmark.py --suite cifar --data-dir DATA --checkpoint-dir CKPTS                 # Table 1, on a GPU
   python benchmark.py --list                           # suites, models, solvers
   python benchmark.py --suite toy2d --dry-run          # the cells a run would compute
 """
@@ -52,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where an image suite reads its data (mnist: IDX files or mnist.pkl.gz; fashion-mnist: "
                              "IDX files); default: the offline install locations (README)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH",
+                        help="load MODEL from a checkpoint file instead of training it (repeatable): the published "
+                             "rectified-flow / score-SDE format or an rfbench checkpoint")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
+                        help="a folder holding MODEL.pth (or .pt) for each model of the suite, e.g. 1-rf.pth, "
+                             "2-rf-distill.pth, vp-ode.pth")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="samples per sampler call (default: the suite's; cifar 1000). rk45's steps, hence its "
+                             "NFE, depend on the batch: the row records it")
     parser.add_argument("--extractor", default=None, metavar="NAME",
                         help="the feature extractor of the image metrics, one the suite allows (mnist and "
                              "fashion-mnist: inception, or classifier, which is also used when no Inception weights "
@@ -76,6 +86,46 @@ def _list() -> str:
     return "\n".join(lines)
 
 
+def _checkpoints(args, suite) -> dict[str, str]:
+    """--checkpoint-dir's MODEL.pth / MODEL.pt files for the suite's models, then --checkpoint MODEL=PATH."""
+    found: dict[str, str] = {}
+    if args.checkpoint_dir is not None:
+        if not args.checkpoint_dir.is_dir():
+            raise ValueError(f"--checkpoint-dir {args.checkpoint_dir} is not a folder")
+        for model in suite.models:
+            for suffix in (".pth", ".pt"):
+                if (args.checkpoint_dir / f"{model}{suffix}").is_file():
+                    found[model] = str(args.checkpoint_dir / f"{model}{suffix}")
+                    break
+    for item in args.checkpoint:
+        model, sep, path = item.partition("=")
+        if not sep or not model or not path:
+            raise ValueError(f"--checkpoint takes MODEL=PATH, got {item!r}")
+        found[model] = path
+    return found
+
+
+def _missing_inputs(suite) -> list[str]:
+    """One line per input the run cannot start without (data files, checkpoints), each naming its flag."""
+    missing = []
+    problem = suite.problem
+    if hasattr(problem, "data_dir"):
+        for split in dict.fromkeys((problem.train_split, problem.reference_split)):
+            try:
+                check_dataset(problem.dataset, split, problem.data_dir)
+            except DatasetNotFoundError as exc:
+                missing.append(str(exc))
+                break
+    for model in suite.models:
+        path = suite.checkpoint(model)
+        if path is not None and not Path(path).is_file():
+            missing.append(f"checkpoint for {model} not found: {path} (--checkpoint {model}=PATH)")
+        elif path is None and suite.checkpoint_only:
+            missing.append(f"no checkpoint for {model}: pass --checkpoint {model}=PATH or put {model}.pth in "
+                           f"--checkpoint-dir (or leave it out with --models)")
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -89,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         extractor = args.extractor
         if extractor is None and (args.inception_weights or args.inception_mode) and suite.extractor == "inception":
             extractor = "inception"   # inception options ask for inception: no silent fallback to another extractor
+        if args.batch_size is not None and args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers,
-                             data_dir=args.data_dir, extractor=extractor)
+                             data_dir=args.data_dir, extractor=extractor, batch_size=args.batch_size,
+                             checkpoints=_checkpoints(args, suite))
         device = resolve_device(args.device)
         if suite.extractor != "inception" and (args.inception_weights or args.inception_mode):
             raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
@@ -99,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             find_inception_weights(args.inception_weights)  # a missing explicit file: say so before any work
     except (UnknownNameError, ValueError, InceptionWeightsError) as exc:
         parser.error(str(exc))
+    missing = _missing_inputs(suite)
+    if missing and not args.dry_run:
+        parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in missing))
     if args.dry_run:
         scored = "" if suite.extractor is None else f", scored with the {suite.extractor} extractor" + (
             f" ({suite.fallback_extractor} when its weights are missing)" if suite.fallback_extractor else "")

@@ -57,14 +57,20 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-def load_cifar10_uint8(split: str = "train", data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) of ``split`` ("train" or "test"), in file order."""
-    if split not in FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+def check_cifar10(split: str = "train", data_dir: str | Path | None = None) -> None:
+    """Raise the loader's error if the split's files are not there (without reading them)."""
     root = _root(data_dir)
     missing = [name for name in FILES[split] if not (root / name).is_file()]
     if missing:
         raise DatasetNotFoundError(f"{root} lacks {', '.join(missing)} (CIFAR-10 {split} split); expected {HINT}")
+
+
+def load_cifar10_uint8(split: str = "train", data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) of ``split`` ("train" or "test"), in file order."""
+    if split not in FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_cifar10(split, data_dir)
+    root = _root(data_dir)
     parts = [_read_batch(root / name) for name in FILES[split]]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

@@ -127,6 +127,17 @@ def _files_signature(dataset: str, data_dir: str | None) -> tuple:
     return tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
 
 
+def check_dataset(dataset: str, split: str, data_dir: str | None) -> None:
+    """Raise the loader's DatasetNotFoundError (naming the folder and the files expected) when a dataset read from
+    files is not there; cheap: nothing is read."""
+    if dataset == "cifar10":
+        from rfbench.data.cifar import check_cifar10
+        check_cifar10(split, data_dir)
+    elif dataset in ("mnist", "fashion-mnist"):
+        from rfbench.data.mnist import check_mnist
+        check_mnist(dataset, split, data_dir)
+
+
 @dataclass(frozen=True)
 class ImageProblem:
     """pi0 = N(0, I) of the image shape, pi1 = the images of ``dataset`` (``train_split`` for training,

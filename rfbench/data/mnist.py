@@ -140,6 +140,13 @@ def _pickle_file(dataset: str, root: Path) -> Path | None:
     return root / "mnist.pkl.gz" if (root / "mnist.pkl.gz").is_file() else None
 
 
+def check_mnist(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> None:
+    """Raise the loader's error if the split's files are not there (without reading them)."""
+    root = _root(dataset, split, data_dir)
+    if not ((root.is_dir() and _find_idx(dataset, split, root) is not None) or _pickle_file(dataset, root)):
+        raise DatasetNotFoundError(f"{root} does not hold {dataset} ({split}): expected {_expected(dataset, split)}")
+
+
 def load_mnist_uint8(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> np.ndarray:
     """Images (N, 28, 28) uint8 of ``dataset`` ("mnist" or "fashion-mnist") and ``split`` ("train" or "test")."""
     root = _root(dataset, split, data_dir)

@@ -51,6 +51,9 @@ class Suite:
     extractor: str | None = None    # image suites: the feature extractor of the image metrics (EXTRACTORS)
     fallback_extractor: str | None = None  # ... used instead when the extractor's weights are not installed
     quality_metric: str = "w2"      # the column plotted against NFE
+    batch_size: int | None = None   # samples per sampler call (None: all at once); rk45's NFE is then per batch
+    checkpoints: tuple[tuple[str, str], ...] = ()   # (model, file) loaded instead of trained (baselines.published)
+    checkpoint_only: bool = False   # models exist only as checkpoints (no recipe trains them)
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -71,6 +74,12 @@ class Suite:
         if not any(self.quality_metric in METRICS[m].columns for m in self.metrics):
             raise ValueError(f"suite {self.name}: quality_metric {self.quality_metric!r} is not a column of its "
                              f"metrics {', '.join(self.metrics)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"suite {self.name}: batch_size must be >= 1 or None, got {self.batch_size}")
+        for model, _ in self.checkpoints:
+            if model not in self.models:
+                raise ValueError(f"suite {self.name}: a checkpoint is given for {model!r}, which is not one of its "
+                                 f"models ({', '.join(self.models)})")
         if self.straightness_steps < 1:
             raise ValueError(f"suite {self.name}: straightness_steps must be >= 1, got {self.straightness_steps}")
         for cell in self.cells:
@@ -89,6 +98,9 @@ class Suite:
     def seeds(self) -> range:
         return range(self.first_seed, self.first_seed + self.num_samples)
 
+    def checkpoint(self, model: str) -> str | None:
+        return dict(self.checkpoints).get(model)
+
     def grid(self, model: str) -> list[Cell]:
         return [c for c in self.cells if c.model == model]
 
@@ -99,7 +111,8 @@ class Suite:
 
     def select(self, *, num_samples: int | None = None, models: Sequence[str] | None = None,
                solvers: Sequence[str] | None = None, data_dir: str | None = None,
-               extractor: str | None = None) -> "Suite":
+               extractor: str | None = None, batch_size: int | None = None,
+               checkpoints: dict[str, str] | None = None) -> "Suite":
         """A copy restricted to some models and solvers, or with another sample count (recorded in every row),
         data folder (image suites whose data is read from disk) or extractor (one of :attr:`extractors`)."""
         changes: dict[str, Any] = {}
@@ -112,6 +125,14 @@ class Suite:
             if getattr(self.problem, "dataset", None) == "digits":
                 raise ValueError(f"suite {self.name} uses sklearn's bundled digits; --data-dir does not apply")
             changes["problem"] = dataclasses.replace(self.problem, data_dir=str(data_dir))
+        if batch_size is not None:
+            changes["batch_size"] = int(batch_size)
+        if checkpoints:
+            unknown = [m for m in checkpoints if m not in self.models]
+            if unknown:
+                raise ValueError(f"suite {self.name} has no model {', '.join(map(repr, unknown))} to load a "
+                                 f"checkpoint into; its models are: {', '.join(self.models)}")
+            changes["checkpoints"] = tuple(sorted({**dict(self.checkpoints), **checkpoints}.items()))
         if extractor is not None:
             if extractor not in self.extractors:
                 raise ValueError(f"suite {self.name} is scored with "
@@ -136,6 +157,9 @@ class Suite:
             raise ValueError(f"suite {self.name}: no cell has model in {list(models or self.models)} and solver in "
                              f"{list(solvers or sorted({c.solver for c in self.cells}))}; nothing to run")
         changes["cells"] = cells
+        if "models" in changes:   # checkpoints of models left out are not needed
+            changes["checkpoints"] = tuple((m, f) for m, f in changes.get("checkpoints", self.checkpoints)
+                                           if m in changes["models"])
         return dataclasses.replace(self, **changes)
 
 

@@ -1,4 +1,4 @@
-"""Image suites (digits, mnist, fashion-mnist): rectified flows, reflows, a distilled one-step model and a DDPM baseline trained by rfbench on real
+"""Image suites (digits, mnist, fashion-mnist, cifar): rectified flows, reflows, a distilled one-step model and a DDPM baseline trained by rfbench on real
 images, scored with image metrics on a feature extractor.
 
 Expected on digits (the rectified-flow paper's claims, checked by tests/test_digits_suite.py): one-step FID of
@@ -65,3 +65,36 @@ def _mnist_family(name: str, title: str) -> Suite:
 
 MNIST = SUITES.add("mnist", _mnist_family("mnist", "MNIST"))
 FASHION_MNIST = SUITES.add("fashion-mnist", _mnist_family("fashion-mnist", "Fashion-MNIST"))
+
+
+# cifar: Table 1 of the rectified-flow paper from the published checkpoints (nothing is trained).
+CIFAR_EULER = (1, 2, 4, 8, 16, 32, 64, 100)
+CIFAR_HEUN = (1, 2, 4, 8, 16, 32, 50)        # 2 NFE per step (the last step's second evaluation included)
+
+
+def cifar_cells() -> tuple[Cell, ...]:
+    cells: tuple[Cell, ...] = ()
+    for model in ("1-rf", "2-rf", "3-rf"):
+        cells += ((Cell(model, "rk45"),) + fixed_grid(model, ("euler",), CIFAR_EULER)
+                  + fixed_grid(model, ("heun",), CIFAR_HEUN))
+    cells += (Cell("2-rf-distill", "euler", 1), Cell("3-rf-distill", "euler", 1))
+    return cells + (Cell("vp-ode", "rk45"), Cell("subvp-ode", "rk45"))
+
+
+CIFAR = SUITES.add("cifar", Suite(
+    name="cifar",
+    version=1,
+    description="N(0, I) -> CIFAR-10 32x32 (--data-dir): the published 1/2/3-RF, distilled and score-SDE VP/sub-VP "
+                "DDPM++ checkpoints (--checkpoint-dir); FID/IS/precision/recall on Inception; a GPU's work",
+    problem=ImageProblem("cifar10", (3, 32, 32)),
+    models=("1-rf", "2-rf", "3-rf", "2-rf-distill", "3-rf-distill", "vp-ode", "subvp-ode"),
+    cells=cifar_cells(),
+    metrics=IMAGE_METRICS,
+    num_samples=50_000,
+    independent_row=True,
+    straightness_samples=1000,
+    extractor="inception",
+    quality_metric="fid",
+    batch_size=1000,
+    checkpoint_only=True,
+))

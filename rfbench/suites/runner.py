@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from baselines import BASELINES
 from baselines.cache import Cache
+from baselines.published import file_identity, load_checkpoint_model
 from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
 from rfbench.metrics.reference import ReferenceKey, reference_features, reference_stats
@@ -153,8 +154,13 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
             continue
         bar.set_postfix_str(f"{model_name}: loading")
         baseline = BASELINES[model_name]
+        checkpoint = suite.checkpoint(model_name)
         try:
-            model = baseline.load_or_train(suite, cache, device)
+            if checkpoint is not None:
+                model = load_checkpoint_model(model_name, checkpoint, suite, device)
+                cache.keys[model_name] = file_identity(checkpoint)
+            else:
+                model = baseline.load_or_train(suite, cache, device)
         except Exception as exc:  # record the failure for each of its cells and go on with the next model
             say(f"{model_name}: could not load or train: {type(exc).__name__}: {exc}")
             for cell in cells:
@@ -274,14 +280,38 @@ def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int
     try:
         _sync(device)
         start = time.perf_counter()
-        result = sample(model, x0, cell.solver, cell.steps, seeds=seeds if stochastic else None, **options)
+        x, nfe, stats = _sample_batched(model, x0, cell, seeds if stochastic else None, suite.batch_size)
         _sync(device)
         wall = time.perf_counter() - start
-        values = _cell_metrics(suite, _metric_input(x0.cpu(), result.x.cpu(), reference, images))
+        values = _cell_metrics(suite, _metric_input(x0.cpu(), x, reference, images))
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
         return {**fields, **_empty_metrics(suite), "status": "failed",
                 "error": f"{type(exc).__name__}: {exc}"}, None
-    stats = {k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")}
-    return {**fields, "nfe": result.nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall, **values,
+    return {**fields, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall, **values,
             "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()), "status": "ok",
-            "error": None}, result.x.cpu()
+            "error": None}, x
+
+
+def _sample_batched(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None,
+                    batch_size: int | None) -> tuple[torch.Tensor, float, dict]:
+    """Sample ``x0`` in batches of ``batch_size`` (all at once when None). Fixed-grid solvers give the same
+    samples either way; an adaptive solver's step sizes, hence its samples and NFE, depend on the batch (its error
+    norm spans the batch), so the row's NFE is the mean over batches and solver_stats gives the batch size and
+    the range."""
+    size = batch_size or x0.shape[0]
+    xs, nfes, merged = [], [], {}
+    for start in range(0, x0.shape[0], size):
+        result = sample(model, x0[start:start + size], cell.solver, cell.steps,
+                        seeds=seeds[start:start + size] if seeds is not None else None, **dict(cell.options))
+        xs.append(result.x.cpu())
+        nfes.append(result.nfe)
+        for key, value in result.stats.items():
+            if key not in ("rtol", "atol", "eta"):
+                merged[key] = merged.get(key, 0) + value if isinstance(value, (int, float)) else value
+    stats = dict(merged)
+    if len(nfes) > 1:
+        stats.update(batch_size=size, batches=len(nfes))
+        if min(nfes) != max(nfes):
+            stats.update(nfe_min=min(nfes), nfe_max=max(nfes))
+    nfe = nfes[0] if min(nfes) == max(nfes) else sum(nfes) / len(nfes)
+    return torch.cat(xs), nfe, stats
