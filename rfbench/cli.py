@@ -110,13 +110,17 @@ def _missing_inputs(suite) -> list[str]:
     missing = []
     problem = suite.problem
     if hasattr(problem, "data_dir"):
-        for split in dict.fromkeys((problem.train_split, problem.reference_split)):
+        splits = (problem.train_split, problem.reference_split) + (
+            (problem.independent_split,) if suite.independent_row else ())
+        for split in dict.fromkeys(splits):
             try:
                 check_dataset(problem.dataset, split, problem.data_dir)
             except DatasetNotFoundError as exc:
                 missing.append(str(exc))
                 break
     for model in suite.models:
+        if not suite.grid(model):   # no cell left for it (--solvers): never loaded
+            continue
         path = suite.checkpoint(model)
         if path is not None and not Path(path).is_file():
             missing.append(f"checkpoint for {model} not found: {path} (--checkpoint {model}=PATH)")
@@ -152,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             find_inception_weights(args.inception_weights)  # a missing explicit file: say so before any work
     except (UnknownNameError, ValueError, InceptionWeightsError) as exc:
         parser.error(str(exc))
+    trained = [m for m in suite.models if suite.grid(m) and suite.checkpoint(m) is None]
+    if suite.checkpoints and trained and not suite.checkpoint_only:
+        print(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
+              f"rfbench's own parents), not derived from the checkpoint files given", file=sys.stderr)
     missing = _missing_inputs(suite)
     if missing and not args.dry_run:
         parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in missing))

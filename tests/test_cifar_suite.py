@@ -90,3 +90,28 @@ def test_missing_inputs_are_one_line_each_naming_the_flag(tmp_path, capsys):
         main(["--suite", "cifar", "--checkpoint", "ddpm=x.pth"])
     assert "suite cifar has no model 'ddpm' to load a checkpoint into" in capsys.readouterr().err
     assert SUITES["cifar"].num_samples == 50_000 and SUITES["cifar"].batch_size == 1000
+
+
+def test_adaptive_nfe_is_the_batch_size_weighted_mean():
+    """rk45 needs more steps for a batch with fast dynamics: the row's NFE weights each batch by its samples."""
+    def flow(x, t):
+        return torch.cos(6 * x)
+    x0 = torch.cat([torch.zeros(4, 3), torch.randn(2, 3, generator=torch.Generator().manual_seed(0)) * 3])
+    per_batch = [sample(flow, x0[:4], "rk45").nfe, sample(flow, x0[4:], "rk45").nfe]
+    assert per_batch[0] != per_batch[1]
+    x, nfe, stats = _sample_batched(flow, x0, Cell("m", "rk45"), None, 4)
+    assert nfe == pytest.approx((4 * per_batch[0] + 2 * per_batch[1]) / 6, abs=0.01)
+    assert stats["batches"] == 2 and stats["nfe_min"] == min(per_batch) and stats["nfe_max"] == max(per_batch)
+    torch.testing.assert_close(x[:4], sample(flow, x0[:4], "rk45").x)
+
+
+def test_missing_inputs_ignore_models_without_cells_and_check_the_test_split(tmp_path, capsys):
+    write_cifar10(tmp_path / "data")
+    (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").unlink()
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "ckpts" / "2-rf-distill.pth").write_bytes(b"")
+    with pytest.raises(SystemExit):   # --solvers euler: vp-ode and subvp-ode (rk45 only) need no checkpoint
+        main(["--suite", "cifar", "--data-dir", str(tmp_path / "data"), "--checkpoint-dir", str(tmp_path / "ckpts"),
+              "--models", "2-rf-distill", "vp-ode", "subvp-ode", "--solvers", "euler"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks test_batch (CIFAR-10 test split)" in err[0]

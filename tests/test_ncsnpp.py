@@ -45,6 +45,23 @@ def _official_file(path, raw: NCSNpp, ema: NCSNpp, step: int = 1234) -> None:
                 "step": step}, path)
 
 
+def test_forward_equals_score_sde_reference_numbers():
+    """Every parameter set to a fixed pattern (no RNG), a fixed input; the numbers were produced by score_sde's own
+    NCSNpp with the same weights (VP DDPM++ settings at nf 16, run outside this repository)."""
+    net = NCSNpp(NCSNppConfig(image_size=16, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,)))
+    net.eval()
+    with torch.no_grad():
+        for i, (_, p) in enumerate(net.named_parameters()):
+            p.copy_((torch.sin(torch.arange(p.numel(), dtype=torch.float64) * 0.37 + i) * 0.2).reshape(p.shape))
+        x = torch.cos(torch.arange(2 * 3 * 16 * 16, dtype=torch.float64) * 0.11).reshape(2, 3, 16, 16).float()
+        out = net.forward_labels(x, torch.tensor([0.999, 700.0])).double().reshape(-1)
+    assert out.sum().item() == pytest.approx(-260.92620125024405, rel=1e-5)
+    assert out.abs().sum().item() == pytest.approx(262.85195118897536, rel=1e-5)
+    expected = [-0.2702453, -0.2111427, -0.2507997, -0.2183256, -0.149009, -0.0666879, -0.1249917]
+    got = [out[i].item() for i in (0, 100, 555, 777, 1000, 1234, 1535)]
+    assert got == pytest.approx(expected, abs=2e-6)
+
+
 def test_full_size_network_has_the_official_layout():
     net = NCSNpp(NCSNppConfig())
     state = net.state_dict()

@@ -103,6 +103,8 @@ def test_image_problem_is_seeded_and_checks_shapes():
     torch.testing.assert_close(problem.independent_target(range(3, 6)), independent[3:], rtol=0, atol=0)
     held_out = {tuple(r.tolist()) for r in load_digits("test")[0].reshape(360, -1)}
     assert all(tuple(r.tolist()) in held_out for r in independent.reshape(6, -1))   # real images never trained on
+    everything = problem.independent_target(range(1000))               # only 360 held-out images: each once
+    assert everything.shape[0] == 360 and len({tuple(r.tolist()) for r in everything.reshape(360, -1)}) == 360
     assert problem.to_dict()["train_sha1"] == problem.fingerprint("train") != problem.fingerprint("test")
     with pytest.raises(ValueError, match=r"has images of shape \(1, 8, 8\); the suite expects \(3, 8, 8\)"):
         ImageProblem("digits", (3, 8, 8)).train_target()

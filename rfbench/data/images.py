@@ -189,11 +189,14 @@ class ImageProblem:
         return self._fingerprints[key]
 
     def independent_target(self, seeds: Sequence[int]) -> torch.Tensor:
-        """One held-out real image per seed (``independent_split``, drawn with replacement, independently of x0):
-        the independent coupling, and the image metrics' reading for real images the models never saw."""
+        """Held-out real images (``independent_split``), one per seed, without repeats: seed s gets image
+        perm[s] of a fixed permutation (``data_seed``), so a seed always gets the same image at any sample count.
+        Only the first ``len(split)`` seeds get one (the split has no more distinct images; repeated images would
+        be their own nearest neighbours and corrupt precision, recall and KID): the caller pairs them with the
+        first x0. The independent coupling, and the image metrics' reading for real images the models never saw."""
         data = self._load(self.independent_split)
-        idx = [int(torch.randint(len(data), (1,), generator=noise.generator_for(s, noise.STREAM_DATA)))
-               for s in seeds]
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.data_seed))
+        idx = [int(perm[s % len(data)]) for s in list(seeds)[:len(data)]]
         return data[idx]
 
     def to_dict(self) -> dict:

@@ -5,11 +5,13 @@
   feeds the network t * 999). Flow time s in [0, 1] evaluates the network at ``t_min + s (1 - t_min)`` with unit
   speed, so an Euler step of size 1/N is exactly the official Euler sampler (``dt = 1/N``, times
   ``i/N (1 - t_min) + t_min``); a one-step model is z0 + v(z0, t_min). The official RK45 sampler integrates the
-  same field over (t_min, 1), i.e. 0.1 % less time: not the same ODE to the last digit, noted in the row.
+  same field over (t_min, 1) at unit speed, i.e. 0.1 % less time than here: rk45 rows are not the official ODE to
+  the last digit (Euler and one-step rows are); see the README's cifar section.
 * :class:`VPSDEFlow`: the probability-flow ODE of score-SDE's continuous VP or sub-VP SDE (Song et al. 2021,
   ``sde_lib.VPSDE`` / ``subVPSDE``, beta from 0.1 to 20), whose network predicts -score * std from labels
   ``t_sde * 999``. SDE time runs from 1 (noise) to eps = 1e-3, as score_sde's ODE sampler: flow time s maps to
-  ``t_sde = 1 - s (1 - eps)``.
+  ``t_sde = 1 - s (1 - eps)``. score_sde's ODE sampler then takes one more reverse-diffusion step at eps
+  (``noise_removal``, on in its CIFAR configs, not counted in its NFE); that step is not taken here.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ class Suite:
         if data_dir is not None:
             if not hasattr(self.problem, "data_dir"):
                 raise ValueError(f"suite {self.name} does not read data from disk; --data-dir applies to the image "
-                                 f"suites that read files (mnist, fashion-mnist)")
+                                 f"suites that read files (mnist, fashion-mnist, cifar)")
             if getattr(self.problem, "dataset", None) == "digits":
                 raise ValueError(f"suite {self.name} uses sklearn's bundled digits; --data-dir does not apply")
             changes["problem"] = dataclasses.replace(self.problem, data_dir=str(data_dir))

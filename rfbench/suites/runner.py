@@ -213,9 +213,13 @@ def _independent_record(suite: Suite, x0: torch.Tensor, reference: torch.Tensor,
     """The independent coupling (X0, X1 drawn separately): the reference row of the coupling metrics, and for
     image metrics the floor that a finite sample of real images gives."""
     x1 = suite.problem.independent_target(seeds)
-    values = _cell_metrics(suite, _metric_input(x0, x1, reference, images))
+    n = x1.shape[0]            # image suites: at most the held-out split's size (distinct images only)
+    values = _cell_metrics(suite, _metric_input(x0[:n], x1, reference, images))
+    fewer = {} if n == len(seeds) else {
+        "n_samples": n, "seeds": f"{seeds[0]}-{seeds[n - 1]}",
+        "notes": "; ".join(filter(None, [base.get("notes"), f"{n} samples: every image of the held-out split once"]))}
     return {**base, "model": "independent", "solver": "none", "steps": None, "options": "", "nfe": 0,
-            "wall_clock_s": None, "samples_per_s": None, **values, "status": "ok", "error": None}
+            "wall_clock_s": None, "samples_per_s": None, **values, "status": "ok", "error": None, **fewer}
 
 
 def _metric_input(z0: torch.Tensor, z1: torch.Tensor, reference: torch.Tensor,
@@ -296,22 +300,28 @@ def _sample_batched(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None
                     batch_size: int | None) -> tuple[torch.Tensor, float, dict]:
     """Sample ``x0`` in batches of ``batch_size`` (all at once when None). Fixed-grid solvers give the same
     samples either way; an adaptive solver's step sizes, hence its samples and NFE, depend on the batch (its error
-    norm spans the batch), so the row's NFE is the mean over batches and solver_stats gives the batch size and
-    the range."""
+    norm spans the batch), so the row's NFE (and each numeric solver stat) is then the mean per sample's batch,
+    weighted by batch size, and solver_stats gives the batch size, the number of batches and the NFE range."""
     size = batch_size or x0.shape[0]
-    xs, nfes, merged = [], [], {}
+    xs, nfes, weights, stats_list = [], [], [], []
     for start in range(0, x0.shape[0], size):
         result = sample(model, x0[start:start + size], cell.solver, cell.steps,
                         seeds=seeds[start:start + size] if seeds is not None else None, **dict(cell.options))
         xs.append(result.x.cpu())
         nfes.append(result.nfe)
-        for key, value in result.stats.items():
-            if key not in ("rtol", "atol", "eta"):
-                merged[key] = merged.get(key, 0) + value if isinstance(value, (int, float)) else value
-    stats = dict(merged)
+        weights.append(result.x.shape[0])
+        stats_list.append({k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")})
+    total = sum(weights)
+
+    def mean(values):
+        if min(values) == max(values):
+            return values[0]
+        return round(sum(v * w for v, w in zip(values, weights)) / total, 2)
+
+    stats = {key: (mean([s[key] for s in stats_list]) if isinstance(value, (int, float)) else value)
+             for key, value in stats_list[0].items()}
     if len(nfes) > 1:
         stats.update(batch_size=size, batches=len(nfes))
         if min(nfes) != max(nfes):
             stats.update(nfe_min=min(nfes), nfe_max=max(nfes))
-    nfe = nfes[0] if min(nfes) == max(nfes) else sum(nfes) / len(nfes)
-    return torch.cat(xs), nfe, stats
+    return torch.cat(xs), mean(nfes), stats
