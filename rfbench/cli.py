@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
                         help="a folder holding MODEL.pth (or .pt) for each model of the suite, e.g. 1-rf.pth, "
                              "2-rf-distill.pth, vp-ode.pth")
+    parser.add_argument("--ref-stats", type=Path, default=None, metavar="NPZ",
+                        help="the image metrics' reference as a file instead of computed from the training images: "
+                             "mu/sigma (clean-fid's cifar10_clean_train_32.npz; FID only) or pool_3 features "
+                             "(score-SDE's cifar10_stats.npz); recorded in the reference column")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                         help="samples per sampler call (default: the suite's; cifar 1000). rk45's steps, hence its "
                              "NFE, depend on the batch: the row records it")
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers,
                              data_dir=args.data_dir, extractor=extractor, batch_size=args.batch_size,
-                             checkpoints=_checkpoints(args, suite))
+                             checkpoints=_checkpoints(args, suite), reference_file=args.ref_stats)
         device = resolve_device(args.device)
         if suite.extractor != "inception" and (args.inception_weights or args.inception_mode):
             raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "

@@ -143,3 +143,51 @@ def test_inception_options_never_fall_back(data_dir, tmp_path, monkeypatch, caps
     assert exc.value.code == 2
     assert "no Inception weights found" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_reference_given_as_a_file(smoke, data_dir, tmp_path):
+    """--ref-stats: mu/sigma gives the same FID as the computed reference (FID only, with a note); pool_3
+    features give every metric, equal to the computed ones."""
+    import numpy as np
+    _, out = smoke
+    features = np.load(next((out / "cache" / "reference").glob("fashion-mnist_train_*.features.npy")))
+    np.savez(tmp_path / "stats.npz", mu=features.astype(np.float64).mean(0),
+             sigma=np.cov(features.astype(np.float64), rowvar=False), n=np.int64(len(features)))
+    np.savez(tmp_path / "pool.npz", pool_3=features)
+    before = pd.read_csv(out / "run" / "results.csv").set_index(["model", "solver", "steps"])
+    for name in ("stats.npz", "pool.npz"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setitem(rectified_flow.RECIPES, "fashion-mnist", SMOKE_FLOW)
+            mp.setitem(ddpm_baseline.RECIPES, "fashion-mnist", SMOKE_DDPM)
+            _no_inception_weights(mp)
+            assert main(["--suite", "fashion-mnist", "--data-dir", str(data_dir), "--num-samples", "12",
+                         "--models", "2-rf-distill", "--solvers", "euler", "--ref-stats", str(tmp_path / name),
+                         "--out", str(tmp_path / f"out-{name}"), "--cache", str(out / "cache"), "--quiet",
+                         "--no-plots"]) == 0
+        row = pd.read_csv(tmp_path / f"out-{name}" / "results.csv").set_index(["model", "solver", "steps"]).loc[
+            ("2-rf-distill", "euler", 1)]
+        assert row["fid"] == pytest.approx(before.loc[("2-rf-distill", "euler", 1), "fid"], rel=1e-7)  # np.cov round-off
+        if name == "stats.npz":
+            assert row["reference"] == "stats.npz (given: mu/sigma of 400 images)"
+            assert pd.isna(row["precision"]) and pd.isna(row["kid"])
+            assert "precision_recall, kid empty: the reference file holds statistics only" in row["notes"]
+        else:
+            assert row["reference"] == "pool.npz (given: 400 pool_3 features)"
+            assert row["precision"] == before.loc[("2-rf-distill", "euler", 1), "precision"]
+
+
+def test_reference_file_errors(tmp_path):
+    import numpy as np
+    from rfbench.metrics.reference import load_reference_file
+    np.savez(tmp_path / "odd.npz", something=np.zeros(3))
+    with pytest.raises(ValueError, match=r"odd\.npz holds something; expected 'mu' and 'sigma' \(clean-fid\) or "
+                                         r"'pool_3' features"):
+        load_reference_file(tmp_path / "odd.npz", 2048)
+    np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
+    with pytest.raises(ValueError, match=r"mu is 64-d; the extractor's features are 2048-d"):
+        load_reference_file(tmp_path / "small.npz", 2048)
+    with pytest.raises(FileNotFoundError, match=r"--ref-stats .*none\.npz: no such file"):
+        load_reference_file(tmp_path / "none.npz", 2048)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"bad\.npz is not a readable \.npz"):
+        load_reference_file(tmp_path / "bad.npz", 2048)

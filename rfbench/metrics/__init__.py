@@ -94,7 +94,10 @@ def _need_features(inp: MetricInput, name: str) -> None:
 
 
 def _fid(inp: MetricInput) -> dict:
-    _need_features(inp, "fid")
+    if inp.reference_stats is None:   # the reference may be given as statistics only (no features)
+        _need_features(inp, "fid")
+    elif inp.features is None:
+        raise ValueError("fid needs image features of the samples (a suite with an extractor)")
     ref = inp.reference_stats or GaussianStats.from_features(inp.reference_features)
     return {"fid": frechet_distance_stats(GaussianStats.from_features(inp.features), ref)}
 

@@ -82,3 +82,34 @@ def reference_features(key: ReferenceKey, cache_dir: str | os.PathLike,
         np.save(f, stored)
     os.replace(tmp, path)
     return stored.astype(np.float64), path
+
+
+def load_reference_file(path: str | os.PathLike, dim: int) -> tuple[np.ndarray | None, GaussianStats, str]:
+    """A reference given as a file instead of computed from images: ``(features or None, statistics, what it
+    held)``. Accepted ``.npz`` layouts: ``mu`` and ``sigma`` (clean-fid's ``cifar10_clean_train_32.npz``, rfbench's
+    own reference files; FID only) or ``pool_3`` features (score-SDE's ``cifar10_stats.npz``; every metric). ``dim``
+    is the extractor's feature dimension, which the file must match."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ref-stats {path}: no such file")
+    try:
+        data = np.load(path)
+        files = list(data.files)
+    except Exception as exc:
+        raise ValueError(f"--ref-stats {path} is not a readable .npz ({type(exc).__name__}: {exc})") from None
+    with data:
+        if "pool_3" in files:
+            features = np.asarray(data["pool_3"], dtype=np.float64).reshape(len(data["pool_3"]), -1)
+            if features.shape[1] != dim:
+                raise ValueError(f"--ref-stats {path}: pool_3 features are {features.shape[1]}-d; the extractor's are "
+                                 f"{dim}-d")
+            return features, GaussianStats.from_features(features), f"{len(features)} pool_3 features"
+        if "mu" in files and "sigma" in files:
+            n = int(data["n"]) if "n" in files else 0
+            stats = GaussianStats(data["mu"], data["sigma"], n)
+            if stats.mu.shape[0] != dim:
+                raise ValueError(f"--ref-stats {path}: mu is {stats.mu.shape[0]}-d; the extractor's features are "
+                                 f"{dim}-d")
+            return None, stats, "mu/sigma" + (f" of {n} images" if n else "")
+    raise ValueError(f"--ref-stats {path} holds {', '.join(files) or 'nothing'}; expected 'mu' and 'sigma' "
+                     f"(clean-fid) or 'pool_3' features (score-SDE)")

@@ -54,6 +54,7 @@ class Suite:
     batch_size: int | None = None   # samples per sampler call (None: all at once); rk45's NFE is then per batch
     checkpoints: tuple[tuple[str, str], ...] = ()   # (model, file) loaded instead of trained (baselines.published)
     checkpoint_only: bool = False   # models exist only as checkpoints (no recipe trains them)
+    reference_file: str | None = None  # image metrics' reference from a file (--ref-stats) instead of the images
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -112,7 +113,7 @@ class Suite:
     def select(self, *, num_samples: int | None = None, models: Sequence[str] | None = None,
                solvers: Sequence[str] | None = None, data_dir: str | None = None,
                extractor: str | None = None, batch_size: int | None = None,
-               checkpoints: dict[str, str] | None = None) -> "Suite":
+               checkpoints: dict[str, str] | None = None, reference_file: str | None = None) -> "Suite":
         """A copy restricted to some models and solvers, or with another sample count (recorded in every row),
         data folder (image suites whose data is read from disk) or extractor (one of :attr:`extractors`)."""
         changes: dict[str, Any] = {}
@@ -127,6 +128,10 @@ class Suite:
             changes["problem"] = dataclasses.replace(self.problem, data_dir=str(data_dir))
         if batch_size is not None:
             changes["batch_size"] = int(batch_size)
+        if reference_file is not None:
+            if self.extractor is None:
+                raise ValueError(f"suite {self.name} has no image metrics; --ref-stats applies to image suites")
+            changes["reference_file"] = str(reference_file)
         if checkpoints:
             unknown = [m for m in checkpoints if m not in self.models]
             if unknown:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from baselines.cache import Cache
 from baselines.published import file_identity, load_checkpoint_model
 from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
-from rfbench.metrics.reference import ReferenceKey, reference_features, reference_stats
+from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_quality_vs_nfe, plot_sample_grid, plot_trajectories
 from rfbench.samplers import SOLVERS, sample
@@ -27,12 +28,15 @@ PLOT_PATHS = 300  # trajectories drawn per model
 GRID_SAMPLES = 16  # images per cell in samples.png
 
 
+FEATURE_METRICS = ("kid", "precision_recall")   # need the reference features, not only their statistics
+
+
 @dataclass
 class ImageEval:
     """What the image metrics compare samples with: the extractor and the reference set's features."""
 
     extractor: FeatureExtractor
-    reference_features: torch.Tensor
+    reference_features: torch.Tensor | None   # None: a reference file with statistics only
     reference_stats: GaussianStats
     fields: dict  # provenance columns: extractor, reference
     reference_radii: torch.Tensor | None = None  # precision/recall's k-NN radii of the reference, once per run
@@ -58,6 +62,14 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
             raise
         say(f"{exc}\nscoring with the {suite.fallback_extractor} extractor instead (recorded in the extractor column)")
         extractor = EXTRACTORS[suite.fallback_extractor](cache.root, device, log=say, problem=problem)
+    if suite.reference_file is not None:
+        features_np, stats, held = load_reference_file(suite.reference_file, extractor.dim)
+        features = None if features_np is None else torch.from_numpy(features_np)
+        fields = {"extractor": f"{extractor.name} ({extractor.checkpoint}, {extractor.resize_mode})",
+                  "reference": f"{Path(suite.reference_file).name} (given: {held})"}
+        radii = (knn_radii(features, PR_K, device=device)
+                 if features is not None and "precision_recall" in suite.metrics else None)
+        return ImageEval(extractor, features, stats, fields, radii)
     images = problem.reference() if images is None else images
     key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
                        resize_mode=extractor.resize_mode, resolution=problem.shape[-1],
@@ -133,8 +145,17 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     base = {"suite": suite.name, "suite_version": suite.version, "n_samples": suite.num_samples,
             "seed": seeds[0], "seeds": f"{seeds[0]}-{seeds[-1]}", **(images.fields if images else {}),
             **provenance(device_name(device), str(x0.dtype).replace("torch.", ""))}
+    notes = []
     if images is not None and images.extractor.num_classes is None and "inception_score" in suite.metrics:
-        base["notes"] = f"IS empty: {images.extractor.logits_note}"
+        notes.append(f"IS empty: {images.extractor.logits_note}")
+    if images is not None and images.reference_features is None:   # a reference given as mu/sigma only
+        dropped = [m for m in suite.metrics if m in FEATURE_METRICS]
+        suite = dataclasses.replace(suite, metrics=tuple(m for m in suite.metrics if m not in FEATURE_METRICS))
+        notes.append(f"{', '.join(dropped)} empty: the reference file holds statistics only, not features")
+        for name in dropped:   # the columns stay, empty
+            base.update(dict.fromkeys(METRICS[name].columns))
+    if notes:
+        base["notes"] = "; ".join(notes)
     keys: list[str] = []
     trajectories: dict[str, tuple[str, np.ndarray]] = {}
     grid: dict[str, np.ndarray] = {}
