@@ -65,24 +65,23 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
     if suite.reference_file is not None:
         features_np, stats, held = load_reference_file(suite.reference_file, extractor.dim)
         features = None if features_np is None else torch.from_numpy(features_np)
-        fields = {"extractor": f"{extractor.name} ({extractor.checkpoint}, {extractor.resize_mode})",
-                  "reference": f"{Path(suite.reference_file).name} (given: {held})"}
-        radii = (knn_radii(features, PR_K, device=device)
-                 if features is not None and "precision_recall" in suite.metrics else None)
-        return ImageEval(extractor, features, stats, fields, radii)
-    images = problem.reference() if images is None else images
-    key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
-                       resize_mode=extractor.resize_mode, resolution=problem.shape[-1],
-                       fingerprint=problem.fingerprint(problem.reference_split, images)[:12])
-    features_np, _ = reference_features(key, cache.root, lambda: extractor.features(quantize(images)).numpy())
-    features = torch.from_numpy(features_np)
-    stats, path = reference_stats(key, cache.root, lambda: [features.numpy()])
-    if stats.n != len(images):
-        raise ValueError(f"cached reference statistics {path} were computed from {stats.n} images, but "
-                         f"{problem.dataset}/{problem.reference_split} now has {len(images)}; remove the file")
+        described = f"{Path(suite.reference_file).name} (given: {held})"
+    else:
+        images = problem.reference() if images is None else images
+        key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
+                           resize_mode=extractor.resize_mode, resolution=problem.shape[-1],
+                           fingerprint=problem.fingerprint(problem.reference_split, images)[:12])
+        features_np, _ = reference_features(key, cache.root, lambda: extractor.features(quantize(images)).numpy())
+        features = torch.from_numpy(features_np)
+        stats, path = reference_stats(key, cache.root, lambda: [features.numpy()])
+        if stats.n != len(images):
+            raise ValueError(f"cached reference statistics {path} were computed from {stats.n} images, but "
+                             f"{problem.dataset}/{problem.reference_split} now has {len(images)}; remove the file")
+        described = f"{path.name} ({len(images)} images)"
     fields = {"extractor": f"{extractor.name} ({extractor.checkpoint}, {extractor.resize_mode})",
-              "reference": f"{path.name} ({len(images)} images)"}
-    radii = knn_radii(features, PR_K, device=device) if "precision_recall" in suite.metrics else None
+              "reference": described}
+    radii = (knn_radii(features, PR_K, device=device)
+             if features is not None and "precision_recall" in suite.metrics else None)
     return ImageEval(extractor, features, stats, fields, radii)
 
 
