@@ -44,8 +44,10 @@ def file_identity(path: str | Path) -> str:
 
 
 def _is_rfbench_file(path: Path) -> bool:
+    """Only the pickled structure is read: mmap leaves the tensor data (hundreds of MB for DDPM++) on disk until the
+    real load. A file torch cannot memory-map (the pre-1.6 format) is not one of ours."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return False
     return isinstance(payload, dict) and payload.get("format") == FORMAT
