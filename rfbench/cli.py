@@ -7,9 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from baselines.cache import default_cache_dir
+from rfbench import distributed
 from rfbench.data.images import DatasetNotFoundError, check_dataset
 from rfbench.metrics.features import InceptionWeightsError, find_inception_weights
+from rfbench.metrics.reference import ReferenceFileError
 from rfbench.registry import UnknownNameError
 from rfbench.results import markdown_table
 from rfbench.samplers import SOLVERS
@@ -26,13 +30,22 @@ EPILOG = """examples:
   python benchmark.py --suite fashion-mnist --data-dir /usr/share/datasets/fashion-mnist   # 28x28, sized for a GPU
   python benchmark.py --suite mnist --num-samples 500 --extractor classifier              # fewer samples on a CPU
   python benchmark.py --suite cifar --data-dir DATA --checkpoint-dir CKPTS                 # Table 1, on a GPU
+  torchrun --nproc_per_node=8 benchmark.py --suite cifar --data-dir DATA --checkpoint-dir CKPTS   # on 8 GPUs
   python benchmark.py --list                           # suites, models, solvers
   python benchmark.py --suite toy2d --dry-run          # the cells a run would compute
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Under torchrun only rank 0 prints usage and errors (every rank parses the same arguments)."""
+
+    def _print_message(self, message, file=None):
+        if distributed.env_rank() == 0:
+            super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="benchmark.py", description="rfbench: benchmark samplers of rectified-flow and diffusion models.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default=DEFAULT_SUITE, metavar="NAME",
@@ -58,14 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "rectified-flow / score-SDE format or an rfbench checkpoint")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
                         help="a folder holding MODEL.pth (or .pt) for each model of the suite, e.g. 1-rf.pth, "
-                             "2-rf-distill.pth, vp-ode.pth")
+                             "2-rf-distill.pth, vp-ode.pth; for ddpm also a diffusers UNet2DModel folder ddpm/")
     parser.add_argument("--ref-stats", type=Path, default=None, metavar="NPZ",
                         help="the image metrics' reference as a file instead of computed from the training images: "
                              "mu/sigma (clean-fid's cifar10_clean_train_32.npz; FID only) or pool_3 features "
                              "(score-SDE's cifar10_stats.npz); recorded in the reference column")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="samples per sampler call (default: the suite's; cifar 1000). rk45's steps, hence its "
-                             "NFE, depend on the batch: the row records it")
+    parser.add_argument("--batch-size", default=None, metavar="N|auto",
+                        help="samples per sampler call (default: the suite's; cifar 1000), or auto: the largest "
+                             "power of two whose model evaluation fits in a share of the free GPU memory (on the CPU, "
+                             "auto keeps the suite's). rk45's steps, hence its NFE, depend on the batch: the row "
+                             "records it")
+    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+                        help="timed runs per cell (default 1): wall_clock_s and samples_per_s come from their median, "
+                             "after untimed warm-up evaluations; ms_per_nfe is the median over batches and runs")
     parser.add_argument("--extractor", default=None, metavar="NAME",
                         help="the feature extractor of the image metrics, one the suite allows (mnist and "
                              "fashion-mnist: inception, or classifier, which is also used when no Inception weights "
@@ -97,9 +115,10 @@ def _checkpoints(args, suite) -> dict[str, str]:
         if not args.checkpoint_dir.is_dir():
             raise ValueError(f"--checkpoint-dir {args.checkpoint_dir} is not a folder")
         for model in suite.models:
-            for suffix in (".pth", ".pt"):
-                if (args.checkpoint_dir / f"{model}{suffix}").is_file():
-                    found[model] = str(args.checkpoint_dir / f"{model}{suffix}")
+            for name in (f"{model}.pth", f"{model}.pt", model):   # a folder: diffusers' UNet2DModel (ddpm)
+                candidate = args.checkpoint_dir / name
+                if candidate.is_file() or (candidate.is_dir() and name == model):
+                    found[model] = str(candidate)
                     break
     for item in args.checkpoint:
         model, sep, path = item.partition("=")
@@ -107,6 +126,24 @@ def _checkpoints(args, suite) -> dict[str, str]:
             raise ValueError(f"--checkpoint takes MODEL=PATH, got {item!r}")
         found[model] = path
     return found
+
+
+def _note(message: str) -> None:
+    """A note on stderr, from rank 0 only under torchrun."""
+    if distributed.env_rank() == 0:
+        print(message, file=sys.stderr)
+
+
+def _batch_size_arg(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"--batch-size takes an integer >= 1 or auto, got {value!r}")
+    return size
 
 
 def _missing_inputs(suite) -> list[str]:
@@ -122,15 +159,17 @@ def _missing_inputs(suite) -> list[str]:
             except DatasetNotFoundError as exc:
                 missing.append(str(exc))
                 break
+    if suite.reference_file is not None and not Path(suite.reference_file).is_file():
+        missing.append(f"--ref-stats {suite.reference_file}: no such file")
     for model in suite.models:
         if not suite.grid(model):   # no cell left for it (--solvers): never loaded
             continue
         path = suite.checkpoint(model)
-        if path is not None and not Path(path).is_file():
+        if path is not None and not Path(path).exists():
             missing.append(f"checkpoint for {model} not found: {path} (--checkpoint {model}=PATH)")
         elif path is None and suite.checkpoint_only:
-            missing.append(f"no checkpoint for {model}: pass --checkpoint {model}=PATH or put {model}.pth in "
-                           f"--checkpoint-dir (or leave it out with --models)")
+            missing.append(f"no checkpoint for {model}: pass --checkpoint {model}=PATH or put {model}.pth (ddpm: a "
+                           f"diffusers folder {model}/) in --checkpoint-dir (or leave it out with --models)")
     return missing
 
 
@@ -147,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         extractor = args.extractor
         if extractor is None and (args.inception_weights or args.inception_mode) and suite.extractor == "inception":
             extractor = "inception"   # inception options ask for inception: no silent fallback to another extractor
-        if args.batch_size is not None and args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        batch_size = _batch_size_arg(args.batch_size)
+        if args.repeats is not None and args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
         suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers,
-                             data_dir=args.data_dir, extractor=extractor, batch_size=args.batch_size,
-                             checkpoints=_checkpoints(args, suite), reference_file=args.ref_stats)
+                             data_dir=args.data_dir, extractor=extractor, batch_size=batch_size,
+                             checkpoints=_checkpoints(args, suite), reference_file=args.ref_stats,
+                             timing_repeats=args.repeats)
         device = resolve_device(args.device)
         if suite.extractor != "inception" and (args.inception_weights or args.inception_mode):
             raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
@@ -162,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     trained = [m for m in suite.models if suite.grid(m) and suite.checkpoint(m) is None]
     if suite.checkpoints and trained and not suite.checkpoint_only:
-        print(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
-              f"rfbench's own parents), not derived from the checkpoint files given", file=sys.stderr)
+        _note(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
+              f"rfbench's own parents), not derived from the checkpoint files given")
     missing = _missing_inputs(suite)
     if missing and not args.dry_run:
         parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in missing))
@@ -177,23 +218,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     default_samples = SUITES[args.suite].num_samples
     if suite.num_samples < default_samples:
-        print(f"note: {suite.num_samples} samples per cell, fewer than the suite's default {default_samples}: the "
-              f"metrics are noisier (FID biased upwards) and rows are not comparable with default runs",
-              file=sys.stderr)
+        _note(f"note: {suite.num_samples} samples per cell, fewer than the suite's default {default_samples}: the "
+              f"metrics are noisier (FID biased upwards) and rows are not comparable with default runs")
     out = args.out or Path("runs") / suite.name
     start = time.perf_counter()
     extractor_options = ({"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
                          if suite.extractor == "inception" else None)
+    world = distributed.from_env(device)
     try:
+        if world.active and device.type == "cuda":   # one GPU per process: torchrun's LOCAL_RANK
+            if device.index not in (None, world.local_rank):
+                parser.error(f"--device {args.device}: under torchrun each process uses the GPU of its local rank; "
+                             f"pass --device cuda (or auto)")
+            device = torch.device("cuda", world.local_rank)
         result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
                            plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None),
-                           extractor_options=extractor_options)
-    except (DatasetNotFoundError, InceptionWeightsError) as exc:  # raised before any cell: nothing is lost
+                           extractor_options=extractor_options, world=world)
+    except (DatasetNotFoundError, InceptionWeightsError, ReferenceFileError) as exc:  # before any cell: nothing lost
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    except distributed.PeerFailed:   # rank 0 says why and sets the exit status; stopping first would cut it off
+        return 0
+    finally:
+        world.close()
+    if not world.is_main:
+        return 0
     fallback = suite.fallback_extractor
     if fallback and result.frame["extractor"].astype(str).str.startswith(f"{fallback} (").any():
-        print(f"note: scored with the {fallback} extractor because no Inception weights were found (README: Image "
-              f"metrics); its FIDs are not comparable with Inception FIDs", file=sys.stderr)
+        _note(f"note: scored with the {fallback} extractor because no Inception weights were found (README: Image "
+              f"metrics); its FIDs are not comparable with Inception FIDs")
     if not args.quiet:
         print(markdown_table(result.frame))
         print(f"\n{len(result.frame)} rows in {time.perf_counter() - start:.1f} s; wrote:")

@@ -115,3 +115,9 @@ def test_missing_inputs_ignore_models_without_cells_and_check_the_test_split(tmp
               "--models", "2-rf-distill", "vp-ode", "subvp-ode", "--solvers", "euler"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lacks test_batch (CIFAR-10 test split)" in err[0]
+
+
+def test_auto_batch_size_needs_cuda():
+    from rfbench.suites.batching import auto_batch_size
+    with pytest.raises(ValueError, match="auto batch size probes CUDA memory; device cpu is not a CUDA device"):
+        auto_batch_size(lambda x, t: x, torch.zeros(1, 3), torch.device("cpu"))

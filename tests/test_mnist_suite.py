@@ -178,7 +178,7 @@ def test_reference_given_as_a_file(smoke, data_dir, tmp_path):
 
 def test_reference_file_errors(tmp_path):
     import numpy as np
-    from rfbench.metrics.reference import load_reference_file
+    from rfbench.metrics.reference import ReferenceFileError, load_reference_file
     np.savez(tmp_path / "odd.npz", something=np.zeros(3))
     with pytest.raises(ValueError, match=r"odd\.npz holds something; expected 'mu' and 'sigma' \(clean-fid\) or "
                                          r"'pool_3' features"):
@@ -186,7 +186,7 @@ def test_reference_file_errors(tmp_path):
     np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
     with pytest.raises(ValueError, match=r"mu is 64-d; the extractor's features are 2048-d"):
         load_reference_file(tmp_path / "small.npz", 2048)
-    with pytest.raises(FileNotFoundError, match=r"--ref-stats .*none\.npz: no such file"):
+    with pytest.raises(ReferenceFileError, match=r"--ref-stats .*none\.npz: no such file"):
         load_reference_file(tmp_path / "none.npz", 2048)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"bad\.npz is not a readable \.npz"):

@@ -130,3 +130,56 @@ def test_a_suite_naming_an_unknown_baseline_fails_before_any_work(tmp_path):
     with pytest.raises(KeyError, match="Unknown baseline '1-fr'. Did you mean: 1-rf"):
         run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+class SleepyFlow:
+    """A constant velocity whose evaluations of a 50-row batch sleep for given durations: the two warm-up calls, then
+    one per timed run (one Euler step, one batch). The straightness trajectory (10 rows) does not sleep."""
+
+    input_shape = (2,)
+
+    def __init__(self, sleeps):
+        self.sleeps = list(sleeps)
+
+    def __call__(self, x, t):
+        import time
+        if x.shape[0] == 50:
+            time.sleep(self.sleeps.pop(0) if self.sleeps else 0.0)
+        return torch.full_like(x, 0.5)
+
+
+def test_wall_clock_is_the_median_of_timed_runs_after_an_untimed_warm_up(monkeypatch, tmp_path):
+    flow = SleepyFlow([1.0, 1.0, 0.6, 0.0, 0.2])      # warm-up 2 x 1 s (untimed), then runs of 0.6, 0, 0.2 s
+    monkeypatch.setitem(BASELINES._items, "sleepy", Baseline("sleepy", "flow", "test stand-in", lambda s, c, d: flow))
+    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-timing", models=("sleepy",), num_samples=50,
+                                cells=(Cell("sleepy", "euler", 1),), metrics=("transport_cost",),
+                                quality_metric="transport_cost", independent_row=False, timing_repeats=3,
+                                straightness_samples=10)
+    frame = run_suite(suite, tmp_path / "run", device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                      plots=False, log=lambda msg: None).frame
+    row = frame.iloc[0]
+    assert 0.2 <= row["wall_clock_s"] < 0.55                 # the median run, not the first or the warm-up
+    assert row["samples_per_s"] == pytest.approx(50 / row["wall_clock_s"])
+    assert 200 <= row["ms_per_nfe"] < 550                    # median over (run, batch) of ms / the batch's NFE
+    assert row["timing"] == "warmup=2nfe,repeats=3,processes=1"
+    assert row["transport_cost"] == pytest.approx(0.5, rel=1e-5) and not flow.sleeps
+
+
+def test_cli_repeats_batch_size_and_fewer_samples_are_recorded(stand_in_suite, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(SUITES._items, "toy2d-standin", stand_in_suite)
+    code = main(["--suite", "toy2d-standin", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                 "--models", "shift", "--quiet", "--no-plots", "--num-samples", "120", "--repeats", "2",
+                 "--batch-size", "auto", "--device", "cpu"])
+    assert code == 0
+    frame = pd.read_csv(tmp_path / "out" / "results.csv")
+    sampled = frame[frame["model"] == "shift"]
+    assert sampled["timing"].str.contains("repeats=2").all() and sampled["ms_per_nfe"].notna().all()
+    # every row says its sample count is below the suite's default, so it is not mistaken for a comparable one
+    assert frame["notes"].str.contains("120 samples, fewer than the suite's default 300: not comparable").all()
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit):
+            main(["--suite", "toy2d-standin", "--batch-size", bad, "--dry-run"])
+        assert f"--batch-size takes an integer >= 1 or auto, got '{bad}'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--suite", "toy2d-standin", "--repeats", "0", "--dry-run"])
+    assert "--repeats must be >= 1, got 0" in capsys.readouterr().err

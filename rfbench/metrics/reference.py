@@ -17,6 +17,10 @@ import numpy as np
 from rfbench.metrics.image import GaussianStats, StatsAccumulator
 
 
+class ReferenceFileError(ValueError):
+    """A ``--ref-stats`` file that is missing, unreadable or does not fit the extractor."""
+
+
 @dataclass(frozen=True)
 class ReferenceKey:
     """What determines a reference statistic. ``resolution`` is the image size fed to the data pipeline."""
@@ -91,25 +95,25 @@ def load_reference_file(path: str | os.PathLike, dim: int) -> tuple[np.ndarray |
     is the extractor's feature dimension, which the file must match."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--ref-stats {path}: no such file")
+        raise ReferenceFileError(f"--ref-stats {path}: no such file")
     try:
         data = np.load(path)
         files = list(data.files)
     except Exception as exc:
-        raise ValueError(f"--ref-stats {path} is not a readable .npz ({type(exc).__name__}: {exc})") from None
+        raise ReferenceFileError(f"--ref-stats {path} is not a readable .npz ({type(exc).__name__}: {exc})") from None
     with data:
         if "pool_3" in files:
             features = np.asarray(data["pool_3"], dtype=np.float64).reshape(len(data["pool_3"]), -1)
             if features.shape[1] != dim:
-                raise ValueError(f"--ref-stats {path}: pool_3 features are {features.shape[1]}-d; the extractor's are "
-                                 f"{dim}-d")
+                raise ReferenceFileError(f"--ref-stats {path}: pool_3 features are {features.shape[1]}-d; the "
+                                         f"extractor's are {dim}-d")
             return features, GaussianStats.from_features(features), f"{len(features)} pool_3 features"
         if "mu" in files and "sigma" in files:
             n = int(data["n"]) if "n" in files else 0
             stats = GaussianStats(data["mu"], data["sigma"], n)
             if stats.mu.shape[0] != dim:
-                raise ValueError(f"--ref-stats {path}: mu is {stats.mu.shape[0]}-d; the extractor's features are "
-                                 f"{dim}-d")
+                raise ReferenceFileError(f"--ref-stats {path}: mu is {stats.mu.shape[0]}-d; the extractor's "
+                                         f"features are {dim}-d")
             return None, stats, "mu/sigma" + (f" of {n} images" if n else "")
-    raise ValueError(f"--ref-stats {path} holds {', '.join(files) or 'nothing'}; expected 'mu' and 'sigma' "
-                     f"(clean-fid) or 'pool_3' features (score-SDE)")
+    raise ReferenceFileError(f"--ref-stats {path} holds {', '.join(files) or 'nothing'}; expected 'mu' and "
+                             f"'sigma' (clean-fid) or 'pool_3' features (score-SDE)")

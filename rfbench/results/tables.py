@@ -9,7 +9,8 @@ import pandas as pd
 from tabulate import tabulate
 
 DISPLAY_COLUMNS = ("model", "solver", "steps", "nfe", "fid", "is", "precision", "recall", "w2", "crossing_prob",
-                   "crossing_prob_se", "transport_cost", "straightness", "wall_clock_s", "samples_per_s", "status")
+                   "crossing_prob_se", "transport_cost", "straightness", "wall_clock_s", "samples_per_s", "ms_per_nfe",
+                   "status")
 ALWAYS_SHOWN = ("model", "solver", "steps", "nfe", "status")
 
 

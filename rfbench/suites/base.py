@@ -55,6 +55,9 @@ class Suite:
     checkpoints: tuple[tuple[str, str], ...] = ()   # (model, file) loaded instead of trained (baselines.published)
     checkpoint_only: bool = False   # models exist only as checkpoints (no recipe trains them)
     reference_file: str | None = None  # image metrics' reference from a file (--ref-stats) instead of the images
+    auto_batch: bool = False        # batch size per model from a GPU memory probe (suites.batching); CPU: batch_size
+    timing_repeats: int = 1         # timed runs per cell: wall_clock_s is their median (the samples are the first's)
+    notes: tuple[str, ...] = ()     # written into every row's notes (e.g. fewer samples than the suite's default)
 
     def __post_init__(self):
         if self.num_samples < 2:
@@ -81,6 +84,8 @@ class Suite:
             if model not in self.models:
                 raise ValueError(f"suite {self.name}: a checkpoint is given for {model!r}, which is not one of its "
                                  f"models ({', '.join(self.models)})")
+        if self.timing_repeats < 1:
+            raise ValueError(f"suite {self.name}: timing_repeats must be >= 1, got {self.timing_repeats}")
         if self.straightness_steps < 1:
             raise ValueError(f"suite {self.name}: straightness_steps must be >= 1, got {self.straightness_steps}")
         for cell in self.cells:
@@ -112,13 +117,21 @@ class Suite:
 
     def select(self, *, num_samples: int | None = None, models: Sequence[str] | None = None,
                solvers: Sequence[str] | None = None, data_dir: str | None = None,
-               extractor: str | None = None, batch_size: int | None = None,
-               checkpoints: dict[str, str] | None = None, reference_file: str | None = None) -> "Suite":
-        """A copy restricted to some models and solvers, or with another sample count (recorded in every row),
-        data folder (image suites whose data is read from disk) or extractor (one of :attr:`extractors`)."""
+               extractor: str | None = None, batch_size: int | str | None = None,
+               checkpoints: dict[str, str] | None = None, reference_file: str | None = None,
+               timing_repeats: int | None = None) -> "Suite":
+        """A copy restricted to some models and solvers, or with another sample count (recorded in every row, with
+        a note when it is below the suite's default), data folder (image suites whose data is read from disk) or
+        extractor (one of :attr:`extractors`)."""
         changes: dict[str, Any] = {}
         if num_samples is not None:
             changes["num_samples"] = int(num_samples)
+            if num_samples < self.num_samples:
+                changes["notes"] = self.notes + (
+                    f"{num_samples} samples, fewer than the suite's default {self.num_samples}: not comparable with "
+                    f"default runs or published numbers",)
+        if timing_repeats is not None:
+            changes["timing_repeats"] = int(timing_repeats)
         if data_dir is not None:
             if not hasattr(self.problem, "data_dir"):
                 raise ValueError(f"suite {self.name} does not read data from disk; --data-dir applies to the image "
@@ -126,8 +139,10 @@ class Suite:
             if getattr(self.problem, "dataset", None) == "digits":
                 raise ValueError(f"suite {self.name} uses sklearn's bundled digits; --data-dir does not apply")
             changes["problem"] = dataclasses.replace(self.problem, data_dir=str(data_dir))
-        if batch_size is not None:
-            changes["batch_size"] = int(batch_size)
+        if batch_size == "auto":
+            changes["auto_batch"] = True
+        elif batch_size is not None:
+            changes["batch_size"], changes["auto_batch"] = int(batch_size), False
         if reference_file is not None:
             if self.extractor is None:
                 raise ValueError(f"suite {self.name} has no image metrics; --ref-stats applies to image suites")

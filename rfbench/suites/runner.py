@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from baselines import BASELINES
 from baselines.cache import Cache
 from baselines.published import file_identity, load_checkpoint_model
+from rfbench.distributed import PeerFailed, World, batch_plan
 from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
@@ -23,9 +25,11 @@ from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_quality_vs_nfe, plot_sample_grid, plot_trajectories
 from rfbench.samplers import SOLVERS, sample
 from rfbench.suites.base import Cell, Suite
+from rfbench.suites.batching import FRACTION, LIMIT, auto_batch_size
 
 PLOT_PATHS = 300  # trajectories drawn per model
 GRID_SAMPLES = 16  # images per cell in samples.png
+WARMUP_EVALS = 2   # untimed model evaluations at a cell's batch shape before its timed runs (kernels, allocator)
 
 
 FEATURE_METRICS = ("kid", "precision_recall")   # need the reference features, not only their statistics
@@ -36,21 +40,29 @@ class ImageEval:
     """What the image metrics compare samples with: the extractor and the reference set's features."""
 
     extractor: FeatureExtractor
-    reference_features: torch.Tensor | None   # None: a reference file with statistics only
-    reference_stats: GaussianStats
+    reference_features: torch.Tensor | None   # None: a reference file with statistics only (or not rank 0)
+    reference_stats: GaussianStats | None
     fields: dict  # provenance columns: extractor, reference
     reference_radii: torch.Tensor | None = None  # precision/recall's k-NN radii of the reference, once per run
 
-    def inputs(self, z0: torch.Tensor, z1: torch.Tensor) -> MetricInput:
-        features, logits = self.extractor.extract(quantize(z1))
+    def extract(self, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features and logits of samples in [-1, 1], quantised to uint8 as they would be saved."""
+        return self.extractor.extract(quantize(z1))
+
+    def inputs(self, z0: torch.Tensor, z1: torch.Tensor, features: torch.Tensor | None = None,
+               logits: torch.Tensor | None = None) -> MetricInput:
+        if features is None:
+            features, logits = self.extract(z1)
         return MetricInput(z0=z0, z1=z1, features=features, logits=logits,
                            reference_features=self.reference_features, reference_stats=self.reference_stats,
                            reference_radii=self.reference_radii)
 
 
 def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict | None,
-                say: Callable[[str], None], images: torch.Tensor | None = None) -> ImageEval | None:
-    """The extractor and the reference set's features; ``images``: the reference images when already loaded."""
+                say: Callable[[str], None], images: torch.Tensor | None = None,
+                reference: bool = True) -> ImageEval | None:
+    """The extractor and the reference set's features; ``images``: the reference images when already loaded.
+    ``reference=False`` (ranks other than 0, which only extract their samples' features): the extractor only."""
     if suite.extractor is None:
         return None
     problem = suite.problem
@@ -62,6 +74,8 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
             raise
         say(f"{exc}\nscoring with the {suite.fallback_extractor} extractor instead (recorded in the extractor column)")
         extractor = EXTRACTORS[suite.fallback_extractor](cache.root, device, log=say, problem=problem)
+    if not reference:
+        return ImageEval(extractor, None, None, {})
     if suite.reference_file is not None:
         features_np, stats, held = load_reference_file(suite.reference_file, extractor.dim)
         features = None if features_np is None else torch.from_numpy(features_np)
@@ -119,35 +133,42 @@ def _sync(device: torch.device) -> None:
 
 def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device | None = None,
               cache_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
-              log: Callable[[str], None] | None = None, extractor_options: dict | None = None) -> RunOutput:
+              log: Callable[[str], None] | None = None, extractor_options: dict | None = None,
+              world: World | None = None) -> RunOutput:
     """Run every cell of ``suite`` and write ``results.csv``, ``results.md`` and plots into ``out_dir``.
 
     ``extractor_options`` go to the image suite's feature extractor (for ``inception``: ``weights``, ``mode``).
+    ``world``: the processes of a torchrun run (:mod:`rfbench.distributed`); each samples its share of every cell,
+    rank 0 trains (the others then load from the cache), computes the metrics and writes; the others return an
+    empty frame.
 
     A cell whose sampler fails (NaN samples, a solver that cannot proceed) is recorded with its error and the sweep
     goes on; every finished cell is on disk before the next one starts.
     """
+    world = world or World()
+    main = world.is_main
     device = resolve_device(str(device) if device is not None else None)
     for model_name in suite.models:  # an unknown model is a mistake in the suite: say so before any work
         BASELINES[model_name]
     out_dir = Path(out_dir)
     store = ResultStore(out_dir)
-    bar = tqdm(total=len(suite.cells) + int(suite.independent_row), desc=suite.name, disable=not progress,
-               unit="cell", dynamic_ncols=True)
-    say = log or (lambda msg: tqdm.write(msg))
+    bar = tqdm(total=len(suite.cells) + int(suite.independent_row), desc=suite.name,
+               disable=not (progress and main), unit="cell", dynamic_ncols=True)
+    say = (log or (lambda msg: tqdm.write(msg))) if main else (lambda msg: None)
     cache = Cache(cache_dir, log=say)
 
     seeds = list(suite.seeds)
     x0 = suite.problem.initial(seeds).to(device)
-    reference = suite.problem.reference(suite.num_samples)
-    images = _image_eval(suite, cache, device, extractor_options, say, images=reference)
+    reference = suite.problem.reference(suite.num_samples) if main else None
+    images = _main_first(world, lambda first: _image_eval(suite, cache, device, extractor_options, say,
+                                                          images=reference, reference=first))
     base = {"suite": suite.name, "suite_version": suite.version, "n_samples": suite.num_samples,
             "seed": seeds[0], "seeds": f"{seeds[0]}-{seeds[-1]}", **(images.fields if images else {}),
             **provenance(device_name(device), str(x0.dtype).replace("torch.", ""))}
-    notes = []
+    notes = list(suite.notes)
     if images is not None and images.extractor.num_classes is None and "inception_score" in suite.metrics:
         notes.append(f"IS empty: {images.extractor.logits_note}")
-    if images is not None and images.reference_features is None:   # a reference given as mu/sigma only
+    if images is not None and main and images.reference_features is None:   # a reference given as mu/sigma only
         dropped = [m for m in suite.metrics if m in FEATURE_METRICS]
         suite = dataclasses.replace(suite, metrics=tuple(m for m in suite.metrics if m not in FEATURE_METRICS))
         notes.append(f"{', '.join(dropped)} empty: the reference file holds statistics only, not features")
@@ -165,7 +186,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
         keys.append(cell_key(record))
         bar.update(1)
 
-    if suite.independent_row:
+    if suite.independent_row and main:
         store_record(_independent_record(suite, x0.cpu(), reference, seeds, base, images))
 
     for model_name in suite.models:
@@ -174,26 +195,26 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
             continue
         bar.set_postfix_str(f"{model_name}: loading")
         baseline = BASELINES[model_name]
-        checkpoint = suite.checkpoint(model_name)
-        try:
-            if checkpoint is not None:
-                model = load_checkpoint_model(model_name, checkpoint, suite, device)
-                cache.keys[model_name] = file_identity(checkpoint)
-            else:
-                model = baseline.load_or_train(suite, cache, device)
-        except Exception as exc:  # record the failure for each of its cells and go on with the next model
-            say(f"{model_name}: could not load or train: {type(exc).__name__}: {exc}")
-            for cell in cells:
+        model, errors = _load_model(suite, model_name, cache, device, world)
+        if errors:  # record the failure for each of its cells and go on with the next model
+            say(f"{model_name}: could not load or train: {errors[0]}")
+            for cell in cells if main else ():
                 store_record({**base, **_cell_fields(cell), **_empty_metrics(suite),
-                              "status": "failed", "error": f"model: {type(exc).__name__}: {exc}"})
+                              "status": "failed", "error": f"model: {errors[0]}"})
             continue
-        bar.set_postfix_str(f"{model_name}: reference flow")
-        model_values, plot = _model_scope(suite, baseline.kind, model, x0, say)
-        if plot is not None:
-            trajectories[model_name] = plot
+        cell_suite = suite if not suite.auto_batch else dataclasses.replace(
+            suite, batch_size=_auto_batch(suite, model_name, model, x0, device, world, say))
+        model_values: dict = {}
+        if main:
+            bar.set_postfix_str(f"{model_name}: reference flow")
+            model_values, plot = _model_scope(suite, baseline.kind, model, x0, say)
+            if plot is not None:
+                trajectories[model_name] = plot
         for cell in cells:
             bar.set_postfix_str(cell.label)
-            record, samples = _run_cell(suite, cell, model, x0, seeds, reference, device, images)
+            record, samples = _run_cell(cell_suite, cell, model, x0, seeds, reference, device, images, world)
+            if not main:
+                continue
             if samples is not None and images is not None:
                 grid[cell.label] = samples[:GRID_SAMPLES].numpy()
             if record["status"] != "ok":
@@ -202,6 +223,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
                 record.update(model_values)
             store_record({**base, **record, "model_checkpoint": cache.keys.get(model_name)})
     bar.close()
+    if not main:
+        return RunOutput(frame=pd.DataFrame())
 
     frame = store.load(keys=keys)
     files = list(write_tables(frame, out_dir))
@@ -216,13 +239,83 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     return RunOutput(frame=frame, files=files, trained=list(cache.trained))
 
 
+def _main_first(world: World, build: Callable[[bool], object]):
+    """``build(True)`` on rank 0, then ``build(False)`` on the others, which thus find what rank 0 cached (a trained
+    extractor) instead of training it at the same time. An exception on rank 0 is raised there and becomes
+    :class:`PeerFailed` elsewhere, so no process waits forever for one that has stopped."""
+    result, error = None, None
+    if world.is_main:
+        try:
+            result = build(True)
+        except Exception as exc:
+            error = exc
+        failed = world.check(None if error is None else f"{type(error).__name__}: {error}", "rank 0")
+        if error is not None:
+            raise error
+    else:
+        failed = world.check(None, "rank 0")
+        if failed:
+            raise PeerFailed(failed[0])
+        try:
+            result = build(False)
+        except Exception as exc:
+            error = exc
+    if world.active:
+        failed = world.check(None if error is None else f"{type(error).__name__}: {error}", "others")
+        if error is not None:
+            raise error
+        if failed:
+            raise PeerFailed(failed[0])
+    return result
+
+
+def _auto_batch(suite: Suite, model_name: str, model, x0: torch.Tensor, device: torch.device, world: World,
+                say: Callable[[str], None]) -> int | None:
+    """``--batch-size auto``: the probed batch size on CUDA (the smallest over the processes, so that all use the
+    same batches); on the CPU the suite's own batch size."""
+    if device.type != "cuda":
+        say(f"{model_name}: --batch-size auto probes GPU memory; on the CPU the suite's batch size "
+            f"({suite.batch_size or 'all samples at once'}) is kept")
+        return suite.batch_size
+    size = min(world.all_objects(auto_batch_size(model, x0[:1], device, limit=min(LIMIT, x0.shape[0]))))
+    say(f"{model_name}: batch size {size} (auto: the largest power of two whose evaluation needs at most "
+        f"{FRACTION:.0%} of the free GPU memory)")
+    return size
+
+
+def _load_model(suite: Suite, model_name: str, cache: Cache, device: torch.device,
+                world: World) -> tuple[object, list[str]]:
+    """The model from its checkpoint or the cache (trained there first when missing: by rank 0 alone, before the
+    other processes load it). Returns the model and the errors (empty when every process has it)."""
+    checkpoint = suite.checkpoint(model_name)
+
+    def load():
+        try:
+            if checkpoint is not None:
+                model = load_checkpoint_model(model_name, checkpoint, suite, device)
+                if world.is_main:
+                    cache.keys[model_name] = file_identity(checkpoint)
+                return model, None
+            return BASELINES[model_name].load_or_train(suite, cache, device), None
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    model, error = load() if world.is_main else (None, None)
+    errors = world.check(error, "load")
+    if errors or not world.active:
+        return model, errors
+    if not world.is_main:
+        model, error = load()
+    return model, world.check(error, "load")
+
+
 def _cell_fields(cell: Cell) -> dict:
     return {"model": cell.model, "solver": cell.solver, "steps": cell.steps,
             "options": ",".join(f"{k}={v}" for k, v in cell.options)}
 
 
 def _empty_metrics(suite: Suite) -> dict:
-    out: dict = {"nfe": None, "wall_clock_s": None, "samples_per_s": None}
+    out: dict = {"nfe": None, "wall_clock_s": None, "samples_per_s": None, "ms_per_nfe": None}
     for name in suite.metrics:
         out.update(dict.fromkeys(METRICS[name].columns))
     return out
@@ -294,43 +387,128 @@ def _model_scope(suite: Suite, kind: str, model, x0: torch.Tensor,
     return values, ((f"rk4, {steps} steps", traj.states[:, :PLOT_PATHS].numpy()) if plottable else None)
 
 
-def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int], reference: torch.Tensor,
-              device: torch.device, images: ImageEval | None = None) -> tuple[dict, torch.Tensor | None]:
-    """Sample one cell (timed, nothing else in the timed region) and compute its cell-scope metrics; failures
-    become a recorded row, never an exception. Returns the record and the samples (None when it failed)."""
+def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int], reference: torch.Tensor | None,
+              device: torch.device, images: ImageEval | None = None,
+              world: World | None = None) -> tuple[dict | None, torch.Tensor | None]:
+    """Sample one cell (timed: nothing else in the timed region) and compute its cell-scope metrics; failures
+    become a recorded row, never an exception. Returns the record and the samples (None when it failed); with
+    several processes each samples its share, and rank 0 alone gets the record (the others get None, None)."""
+    world = world or World()
     options = dict(cell.options)
     stochastic = SOLVERS[cell.solver].is_stochastic(options)
     fields = _cell_fields(cell)
+
+    def failed(error: str) -> tuple[dict | None, None]:
+        record = {**fields, **_empty_metrics(suite), "status": "failed", "error": error}
+        return (record if world.is_main else None), None
+
+    size, mine = batch_plan(x0.shape[0], suite.batch_size, world)
+    share = _sample_share(model, x0, cell, seeds if stochastic else None, mine, device, suite.timing_repeats,
+                          world)
+    errors = world.check(share.error, "sample")
+    if errors:
+        return failed(errors[0])
+    features = logits = None
+    if images is not None and share.x is not None:
+        try:
+            features, logits = images.extract(share.x)
+        except Exception as exc:
+            share.error = f"features: {type(exc).__name__}: {exc}"
+    if images is not None:
+        errors = world.check(share.error, "features")
+        if errors:
+            return failed(errors[0])
+    shares = world.all_objects(share.summary())
+    x = world.cat_rows(share.x)
+    if images is not None:
+        features, logits = world.cat_rows(features), world.cat_rows(logits)
+    if not world.is_main:
+        return None, None
+    nfe, stats = _combine(shares, size)
+    # each timed run ends when its slowest process does; the cell's time is the median over the repeated runs
+    wall = statistics.median(max(s["run_times"][r] for s in shares) for r in range(suite.timing_repeats))
+    ms_per_nfe = statistics.median(t for s in shares for t in s["ms_per_nfe"])
     try:
-        _sync(device)
-        start = time.perf_counter()
-        x, nfe, stats = _sample_batched(model, x0, cell, seeds if stochastic else None, suite.batch_size)
-        _sync(device)
-        wall = time.perf_counter() - start
-        values = _cell_metrics(suite, _metric_input(x0.cpu(), x, reference, images))
+        inputs = (images.inputs(x0.cpu(), x, features, logits) if images is not None
+                  else _metric_input(x0.cpu(), x, reference, None))
+        values = _cell_metrics(suite, inputs)
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
-        return {**fields, **_empty_metrics(suite), "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}"}, None
-    return {**fields, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall, **values,
-            "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()), "status": "ok",
-            "error": None}, x
+        return failed(f"{type(exc).__name__}: {exc}")
+    timing = f"warmup={WARMUP_EVALS}nfe,repeats={suite.timing_repeats},processes={world.size}"
+    return {**fields, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
+            "ms_per_nfe": ms_per_nfe, **values, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
+            "timing": timing, "status": "ok", "error": None}, x
 
 
-def _sample_batched(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None,
-                    batch_size: int | None) -> tuple[torch.Tensor, float, dict]:
-    """Sample ``x0`` in batches of ``batch_size`` (all at once when None). Fixed-grid solvers give the same
-    samples either way; an adaptive solver's step sizes, hence its samples and NFE, depend on the batch (its error
-    norm spans the batch), so the row's NFE (and each numeric solver stat) is then the mean per sample's batch,
-    weighted by batch size, and solver_stats gives the batch size, the number of batches and the NFE range."""
-    size = batch_size or x0.shape[0]
-    xs, nfes, weights, stats_list = [], [], [], []
-    for start in range(0, x0.shape[0], size):
-        result = sample(model, x0[start:start + size], cell.solver, cell.steps,
-                        seeds=seeds[start:start + size] if seeds is not None else None, **dict(cell.options))
-        xs.append(result.x.cpu())
-        nfes.append(result.nfe)
-        weights.append(result.x.shape[0])
-        stats_list.append({k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")})
+@dataclass
+class Share:
+    """One process's part of a cell: its samples (first run), per-batch NFE and stats, and its timings."""
+
+    x: torch.Tensor | None = None
+    nfes: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    stats: list = field(default_factory=list)
+    run_times: list = field(default_factory=list)     # seconds per timed run (all of its batches)
+    ms_per_nfe: list = field(default_factory=list)    # per batch and run: milliseconds / the batch's NFE
+    error: str | None = None
+
+    def summary(self) -> dict:
+        return {"nfes": self.nfes, "weights": self.weights, "stats": self.stats, "run_times": self.run_times,
+                "ms_per_nfe": self.ms_per_nfe}
+
+
+def _sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, batches: list[tuple[int, int]],
+                  device: torch.device, repeats: int = 1, world: World | None = None) -> Share:
+    """Sample the rows of ``batches`` ``repeats`` times, timing each run and each batch (synchronised with the
+    device) after ``WARMUP_EVALS`` untimed model evaluations at the batch shape; the samples of the first run are
+    kept. All processes start each run together; an error stops the sampling, not the taking part in the
+    collectives, so the other processes never wait for this one."""
+    world = world or World()
+    share = Share()
+    xs = []
+    try:
+        if batches:
+            a, b = batches[0]
+            t = torch.full((b - a,), 0.5, dtype=x0.dtype, device=x0.device)
+            with torch.no_grad():
+                for _ in range(WARMUP_EVALS):
+                    model(x0[a:b], t)
+            _sync(device)
+    except Exception:   # left for the timed run, whose sampler checks its input and reports the cause
+        pass
+    for run in range(repeats):
+        world.barrier()
+        if share.error is not None:
+            share.run_times.append(float("nan"))
+            continue
+        try:
+            start = time.perf_counter()
+            for a, b in batches:
+                begin = time.perf_counter()
+                result = sample(model, x0[a:b], cell.solver, cell.steps,
+                                seeds=seeds[a:b] if seeds is not None else None, **dict(cell.options))
+                _sync(device)
+                share.ms_per_nfe.append(1000 * (time.perf_counter() - begin) / max(result.nfe, 1))
+                if run == 0:
+                    xs.append(result.x)
+                    share.nfes.append(result.nfe)
+                    share.weights.append(b - a)
+                    share.stats.append({k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")})
+            share.run_times.append(time.perf_counter() - start)
+        except Exception as exc:
+            share.error = f"{type(exc).__name__}: {exc}"
+    share.x = torch.cat(xs).cpu() if xs and share.error is None else None
+    return share
+
+
+def _combine(shares: list[dict], size: int) -> tuple[float, dict]:
+    """The row's NFE and solver stats from every batch of every process (in seed order). Fixed-grid solvers have
+    the same NFE for every batch. An adaptive solver's step sizes, hence its samples and NFE, depend on the batch
+    (its error norm spans the batch), so the row's NFE (and each numeric solver stat) is then the mean per sample's
+    batch, weighted by batch size, and solver_stats gives the batch size, the number of batches and the NFE range."""
+    nfes = [n for s in shares for n in s["nfes"]]
+    weights = [w for s in shares for w in s["weights"]]
+    stats_list = [st for s in shares for st in s["stats"]]
     total = sum(weights)
 
     def mean(values):
@@ -344,4 +522,16 @@ def _sample_batched(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None
         stats.update(batch_size=size, batches=len(nfes))
         if min(nfes) != max(nfes):
             stats.update(nfe_min=min(nfes), nfe_max=max(nfes))
-    return torch.cat(xs), mean(nfes), stats
+    return mean(nfes), stats
+
+
+def _sample_batched(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None,
+                    batch_size: int | None) -> tuple[torch.Tensor, float, dict]:
+    """Sample ``x0`` in batches of ``batch_size`` (all at once when None) in this process: the samples, the row's
+    NFE and its solver stats (:func:`_combine`). Raises the sampler's error."""
+    size, batches = batch_plan(x0.shape[0], batch_size, World())
+    share = _sample_share(model, x0, cell, seeds, batches, x0.device)
+    if share.error is not None:
+        raise RuntimeError(share.error)
+    nfe, stats = _combine([share.summary()], size)
+    return share.x, nfe, stats

@@ -1,0 +1,128 @@
+"""Evaluation on several processes: ``torchrun --nproc_per_node=N benchmark.py ...``.
+
+Every process samples its share of each cell's seed range and extracts its samples' features; the samples and
+features are gathered in seed order, so rank 0 computes every metric on exactly the tensors a single process would
+have, and rank 0 alone writes results. Shares are whole batches of the cell's batch plan (:func:`batch_plan`): with
+the same ``--batch-size`` a run on N processes gives the metrics of a run on one (an adaptive solver's steps depend
+on its batch, so the batches must be the same ones).
+
+A :class:`World` of size 1 is the single-process run: every collective is then the identity, and the runner has
+one code path for both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# Rank 0 trains models and computes reference features while the others wait in a collective: allow hours.
+TIMEOUT = timedelta(minutes=float(os.environ.get("RFBENCH_DIST_TIMEOUT_MIN", 360)))
+
+
+class PeerFailed(RuntimeError):
+    """Another process (usually rank 0) failed in a step every process needs; it reports the cause itself."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of a run; ``World()`` is the single process."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str | None = None       # "gloo" (tensors on the CPU) or "nccl" (tensors on this process's GPU)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def all_objects(self, obj) -> list:
+        """Every process's ``obj`` (picklable, small), in rank order, on every process."""
+        if not self.active:
+            return [obj]
+        out: list = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def check(self, error: str | None, what: str) -> list[str]:
+        """Share each process's error (None when it succeeded) for a step all of them take; returns the errors of
+        the processes that failed, prefixed with their rank when there are several processes."""
+        errors = self.all_objects(error)
+        return [e if not self.active else f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None]
+
+    def cat_rows(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """Each process's rows (dim 0) concatenated in rank order, on every process, on the CPU.
+
+        A process with no rows passes None (when the seed range has fewer batches than processes); all processes
+        must agree on the trailing shape and dtype, which come from the ones that have rows."""
+        if not self.active:
+            return tensor
+        metas = self.all_objects(None if tensor is None else (tuple(tensor.shape), str(tensor.dtype)))
+        present = [m for m in metas if m is not None]
+        if not present:
+            return None
+        tail, dtype = present[0][0][1:], getattr(torch, present[0][1].replace("torch.", ""))
+        if any(m[0][1:] != tail or m[1] != present[0][1] for m in present):
+            raise ValueError(f"ranks disagree on the shape or dtype of gathered rows: {metas}")
+        rows = [0 if m is None else m[0][0] for m in metas]
+        device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        local = torch.zeros((max(rows), *tail), dtype=dtype, device=device)
+        if tensor is not None and tensor.shape[0]:
+            local[:tensor.shape[0]] = tensor.to(device)
+        parts = [torch.empty_like(local) for _ in range(self.size)]
+        dist.all_gather(parts, local)
+        return torch.cat([p[:n].cpu() for p, n in zip(parts, rows)])
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def from_env(device: torch.device | str | None = None) -> World:
+    """The world torchrun describes in the environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), with its process
+    group started: nccl when the run is on CUDA, else gloo. Without torchrun: the single process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    return World(rank=rank, size=size, local_rank=local, backend=backend)
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun sets it (0 without torchrun), before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def batch_plan(n: int, batch_size: int | None, world: World) -> tuple[int, list[tuple[int, int]]]:
+    """The batch size and the (start, stop) row ranges of one cell's batches over ``n`` seeds, and which of them
+    are this process's: the batches are split into contiguous blocks, one per rank, so that concatenating the ranks'
+    rows in rank order gives seed order.
+
+    Without a batch size a single process samples everything at once, and N processes take ``ceil(n / N)`` rows
+    each; a single-process run with that ``--batch-size`` reproduces them exactly.
+    """
+    size = batch_size or math.ceil(n / world.size)
+    batches = [(start, min(start + size, n)) for start in range(0, n, size)]
+    k = len(batches)
+    mine = batches[world.rank * k // world.size:(world.rank + 1) * k // world.size]
+    return size, mine
