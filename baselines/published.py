@@ -8,6 +8,8 @@ the runner then calls :func:`load_checkpoint_model` instead of training. How a f
   files, EMA weights, wrapped in :class:`~rfbench.models.score_sde.TimeWindowFlow` (t in [1e-3, 1], labels t*999);
 * ``vp-ode``, ``subvp-ode``: score-SDE's continuous VP / sub-VP DDPM++ files, sampled through their probability-flow
   ODE (:class:`~rfbench.models.score_sde.VPSDEFlow`);
+* ``ddpm``: a diffusers ``UNet2DModel`` folder (e.g. a local copy of google/ddpm-cifar10-32) with its scheduler
+  config, sampled by ddim, ddpm or its probability-flow ODE (:mod:`baselines.diffusers_unet`; needs diffusers);
 * any of them as an rfbench checkpoint (``format: rfbench-checkpoint``, written by rfbench's cache): rebuilt from
   the config inside the file.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from baselines import BASELINES, Baseline
+from baselines.diffusers_unet import folder_identity, is_diffusers_folder, load_diffusers_ddpm
 from rfbench.models import (DiffusionModel, MLPConfig, UNetConfig, build_network, linear_betas, load_state_dict_strict,
                             read_checkpoint)
 from rfbench.models.checkpoint import FORMAT, CheckpointError
@@ -35,7 +38,9 @@ CONFIG_TYPES = {"MLPConfig": MLPConfig, "UNetConfig": UNetConfig, "NCSNppConfig"
 
 
 def file_identity(path: str | Path) -> str:
-    """``name (sha1 prefix)`` of a checkpoint file, for the ``model_checkpoint`` column."""
+    """``name (sha1 prefix)`` of a checkpoint file (or diffusers folder), for the ``model_checkpoint`` column."""
+    if Path(path).is_dir():
+        return folder_identity(path)
     digest = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -74,6 +79,12 @@ def _rfbench_model(path: Path, device):
 def load_checkpoint_model(model_name: str, path: str | Path, suite, device):
     """The sampler-ready model ``model_name`` of ``suite`` from ``path`` (official format or rfbench's)."""
     path = Path(path)
+    if path.is_dir():
+        if BASELINES[model_name].kind != "diffusion" or not is_diffusers_folder(path):
+            raise CheckpointError(f"{path} is a folder: only a diffusion model (ddpm) loads from one, a diffusers "
+                                  f"UNet2DModel folder with config.json (or unet/config.json); {model_name} "
+                                  f"takes a checkpoint file")
+        return load_diffusers_ddpm(path, device)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint for {model_name} not found: {path}")
     if _is_rfbench_file(path):

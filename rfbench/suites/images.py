@@ -70,6 +70,7 @@ FASHION_MNIST = SUITES.add("fashion-mnist", _mnist_family("fashion-mnist", "Fash
 # cifar: Table 1 of the rectified-flow paper from the published checkpoints (nothing is trained).
 CIFAR_EULER = (1, 2, 4, 8, 16, 32, 64, 100)
 CIFAR_HEUN = (1, 2, 4, 8, 16, 32, 50)        # 2 NFE per step (the last step's second evaluation included)
+CIFAR_DDIM = (10, 20, 50, 100)               # the DDPM baseline (a diffusers UNet2DModel folder), and ddpm 1000
 
 
 def cifar_cells() -> tuple[Cell, ...]:
@@ -78,16 +79,18 @@ def cifar_cells() -> tuple[Cell, ...]:
         cells += ((Cell(model, "rk45"),) + fixed_grid(model, ("euler",), CIFAR_EULER)
                   + fixed_grid(model, ("heun",), CIFAR_HEUN))
     cells += (Cell("2-rf-distill", "euler", 1), Cell("3-rf-distill", "euler", 1))
-    return cells + (Cell("vp-ode", "rk45"), Cell("subvp-ode", "rk45"))
+    cells += (Cell("vp-ode", "rk45"), Cell("subvp-ode", "rk45"))
+    return cells + fixed_grid("ddpm", ("ddim",), CIFAR_DDIM) + (Cell("ddpm", "ddpm", 1000),)
 
 
 CIFAR = SUITES.add("cifar", Suite(
     name="cifar",
-    version=1,
+    version=2,    # v2: the DDPM baseline (ddim, ddpm) from a diffusers folder; the other cells are unchanged
     description="N(0, I) -> CIFAR-10 32x32 (--data-dir): the published 1/2/3-RF, distilled and score-SDE VP/sub-VP "
-                "DDPM++ checkpoints (--checkpoint-dir); FID/IS/precision/recall on Inception; a GPU's work",
+                "DDPM++ checkpoints, a diffusers DDPM (--checkpoint-dir); FID/IS/precision/recall on Inception; a GPU's "
+                "work",
     problem=ImageProblem("cifar10", (3, 32, 32)),
-    models=("1-rf", "2-rf", "3-rf", "2-rf-distill", "3-rf-distill", "vp-ode", "subvp-ode"),
+    models=("1-rf", "2-rf", "3-rf", "2-rf-distill", "3-rf-distill", "vp-ode", "subvp-ode", "ddpm"),
     cells=cifar_cells(),
     metrics=IMAGE_METRICS,
     num_samples=50_000,

@@ -1,0 +1,108 @@
+"""The DDPM baseline from a diffusers UNet2DModel folder: both layouts written by diffusers itself, the schedule
+against diffusers' own schedulers, the network's output through rfbench's adapter, and the errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from baselines.diffusers_unet import schedule_from_config  # noqa: E402
+from baselines.published import file_identity, load_checkpoint_model  # noqa: E402
+from rfbench.cli import main  # noqa: E402
+from rfbench.models import DiffusionModel  # noqa: E402
+from rfbench.models.checkpoint import CheckpointError  # noqa: E402
+from rfbench.samplers import sample  # noqa: E402
+from rfbench.suites import SUITES  # noqa: E402
+
+
+def _unet(seed: int = 0):
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(16, 32), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D")).eval()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diffusers")
+    unet = _unet()
+    # google/ddpm-cifar10-32's layout: the UNet at the top, an old-style scheduler config beside it
+    unet.save_pretrained(root / "flat")
+    (root / "flat" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "GaussianDDPMScheduler", "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
+         "timesteps": 1000, "variance_type": "fixed_large"}))
+    # DDPMPipeline.save_pretrained: unet/ and scheduler/ subfolders
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=200, beta_schedule="squaredcos_cap_v2",
+                                        prediction_type="v_prediction")
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "pipeline")
+    return root, unet
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_schedules_match_diffusers(schedule):
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=500, beta_start=2e-4, beta_end=0.03,
+                                        beta_schedule=schedule, prediction_type="sample")
+    betas, prediction = schedule_from_config(dict(scheduler.config), "test")
+    torch.testing.assert_close(betas, scheduler.betas.double(), rtol=1e-6, atol=1e-7)
+    assert prediction == "x0" and betas.dtype == torch.float64
+
+
+def test_both_layouts_load_with_the_network_and_schedule(folders):
+    root, unet = folders
+    suite = SUITES["cifar"]
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    steps = torch.tensor([0, 10, 100, 199])
+    with torch.no_grad():
+        expected = unet(x, steps).sample
+        for name, n, prediction in (("flat", 1000, "eps"), ("pipeline", 200, "v")):
+            model = load_checkpoint_model("ddpm", root / name, suite, "cpu")
+            assert isinstance(model, DiffusionModel) and model.num_timesteps == n and model.prediction == prediction
+            torch.testing.assert_close(model.net(x, steps), expected, rtol=0, atol=0)
+    flat = load_checkpoint_model("ddpm", root / "flat", suite, "cpu")
+    torch.testing.assert_close(flat.eps(x, steps), expected, rtol=0, atol=0)   # an eps network: eps unchanged
+    ddim = sample(flat, x, "ddim", 5)
+    pf_ode = sample(flat, x, "euler", 2)      # the probability-flow ODE takes fractional timesteps
+    assert ddim.nfe == 5 and pf_ode.nfe == 2 and torch.isfinite(ddim.x).all() and torch.isfinite(pf_ode.x).all()
+    assert file_identity(root / "flat").startswith("flat/ (sha1 ")
+    assert file_identity(root / "flat") != file_identity(root / "pipeline")
+
+
+def test_bad_folders_are_one_error_naming_the_file(folders, tmp_path):
+    root, unet = folders
+    suite = SUITES["cifar"]
+    unet.save_pretrained(tmp_path / "no-scheduler")
+    with pytest.raises(CheckpointError, match=r"no-scheduler: no scheduler_config\.json"):
+        load_checkpoint_model("ddpm", tmp_path / "no-scheduler", suite, "cpu")
+    unet.save_pretrained(tmp_path / "truncated")
+    (tmp_path / "truncated" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 1000}))
+    weights = tmp_path / "truncated" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"truncated: diffusers could not load the UNet2DModel"):
+        load_checkpoint_model("ddpm", tmp_path / "truncated", suite, "cpu")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    (tmp_path / "odd" / "scheduler_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"_class_name is 'UNet2DConditionModel'"):
+        load_checkpoint_model("ddpm", tmp_path / "odd", suite, "cpu")
+    with pytest.raises(CheckpointError, match=r"only a diffusion model \(ddpm\) loads from one"):
+        load_checkpoint_model("1-rf", root / "flat", suite, "cpu")
+    with pytest.raises(CheckpointError, match=r"beta_schedule 'sigmoid' is not supported"):
+        schedule_from_config({"num_train_timesteps": 10, "beta_schedule": "sigmoid"}, "x")
+
+
+def test_checkpoint_dir_finds_the_ddpm_folder(folders, tmp_path, capsys):
+    root, unet = folders
+    (tmp_path / "ckpts").mkdir()
+    unet.save_pretrained(tmp_path / "ckpts" / "ddpm")
+    with pytest.raises(SystemExit):    # only the data is missing: the folder counts as ddpm's checkpoint
+        main(["--suite", "cifar", "--models", "ddpm", "1-rf", "--checkpoint-dir", str(tmp_path / "ckpts")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "cifar10 needs --data-dir" in err[0] and "no checkpoint for 1-rf" in err[1]
+    assert main(["--suite", "cifar", "--models", "ddpm", "--dry-run"]) == 0
+    cells = capsys.readouterr().out
+    assert "ddpm/ddim/10" in cells and "ddpm/ddim/100" in cells and "ddpm/ddpm/1000" in cells
