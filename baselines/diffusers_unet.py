@@ -11,7 +11,9 @@ The scheduler config gives the discrete schedule (``num_train_timesteps`` or the
 ``beta_end``, ``beta_schedule`` linear / scaled_linear / squaredcos_cap_v2, or ``trained_betas``) and what the
 network predicts (``prediction_type`` epsilon / sample / v_prediction). The result is a
 :class:`~rfbench.models.DiffusionModel`, so ddim, ddpm and the probability-flow ODE all sample it. rfbench's samplers
-do not clip the predicted x0 to [-1, 1] as diffusers' pipelines do with ``clip_sample``; the row's notes say so.
+do not clip the predicted x0 to [-1, 1] as diffusers' pipelines do with ``clip_sample``; the model's ``notes`` say
+so and the runner writes them into its rows. Weights that do not match the config (missing, unexpected or
+misshapen keys, which diffusers itself only warns about) are an error.
 """
 
 from __future__ import annotations
@@ -58,8 +60,22 @@ def _folders(path: Path) -> tuple[Path, Path]:
                           f"discrete schedule of a diffusers DDPM comes from it")
 
 
+# schedulers over DDPM's discrete beta schedule (the others, e.g. ScoreSdeVeScheduler, are continuous-time)
+DISCRETE_SCHEDULERS = ("DDPMScheduler", "GaussianDDPMScheduler", "DDIMScheduler", "PNDMScheduler",
+                       "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                       "LMSDiscreteScheduler", "HeunDiscreteScheduler", "DEISMultistepScheduler",
+                       "UniPCMultistepScheduler")
+
+
 def schedule_from_config(config: dict, source: str) -> tuple[torch.Tensor, str]:
     """The betas (float64) and rfbench's prediction name from a diffusers scheduler config."""
+    name = config.get("_class_name", "DDPMScheduler")
+    if name not in DISCRETE_SCHEDULERS:
+        raise CheckpointError(f"{source}: scheduler {name!r} has no discrete DDPM beta schedule; supported: "
+                              f"{', '.join(DISCRETE_SCHEDULERS)}")
+    if config.get("rescale_betas_zero_snr"):
+        raise CheckpointError(f"{source}: rescale_betas_zero_snr is not supported (the rescaled schedule ends at "
+                              f"alpha_bar = 0)")
     if config.get("trained_betas") is not None:
         return torch.tensor(config["trained_betas"], dtype=torch.float64), _prediction(config, source)
     steps = config.get("num_train_timesteps", config.get("timesteps"))
@@ -112,13 +128,28 @@ def load_diffusers_ddpm(path: str | Path, device) -> DiffusionModel:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{scheduler_file}: not a readable JSON config ({exc})") from None
     betas, prediction = schedule_from_config(scheduler, str(scheduler_file))
-    try:   # strict: diffusers refuses missing or misshapen weights unless told otherwise
-        unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False)
+    if config.get("time_embedding_type", "positional") != "positional":
+        raise CheckpointError(f"{unet_dir / 'config.json'}: time_embedding_type "
+                              f"{config.get('time_embedding_type')!r} is a continuous-time (score-SDE) UNet; the DDPM "
+                              f"baseline takes discrete timesteps (positional)")
+    try:
+        unet, info = UNet2DModel.from_pretrained(unet_dir, local_files_only=True, low_cpu_mem_usage=False,
+                                                 output_loading_info=True)
     except Exception as exc:
         raise CheckpointError(f"{unet_dir}: diffusers could not load the UNet2DModel: {type(exc).__name__}: "
                               f"{exc}") from None
+    # diffusers only warns about missing and unexpected keys (the missing ones stay uninitialised): refuse them
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        if info.get(kind):
+            shown = ", ".join(map(str, list(info[kind])[:5])) + (" ..." if len(info[kind]) > 5 else "")
+            raise CheckpointError(f"{unet_dir}: the weights do not match config.json: {len(info[kind])} "
+                                  f"{kind.replace('_', ' ')} ({shown})")
     net = DiffusersUNet(unet).to(device).eval()
-    return DiffusionModel(net, betas, prediction=prediction)
+    model = DiffusionModel(net, betas, prediction=prediction)
+    if scheduler.get("clip_sample") or scheduler.get("thresholding"):
+        model.notes = ("sampled without the scheduler's clip_sample/thresholding (rfbench does not clip the "
+                       "predicted x0)")
+    return model
 
 
 def folder_identity(path: str | Path) -> str:

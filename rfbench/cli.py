@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from baselines import BASELINES
 from baselines.cache import default_cache_dir
 from rfbench import distributed
 from rfbench.data.images import DatasetNotFoundError, check_dataset
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "are installed)")
     parser.add_argument("--inception-mode", default=None, choices=("clean", "legacy_tensorflow"),
                         help="inception preprocessing: clean-fid's clean resize, or legacy_tensorflow (default: clean)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the cells already finished in --out (same suite version, samples, seeds, extractor, "
+                             "reference, batch size, checkpoint) and compute only the missing or failed ones "
+                             "(default: on)")
+    parser.add_argument("--force", action="store_true", help="recompute every cell (the same as --no-resume)")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     parser.add_argument("--list", action="store_true", help="list suites, their models and the solvers, then exit")
@@ -168,8 +174,9 @@ def _missing_inputs(suite) -> list[str]:
         if path is not None and not Path(path).exists():
             missing.append(f"checkpoint for {model} not found: {path} (--checkpoint {model}=PATH)")
         elif path is None and suite.checkpoint_only:
-            missing.append(f"no checkpoint for {model}: pass --checkpoint {model}=PATH or put {model}.pth (ddpm: a "
-                           f"diffusers folder {model}/) in --checkpoint-dir (or leave it out with --models)")
+            where = f"{model}.pth" + (f" or a diffusers folder {model}/" if BASELINES[model].kind == "diffusion" else "")
+            missing.append(f"no checkpoint for {model}: pass --checkpoint {model}=PATH or put {where} in "
+                           f"--checkpoint-dir (or leave it out with --models)")
     return missing
 
 
@@ -194,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                              checkpoints=_checkpoints(args, suite), reference_file=args.ref_stats,
                              timing_repeats=args.repeats)
         device = resolve_device(args.device)
+        if distributed.env_world_size() > 1 and device.type == "cuda" and device.index is not None:
+            raise ValueError(f"--device {args.device}: under torchrun each process uses the GPU of its local rank; "
+                             f"pass --device cuda (or auto)")
         if suite.extractor != "inception" and (args.inception_weights or args.inception_mode):
             raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
                              f"extractor; suite {suite.name} uses {suite.extractor or 'no extractor'}")
@@ -227,16 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     world = distributed.from_env(device)
     try:
         if world.active and device.type == "cuda":   # one GPU per process: torchrun's LOCAL_RANK
-            if device.index not in (None, world.local_rank):
-                parser.error(f"--device {args.device}: under torchrun each process uses the GPU of its local rank; "
-                             f"pass --device cuda (or auto)")
-            device = torch.device("cuda", world.local_rank)
+            device = torch.device("cuda", world.device_index)
         result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
                            plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None),
-                           extractor_options=extractor_options, world=world)
+                           extractor_options=extractor_options, world=world,
+                           resume=args.resume and not args.force)
     except (DatasetNotFoundError, InceptionWeightsError, ReferenceFileError) as exc:  # before any cell: nothing lost
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    except distributed.PeerFailed:   # rank 0 says why and sets the exit status; stopping first would cut it off
+    except distributed.PeerFailed as exc:   # rank 0 says why and sets the exit status (others stop quietly)
+        if world.is_main:
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     finally:
         world.close()

@@ -35,6 +35,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    device_index: int | None = None  # this process's GPU (nccl)
     backend: str | None = None       # "gloo" (tensors on the CPU) or "nccl" (tensors on this process's GPU)
 
     @property
@@ -64,7 +65,8 @@ class World:
         return [e if not self.active else f"rank {r}: {e}" for r, e in enumerate(errors) if e is not None]
 
     def cat_rows(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        """Each process's rows (dim 0) concatenated in rank order, on every process, on the CPU.
+        """Each process's rows (dim 0) concatenated in rank order, on rank 0, on the CPU; the other processes get
+        None (only rank 0 computes metrics, so only it holds every sample and feature).
 
         A process with no rows passes None (when the seed range has fewer batches than processes); all processes
         must agree on the trailing shape and dtype, which come from the ones that have rows."""
@@ -82,8 +84,10 @@ class World:
         local = torch.zeros((max(rows), *tail), dtype=dtype, device=device)
         if tensor is not None and tensor.shape[0]:
             local[:tensor.shape[0]] = tensor.to(device)
-        parts = [torch.empty_like(local) for _ in range(self.size)]
-        dist.all_gather(parts, local)
+        parts = [torch.empty_like(local) for _ in range(self.size)] if self.is_main else None
+        dist.gather(local, parts, dst=0)
+        if not self.is_main:
+            return None
         return torch.cat([p[:n].cpu() for p, n in zip(parts, rows)])
 
     def close(self) -> None:
@@ -102,10 +106,23 @@ def from_env(device: torch.device | str | None = None) -> World:
     cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
     if cuda:
-        torch.cuda.set_device(local)
+        count = torch.cuda.device_count()
+        if count == 1:          # a launcher that shows each process its own GPU (CUDA_VISIBLE_DEVICES)
+            local_device = 0
+        elif local < count:
+            local_device = local
+        else:
+            raise RuntimeError(f"rank {rank}: LOCAL_RANK {local} but this process sees {count} GPUs; run at most "
+                               f"{count} processes per node (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local_device)
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=TIMEOUT)
-    return World(rank=rank, size=size, local_rank=local, backend=backend)
+    return World(rank=rank, size=size, local_rank=local, backend=backend,
+                 device_index=local_device if cuda else None)
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def env_rank() -> int:

@@ -87,8 +87,8 @@ def test_missing_inputs_are_one_line_each_naming_the_flag(tmp_path, capsys):
         main(["--suite", "cifar", "--checkpoint", "1-rf"])
     assert "--checkpoint takes MODEL=PATH, got '1-rf'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--suite", "cifar", "--checkpoint", "ddpm=x.pth"])
-    assert "suite cifar has no model 'ddpm' to load a checkpoint into" in capsys.readouterr().err
+        main(["--suite", "cifar", "--checkpoint", "4-rf=x.pth"])
+    assert "suite cifar has no model '4-rf' to load a checkpoint into" in capsys.readouterr().err
     assert SUITES["cifar"].num_samples == 50_000 and SUITES["cifar"].batch_size == 1000
 
 

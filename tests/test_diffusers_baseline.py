@@ -106,3 +106,22 @@ def test_checkpoint_dir_finds_the_ddpm_folder(folders, tmp_path, capsys):
     assert main(["--suite", "cifar", "--models", "ddpm", "--dry-run"]) == 0
     cells = capsys.readouterr().out
     assert "ddpm/ddim/10" in cells and "ddpm/ddim/100" in cells and "ddpm/ddpm/1000" in cells
+
+
+def test_weights_that_do_not_match_the_config_are_refused(folders, tmp_path):
+    """diffusers itself only warns about missing and unexpected keys and leaves the missing ones uninitialised."""
+    root, unet = folders
+    from safetensors.torch import load_file, save_file
+    unet.save_pretrained(tmp_path / "other")
+    weights = tmp_path / "other" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state.pop("conv_out.bias")                                   # one parameter missing from the file
+    save_file(state, weights, metadata={"format": "pt"})
+    (tmp_path / "other" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 1000}))
+    with pytest.raises(CheckpointError, match=r"other: the weights do not match config\.json: 1 missing keys "
+                                              r"\(conv_out\.bias\)"):
+        load_checkpoint_model("ddpm", tmp_path / "other", SUITES["cifar"], "cpu")
+    with pytest.raises(CheckpointError, match=r"scheduler 'ScoreSdeVeScheduler' has no discrete DDPM beta schedule"):
+        schedule_from_config({"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 10}, "x")
+    clipped = load_checkpoint_model("ddpm", root / "pipeline", SUITES["cifar"], "cpu")
+    assert "clip_sample" in clipped.notes     # DDPMScheduler's default clip_sample=True: the rows will say so

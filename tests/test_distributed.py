@@ -1,6 +1,6 @@
 """torchrun: two CPU processes on the gloo backend give the metrics of one process, and write one table.
 
-The child runs the CLI on tests/distributed_child.py's stand-in suite (analytic models on sklearn's digits, the
+The child runs the CLI on tests/cli_child.py's stand-in suite (analytic models on sklearn's digits, the
 real digits extractor): the same seeds must give the same numbers whether one process samples all of them or two
 processes each sample half and rank 0 gathers samples and features.
 """
@@ -24,7 +24,7 @@ METRIC_COLUMNS = ("nfe", "fid", "is", "is_10", "precision", "recall", "kid", "tr
 
 def _run(launcher: list[str], out: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([*launcher, "-m", "tests.distributed_child", "--suite", "digits-dist", "--out", str(out),
+    return subprocess.run([*launcher, "-m", "tests.cli_child", "--suite", "digits-dist", "--out", str(out),
                            "--cache", str(cache), "--quiet", "--no-plots", "--device", "cpu", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 

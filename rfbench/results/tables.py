@@ -8,6 +8,8 @@ from typing import Sequence
 import pandas as pd
 from tabulate import tabulate
 
+from rfbench.results.store import atomic_write_text
+
 DISPLAY_COLUMNS = ("model", "solver", "steps", "nfe", "fid", "is", "precision", "recall", "w2", "crossing_prob",
                    "crossing_prob_se", "transport_cost", "straightness", "wall_clock_s", "samples_per_s", "ms_per_nfe",
                    "status")
@@ -34,11 +36,11 @@ def write_tables(frame: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
-    frame.drop(columns=[c for c in ("order",) if c in frame.columns]).to_csv(csv_path, index=False)
+    atomic_write_text(csv_path, frame.drop(columns=[c for c in ("order",) if c in frame.columns]).to_csv(index=False))
     title = ""
     if len(frame) and "suite" in frame:
         first = frame.iloc[0]
         title = (f"# {first['suite']} (version {first['suite_version']}), {first['n_samples']} samples, "
                  f"seeds {first['seeds']}, {first['device']}\n\n")
-    md_path.write_text(title + markdown_table(frame) + "\n")
+    atomic_write_text(md_path, title + markdown_table(frame) + "\n")
     return csv_path, md_path

@@ -134,8 +134,12 @@ def _sync(device: torch.device) -> None:
 def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device | None = None,
               cache_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
               log: Callable[[str], None] | None = None, extractor_options: dict | None = None,
-              world: World | None = None) -> RunOutput:
+              world: World | None = None, resume: bool = True) -> RunOutput:
     """Run every cell of ``suite`` and write ``results.csv``, ``results.md`` and plots into ``out_dir``.
+
+    ``resume``: a cell already finished in ``out_dir/cells`` (status ok, same suite version, sample count, seeds,
+    extractor, reference, batch size and checkpoint file) is kept and not computed again; a model all of whose
+    cells are kept is not even loaded. Failed cells are computed again. ``resume=False`` recomputes everything.
 
     ``extractor_options`` go to the image suite's feature extractor (for ``inception``: ``weights``, ``mode``).
     ``world``: the processes of a torchrun run (:mod:`rfbench.distributed`); each samples its share of every cell,
@@ -160,8 +164,13 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     seeds = list(suite.seeds)
     x0 = suite.problem.initial(seeds).to(device)
     reference = suite.problem.reference(suite.num_samples) if main else None
-    images = _main_first(world, lambda first: _image_eval(suite, cache, device, extractor_options, say,
-                                                          images=reference, reference=first))
+    def image_eval(first: bool, chosen: str | None) -> ImageEval | None:
+        # the other processes use the extractor rank 0 ended with (no fallback of their own)
+        scored = suite if first or chosen is None else dataclasses.replace(suite, extractor=chosen,
+                                                                           fallback_extractor=None)
+        return _image_eval(scored, cache, device, extractor_options, say, images=reference, reference=first)
+
+    images = _main_first(world, image_eval, share=lambda ev: ev.extractor.name if ev is not None else None)
     base = {"suite": suite.name, "suite_version": suite.version, "n_samples": suite.num_samples,
             "seed": seeds[0], "seeds": f"{seeds[0]}-{seeds[-1]}", **(images.fields if images else {}),
             **provenance(device_name(device), str(x0.dtype).replace("torch.", ""))}
@@ -179,19 +188,33 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     keys: list[str] = []
     trajectories: dict[str, tuple[str, np.ndarray]] = {}
     grid: dict[str, np.ndarray] = {}
+    resumed = _finished_cells(suite, store, base, world) if resume else {}
+    if resumed:
+        say(f"resuming: {len(resumed)} finished cell(s) found in {store.cells_dir} are kept, not computed again "
+            f"(--force recomputes them)")
 
-    def store_record(record: dict) -> None:
+    def store_record(record: dict, key: str | None = None) -> None:
         record["order"] = len(keys)
-        store.write(record)
-        keys.append(cell_key(record))
+        keys.append(store.write(record, key=key).stem)
         bar.update(1)
 
-    if suite.independent_row and main:
-        store_record(_independent_record(suite, x0.cpu(), reference, seeds, base, images))
+    def keep(label: str) -> bool:
+        if label not in resumed:
+            return False
+        keys.append(resumed[label])
+        bar.update(1)
+        return True
+
+    if suite.independent_row and main and not keep(INDEPENDENT):
+        store_record(_independent_record(suite, x0.cpu(), reference, seeds, base, images),
+                     key=cell_key({**base, **INDEPENDENT_FIELDS}))
 
     for model_name in suite.models:
         cells = suite.grid(model_name)
-        if not cells:
+        todo = [cell for cell in cells if cell.label not in resumed]
+        if not todo:
+            for cell in cells if main else ():
+                keep(cell.label)
             continue
         bar.set_postfix_str(f"{model_name}: loading")
         baseline = BASELINES[model_name]
@@ -199,8 +222,9 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
         if errors:  # record the failure for each of its cells and go on with the next model
             say(f"{model_name}: could not load or train: {errors[0]}")
             for cell in cells if main else ():
-                store_record({**base, **_cell_fields(cell), **_empty_metrics(suite),
-                              "status": "failed", "error": f"model: {errors[0]}"})
+                if not keep(cell.label):
+                    store_record({**base, **_cell_fields(cell), **_empty_metrics(suite),
+                                  "status": "failed", "error": f"model: {errors[0]}"})
             continue
         cell_suite = suite if not suite.auto_batch else dataclasses.replace(
             suite, batch_size=_auto_batch(suite, model_name, model, x0, device, world, say))
@@ -211,6 +235,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
             if plot is not None:
                 trajectories[model_name] = plot
         for cell in cells:
+            if main and keep(cell.label) or cell.label in resumed:
+                continue
             bar.set_postfix_str(cell.label)
             record, samples = _run_cell(cell_suite, cell, model, x0, seeds, reference, device, images, world)
             if not main:
@@ -221,7 +247,10 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
                 say(f"{cell.label}: {record['error']}")
             else:
                 record.update(model_values)
-            store_record({**base, **record, "model_checkpoint": cache.keys.get(model_name)})
+            row = {**base, **record, "model_checkpoint": cache.keys.get(model_name)}
+            if getattr(model, "notes", None):     # what the loader wants every row of the model to say
+                row["notes"] = "; ".join(filter(None, [base.get("notes"), model.notes]))
+            store_record(row)
     bar.close()
     if not main:
         return RunOutput(frame=pd.DataFrame())
@@ -239,25 +268,59 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     return RunOutput(frame=frame, files=files, trained=list(cache.trained))
 
 
-def _main_first(world: World, build: Callable[[bool], object]):
-    """``build(True)`` on rank 0, then ``build(False)`` on the others, which thus find what rank 0 cached (a trained
-    extractor) instead of training it at the same time. An exception on rank 0 is raised there and becomes
-    :class:`PeerFailed` elsewhere, so no process waits forever for one that has stopped."""
+INDEPENDENT = "independent"
+INDEPENDENT_FIELDS = {"model": "independent", "solver": "none", "steps": None, "options": ""}
+
+
+def _finished_cells(suite: Suite, store: ResultStore, base: dict, world: World) -> dict[str, str]:
+    """Cell label -> stored key of every cell that a resumed run keeps (decided by rank 0, shared with all)."""
+    found: dict[str, str] = {}
+    if world.is_main:
+        done = {key: rec for key, rec in store.records().items() if rec.get("status") == "ok"}
+        identities: dict[str, str] = {}
+        for cell in suite.cells if done else ():
+            key = cell_key({**base, **_cell_fields(cell)})
+            rec = done.get(key)
+            if rec is None:
+                continue
+            planned = batch_plan(suite.num_samples, suite.batch_size, world)[0]
+            if not suite.auto_batch and rec.get("batch_size") not in (None, planned):
+                continue     # another batch plan: rk45's steps (and NFE) would differ
+            checkpoint = suite.checkpoint(cell.model)
+            if checkpoint is not None:
+                if cell.model not in identities:
+                    identities[cell.model] = file_identity(checkpoint) if Path(checkpoint).exists() else ""
+                if rec.get("model_checkpoint") != identities[cell.model]:
+                    continue   # another file under the same name
+            found[cell.label] = key
+        key = cell_key({**base, **INDEPENDENT_FIELDS})
+        if suite.independent_row and key in done:
+            found[INDEPENDENT] = key
+    return world.all_objects(found)[0]
+
+
+def _main_first(world: World, build: Callable[[bool, object], object],
+                share: Callable[[object], object] = lambda result: None):
+    """``build(True, None)`` on rank 0, then ``build(False, share(rank 0's result))`` on the others, which thus find
+    what rank 0 cached (a trained extractor) instead of training it at the same time. An exception on one process
+    is raised there and becomes :class:`PeerFailed` on the others, so none waits forever for one that stopped."""
     result, error = None, None
     if world.is_main:
         try:
-            result = build(True)
+            result = build(True, None)
         except Exception as exc:
             error = exc
         failed = world.check(None if error is None else f"{type(error).__name__}: {error}", "rank 0")
         if error is not None:
             raise error
+        world.all_objects(share(result))
     else:
         failed = world.check(None, "rank 0")
         if failed:
             raise PeerFailed(failed[0])
+        shared = world.all_objects(None)[0]
         try:
-            result = build(False)
+            result = build(False, shared)
         except Exception as exc:
             error = exc
     if world.active:
@@ -277,7 +340,17 @@ def _auto_batch(suite: Suite, model_name: str, model, x0: torch.Tensor, device: 
         say(f"{model_name}: --batch-size auto probes GPU memory; on the CPU the suite's batch size "
             f"({suite.batch_size or 'all samples at once'}) is kept")
         return suite.batch_size
-    size = min(world.all_objects(auto_batch_size(model, x0[:1], device, limit=min(LIMIT, x0.shape[0]))))
+    try:
+        size, error = auto_batch_size(model, x0[:1], device, limit=min(LIMIT, x0.shape[0])), None
+    except Exception as exc:   # every process must reach the collective below, whatever happened here
+        size, error = None, f"{type(exc).__name__}: {exc}"
+    shared = world.all_objects((size, error))
+    errors = [e for _, e in shared if e is not None]
+    if errors:
+        say(f"{model_name}: the batch size probe failed ({errors[0]}); using the suite's batch size "
+            f"({suite.batch_size or 'all samples at once'})")
+        return suite.batch_size
+    size = min(s for s, _ in shared)
     say(f"{model_name}: batch size {size} (auto: the largest power of two whose evaluation needs at most "
         f"{FRACTION:.0%} of the free GPU memory)")
     return size
@@ -435,7 +508,7 @@ def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
         return failed(f"{type(exc).__name__}: {exc}")
     timing = f"warmup={WARMUP_EVALS}nfe,repeats={suite.timing_repeats},processes={world.size}"
-    return {**fields, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
+    return {**fields, "batch_size": size, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
             "ms_per_nfe": ms_per_nfe, **values, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
             "timing": timing, "status": "ok", "error": None}, x
 
@@ -495,9 +568,13 @@ def _sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, 
                     share.weights.append(b - a)
                     share.stats.append({k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")})
             share.run_times.append(time.perf_counter() - start)
+            if run == 0:     # off the device batch by batch (the next runs' samples are not kept)
+                xs = [x.cpu() for x in xs]
+                share.x = torch.cat(xs) if xs else None
         except Exception as exc:
             share.error = f"{type(exc).__name__}: {exc}"
-    share.x = torch.cat(xs).cpu() if xs and share.error is None else None
+    if share.error is not None:
+        share.x = None
     return share
 
 

@@ -1,10 +1,14 @@
-"""The CLI with a stand-in image suite, for tests/test_distributed.py: ``python -m tests.distributed_child ARGS`` or
-``torchrun --nproc_per_node=N -m tests.distributed_child ARGS``.
+"""The CLI with stand-in suites, for tests that run it in child processes (torchrun, SIGKILL):
+``python -m tests.cli_child ARGS`` or ``torchrun --nproc_per_node=N -m tests.cli_child ARGS``.
 
 The suite ``digits-dist`` scores analytic models on sklearn's digits with the real digits extractor (no training
 beyond the extractor's): a nonlinear flow (euler, heun, rk45), a DDPM-style model sampled by the stochastic ddpm
 sampler (seeded per-step noise), and ``spike``, a flow that returns NaN for the one seed with the largest first
 pixel, so that exactly one process's share fails.
+
+The suite ``toy-slow`` (2D) has eight cells of a constant flow whose every evaluation sleeps ``SLEEP`` seconds, so a
+test can kill the run between cells; each evaluation appends a line to ``$RFBENCH_TEST_CALLS`` when it is set, so a
+test can see which cells a rerun computed.
 """
 
 from __future__ import annotations
@@ -42,6 +46,22 @@ class Spike:
         return torch.where(bad.reshape(-1, 1, 1, 1), torch.full_like(x, float("nan")), torch.zeros_like(x))
 
 
+SLEEP = 0.1
+
+
+class Slow:
+    input_shape = (2,)
+
+    def __call__(self, x, t):
+        import os
+        import time
+        time.sleep(SLEEP)
+        if os.environ.get("RFBENCH_TEST_CALLS"):
+            with open(os.environ["RFBENCH_TEST_CALLS"], "a") as fh:
+                fh.write(f"{x.shape[0]}\n")
+        return torch.full_like(x, 0.5)
+
+
 def _half(x, timesteps):
     return 0.5 * x
 
@@ -52,7 +72,8 @@ def register() -> None:
     threshold = float(x0[:, 0, 0, 0].max())          # only the last seed's share of the range reaches it
     loaders = {"wave": ("flow", lambda s, c, d: Wave()),
                "noisy": ("flow", lambda s, c, d: DiffusionModel(_half, linear_betas(100))),
-               "spike": ("flow", lambda s, c, d: Spike(threshold))}
+               "spike": ("flow", lambda s, c, d: Spike(threshold)),
+               "slow": ("flow", lambda s, c, d: Slow())}
     for name, (kind, load) in loaders.items():
         BASELINES._items[name] = Baseline(name, kind, "distributed test stand-in", load)
     SUITES._items["digits-dist"] = dataclasses.replace(
@@ -60,6 +81,10 @@ def register() -> None:
         straightness_samples=16, straightness_steps=8, batch_size=8,
         cells=(Cell("wave", "euler", 2), Cell("wave", "heun", 3), Cell("wave", "rk45"), Cell("noisy", "ddpm", 10),
                Cell("spike", "euler", 1)))
+    SUITES._items["toy-slow"] = dataclasses.replace(
+        SUITES["toy2d"], name="toy-slow", models=("slow",), num_samples=40, straightness_samples=4,
+        straightness_steps=1, metrics=("w2", "transport_cost", "straightness"),
+        cells=tuple(Cell("slow", "euler", n) for n in range(1, 9)))
 
 
 if __name__ == "__main__":

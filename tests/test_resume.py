@@ -1,0 +1,96 @@
+"""Resumable sweeps: a run killed with SIGKILL loses no finished cell, and the rerun computes only the missing ones;
+--force recomputes; failed cells are computed again."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from baselines import BASELINES, Baseline
+from rfbench.suites import SUITES, Cell
+from rfbench.suites.runner import run_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _command(out: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "tests.cli_child", "--suite", "toy-slow", "--out", str(out), "--cache", str(cache),
+            "--quiet", "--no-plots", "--device", "cpu"]
+
+
+def test_a_sweep_killed_with_sigkill_resumes_without_recomputing(tmp_path):
+    out, calls = tmp_path / "out", tmp_path / "calls.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RFBENCH_TEST_CALLS": str(calls)}
+    proc = subprocess.Popen(_command(out, tmp_path / "cache"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list((out / "cells").glob("*.json"))) < 3:     # the independent row and two cells
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the sweep did not write three cells in 120 s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert 3 <= len(before) < 9, "killed too late to test anything"
+    done_steps = {json.loads(blob)["steps"] for blob in before.values()} - {None}
+    calls.unlink()
+
+    rerun = subprocess.run(_command(out, tmp_path / "cache"), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert len(after) == 9 and set(before) <= set(after)
+    assert all(after[name] == blob for name, blob in before.items())       # finished cells untouched
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 9 and list(frame["model"]) == ["independent"] + ["slow"] * 8
+    assert list(frame["steps"].iloc[1:]) == list(range(1, 9)) and (frame["status"] == "ok").all()
+    # the rerun evaluated the flow for the missing cells only: 2 warm-up evaluations + n Euler steps each, on the
+    # 40-row batch (the straightness trajectory runs on 4 rows)
+    batch_calls = [int(line) for line in calls.read_text().split()].count(40)
+    assert batch_calls == sum(2 + n for n in range(1, 9) if n not in done_steps)
+
+
+class Counting:
+    input_shape = (2,)
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return torch.full_like(x, 0.5)
+
+
+def test_force_recomputes_and_failed_cells_are_retried(monkeypatch, tmp_path):
+    flow = Counting()
+    monkeypatch.setitem(BASELINES._items, "count", Baseline("count", "flow", "test stand-in", lambda s, c, d: flow))
+    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-resume", models=("count",), num_samples=30,
+                                cells=(Cell("count", "euler", 1), Cell("count", "euler", 2)), metrics=("w2",),
+                                independent_row=False)
+
+    def run(**kw) -> int:
+        flow.calls = 0
+        frame = run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                          plots=False, log=lambda msg: None, **kw).frame
+        assert frame["status"].tolist() == ["ok", "ok"] and frame["steps"].tolist() == [1, 2]
+        return flow.calls
+
+    full = run()          # the trajectory plot's rk4 run, then each cell: 2 warm-up evaluations + its steps
+    assert full > 0
+    assert run() == 0     # everything finished: nothing sampled
+    assert run(resume=False) == full
+    cells = {json.loads(p.read_text())["steps"]: p for p in (tmp_path / "out" / "cells").glob("*.json")}
+    record = json.loads(cells[2].read_text())
+    record.update(status="failed", error="NonFiniteError: injected", w2=None)
+    cells[2].write_text(json.dumps(record))
+    assert run() == full - (2 + 1)       # the failed cell is computed again (with the trajectory), the other kept
+    assert json.loads(cells[2].read_text())["status"] == "ok"
