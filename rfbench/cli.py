@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from baselines import BASELINES
@@ -16,7 +17,11 @@ from rfbench.data.images import DatasetNotFoundError, check_dataset
 from rfbench.metrics.features import InceptionWeightsError, find_inception_weights
 from rfbench.metrics.reference import ReferenceFileError
 from rfbench.registry import UnknownNameError
+from rfbench.metrics import column_directions
 from rfbench.results import markdown_table
+from rfbench.results.gate import (K_SIGMA, GateMismatch, check_comparable, compare, parse_tolerance, spread_path,
+                                 spread_table)
+from rfbench.results.report import FORMATS, load_results, render_table
 from rfbench.samplers import SOLVERS
 from rfbench.suites import SUITES
 from rfbench.suites.runner import resolve_device, run_suite
@@ -59,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"trained-model cache (default: $RFBENCH_CACHE or {default_cache_dir()})")
     parser.add_argument("--num-samples", type=int, default=None, metavar="N",
                         help="samples per cell (default: the suite's own; recorded in every row)")
+    parser.add_argument("--first-seed", type=int, default=None, metavar="S",
+                        help="seeds S .. S+N-1 (default: the suite's, 0); another first seed measures seed-to-seed "
+                             "spread")
     parser.add_argument("--models", nargs="+", default=None, metavar="M", help="run only these models")
     parser.add_argument("--solvers", nargs="+", default=None, metavar="S", help="run only these solvers")
     parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH",
@@ -96,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "reference, batch size, checkpoint) and compute only the missing or failed ones "
                              "(default: on)")
     parser.add_argument("--force", action="store_true", help="recompute every cell (the same as --no-resume)")
+    parser.add_argument("--check", type=Path, default=None, metavar="CSV",
+                        help="regression gate: compare the run with a recorded baseline (e.g. results/toy2d.csv) "
+                             "cell by cell; exit status 3 when a metric got worse than its tolerance")
+    parser.add_argument("--fail-on", action="append", default=[], metavar="METRIC:+TOL",
+                        help="a gate tolerance, e.g. w2:+10%% (relative) or nfe:+0 (repeatable); default: 3 standard "
+                             "deviations of each cell's seed-to-seed spread recorded beside the baseline "
+                             "(BASELINE-spread.csv)")
+    parser.add_argument("--plot-format", default="png", choices=("png", "pdf"), help="plot files (default: png)")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     parser.add_argument("--list", action="store_true", help="list suites, their models and the solvers, then exit")
@@ -181,6 +197,9 @@ def _missing_inputs(suite) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ...
+        return COMMANDS[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
@@ -194,12 +213,24 @@ def main(argv: list[str] | None = None) -> int:
         if extractor is None and (args.inception_weights or args.inception_mode) and suite.extractor == "inception":
             extractor = "inception"   # inception options ask for inception: no silent fallback to another extractor
         batch_size = _batch_size_arg(args.batch_size)
+        tolerances = [parse_tolerance(spec, column_directions()) for spec in args.fail_on]
+        if args.fail_on and args.check is None:
+            raise ValueError("--fail-on needs --check BASELINE")
+        if args.check is not None:
+            baseline = load_results(args.check)
+            spread = _spread_for(args.check) if not tolerances else None
+            if not tolerances and spread is None:
+                raise ValueError(f"--check {args.check}: no tolerances; pass --fail-on METRIC:+TOL or record the "
+                                 f"seed-to-seed spread as {spread_path(args.check)} (rfbench spread)")
         if args.repeats is not None and args.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
         suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers,
                              data_dir=args.data_dir, extractor=extractor, batch_size=batch_size,
                              checkpoints=_checkpoints(args, suite), reference_file=args.ref_stats,
-                             timing_repeats=args.repeats)
+                             timing_repeats=args.repeats, first_seed=args.first_seed)
+        if args.check is not None:    # what can be compared before the run: refuse now rather than after it
+            check_comparable(_expected_identity(suite, baseline), baseline.drop(columns=["extractor", "reference"],
+                                                                                errors="ignore"))
         device = resolve_device(args.device)
         if distributed.env_world_size() > 1 and device.type == "cuda" and device.index is not None:
             raise ValueError(f"--device {args.device}: under torchrun each process uses the GPU of its local rank; "
@@ -209,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"extractor; suite {suite.name} uses {suite.extractor or 'no extractor'}")
         if args.inception_weights is not None:
             find_inception_weights(args.inception_weights)  # a missing explicit file: say so before any work
-    except (UnknownNameError, ValueError, InceptionWeightsError) as exc:
-        parser.error(str(exc))
+    except (UnknownNameError, ValueError, InceptionWeightsError, FileNotFoundError) as exc:
+        parser.error(f"gate: {exc}" if isinstance(exc, GateMismatch) else str(exc))
     trained = [m for m in suite.models if suite.grid(m) and suite.checkpoint(m) is None]
     if suite.checkpoints and trained and not suite.checkpoint_only:
         _note(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
@@ -241,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
                            plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None),
                            extractor_options=extractor_options, world=world,
-                           resume=args.resume and not args.force)
+                           resume=args.resume and not args.force, plot_format=args.plot_format)
     except (DatasetNotFoundError, InceptionWeightsError, ReferenceFileError) as exc:  # before any cell: nothing lost
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     except distributed.PeerFailed as exc:   # rank 0 says why and sets the exit status (others stop quietly)
@@ -266,8 +297,85 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed):
         print(f"{len(failed)} of {len(result.frame)} cell(s) failed ({', '.join(failed['model'].unique())}); "
               f"see the status and error columns of {out / 'results.csv'}", file=sys.stderr)
-        return 1
+    if args.check is not None:
+        code = _gate(result.frame, baseline, args.check, tolerances, spread)
+        if code:
+            return code
+    return 1 if len(failed) else 0
+
+
+def _expected_identity(suite, baseline):
+    """A one-row frame with the identity the run will have (extractor and reference are known only after it)."""
+    seeds = f"{suite.first_seed}-{suite.first_seed + suite.num_samples - 1}"
+    return pd.DataFrame([{"model": "any", "suite": suite.name, "suite_version": suite.version,
+                          "n_samples": suite.num_samples, "seeds": seeds}])
+
+
+def _spread_for(baseline: Path):
+    path = spread_path(baseline)
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def _gate(frame, baseline, baseline_path: Path, tolerances, spread) -> int:
+    """Print the gate's verdict: one line per failure (cell, baseline value, new value, tolerance); 3 if any."""
+    try:
+        verdict = compare(frame, baseline, column_directions(), tolerances, spread)
+    except GateMismatch as exc:
+        print(f"gate: {exc}", file=sys.stderr)
+        return 3
+    source = ", ".join(map(str, tolerances)) if tolerances else f"{K_SIGMA:g} sd of {spread_path(baseline_path)}"
+    for line in verdict.failures:
+        print(f"gate: FAIL {line}", file=sys.stderr)
+    if verdict.skipped:
+        print(f"gate: {len(verdict.skipped)} baseline cell(s) not in this run, not compared: "
+              f"{', '.join(verdict.skipped[:8])}{' ...' if len(verdict.skipped) > 8 else ''}", file=sys.stderr)
+    print(f"gate: {'FAILED' if verdict.failures else 'passed'}: {len(verdict.failures)} of {verdict.checked} "
+          f"comparisons worse than tolerated ({source}) against {baseline_path}", file=sys.stderr)
+    return 3 if verdict.failures else 0
+
+
+def table_main(argv: list[str]) -> int:
+    """``rfbench table RESULTS --format markdown|latex|csv``: a run's results as a paper table."""
+    parser = _Parser(prog="rfbench table", description="A run's results as a paper table (Table 1's layout: "
+                     "method, solver, NFE, IS, FID, precision, recall, then the coupling columns).")
+    parser.add_argument("results", type=Path, help="an output folder (--out of a run) or a results CSV")
+    parser.add_argument("--format", default="markdown", choices=FORMATS)
+    parser.add_argument("--columns", nargs="+", default=None, metavar="COL",
+                        help="columns in this order (default: those of Table 1 that have values)")
+    parser.add_argument("--intervals", action="store_true", help="value +- half-width where COLUMN_ci exists")
+    parser.add_argument("--include-failed", action="store_true", help="keep failed cells (left out by default)")
+    parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
+    args = parser.parse_args(argv)
+    try:
+        text = render_table(load_results(args.results), args.format, args.columns, column_directions(),
+                            intervals=args.intervals, include_failed=args.include_failed)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.output is not None:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+def spread_main(argv: list[str]) -> int:
+    """``rfbench spread RUN RUN ... --out results/toy2d-spread.csv``: the gate's default tolerances."""
+    parser = _Parser(prog="rfbench spread", description="Per cell and metric, the standard deviation over runs that "
+                     "differ only in their seeds (--first-seed): the gate's default tolerances.")
+    parser.add_argument("runs", type=Path, nargs="+", help="output folders or results CSVs of runs with other seeds")
+    parser.add_argument("--out", type=Path, required=True, metavar="CSV")
+    args = parser.parse_args(argv)
+    try:
+        table = spread_table([load_results(p) for p in args.runs], column_directions())
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(f"wrote {args.out}: {len(table)} cell metrics over {len(args.runs)} runs")
+    return 0
+
+
+COMMANDS = {"table": table_main, "spread": spread_main}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from baselines import BASELINES
 from baselines.cache import Cache
+from rfbench.metrics import column_directions
+from rfbench.results.gate import compare, spread_path
 from rfbench.suites import SUITES
 from rfbench.suites.runner import run_suite
 
@@ -26,10 +29,13 @@ COLUMNS = ("suite", "model", "solver", "steps", "nfe", "n_samples", "seed", "wal
 
 @pytest.fixture(scope="module")
 def toy2d(tmp_path_factory):
+    """The toy2d suite from a cold cache: a fresh folder, or $RFBENCH_CI_CACHE when .ci/run passes an empty one so
+    that its regression gate reuses the trained models instead of training them again."""
     root = tmp_path_factory.mktemp("toy2d")
-    out = run_suite(SUITES["toy2d"], root / "out", device="cpu", cache_dir=root / "cache", progress=False,
+    cache = Path(os.environ.get("RFBENCH_CI_CACHE") or root / "cache")
+    out = run_suite(SUITES["toy2d"], root / "out", device="cpu", cache_dir=cache, progress=False,
                     log=lambda msg: None)
-    return out, root
+    return out, root, cache
 
 
 def _cell(frame: pd.DataFrame, model: str, solver: str, steps=None) -> pd.Series:
@@ -40,7 +46,7 @@ def _cell(frame: pd.DataFrame, model: str, solver: str, steps=None) -> pd.Series
 
 
 def test_every_cell_ran_and_wrote_every_column(toy2d):
-    out, root = toy2d
+    out, root, _ = toy2d
     frame, suite = out.frame, SUITES["toy2d"]
     assert len(frame) == len(suite.cells) + 1
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["model", "solver", "error"]]
@@ -55,8 +61,8 @@ def test_every_cell_ran_and_wrote_every_column(toy2d):
 
 
 def test_a_second_run_trains_nothing(toy2d):
-    _, root = toy2d
-    cache = Cache(root / "cache", log=lambda msg: None)
+    _, root, cache_dir = toy2d
+    cache = Cache(cache_dir, log=lambda msg: None)
     for model in SUITES["toy2d"].models:
         BASELINES[model].load_or_train(SUITES["toy2d"], cache, "cpu")
     assert cache.trained == []
@@ -87,6 +93,18 @@ def test_one_step_quality(toy2d):
     distilled = _cell(frame, "2-rf-distill", "euler", 1)["w2"]
     assert two_rf < 0.5 * one_rf, (one_rf, two_rf)
     assert distilled <= two_rf, (distilled, two_rf)
+
+
+BASELINE = Path(__file__).resolve().parents[1] / "results" / "toy2d.csv"
+
+
+def test_the_run_passes_the_recorded_regression_gate(toy2d):
+    """The run against results/toy2d.csv, with the default tolerances (3 sd of the recorded seed-to-seed spread):
+    what `benchmark.py --suite toy2d --check results/toy2d.csv` does, on this module's run."""
+    baseline = pd.read_csv(BASELINE)
+    verdict = compare(toy2d[0].frame, baseline, column_directions(), spread=pd.read_csv(spread_path(BASELINE)))
+    assert verdict.passed, "\n".join(verdict.failures)
+    assert verdict.checked >= 5 * (len(baseline) - 1) and not verdict.skipped
 
 
 @pytest.mark.skipif(os.environ.get("RFBENCH_FULL_SUITES") != "1",

@@ -138,3 +138,18 @@ for _metric in (
            "'is_10' mean and std over 10 splits"),
 ):
     METRICS.add(_metric.name, _metric)
+
+
+# result columns that are not metrics but still have a better direction (costs and throughput)
+COST_DIRECTIONS = {"nfe": "lower", "wall_clock_s": "lower", "ms_per_nfe": "lower", "samples_per_s": "higher"}
+
+
+def column_directions() -> dict[str, str]:
+    """Result column -> "higher" or "lower" (which is better), from each metric's registry entry; uncertainty
+    columns (``*_se``, ``*_std``) have no direction."""
+    out = dict(COST_DIRECTIONS)
+    for _, metric in METRICS.items():
+        for col in metric.columns:
+            if not col.endswith(("_se", "_std")):
+                out[col] = "higher" if metric.higher_is_better else "lower"
+    return out

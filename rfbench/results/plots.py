@@ -1,4 +1,5 @@
-"""Plots written beside the tables: quality against NFE, and 2D trajectories of each model."""
+"""Plots written beside the tables: quality against NFE and against wall-clock with the Pareto front, 2D
+trajectories of each model, and image sample grids. PNG, or PDF when the path says so."""
 
 from __future__ import annotations
 
@@ -16,32 +17,43 @@ import pandas as pd  # noqa: E402
 STYLES = (("-", "o"), ("--", "s"), (":", "*"), ("-.", "^"), ("-", "D"), ("--", "v"))
 
 
-def plot_quality_vs_nfe(frame: pd.DataFrame, path: str | Path, metric: str = "w2") -> Path | None:
-    """``metric`` against measured NFE (log scale), one line per model and solver; the independent coupling's
-    value, when present, is drawn as the floor that sampling noise alone gives."""
+def plot_quality_vs_nfe(frame: pd.DataFrame, path: str | Path, metric: str = "w2", cost: str = "nfe",
+                        lower_is_better: bool = True) -> Path | None:
+    """``metric`` against ``cost`` (counted NFE, or wall_clock_s; log scales), one line per model and solver; the
+    Pareto front (no other cell is both cheaper and better) is circled and joined; the independent coupling's value,
+    when present, is drawn as the floor that sampling noise alone gives. The file type follows the suffix."""
     ok = frame[(frame["status"] == "ok") & frame[metric].notna()] if metric in frame else frame.iloc[0:0]
-    if ok.empty:
+    if ok.empty or cost not in ok:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    sampled = ok[ok["nfe"] > 0]
+    sampled = ok[(ok["nfe"] > 0) & ok[cost].notna()]
+    if sampled.empty:
+        plt.close(fig)
+        return None
     models = list(dict.fromkeys(sampled["model"]))
     solvers = list(dict.fromkeys(sampled["solver"]))
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}          # colour: model
     styles = {s: STYLES[i % len(STYLES)] for i, s in enumerate(solvers)}     # line and marker: solver
     for (model, solver), grp in sampled.groupby(["model", "solver"], sort=False):
-        grp = grp.sort_values("nfe")
+        grp = grp.sort_values(cost)
         ls, marker = styles[solver]
-        ax.plot(grp["nfe"], grp[metric], ls=ls, marker=marker, ms=5 if len(grp) > 1 else 9, color=colors[model],
+        ax.plot(grp[cost], grp[metric], ls=ls, marker=marker, ms=5 if len(grp) > 1 else 9, color=colors[model],
                 label=f"{model} {solver}")
+    from rfbench.results.report import pareto_front
+    front = sampled[pareto_front(sampled[cost], sampled[metric], lower_is_better)].sort_values(cost)
+    ax.plot(front[cost], front[metric], ls="-", lw=4, color="gray", alpha=0.25, zorder=0)
+    ax.scatter(front[cost], front[metric], s=110, facecolors="none", edgecolors="k", lw=1.2,
+               label=f"Pareto front ({len(front)} cells)", zorder=5)
     floor = ok[ok["model"] == "independent"]
     if not floor.empty:
         ax.axhline(float(floor[metric].iloc[0]), color="gray", ls="--", lw=1,
                    label="independent X1 (sampling floor)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("NFE (counted)")
+    xlabel = {"nfe": "NFE (counted)", "wall_clock_s": "wall-clock seconds per cell (sampling)"}.get(cost, cost)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
-    ax.set_title(f"{frame['suite'].iloc[0]}: {metric} against NFE")
+    ax.set_title(f"{frame['suite'].iloc[0]}: {metric} against {'NFE' if cost == 'nfe' else 'wall-clock'}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

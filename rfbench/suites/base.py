@@ -119,7 +119,7 @@ class Suite:
                solvers: Sequence[str] | None = None, data_dir: str | None = None,
                extractor: str | None = None, batch_size: int | str | None = None,
                checkpoints: dict[str, str] | None = None, reference_file: str | None = None,
-               timing_repeats: int | None = None) -> "Suite":
+               timing_repeats: int | None = None, first_seed: int | None = None) -> "Suite":
         """A copy restricted to some models and solvers, or with another sample count (recorded in every row, with
         a note when it is below the suite's default), data folder (image suites whose data is read from disk) or
         extractor (one of :attr:`extractors`)."""
@@ -132,6 +132,10 @@ class Suite:
                     f"default runs or published numbers",)
         if timing_repeats is not None:
             changes["timing_repeats"] = int(timing_repeats)
+        if first_seed is not None:
+            if first_seed < 0:
+                raise ValueError(f"--first-seed must be >= 0, got {first_seed}")
+            changes["first_seed"] = int(first_seed)
         if data_dir is not None:
             if not hasattr(self.problem, "data_dir"):
                 raise ValueError(f"suite {self.name} does not read data from disk; --data-dir applies to the image "

@@ -18,7 +18,7 @@ from baselines import BASELINES
 from baselines.cache import Cache
 from baselines.published import file_identity, load_checkpoint_model
 from rfbench.distributed import PeerFailed, World, batch_plan
-from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
+from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, column_directions, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
@@ -134,7 +134,7 @@ def _sync(device: torch.device) -> None:
 def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device | None = None,
               cache_dir: str | Path | None = None, progress: bool = True, plots: bool = True,
               log: Callable[[str], None] | None = None, extractor_options: dict | None = None,
-              world: World | None = None, resume: bool = True) -> RunOutput:
+              world: World | None = None, resume: bool = True, plot_format: str = "png") -> RunOutput:
     """Run every cell of ``suite`` and write ``results.csv``, ``results.md`` and plots into ``out_dir``.
 
     ``resume``: a cell already finished in ``out_dir/cells`` (status ok, same suite version, sample count, seeds,
@@ -259,10 +259,13 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     files = list(write_tables(frame, out_dir))
     if plots:
         quality = suite.quality_metric
-        for path in (plot_quality_vs_nfe(frame, out_dir / f"{quality}_vs_nfe.png", quality),
-                     plot_trajectories(trajectories, reference.numpy(), out_dir / "trajectories.png",
+        lower = column_directions().get(quality) != "higher"
+        ext = plot_format
+        for path in (plot_quality_vs_nfe(frame, out_dir / f"{quality}_vs_nfe.{ext}", quality, "nfe", lower),
+                     plot_quality_vs_nfe(frame, out_dir / f"{quality}_vs_time.{ext}", quality, "wall_clock_s", lower),
+                     plot_trajectories(trajectories, reference.numpy(), out_dir / f"trajectories.{ext}",
                                        max_paths=PLOT_PATHS),
-                     plot_sample_grid(grid, out_dir / "samples.png", per_row=GRID_SAMPLES)):
+                     plot_sample_grid(grid, out_dir / f"samples.{ext}", per_row=GRID_SAMPLES)):
             if path is not None:
                 files.append(path)
     return RunOutput(frame=frame, files=files, trained=list(cache.trained))

@@ -1,0 +1,186 @@
+"""The regression gate: compare a run with a recorded baseline, cell by cell, and say what got worse.
+
+``python benchmark.py --suite toy2d --check results/toy2d.csv --fail-on w2:+10% --fail-on nfe:+0``
+
+A tolerance ``METRIC:+X`` allows the metric to get worse by X (absolute) or X% (relative to the baseline value)
+and no more; which way is worse comes from the metric's registry entry (``rfbench.metrics.column_directions``).
+Without ``--fail-on`` the tolerances are the recorded seed-to-seed spread (:func:`spread_table`) beside the baseline
+(``results/toy2d-spread.csv`` for ``results/toy2d.csv``): each cell's metric may get worse by ``K_SIGMA`` standard
+deviations of its value over runs that differ only in their seeds. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+# a run must match the baseline in these, or the comparison means nothing
+IDENTITY = ("suite", "suite_version", "n_samples", "seeds", "extractor", "reference")
+CELL = ("model", "solver", "steps", "options")
+K_SIGMA = 3.0
+SPREAD_SUFFIX = "-spread.csv"
+
+
+class GateMismatch(ValueError):
+    """The run and the baseline are not comparable (suite version, samples, seeds, extractor or reference)."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    metric: str
+    amount: float
+    relative: bool
+
+    def allowed(self, baseline: float) -> float:
+        return abs(baseline) * self.amount / 100 if self.relative else self.amount
+
+    def __str__(self) -> str:
+        return f"+{self.amount:g}%" if self.relative else f"+{self.amount:g}"
+
+
+def parse_tolerance(spec: str, directions: dict[str, str]) -> Tolerance:
+    """``w2:+10%`` (relative), ``fid:+0.5`` (absolute), ``nfe:+0`` (no worsening at all)."""
+    match = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*:\s*\+?\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%?)\s*", spec)
+    if not match:
+        raise ValueError(f"--fail-on takes METRIC:+AMOUNT or METRIC:+PERCENT%, e.g. w2:+10% or nfe:+0; got {spec!r}")
+    metric, amount, percent = match.groups()
+    if metric not in directions:
+        raise ValueError(f"--fail-on {spec}: {metric!r} has no better direction; gateable columns: "
+                         f"{', '.join(sorted(directions))}")
+    return Tolerance(metric, float(amount), bool(percent))
+
+
+def _key(row) -> tuple:
+    steps = row.get("steps")
+    steps = None if steps is None or (isinstance(steps, float) and math.isnan(steps)) or steps is pd.NA else int(steps)
+    options = row.get("options")
+    options = "" if options is None or (isinstance(options, float) and math.isnan(options)) else str(options)
+    return (str(row["model"]), str(row["solver"]), steps, options)
+
+
+def _identity(frame: pd.DataFrame, name: str) -> dict:
+    out = {}
+    for col in IDENTITY:
+        values = frame[col].dropna().astype(str).unique() if col in frame else []
+        if col in ("n_samples", "seeds"):      # the independent row of an image suite may hold fewer (held-out)
+            sampled = frame[frame["model"] != "independent"] if "model" in frame else frame
+            values = sampled[col].dropna().astype(str).unique() if col in sampled else []
+        if len(values) > 1:
+            raise GateMismatch(f"{name} mixes several {col} values ({', '.join(values)}); compare one run at a time")
+        out[col] = values[0] if len(values) else None
+    return out
+
+
+def check_comparable(run: pd.DataFrame, baseline: pd.DataFrame) -> None:
+    """Raise :class:`GateMismatch` naming every identity field on which the two differ."""
+    a, b = _identity(run, "the run"), _identity(baseline, "the baseline")
+    diffs = [f"{col}: baseline {b[col]!r}, run {a[col]!r}" for col in IDENTITY if a[col] != b[col]]
+    if diffs:
+        raise GateMismatch("the run is not comparable with the baseline (" + "; ".join(diffs) + ")")
+
+
+@dataclass
+class GateResult:
+    failures: list[str]
+    checked: int
+    skipped: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def compare(run: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str],
+            tolerances: Sequence[Tolerance] = (), spread: pd.DataFrame | None = None,
+            k_sigma: float = K_SIGMA) -> GateResult:
+    """Each baseline cell's gated metrics against the run's. Explicit ``tolerances`` gate their metrics; without
+    them every metric of ``spread`` is gated at ``k_sigma`` of its per-cell seed-to-seed standard deviation.
+    A baseline cell that failed in the run is a failure; one the run did not compute is skipped (and listed)."""
+    check_comparable(run, baseline)
+    if not tolerances and spread is None:
+        raise ValueError("no tolerances: pass --fail-on METRIC:+AMOUNT, or record the seed-to-seed spread beside the "
+                         "baseline (rfbench spread)")
+    runs = {_key(r): r for r in run.to_dict("records")}
+    sd = {}
+    if spread is not None and not tolerances:
+        for r in spread.to_dict("records"):
+            sd[(*_key(r), r["metric"])] = float(r["sd"])
+    failures, skipped, checked = [], [], 0
+    for base in baseline.to_dict("records"):
+        key = _key(base)
+        label = "/".join("adaptive" if (k is None and i == 2) else str(k) for i, k in enumerate(key) if k != "")
+        if base.get("status", "ok") != "ok":
+            continue
+        new = runs.get(key)
+        if new is None:
+            skipped.append(label)
+            continue
+        if new.get("status", "ok") != "ok":
+            failures.append(f"{label}: failed in this run ({new.get('error')}); the baseline cell is ok")
+            continue
+        gates = ([(t.metric, t.allowed(_num(base.get(t.metric))), str(t)) for t in tolerances
+                  if not np.isnan(_num(base.get(t.metric)))] if tolerances else
+                 [(m, k_sigma * s, f"{k_sigma:g} sd = {k_sigma * s:.4g}") for (*ck, m), s in sd.items()
+                  if tuple(ck) == key])
+        for metric, allowed, told in gates:
+            old, value = _num(base.get(metric)), _num(new.get(metric))
+            if np.isnan(old):
+                continue
+            checked += 1
+            if np.isnan(value):
+                failures.append(f"{label} {metric}: baseline {old:.6g}, run has no value (tolerance {told})")
+                continue
+            worse = value - old if directions[metric] == "lower" else old - value
+            if worse > allowed + 1e-12 * max(1.0, abs(old)):
+                failures.append(f"{label} {metric}: baseline {old:.6g}, new {value:.6g} (worse by {worse:.4g}; "
+                                f"tolerance {told})")
+    return GateResult(failures, checked, skipped)
+
+
+def _num(value) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return out
+
+
+def spread_table(frames: Sequence[pd.DataFrame], directions: dict[str, str]) -> pd.DataFrame:
+    """Per cell and metric: the mean, standard deviation (ddof=1) and number of runs, over runs of one suite that
+    differ only in their seeds (``--first-seed``). Every metric column with a direction is measured, NFE included
+    (fixed-grid solvers have sd 0: any change fails)."""
+    if len(frames) < 2:
+        raise ValueError(f"the spread needs at least 2 runs with different seeds, got {len(frames)}")
+    seeds = [tuple(f["seeds"].dropna().astype(str).unique()) for f in frames]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the runs must use different seeds (--first-seed); got {seeds}")
+    for other in frames[1:]:       # same suite, version, samples, extractor, reference; seeds may differ
+        a, b = _identity(frames[0], "run 1"), _identity(other, "another run")
+        diffs = [c for c in IDENTITY if c != "seeds" and a[c] != b[c]]
+        if diffs:
+            raise GateMismatch(f"the runs differ in {', '.join(diffs)}; the spread needs runs of one configuration")
+    gated = [c for c in directions if c in frames[0] and c not in ("wall_clock_s", "samples_per_s", "ms_per_nfe")]
+    values: dict[tuple, list[float]] = {}
+    for frame in frames:
+        for row in frame[frame["status"] == "ok"].to_dict("records"):
+            for metric in gated:
+                v = _num(row.get(metric))
+                if not np.isnan(v):
+                    values.setdefault((*_key(row), metric), []).append(v)
+    rows = [{"model": k[0], "solver": k[1], "steps": k[2], "options": k[3], "metric": k[4],
+             "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "runs": len(v)}
+            for k, v in values.items() if len(v) == len(frames)]
+    out = pd.DataFrame(rows)
+    out["steps"] = out["steps"].astype("Int64")
+    return out
+
+
+def spread_path(baseline: str | Path) -> Path:
+    baseline = Path(baseline)
+    return baseline.with_name(baseline.stem + SPREAD_SUFFIX)

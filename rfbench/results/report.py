@@ -1,0 +1,145 @@
+"""Paper tables from result DataFrames: Markdown, LaTeX (booktabs, best value per column in bold) and CSV, laid out
+like Table 1 of the rectified-flow paper (method, solver, NFE, IS, FID, precision, recall), plus the coupling
+columns where a suite has them. Also the Pareto front of quality against cost.
+
+Torch-free: which direction is better for a column comes from the caller (``rfbench.metrics.column_directions``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+FORMATS = ("markdown", "latex", "csv")
+# Table 1's order, then the coupling and cost columns; only those with a value in some row are shown by default
+TABLE_COLUMNS = ("model", "solver", "steps", "nfe", "is", "fid", "precision", "recall", "kid", "w2", "transport_cost",
+                 "straightness", "crossing_prob", "samples_per_s", "ms_per_nfe")
+KEY_COLUMNS = ("model", "solver", "steps", "nfe")
+HEADERS = {"model": "Method", "solver": "Solver", "steps": "Steps", "nfe": "NFE", "is": "IS", "fid": "FID",
+           "precision": "Precision", "recall": "Recall", "kid": "KID", "w2": "W2", "transport_cost": "Transport cost",
+           "straightness": "Straightness", "crossing_prob": "Crossing prob.", "samples_per_s": "Samples/s",
+           "ms_per_nfe": "ms/NFE", "wall_clock_s": "Wall-clock (s)", "is_10": "IS (10 splits)"}
+DIGITS = {"is": 2, "fid": 2, "precision": 2, "recall": 2, "kid": 4, "w2": 3, "transport_cost": 3, "straightness": 4,
+          "crossing_prob": 3, "samples_per_s": 1, "ms_per_nfe": 2, "wall_clock_s": 2, "is_10": 2}
+LATEX_HEADERS = {"w2": "$W_2$"}
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """A run's table: ``DIR/results.csv`` (what the run reported), else every cell under ``DIR/cells``, or a CSV."""
+    from rfbench.results.store import ResultStore
+    path = Path(path)
+    if path.is_dir():
+        if (path / "results.csv").is_file():
+            return pd.read_csv(path / "results.csv")
+        if (path / "cells").is_dir():
+            return ResultStore(path).load()
+        raise FileNotFoundError(f"{path} holds neither results.csv nor cells/: not an rfbench output folder")
+    if path.is_file():
+        return pd.read_csv(path)
+    raise FileNotFoundError(f"no results at {path}: pass an output folder (--out of a run) or a results CSV")
+
+
+def table_columns(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> list[str]:
+    """The chosen columns in the given order (unknown ones are an error), or the default: Table 1's layout,
+    leaving out metric columns that are empty in every row."""
+    if columns:
+        unknown = [c for c in columns if c not in frame.columns]
+        if unknown:
+            raise ValueError(f"no column {', '.join(map(repr, unknown))} in these results; columns: "
+                             f"{', '.join(frame.columns)}")
+        return list(columns)
+    return [c for c in TABLE_COLUMNS if c in frame.columns and (c in KEY_COLUMNS or frame[c].notna().any())]
+
+
+def best_rows(frame: pd.DataFrame, column: str, directions: dict[str, str]) -> set:
+    """Index labels of the rows holding the best value of ``column`` among sampled rows (the independent row is
+    real data, not a method, and never counts)."""
+    direction = directions.get(column)
+    if direction is None or column not in frame:
+        return set()
+    values = pd.to_numeric(frame[column], errors="coerce")
+    values = values[(frame["model"] != "independent") & values.notna()]
+    if values.empty:
+        return set()
+    target = values.max() if direction == "higher" else values.min()
+    return set(values.index[np.isclose(values, target, rtol=1e-12, atol=0)])
+
+
+def _text(value, column: str) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return ""
+    if column == "steps":
+        return str(int(value))
+    if column == "nfe":
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{DIGITS[column]}f}" if column in DIGITS else f"{value:.4g}"
+    return str(value)
+
+
+def _cells(frame: pd.DataFrame, columns: list[str], intervals: bool) -> pd.DataFrame:
+    out = pd.DataFrame(index=frame.index)
+    for col in columns:
+        texts = [_text(v, col) for v in frame[col]]
+        half = f"{col}_ci"
+        if intervals and half in frame:
+            texts = [t if not t or pd.isna(h) else f"{t} ± {_text(h, col)}" for t, h in zip(texts, frame[half])]
+        out[col] = texts
+    if "steps" in columns:   # adaptive solvers have no step count; the independent row has no sampler
+        out["steps"] = [("adaptive" if s == "" and m != "independent" else s)
+                        for s, m in zip(out["steps"], frame["model"])]
+    return out
+
+
+def render_table(frame: pd.DataFrame, fmt: str = "markdown", columns: Sequence[str] | None = None,
+                 directions: dict[str, str] | None = None, intervals: bool = False,
+                 include_failed: bool = False) -> str:
+    """The results as a paper table. ``fmt``: markdown, latex (booktabs; the best value of each column in bold)
+    or csv (full precision). Failed cells are left out unless ``include_failed``. ``intervals``: show
+    ``value ± half-width`` where a ``COLUMN_ci`` column holds one."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    directions = directions or {}
+    if "status" in frame and not include_failed:
+        frame = frame[frame["status"] == "ok"]
+    frame = frame.reset_index(drop=True)
+    columns = table_columns(frame, columns)
+    if fmt == "csv":
+        return frame[columns].to_csv(index=False)
+    cells = _cells(frame, columns, intervals)
+    if fmt == "markdown":
+        headers = [HEADERS.get(c, c) for c in columns]
+        return tabulate(cells.values.tolist(), headers=headers, tablefmt="github", disable_numparse=True)
+    for col in columns:          # LaTeX: escape, then bold the best value of each directed column
+        best = best_rows(frame, col, directions)
+        cells[col] = [rf"\textbf{{{_latex(t)}}}" if i in best and t else _latex(t)
+                      for i, t in zip(cells.index, cells[col])]
+    align = "".join("l" if c in ("model", "solver") else "r" for c in columns)
+    head = " & ".join(LATEX_HEADERS.get(c, _latex(HEADERS.get(c, c))) for c in columns)
+    body = "\n".join(" & ".join(row) + r" \\" for row in cells.values.tolist())
+    return (f"\\begin{{tabular}}{{{align}}}\n\\toprule\n{head} \\\\\n\\midrule\n{body}\n\\bottomrule\n"
+            f"\\end{{tabular}}\n")
+
+
+def _latex(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                          ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def pareto_front(cost: Sequence[float], quality: Sequence[float], lower_is_better: bool = True) -> np.ndarray:
+    """Boolean mask of the points no other point beats: one with cost <= and quality at least as good, and strictly
+    better in one of them. Points with a missing value are never on the front."""
+    cost = np.asarray(cost, dtype=float)
+    q = np.asarray(quality, dtype=float) * (1 if lower_is_better else -1)
+    valid = np.isfinite(cost) & np.isfinite(q)
+    front = np.zeros(len(cost), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = valid & (cost <= cost[i]) & (q <= q[i]) & ((cost < cost[i]) | (q < q[i]))
+        front[i] = not others.any()
+    return front

@@ -1,0 +1,138 @@
+"""Paper tables (markdown, LaTeX, CSV), the Pareto front, the seed-to-seed spread and the regression gate, on the
+output of real (stand-in model) runs through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from baselines import BASELINES, Baseline
+from rfbench.cli import main
+from rfbench.metrics import column_directions
+from rfbench.results.gate import GateMismatch, compare, parse_tolerance, spread_table
+from rfbench.results.report import pareto_front, render_table
+from rfbench.suites import SUITES, Cell
+
+
+class Pull:
+    """Moves points toward the 8-Gaussian ring: finite, seed-dependent metrics, different per step count."""
+
+    input_shape = (2,)
+
+    def __call__(self, x, t):
+        r = x.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        return (4.0 / r - 1.0) * x * 0.8
+
+
+@pytest.fixture
+def gate_suite(monkeypatch):
+    monkeypatch.setitem(BASELINES._items, "pull", Baseline("pull", "flow", "test stand-in", lambda s, c, d: Pull()))
+    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-gate", models=("pull",), num_samples=400,
+                                cells=(Cell("pull", "euler", 1), Cell("pull", "euler", 4), Cell("pull", "rk45")),
+                                straightness_samples=50, straightness_steps=10)
+    monkeypatch.setitem(SUITES._items, "toy2d-gate", suite)
+    return suite
+
+
+def _run(tmp_path, name: str, *extra: str) -> tuple[int, pd.DataFrame]:
+    out = tmp_path / name
+    code = main(["--suite", "toy2d-gate", "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet",
+                 "--no-plots", "--device", "cpu", *extra])
+    return code, pd.read_csv(out / "results.csv") if (out / "results.csv").exists() else None
+
+
+def test_tables_render_in_every_format(gate_suite, tmp_path, capsys):
+    code, frame = _run(tmp_path, "run")
+    assert code == 0
+    md = render_table(frame, "markdown", directions=column_directions())
+    assert md.splitlines()[0].startswith("| Method") and "| W2" in md.splitlines()[0] and "adaptive" in md
+    tex = render_table(frame, "latex", directions=column_directions())
+    assert tex.startswith("\\begin{tabular}") and "\\toprule" in tex and "\\bottomrule" in tex
+    sampled = frame[frame["model"] != "independent"]
+    best_w2 = f"{sampled['w2'].min():.3f}"
+    assert f"\\textbf{{{best_w2}}}" in tex                          # lower w2 is better: the minimum is bold
+    assert tex.count("\\textbf{") >= 4 and "$W_2$" in tex
+    csv = pd.read_csv(__import__("io").StringIO(render_table(frame, "csv", columns=["model", "nfe", "w2"])))
+    assert list(csv.columns) == ["model", "nfe", "w2"] and len(csv) == 4
+    with pytest.raises(ValueError, match="no column 'fidd'"):
+        render_table(frame, "markdown", columns=["model", "fidd"])
+    assert main(["table", str(tmp_path / "run"), "--format", "latex", "--columns", "model", "solver", "w2"]) == 0
+    out = capsys.readouterr().out
+    assert "Method & Solver & $W_2$ \\\\" in out and out.count("\\\\") == 5     # header + 4 rows
+
+
+def test_pareto_front():
+    cost = [1, 2, 4, 8, 8, np.nan]
+    quality = [5.0, 3.0, 3.5, 1.0, 2.0, 0.1]
+    assert pareto_front(cost, quality).tolist() == [True, True, False, True, False, False]
+    assert pareto_front(cost, quality, lower_is_better=False).tolist() == [True] + [False] * 5   # 5 at cost 1
+    higher = [1.0, 3.0, 2.0, 5.0, 4.0, 9.0]
+    assert pareto_front(cost, higher, lower_is_better=False).tolist() == [True, True, False, True, False, False]
+
+
+def test_gate_passes_on_an_identical_run_and_fails_on_a_doctored_baseline(gate_suite, tmp_path, capsys):
+    code, base = _run(tmp_path, "base")
+    assert code == 0
+    base_csv = tmp_path / "baseline.csv"
+    base.to_csv(base_csv, index=False)
+    code, _ = _run(tmp_path, "same", "--check", str(base_csv), "--fail-on", "w2:+10%", "--fail-on", "nfe:+0")
+    assert code == 0
+    assert "gate: passed: 0 of" in capsys.readouterr().err
+    # a baseline 20% better in w2 for euler/4, and one NFE cheaper for rk45: the run now looks worse in both
+    doctored = base.copy()
+    row = (doctored["solver"] == "euler") & (doctored["steps"] == 4)
+    doctored.loc[row, "w2"] = base.loc[row, "w2"] / 1.2
+    rk = doctored["solver"] == "rk45"
+    doctored.loc[rk, "nfe"] = base.loc[rk, "nfe"] - 1
+    doctored.to_csv(base_csv, index=False)
+    code, _ = _run(tmp_path, "again", "--check", str(base_csv), "--fail-on", "w2:+10%", "--fail-on", "nfe:+0")
+    assert code == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gate: FAIL ")]
+    assert len(err) == 2
+    new_w2 = float(base.loc[row, "w2"].iloc[0])
+    assert err[0].startswith("gate: FAIL pull/euler/4 w2: baseline ") and f"new {new_w2:.6g}" in err[0]
+    assert "tolerance +10%" in err[0]
+    assert err[1].startswith("gate: FAIL pull/rk45/adaptive nfe:") and "tolerance +0" in err[1]
+
+
+def test_gate_refuses_runs_that_differ_and_bad_tolerances(gate_suite, tmp_path, capsys):
+    code, base = _run(tmp_path, "base")
+    base_csv = tmp_path / "baseline.csv"
+    base.to_csv(base_csv, index=False)
+    with pytest.raises(SystemExit) as exc:      # another sample count: refused before any work
+        main(["--suite", "toy2d-gate", "--num-samples", "300", "--check", str(base_csv), "--fail-on", "w2:+1%"])
+    assert exc.value.code == 2
+    assert "n_samples: baseline '400', run '300'" in capsys.readouterr().err
+    other = base.copy()
+    other["extractor"] = "digits (x, y)"
+    with pytest.raises(GateMismatch, match="extractor: baseline 'digits"):
+        compare(base, other, column_directions(), [parse_tolerance("w2:+1%", column_directions())])
+    for spec, message in (("w2", r"METRIC:\+AMOUNT"), ("speed:+1", "'speed' has no better direction")):
+        with pytest.raises(ValueError, match=message):
+            parse_tolerance(spec, column_directions())
+    with pytest.raises(SystemExit):
+        main(["--suite", "toy2d-gate", "--check", str(base_csv)])      # no --fail-on and no spread file
+    assert "no tolerances" in capsys.readouterr().err
+
+
+def test_default_tolerances_come_from_the_seed_spread(gate_suite, tmp_path, capsys):
+    runs = []
+    for first in (0, 1000, 2000):
+        code, frame = _run(tmp_path, f"s{first}", "--first-seed", str(first))
+        assert code == 0
+        runs.append(frame)
+    spread = spread_table(runs, column_directions())
+    w2 = spread[(spread["metric"] == "w2") & (spread["solver"] == "euler") & (spread["steps"] == 4)]
+    assert len(w2) == 1 and w2["sd"].iloc[0] > 0 and w2["runs"].iloc[0] == 3
+    nfe = spread[(spread["metric"] == "nfe") & (spread["solver"] == "euler")]
+    assert (nfe["sd"] == 0).all()                                      # fixed grids: any change in NFE fails
+    assert main(["spread", str(tmp_path / "s0"), str(tmp_path / "s1000"), str(tmp_path / "s2000"),
+                 "--out", str(tmp_path / "baseline-spread.csv")]) == 0
+    runs[0].to_csv(tmp_path / "baseline.csv", index=False)
+    code, _ = _run(tmp_path, "check", "--check", str(tmp_path / "baseline.csv"))
+    assert code == 0 and "3 sd of" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="different seeds"):
+        spread_table([runs[0], runs[0]], column_directions())
