@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "power of two whose model evaluation fits in a share of the free GPU memory (on the CPU, "
                              "auto keeps the suite's). rk45's steps, hence its NFE, depend on the batch: the row "
                              "records it")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="B",
+                        help="replicates of the bootstrap standard errors fid_se and is_se (0: off; default: the "
+                             "suite's, digits 100, others 0)")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help="timed runs per cell (default 1): wall_clock_s and samples_per_s come from their median, "
                              "after untimed warm-up evaluations; ms_per_nfe is the median over batches and runs")
@@ -190,7 +193,8 @@ def _missing_inputs(suite) -> list[str]:
         if path is not None and not Path(path).exists():
             missing.append(f"checkpoint for {model} not found: {path} (--checkpoint {model}=PATH)")
         elif path is None and suite.checkpoint_only:
-            where = f"{model}.pth" + (f" or a diffusers folder {model}/" if BASELINES[model].kind == "diffusion" else "")
+            folder = BASELINES[model].kind == "diffusion"
+            where = f"{model}.pth" + (f" or a diffusers folder {model}/" if folder else "")
             missing.append(f"no checkpoint for {model}: pass --checkpoint {model}=PATH or put {where} in "
                            f"--checkpoint-dir (or leave it out with --models)")
     return missing
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers,
                              data_dir=args.data_dir, extractor=extractor, batch_size=batch_size,
                              checkpoints=_checkpoints(args, suite), reference_file=args.ref_stats,
-                             timing_repeats=args.repeats, first_seed=args.first_seed)
+                             timing_repeats=args.repeats, first_seed=args.first_seed, bootstrap=args.bootstrap)
         if args.check is not None:    # what can be compared before the run: refuse now rather than after it
             check_comparable(_expected_identity(suite, baseline), baseline.drop(columns=["extractor", "reference"],
                                                                                 errors="ignore"))
@@ -342,7 +346,9 @@ def table_main(argv: list[str]) -> int:
     parser.add_argument("--format", default="markdown", choices=FORMATS)
     parser.add_argument("--columns", nargs="+", default=None, metavar="COL",
                         help="columns in this order (default: those of Table 1 that have values)")
-    parser.add_argument("--intervals", action="store_true", help="value +- half-width where COLUMN_ci exists")
+    parser.add_argument("--intervals", action="store_true",
+                        help="value +- 1.96 standard errors (95%%) where the results hold one (COLUMN_se: "
+                             "crossing_prob, transport_cost, precision; fid and is when bootstrapped)")
     parser.add_argument("--include-failed", action="store_true", help="keep failed cells (left out by default)")
     parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
     args = parser.parse_args(argv)

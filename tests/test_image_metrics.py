@@ -178,3 +178,25 @@ def test_reference_statistics_are_computed_once_and_keyed(tmp_path):
     path.rename(tmp_path / "reference" / "digits_test_digits-cnn_none_8.npz")  # a file under the wrong name
     with pytest.raises(ValueError, match="holds statistics for"):
         reference_stats(ReferenceKey("digits", "test", "digits-cnn", "none", 8), tmp_path, batches)
+
+
+def test_bootstrap_standard_errors():
+    from rfbench.metrics import METRICS, MetricInput
+    from rfbench.metrics.image import bootstrap_se
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 1))
+    se = bootstrap_se(lambda rows: rows.mean(), x, replicates=400)
+    assert se == pytest.approx(x.std(ddof=1) / math.sqrt(500), rel=0.15)      # the mean's standard error
+    assert bootstrap_se(lambda rows: rows.mean(), x, 50) == bootstrap_se(lambda rows: rows.mean(), x, 50)  # seeded
+    with pytest.raises(ValueError, match="at least 2 replicates"):
+        bootstrap_se(np.mean, x, 1)
+    feats = torch.from_numpy(rng.normal(size=(300, 8)))
+    ref = torch.from_numpy(rng.normal(size=(400, 8)) + 0.3)
+    logits = torch.from_numpy(rng.normal(size=(300, 10)) * 2)
+    inputs = dict(z0=feats, z1=feats, features=feats, logits=logits, reference_features=ref)
+    off = METRICS["fid"](MetricInput(**inputs))
+    on = METRICS["fid"](MetricInput(**inputs, bootstrap=50))
+    assert off["fid_se"] is None and on["fid"] == off["fid"] and 0 < on["fid_se"] < on["fid"]
+    assert 0 < METRICS["inception_score"](MetricInput(**inputs, bootstrap=50))["is_se"] < 1
+    pr = METRICS["precision_recall"](MetricInput(**inputs))
+    assert pr["precision_se"] == pytest.approx(math.sqrt(pr["precision"] * (1 - pr["precision"]) / 300))

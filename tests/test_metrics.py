@@ -73,6 +73,11 @@ def test_transport_cost():
     assert transport_cost(z0, z0 + 2.0) == pytest.approx(6 * 4.0)  # 6 dimensions, each moved by 2
     with pytest.raises(ValueError, match="same shape"):
         transport_cost(z0, z0[:5])
+    z1 = z0 + torch.randn(100, 2, 3)
+    value, se = transport_cost(z0, z1, with_se=True)
+    sq = ((z1 - z0).double() ** 2).sum(dim=(1, 2)).numpy()
+    assert value == pytest.approx(sq.mean()) and se == pytest.approx(sq.std(ddof=1) / 10)
+    assert set(METRICS["transport_cost"](MetricInput(z0=z0, z1=z1))) == {"transport_cost", "transport_cost_se"}
 
 
 def test_straightness_of_straight_and_curved_paths():

@@ -55,6 +55,10 @@ def test_tables_render_in_every_format(gate_suite, tmp_path, capsys):
     best_w2 = f"{sampled['w2'].min():.3f}"
     assert f"\\textbf{{{best_w2}}}" in tex                          # lower w2 is better: the minimum is bold
     assert tex.count("\\textbf{") >= 4 and "$W_2$" in tex
+    intervals = render_table(frame, "markdown", columns=["model", "transport_cost", "crossing_prob"], intervals=True)
+    row = frame[frame["model"] != "independent"].iloc[0]
+    assert f"{row['transport_cost']:.3f} ± {1.959963984540054 * row['transport_cost_se']:.3f}" in intervals
+    assert intervals.count("±") == 2 * len(frame)
     csv = pd.read_csv(__import__("io").StringIO(render_table(frame, "csv", columns=["model", "nfe", "w2"])))
     assert list(csv.columns) == ["model", "nfe", "w2"] and len(csv) == 4
     with pytest.raises(ValueError, match="no column 'fidd'"):

@@ -5,15 +5,17 @@ A metric sees plain tensors (the coupling, the trajectory if any, the reference 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from rfbench.metrics.coupling import crossing_prob, segments_intersect, straightness, transport_cost
 from rfbench.metrics.distances import w2
-from rfbench.metrics.image import (GaussianStats, StatsAccumulator, fid, frechet_distance, frechet_distance_stats,
-                                   inception_score, kid, knn_radii, precision_recall)
+from rfbench.metrics.image import (GaussianStats, StatsAccumulator, bootstrap_se, fid, frechet_distance,
+                                   frechet_distance_stats, inception_score, kid, knn_radii, precision_recall)
 from rfbench.registry import Registry
 
 __all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_intersect", "straightness",
@@ -42,6 +44,7 @@ class MetricInput:
     reference_features: torch.Tensor | None = None
     reference_stats: GaussianStats | None = None
     reference_radii: torch.Tensor | None = None   # knn_radii(reference_features, PR_K), computed once per run
+    bootstrap: int = 0     # replicates for the bootstrap standard errors of fid and is (0: not computed)
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,13 @@ def _fid(inp: MetricInput) -> dict:
     elif inp.features is None:
         raise ValueError("fid needs image features of the samples (a suite with an extractor)")
     ref = inp.reference_stats or GaussianStats.from_features(inp.reference_features)
-    return {"fid": frechet_distance_stats(GaussianStats.from_features(inp.features), ref)}
+    value = frechet_distance_stats(GaussianStats.from_features(inp.features), ref)
+    se = None
+    if inp.bootstrap:
+        features = inp.features.numpy() if isinstance(inp.features, torch.Tensor) else np.asarray(inp.features)
+        se = bootstrap_se(lambda x: frechet_distance_stats(GaussianStats.from_features(x), ref),
+                          features.astype(np.float64), inp.bootstrap)
+    return {"fid": value, "fid_se": se}
 
 
 def _kid(inp: MetricInput) -> dict:
@@ -110,30 +119,39 @@ def _kid(inp: MetricInput) -> dict:
 def _precision_recall(inp: MetricInput) -> dict:
     _need_features(inp, "precision_recall")
     precision, recall = precision_recall(inp.reference_features, inp.features, k=PR_K, real_radii=inp.reference_radii)
-    return {"precision": precision, "recall": recall}
+    # precision is a mean of independent per-sample indicators (the reference fixed): its binomial standard error.
+    # recall's indicators share the generated set, so they are not independent: no standard error.
+    n = len(inp.features)
+    return {"precision": precision, "precision_se": math.sqrt(precision * (1 - precision) / n), "recall": recall}
 
 
 def _inception_score(inp: MetricInput) -> dict:
     if inp.logits is None:  # no classifier head: empty, never a number from something else (the row says why)
-        return {"is": None, "is_10": None, "is_10_std": None}
+        return {"is": None, "is_se": None, "is_10": None, "is_10_std": None}
     mean10, std10 = inception_score(inp.logits, splits=10) if len(inp.logits) >= 10 else (None, None)
-    return {"is": inception_score(inp.logits, splits=1)[0], "is_10": mean10, "is_10_std": std10}
+    se = None
+    if inp.bootstrap:
+        logits = inp.logits.numpy() if isinstance(inp.logits, torch.Tensor) else np.asarray(inp.logits)
+        se = bootstrap_se(lambda z: inception_score(z, splits=1)[0], logits.astype(np.float64), inp.bootstrap)
+    return {"is": inception_score(inp.logits, splits=1)[0], "is_se": se, "is_10": mean10, "is_10_std": std10}
 
 
 for _metric in (
     Metric("crossing_prob", ("crossing_prob", "crossing_prob_se"), False, _crossing,
            "P(segments of two random pairs intersect), 10,000 draws; 2D only; with its standard error"),
-    Metric("transport_cost", ("transport_cost",), False,
-           lambda inp: {"transport_cost": transport_cost(inp.z0, inp.z1)}, "E||Z1 - Z0||^2"),
+    Metric("transport_cost", ("transport_cost", "transport_cost_se"), False,
+           lambda inp: dict(zip(("transport_cost", "transport_cost_se"), transport_cost(inp.z0, inp.z1, True))),
+           "E||Z1 - Z0||^2, with its standard error"),
     Metric("straightness", ("straightness",), False, _straightness,
            "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt of the model's flow, on a fine reference trajectory",
            scope="model"),
     Metric("w2", ("w2",), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples"),
-    Metric("fid", ("fid",), False, _fid, "Frechet distance between feature Gaussians of samples and reference"),
+    Metric("fid", ("fid", "fid_se"), False, _fid, "Frechet distance between feature Gaussians of samples and "
+           "reference; fid_se: bootstrap standard error over the samples (when the suite asks for it)"),
     Metric("kid", ("kid",), False, _kid, "unbiased MMD^2, cubic polynomial kernel, 100 subsets of up to 1000"),
-    Metric("precision_recall", ("precision", "recall"), True, _precision_recall,
+    Metric("precision_recall", ("precision", "precision_se", "recall"), True, _precision_recall,
            f"improved precision and recall, k={PR_K} (Kynkaanniemi et al. 2019)"),
-    Metric("inception_score", ("is", "is_10", "is_10_std"), True, _inception_score,
+    Metric("inception_score", ("is", "is_se", "is_10", "is_10_std"), True, _inception_score,
            "exp E KL(p(y|x) || p(y)) on the extractor's logits: 'is' with 1 split (the rectified-flow paper), "
            "'is_10' mean and std over 10 splits"),
 ):

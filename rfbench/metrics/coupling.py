@@ -65,11 +65,16 @@ def crossing_prob(z0: torch.Tensor, z1: torch.Tensor, num_draws: int = 10_000, s
     return p, math.sqrt(p * (1 - p) / num_draws)
 
 
-def transport_cost(z0: torch.Tensor, z1: torch.Tensor) -> float:
-    """E ||Z1 - Z0||^2: the squared distance summed over all dimensions, averaged over pairs (float64)."""
+def transport_cost(z0: torch.Tensor, z1: torch.Tensor, with_se: bool = False) -> float | tuple[float, float]:
+    """E ||Z1 - Z0||^2: the squared distance summed over all dimensions, averaged over pairs (float64). With
+    ``with_se``, also its standard error (the pairs' standard deviation / sqrt(n); pairs are independent seeds)."""
     _check_pairs(z0, z1)
     d = (z1.detach().to(torch.float64) - z0.detach().to(torch.float64)).reshape(z0.shape[0], -1)
-    return d.pow(2).sum(dim=1).mean().item()
+    sq = d.pow(2).sum(dim=1)
+    if not with_se:
+        return sq.mean().item()
+    se = sq.std(unbiased=True).item() / math.sqrt(len(sq)) if len(sq) > 1 else float("nan")
+    return sq.mean().item(), se
 
 
 def straightness(times: torch.Tensor, states: torch.Tensor, velocities: torch.Tensor) -> float:

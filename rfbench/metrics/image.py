@@ -162,6 +162,18 @@ def frechet_distance_stats(a: GaussianStats, b: GaussianStats) -> float:
     return float(max(value, 0.0))
 
 
+def bootstrap_se(statistic, rows: np.ndarray, replicates: int, seed: int = 0) -> float:
+    """Bootstrap standard error of ``statistic(rows)``: the standard deviation (ddof=1) of the statistic over
+    ``replicates`` resamples of the rows with replacement (seeded, so a run's numbers repeat). The reference set
+    is held fixed: this is the sampling error of the generated samples only."""
+    if replicates < 2:
+        raise ValueError(f"bootstrap needs at least 2 replicates, got {replicates}")
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    values = [statistic(rows[rng.integers(0, n, n)]) for _ in range(replicates)]
+    return float(np.std(values, ddof=1))
+
+
 def fid(features_a, features_b) -> float:
     """FID between two feature sets (N, D) and (M, D): the Frechet distance of their Gaussian statistics."""
     return frechet_distance_stats(GaussianStats.from_features(features_a), GaussianStats.from_features(features_b))

@@ -15,6 +15,7 @@ import pandas as pd
 from tabulate import tabulate
 
 FORMATS = ("markdown", "latex", "csv")
+Z95 = 1.959963984540054        # the normal 97.5% quantile: value +- Z95 * standard error is a 95% interval
 # Table 1's order, then the coupling and cost columns; only those with a value in some row are shown by default
 TABLE_COLUMNS = ("model", "solver", "steps", "nfe", "is", "fid", "precision", "recall", "kid", "w2", "transport_cost",
                  "straightness", "crossing_prob", "samples_per_s", "ms_per_nfe")
@@ -85,9 +86,10 @@ def _cells(frame: pd.DataFrame, columns: list[str], intervals: bool) -> pd.DataF
     out = pd.DataFrame(index=frame.index)
     for col in columns:
         texts = [_text(v, col) for v in frame[col]]
-        half = f"{col}_ci"
-        if intervals and half in frame:
-            texts = [t if not t or pd.isna(h) else f"{t} ± {_text(h, col)}" for t, h in zip(texts, frame[half])]
+        se = f"{col}_se"
+        if intervals and se in frame:    # a 95% normal interval of a mean over independent seeds
+            texts = [t if not t or pd.isna(h) else f"{t} ± {_text(Z95 * float(h), col)}"
+                     for t, h in zip(texts, frame[se])]
         out[col] = texts
     if "steps" in columns:   # adaptive solvers have no step count; the independent row has no sampler
         out["steps"] = [("adaptive" if s == "" and m != "independent" else s)
@@ -100,7 +102,8 @@ def render_table(frame: pd.DataFrame, fmt: str = "markdown", columns: Sequence[s
                  include_failed: bool = False) -> str:
     """The results as a paper table. ``fmt``: markdown, latex (booktabs; the best value of each column in bold)
     or csv (full precision). Failed cells are left out unless ``include_failed``. ``intervals``: show
-    ``value ± half-width`` where a ``COLUMN_ci`` column holds one."""
+    ``value ± 1.96 standard errors`` (95%, normal) where a ``COLUMN_se`` column holds one (crossing_prob,
+    transport_cost: means over independent seeds)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     directions = directions or {}

@@ -55,6 +55,7 @@ class Suite:
     checkpoints: tuple[tuple[str, str], ...] = ()   # (model, file) loaded instead of trained (baselines.published)
     checkpoint_only: bool = False   # models exist only as checkpoints (no recipe trains them)
     reference_file: str | None = None  # image metrics' reference from a file (--ref-stats) instead of the images
+    bootstrap: int = 0              # replicates of the bootstrap standard errors of fid and is (0: none)
     auto_batch: bool = False        # batch size per model from a GPU memory probe (suites.batching); CPU: batch_size
     timing_repeats: int = 1         # timed runs per cell: wall_clock_s is their median (the samples are the first's)
     notes: tuple[str, ...] = ()     # written into every row's notes (e.g. fewer samples than the suite's default)
@@ -84,6 +85,8 @@ class Suite:
             if model not in self.models:
                 raise ValueError(f"suite {self.name}: a checkpoint is given for {model!r}, which is not one of its "
                                  f"models ({', '.join(self.models)})")
+        if self.bootstrap < 0 or self.bootstrap == 1:
+            raise ValueError(f"suite {self.name}: bootstrap must be 0 (off) or >= 2 replicates, got {self.bootstrap}")
         if self.timing_repeats < 1:
             raise ValueError(f"suite {self.name}: timing_repeats must be >= 1, got {self.timing_repeats}")
         if self.straightness_steps < 1:
@@ -119,7 +122,8 @@ class Suite:
                solvers: Sequence[str] | None = None, data_dir: str | None = None,
                extractor: str | None = None, batch_size: int | str | None = None,
                checkpoints: dict[str, str] | None = None, reference_file: str | None = None,
-               timing_repeats: int | None = None, first_seed: int | None = None) -> "Suite":
+               timing_repeats: int | None = None, first_seed: int | None = None,
+               bootstrap: int | None = None) -> "Suite":
         """A copy restricted to some models and solvers, or with another sample count (recorded in every row, with
         a note when it is below the suite's default), data folder (image suites whose data is read from disk) or
         extractor (one of :attr:`extractors`)."""
@@ -132,6 +136,8 @@ class Suite:
                     f"default runs or published numbers",)
         if timing_repeats is not None:
             changes["timing_repeats"] = int(timing_repeats)
+        if bootstrap is not None:
+            changes["bootstrap"] = int(bootstrap)
         if first_seed is not None:
             if first_seed < 0:
                 raise ValueError(f"--first-seed must be >= 0, got {first_seed}")

@@ -50,12 +50,12 @@ class ImageEval:
         return self.extractor.extract(quantize(z1))
 
     def inputs(self, z0: torch.Tensor, z1: torch.Tensor, features: torch.Tensor | None = None,
-               logits: torch.Tensor | None = None) -> MetricInput:
+               logits: torch.Tensor | None = None, bootstrap: int = 0) -> MetricInput:
         if features is None:
             features, logits = self.extract(z1)
         return MetricInput(z0=z0, z1=z1, features=features, logits=logits,
                            reference_features=self.reference_features, reference_stats=self.reference_stats,
-                           reference_radii=self.reference_radii)
+                           reference_radii=self.reference_radii, bootstrap=bootstrap)
 
 
 def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict | None,
@@ -505,7 +505,7 @@ def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int
     wall = statistics.median(max(s["run_times"][r] for s in shares) for r in range(suite.timing_repeats))
     ms_per_nfe = statistics.median(t for s in shares for t in s["ms_per_nfe"])
     try:
-        inputs = (images.inputs(x0.cpu(), x, features, logits) if images is not None
+        inputs = (images.inputs(x0.cpu(), x, features, logits, bootstrap=suite.bootstrap) if images is not None
                   else _metric_input(x0.cpu(), x, reference, None))
         values = _cell_metrics(suite, inputs)
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
