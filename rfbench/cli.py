@@ -351,9 +351,13 @@ def table_main(argv: list[str]) -> int:
                              "crossing_prob, transport_cost, precision; fid and is when bootstrapped)")
     parser.add_argument("--include-failed", action="store_true", help="keep failed cells (left out by default)")
     parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
+    parser.add_argument("--plots", default=None, choices=("png", "pdf"),
+                        help="also write quality against NFE and against wall-clock (Pareto front marked) beside "
+                             "the table: beside --output, else in the results folder")
     args = parser.parse_args(argv)
     try:
-        text = render_table(load_results(args.results), args.format, args.columns, column_directions(),
+        frame = load_results(args.results)
+        text = render_table(frame, args.format, args.columns, column_directions(),
                             intervals=args.intervals, include_failed=args.include_failed)
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
@@ -361,6 +365,20 @@ def table_main(argv: list[str]) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.plots:
+        from rfbench.results.plots import plot_quality_vs_nfe
+        quality = next((m for m in ("fid", "w2") if m in frame and frame[m].notna().any()), None)
+        if quality is None:
+            parser.error("--plots: these results have neither fid nor w2 to plot")
+        folder = args.output.parent if args.output is not None else (
+            args.results if args.results.is_dir() else args.results.parent)
+        stem = f"{args.output.stem}_" if args.output is not None else ""
+        lower = column_directions()[quality] == "lower"
+        for cost, name in (("nfe", "nfe"), ("wall_clock_s", "time")):
+            path = plot_quality_vs_nfe(frame, folder / f"{stem}{quality}_vs_{name}.{args.plots}", quality, cost,
+                                       lower)
+            if path is not None:
+                print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

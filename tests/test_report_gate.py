@@ -66,6 +66,14 @@ def test_tables_render_in_every_format(gate_suite, tmp_path, capsys):
     assert main(["table", str(tmp_path / "run"), "--format", "latex", "--columns", "model", "solver", "w2"]) == 0
     out = capsys.readouterr().out
     assert "Method & Solver & $W_2$ \\\\" in out and out.count("\\\\") == 5     # header + 4 rows
+    assert main(["table", str(tmp_path / "run"), "--format", "markdown", "--output", str(tmp_path / "t1.md"),
+                 "--plots", "pdf"]) == 0
+    assert (tmp_path / "t1.md").read_text().startswith("| Method")
+    for name in ("t1_w2_vs_nfe.pdf", "t1_w2_vs_time.pdf"):
+        assert (tmp_path / name).read_bytes().startswith(b"%PDF")
+    with pytest.raises(SystemExit):
+        main(["table", str(tmp_path / "nowhere")])
+    assert "no results at" in capsys.readouterr().err
 
 
 def test_pareto_front():
