@@ -19,8 +19,8 @@ from rfbench.metrics.reference import ReferenceFileError
 from rfbench.registry import UnknownNameError
 from rfbench.metrics import column_directions
 from rfbench.results import markdown_table
-from rfbench.results.gate import (K_SIGMA, GateMismatch, check_comparable, compare, parse_tolerance, spread_path,
-                                 spread_table)
+from rfbench.results.gate import (K_SIGMA, GateMismatch, check_comparable, check_spread, compare, parse_tolerance,
+                                 spread_path, spread_table)
 from rfbench.results.report import FORMATS, load_results, render_table
 from rfbench.samplers import SOLVERS
 from rfbench.suites import SUITES
@@ -316,8 +316,16 @@ def _expected_identity(suite, baseline):
 
 
 def _spread_for(baseline: Path):
+    """The spread file beside the baseline, checked now (its suite, version, samples, columns), not after the run."""
     path = spread_path(baseline)
-    return pd.read_csv(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    spread = pd.read_csv(path)
+    try:
+        check_spread(spread, load_results(baseline), column_directions())
+    except GateMismatch as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return spread
 
 
 def _gate(frame, baseline, baseline_path: Path, tolerances, spread) -> int:
@@ -362,6 +370,7 @@ def table_main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

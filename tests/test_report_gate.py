@@ -55,6 +55,9 @@ def test_tables_render_in_every_format(gate_suite, tmp_path, capsys):
     best_w2 = f"{sampled['w2'].min():.3f}"
     assert f"\\textbf{{{best_w2}}}" in tex                          # lower w2 is better: the minimum is bold
     assert tex.count("\\textbf{") >= 4 and "$W_2$" in tex
+    assert "\\textbf{1}" not in tex                                   # NFE is the budget, never bold
+    from rfbench.results.report import _latex
+    assert _latex("a\\b_c~{x}") == r"a\textbackslash{}b\_c\textasciitilde{}\{x\}"
     intervals = render_table(frame, "markdown", columns=["model", "transport_cost", "crossing_prob"], intervals=True)
     row = frame[frame["model"] != "independent"].iloc[0]
     assert f"{row['transport_cost']:.3f} ± {1.959963984540054 * row['transport_cost_se']:.3f}" in intervals
@@ -128,6 +131,9 @@ def test_gate_refuses_runs_that_differ_and_bad_tolerances(gate_suite, tmp_path, 
     with pytest.raises(SystemExit):
         main(["--suite", "toy2d-gate", "--check", str(base_csv)])      # no --fail-on and no spread file
     assert "no tolerances" in capsys.readouterr().err
+    # a gate that compared nothing has not passed
+    verdict = compare(base, base, column_directions(), [parse_tolerance("fid:+1", column_directions())])
+    assert not verdict.passed and verdict.failures[0].startswith("nothing was compared")
 
 
 def test_default_tolerances_come_from_the_seed_spread(gate_suite, tmp_path, capsys):
@@ -148,3 +154,8 @@ def test_default_tolerances_come_from_the_seed_spread(gate_suite, tmp_path, caps
     assert code == 0 and "3 sd of" in capsys.readouterr().err
     with pytest.raises(ValueError, match="different seeds"):
         spread_table([runs[0], runs[0]], column_directions())
+    stale = pd.read_csv(tmp_path / "baseline-spread.csv").assign(suite_version=99)   # recorded for another version
+    stale.to_csv(tmp_path / "baseline-spread.csv", index=False)
+    with pytest.raises(SystemExit):
+        main(["--suite", "toy2d-gate", "--check", str(tmp_path / "baseline.csv"), "--dry-run"])
+    assert "the spread file is for suite_version 99, the baseline for 1" in capsys.readouterr().err

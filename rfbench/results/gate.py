@@ -113,6 +113,7 @@ def compare(run: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str
     runs = {_key(r): r for r in run.to_dict("records")}
     sd = {}
     if spread is not None and not tolerances:
+        check_spread(spread, baseline, directions)
         for r in spread.to_dict("records"):
             sd[(*_key(r), r["metric"])] = float(r["sd"])
     failures, skipped, checked = [], [], 0
@@ -144,7 +145,31 @@ def compare(run: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str
             if worse > allowed + 1e-12 * max(1.0, abs(old)):
                 failures.append(f"{label} {metric}: baseline {old:.6g}, new {value:.6g} (worse by {worse:.4g}; "
                                 f"tolerance {told})")
+    if checked == 0:
+        failures.append("nothing was compared: no baseline cell of this run has a value for the gated metric(s) "
+                        f"{', '.join(sorted({t.metric for t in tolerances} or {k[-1] for k in sd}))}")
     return GateResult(failures, checked, skipped)
+
+
+SPREAD_COLUMNS = ("suite", "suite_version", "n_samples", "model", "solver", "steps", "options", "metric", "sd")
+
+
+def check_spread(spread: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str]) -> None:
+    """A spread file must have its columns, be of the baseline's suite, version and sample count, and name only
+    metrics that still have a direction."""
+    missing = [c for c in SPREAD_COLUMNS if c not in spread]
+    if missing:
+        raise GateMismatch(f"the spread file lacks the column(s) {', '.join(missing)}; record it again with "
+                           f"rfbench spread")
+    want = _identity(baseline, "the baseline")
+    for col in ("suite", "suite_version", "n_samples"):
+        have = spread[col].dropna().astype(str).unique()
+        if list(have) != [want[col]]:
+            raise GateMismatch(f"the spread file is for {col} {', '.join(have)}, the baseline for {want[col]}; "
+                               f"record the spread again")
+    unknown = sorted(set(spread["metric"]) - set(directions))
+    if unknown:
+        raise GateMismatch(f"the spread file names metric(s) without a direction: {', '.join(unknown)}")
 
 
 def _num(value) -> float:
@@ -164,6 +189,9 @@ def spread_table(frames: Sequence[pd.DataFrame], directions: dict[str, str]) -> 
     seeds = [tuple(f["seeds"].dropna().astype(str).unique()) for f in frames]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"the runs must use different seeds (--first-seed); got {seeds}")
+    for frame in frames:
+        if "model" not in frame or "status" not in frame:
+            raise ValueError("a run's table lacks the model or status column: not an rfbench results table")
     for other in frames[1:]:       # same suite, version, samples, extractor, reference; seeds may differ
         a, b = _identity(frames[0], "run 1"), _identity(other, "another run")
         diffs = [c for c in IDENTITY if c != "seeds" and a[c] != b[c]]
@@ -177,9 +205,13 @@ def spread_table(frames: Sequence[pd.DataFrame], directions: dict[str, str]) -> 
                 v = _num(row.get(metric))
                 if not np.isnan(v):
                     values.setdefault((*_key(row), metric), []).append(v)
-    rows = [{"model": k[0], "solver": k[1], "steps": k[2], "options": k[3], "metric": k[4],
+    ident = _identity(frames[0], "run 1")
+    rows = [{"suite": ident["suite"], "suite_version": ident["suite_version"], "n_samples": ident["n_samples"],
+             "model": k[0], "solver": k[1], "steps": k[2], "options": k[3], "metric": k[4],
              "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "runs": len(v)}
             for k, v in values.items() if len(v) == len(frames)]
+    if not rows:
+        raise ValueError("no cell has a value in every run (all failed, or the runs have no cells in common)")
     out = pd.DataFrame(rows)
     out["steps"] = out["steps"].astype("Int64")
     return out

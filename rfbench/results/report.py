@@ -35,13 +35,21 @@ def load_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         if (path / "results.csv").is_file():
-            return pd.read_csv(path / "results.csv")
-        if (path / "cells").is_dir():
-            return ResultStore(path).load()
-        raise FileNotFoundError(f"{path} holds neither results.csv nor cells/: not an rfbench output folder")
-    if path.is_file():
-        return pd.read_csv(path)
-    raise FileNotFoundError(f"no results at {path}: pass an output folder (--out of a run) or a results CSV")
+            frame = pd.read_csv(path / "results.csv")
+        elif (path / "cells").is_dir():
+            frame = ResultStore(path).load()
+        else:
+            raise FileNotFoundError(f"{path} holds neither results.csv nor cells/: not an rfbench output folder")
+    elif path.is_file():
+        frame = pd.read_csv(path)
+    else:
+        raise FileNotFoundError(f"no results at {path}: pass an output folder (--out of a run) or a results CSV")
+    missing = [c for c in ("model", "solver", "status") if c not in frame]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(missing)} column: not an rfbench results table")
+    if "steps" in frame:
+        frame["steps"] = frame["steps"].astype("Int64")     # adaptive solvers leave it empty; the CSV reads floats
+    return frame
 
 
 def table_columns(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> list[str]:
@@ -56,11 +64,14 @@ def table_columns(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> 
     return [c for c in TABLE_COLUMNS if c in frame.columns and (c in KEY_COLUMNS or frame[c].notna().any())]
 
 
+COSTS = ("nfe", "wall_clock_s", "samples_per_s", "ms_per_nfe")    # budgets, not results: never bold
+
+
 def best_rows(frame: pd.DataFrame, column: str, directions: dict[str, str]) -> set:
-    """Index labels of the rows holding the best value of ``column`` among sampled rows (the independent row is
-    real data, not a method, and never counts)."""
+    """Index labels of the rows holding the best value of quality ``column`` among sampled rows (the independent
+    row is real data, not a method, and never counts; cost columns are the budget, not a result)."""
     direction = directions.get(column)
-    if direction is None or column not in frame:
+    if direction is None or column not in frame or column in COSTS:
         return set()
     values = pd.to_numeric(frame[column], errors="coerce")
     values = values[(frame["model"] != "independent") & values.notna()]
@@ -128,11 +139,12 @@ def render_table(frame: pd.DataFrame, fmt: str = "markdown", columns: Sequence[s
             f"\\end{{tabular}}\n")
 
 
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+
+
 def _latex(text: str) -> str:
-    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                          ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$")):
-        text = text.replace(char, escaped)
-    return text
+    return "".join(LATEX_ESCAPES.get(char, char) for char in text)     # one pass: no escape is escaped again
 
 
 def pareto_front(cost: Sequence[float], quality: Sequence[float], lower_is_better: bool = True) -> np.ndarray:

@@ -57,9 +57,14 @@ class ResultStore:
         for path in sorted(self.cells_dir.glob("*.json")) if self.cells_dir.exists() else []:
             try:
                 with open(path) as fh:
-                    out[path.stem] = json.load(fh)
+                    record = json.load(fh)
             except (OSError, ValueError) as exc:
                 warnings.warn(f"ignoring unreadable result cell {path}: {exc}", stacklevel=2)
+                continue
+            if not isinstance(record, dict):
+                warnings.warn(f"ignoring result cell {path}: not a JSON object", stacklevel=2)
+                continue
+            out[path.stem] = record
         return out
 
     def load(self, suite: str | None = None, suite_version: int | None = None,
@@ -88,6 +93,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)     # as open() would create it (mkstemp makes it private)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

@@ -79,7 +79,8 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
     if suite.reference_file is not None:
         features_np, stats, held = load_reference_file(suite.reference_file, extractor.dim)
         features = None if features_np is None else torch.from_numpy(features_np)
-        described = f"{Path(suite.reference_file).name} (given: {held})"
+        digest = file_identity(suite.reference_file).rsplit("sha1 ", 1)[1].rstrip(")")   # the content, not the name
+        described = f"{Path(suite.reference_file).name} (sha1 {digest}, given: {held})"
     else:
         images = problem.reference() if images is None else images
         key = ReferenceKey(dataset=problem.dataset, split=problem.reference_split, extractor=extractor.identity,
@@ -188,7 +189,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
     keys: list[str] = []
     trajectories: dict[str, tuple[str, np.ndarray]] = {}
     grid: dict[str, np.ndarray] = {}
-    resumed = _finished_cells(suite, store, base, world) if resume else {}
+    resumed = _finished_cells(suite, store, base, world, say) if resume else {}
     if resumed:
         say(f"resuming: {len(resumed)} finished cell(s) found in {store.cells_dir} are kept, not computed again "
             f"(--force recomputes them)")
@@ -275,31 +276,52 @@ INDEPENDENT = "independent"
 INDEPENDENT_FIELDS = {"model": "independent", "solver": "none", "steps": None, "options": ""}
 
 
-def _finished_cells(suite: Suite, store: ResultStore, base: dict, world: World) -> dict[str, str]:
-    """Cell label -> stored key of every cell that a resumed run keeps (decided by rank 0, shared with all)."""
+def _finished_cells(suite: Suite, store: ResultStore, base: dict, world: World,
+                    say: Callable[[str], None] = print) -> dict[str, str]:
+    """Cell label -> stored key of every cell that a resumed run keeps (decided by rank 0, shared with all).
+
+    Kept: status ok, the same cell key (suite version, samples, seeds, extractor, reference, solver, steps,
+    options), batch size, device and timing protocol, the same checkpoint file (sha1) or, for a trained model, not
+    a checkpoint's numbers, and the bootstrap standard errors when the run asks for them. Whatever goes wrong while
+    deciding (an unreadable cell, a checkpoint that cannot be read) keeps nothing: every cell is computed again."""
     found: dict[str, str] = {}
     if world.is_main:
-        done = {key: rec for key, rec in store.records().items() if rec.get("status") == "ok"}
-        identities: dict[str, str] = {}
-        for cell in suite.cells if done else ():
-            key = cell_key({**base, **_cell_fields(cell)})
-            rec = done.get(key)
-            if rec is None:
-                continue
-            planned = batch_plan(suite.num_samples, suite.batch_size, world)[0]
-            if not suite.auto_batch and rec.get("batch_size") not in (None, planned):
-                continue     # another batch plan: rk45's steps (and NFE) would differ
-            checkpoint = suite.checkpoint(cell.model)
-            if checkpoint is not None:
-                if cell.model not in identities:
-                    identities[cell.model] = file_identity(checkpoint) if Path(checkpoint).exists() else ""
-                if rec.get("model_checkpoint") != identities[cell.model]:
-                    continue   # another file under the same name
-            found[cell.label] = key
-        key = cell_key({**base, **INDEPENDENT_FIELDS})
-        if suite.independent_row and key in done:
-            found[INDEPENDENT] = key
+        try:
+            found = _finished(suite, store, base, world)
+        except Exception as exc:
+            say(f"resume: could not read the finished cells ({type(exc).__name__}: {exc}); computing every cell")
+            found = {}
     return world.all_objects(found)[0]
+
+
+def _finished(suite: Suite, store: ResultStore, base: dict, world: World) -> dict[str, str]:
+    done = {key: rec for key, rec in store.records().items() if rec.get("status") == "ok"}
+    found: dict[str, str] = {}
+    identities: dict[str, str] = {}
+    planned = batch_plan(suite.num_samples, suite.batch_size, world)[0]
+    timing = f"warmup={WARMUP_EVALS}nfe,repeats={suite.timing_repeats},processes={world.size}"
+    for cell in suite.cells if done else ():
+        key = cell_key({**base, **_cell_fields(cell)})
+        rec = done.get(key)
+        if rec is None or rec.get("device") != base.get("device") or rec.get("timing") != timing:
+            continue     # another device or timing protocol: its wall-clock would not compare
+        if not suite.auto_batch and rec.get("batch_size") not in (None, planned):
+            continue     # another batch plan: rk45's steps (and NFE) would differ
+        if suite.bootstrap and "fid" in suite.metrics and rec.get("fid_se") is None:
+            continue     # the standard errors were not computed then
+        checkpoint = suite.checkpoint(cell.model)
+        if checkpoint is not None:
+            if cell.model not in identities:
+                identities[cell.model] = file_identity(checkpoint) if Path(checkpoint).exists() else ""
+            if rec.get("model_checkpoint") != identities[cell.model]:
+                continue   # another file under the same name
+        elif " (sha1 " in str(rec.get("model_checkpoint")):
+            continue       # a checkpoint file's numbers; this run trains (or loads from the cache) the model
+        found[cell.label] = key
+    key = cell_key({**base, **INDEPENDENT_FIELDS})
+    if suite.independent_row and key in done:
+        found[INDEPENDENT] = key
+    return found
 
 
 def _main_first(world: World, build: Callable[[bool, object], object],
