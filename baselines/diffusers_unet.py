@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from rfbench.models import DiffusionModel, linear_betas
-from rfbench.models.checkpoint import CheckpointError
+from rfbench.models.checkpoint import CheckpointError, sha1_files
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -154,13 +154,7 @@ def load_diffusers_ddpm(path: str | Path, device) -> DiffusionModel:
 
 def folder_identity(path: str | Path) -> str:
     """``name (sha1 prefix)`` over the folder's configs and weights, for the ``model_checkpoint`` column."""
-    import hashlib
     path = Path(path)
     unet_dir, scheduler_file = _folders(path)
-    digest = hashlib.sha1()
-    for file in [unet_dir / "config.json", scheduler_file, *(unet_dir / n for n in WEIGHTS)]:
-        if file.is_file():
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
-    return f"{path.name}/ (sha1 {digest.hexdigest()[:12]})"
+    files = [f for f in (unet_dir / "config.json", scheduler_file, *(unet_dir / n for n in WEIGHTS)) if f.is_file()]
+    return f"{path.name}/ (sha1 {sha1_files(*files)[:12]})"

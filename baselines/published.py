@@ -16,7 +16,6 @@ the runner then calls :func:`load_checkpoint_model` instead of training. How a f
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from baselines import BASELINES, Baseline
 from baselines.diffusers_unet import folder_identity, is_diffusers_folder, load_diffusers_ddpm
 from rfbench.models import (DiffusionModel, MLPConfig, UNetConfig, build_network, linear_betas, load_state_dict_strict,
                             read_checkpoint)
-from rfbench.models.checkpoint import FORMAT, CheckpointError
+from rfbench.models.checkpoint import FORMAT, CheckpointError, sha1_files
 from rfbench.models.ncsnpp import NCSNpp, NCSNppConfig, load_score_sde_checkpoint
 from rfbench.models.score_sde import TimeWindowFlow, VPSDEFlow
 
@@ -41,11 +40,7 @@ def file_identity(path: str | Path) -> str:
     """``name (sha1 prefix)`` of a checkpoint file (or diffusers folder), for the ``model_checkpoint`` column."""
     if Path(path).is_dir():
         return folder_identity(path)
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return f"{Path(path).name} (sha1 {digest.hexdigest()[:12]})"
+    return f"{Path(path).name} (sha1 {sha1_files(path)[:12]})"
 
 
 def _is_rfbench_file(path: Path) -> bool:

