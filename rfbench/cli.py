@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--fail-on needs --check BASELINE")
         if args.check is not None:
             baseline = load_results(args.check)
-            spread = _spread_for(args.check) if not tolerances else None
+            spread = _spread_for(args.check, baseline) if not tolerances else None
             if not tolerances and spread is None:
                 raise ValueError(f"--check {args.check}: no tolerances; pass --fail-on METRIC:+TOL or record the "
                                  f"seed-to-seed spread as {spread_path(args.check)} (rfbench spread)")
@@ -315,14 +315,14 @@ def _expected_identity(suite, baseline):
                           "n_samples": suite.num_samples, "seeds": seeds}])
 
 
-def _spread_for(baseline: Path):
+def _spread_for(baseline_path: Path, baseline: pd.DataFrame):
     """The spread file beside the baseline, checked now (its suite, version, samples, columns), not after the run."""
-    path = spread_path(baseline)
+    path = spread_path(baseline_path)
     if not path.is_file():
         return None
     spread = pd.read_csv(path)
     try:
-        check_spread(spread, load_results(baseline), column_directions())
+        check_spread(spread, baseline, column_directions())
     except GateMismatch as exc:
         raise ValueError(f"{path}: {exc}") from None
     return spread
@@ -375,7 +375,7 @@ def table_main(argv: list[str]) -> int:
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if args.plots:
-        from rfbench.results.plots import plot_quality_vs_nfe
+        from rfbench.results.plots import plot_quality_vs_costs
         quality = next((m for m in ("fid", "w2") if m in frame and frame[m].notna().any()), None)
         if quality is None:
             parser.error("--plots: these results have neither fid nor w2 to plot")
@@ -383,11 +383,8 @@ def table_main(argv: list[str]) -> int:
             args.results if args.results.is_dir() else args.results.parent)
         stem = f"{args.output.stem}_" if args.output is not None else ""
         lower = column_directions()[quality] == "lower"
-        for cost, name in (("nfe", "nfe"), ("wall_clock_s", "time")):
-            path = plot_quality_vs_nfe(frame, folder / f"{stem}{quality}_vs_{name}.{args.plots}", quality, cost,
-                                       lower)
-            if path is not None:
-                print(f"wrote {path}", file=sys.stderr)
+        for path in plot_quality_vs_costs(frame, folder, quality, lower, args.plots, prefix=stem):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

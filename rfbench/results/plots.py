@@ -63,6 +63,17 @@ def plot_quality_vs_nfe(frame: pd.DataFrame, path: str | Path, metric: str = "w2
     return path
 
 
+COSTS = (("nfe", "nfe"), ("wall_clock_s", "time"))   # (column, file-name word) of the cost axes
+
+
+def plot_quality_vs_costs(frame: pd.DataFrame, folder: str | Path, metric: str, lower_is_better: bool = True,
+                          fmt: str = "png", prefix: str = "") -> list[Path]:
+    """``PREFIX{metric}_vs_nfe.FMT`` and ``PREFIX{metric}_vs_time.FMT`` in ``folder`` (those that have points)."""
+    paths = [plot_quality_vs_nfe(frame, Path(folder) / f"{prefix}{metric}_vs_{word}.{fmt}", metric, cost,
+                                 lower_is_better) for cost, word in COSTS]
+    return [p for p in paths if p is not None]
+
+
 def plot_trajectories(trajectories: dict[str, tuple[str, np.ndarray]], target: np.ndarray, path: str | Path,
                       max_paths: int = 300) -> Path | None:
     """One panel per model: paths from x0 (blue) to samples (red) over the target samples (light).

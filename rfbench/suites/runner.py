@@ -23,7 +23,7 @@ from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWe
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
 from rfbench.models.checkpoint import sha1_files
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
-from rfbench.results.plots import plot_quality_vs_nfe, plot_sample_grid, plot_trajectories
+from rfbench.results.plots import plot_quality_vs_costs, plot_sample_grid, plot_trajectories
 from rfbench.samplers import SOLVERS, sample
 from rfbench.suites.base import Cell, Suite
 from rfbench.suites.batching import FRACTION, LIMIT, auto_batch_size
@@ -139,9 +139,9 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
               world: World | None = None, resume: bool = True, plot_format: str = "png") -> RunOutput:
     """Run every cell of ``suite`` and write ``results.csv``, ``results.md`` and plots into ``out_dir``.
 
-    ``resume``: a cell already finished in ``out_dir/cells`` (status ok, same suite version, sample count, seeds,
-    extractor, reference, batch size and checkpoint file) is kept and not computed again; a model all of whose
-    cells are kept is not even loaded. Failed cells are computed again. ``resume=False`` recomputes everything.
+    ``resume``: a cell already finished in ``out_dir/cells`` under the same conditions (:func:`_finished_cells`)
+    is kept and not computed again; a model all of whose cells are kept is not even loaded. Failed cells are
+    computed again. ``resume=False`` recomputes everything.
 
     ``extractor_options`` go to the image suite's feature extractor (for ``inception``: ``weights``, ``mode``).
     ``world``: the processes of a torchrun run (:mod:`rfbench.distributed`); each samples its share of every cell,
@@ -237,7 +237,9 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
             if plot is not None:
                 trajectories[model_name] = plot
         for cell in cells:
-            if main and keep(cell.label) or cell.label in resumed:
+            if cell.label in resumed:
+                if main:
+                    keep(cell.label)
                 continue
             bar.set_postfix_str(cell.label)
             record, samples = _run_cell(cell_suite, cell, model, x0, seeds, reference, device, images, world)
@@ -263,9 +265,8 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
         quality = suite.quality_metric
         lower = column_directions().get(quality) != "higher"
         ext = plot_format
-        for path in (plot_quality_vs_nfe(frame, out_dir / f"{quality}_vs_nfe.{ext}", quality, "nfe", lower),
-                     plot_quality_vs_nfe(frame, out_dir / f"{quality}_vs_time.{ext}", quality, "wall_clock_s", lower),
-                     plot_trajectories(trajectories, reference.numpy(), out_dir / f"trajectories.{ext}",
+        files += plot_quality_vs_costs(frame, out_dir, quality, lower, ext)
+        for path in (plot_trajectories(trajectories, reference.numpy(), out_dir / f"trajectories.{ext}",
                                        max_paths=PLOT_PATHS),
                      plot_sample_grid(grid, out_dir / f"samples.{ext}", per_row=GRID_SAMPLES)):
             if path is not None:
@@ -300,7 +301,7 @@ def _finished(suite: Suite, store: ResultStore, base: dict, world: World) -> dic
     found: dict[str, str] = {}
     identities: dict[str, str] = {}
     planned = batch_plan(suite.num_samples, suite.batch_size, world)[0]
-    timing = f"warmup={WARMUP_EVALS}nfe,repeats={suite.timing_repeats},processes={world.size}"
+    timing = _timing_protocol(suite, world)
     for cell in suite.cells if done else ():
         key = cell_key({**base, **_cell_fields(cell)})
         rec = done.get(key)
@@ -533,10 +534,15 @@ def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int
         values = _cell_metrics(suite, inputs)
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
         return failed(f"{type(exc).__name__}: {exc}")
-    timing = f"warmup={WARMUP_EVALS}nfe,repeats={suite.timing_repeats},processes={world.size}"
+    timing = _timing_protocol(suite, world)
     return {**fields, "batch_size": size, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
             "ms_per_nfe": ms_per_nfe, **values, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
             "timing": timing, "status": "ok", "error": None}, x
+
+
+def _timing_protocol(suite: Suite, world: World) -> str:
+    """The ``timing`` column: how a cell's wall-clock was measured (a resumed cell must have been timed alike)."""
+    return f"warmup={WARMUP_EVALS}nfe,repeats={suite.timing_repeats},processes={world.size}"
 
 
 @dataclass
