@@ -17,7 +17,7 @@ from rfbench.data.images import DatasetNotFoundError, check_dataset
 from rfbench.metrics.features import InceptionWeightsError, find_inception_weights
 from rfbench.metrics.reference import ReferenceFileError
 from rfbench.registry import UnknownNameError
-from rfbench.metrics import column_directions
+from rfbench.metrics import column_directions, interval_methods
 from rfbench.results import markdown_table
 from rfbench.results.gate import (K_SIGMA, GateMismatch, check_comparable, check_spread, compare, parse_tolerance,
                                  spread_path, spread_table)
@@ -355,8 +355,8 @@ def table_main(argv: list[str]) -> int:
     parser.add_argument("--columns", nargs="+", default=None, metavar="COL",
                         help="columns in this order (default: those of Table 1 that have values)")
     parser.add_argument("--intervals", action="store_true",
-                        help="value +- 1.96 standard errors (95%%) where the results hold one (COLUMN_se: "
-                             "crossing_prob, transport_cost, precision; fid and is when bootstrapped)")
+                        help="value +- 1.96 standard errors (95%%) where the results hold one (COLUMN_se), with a "
+                             "note under the table saying how each was estimated")
     parser.add_argument("--include-failed", action="store_true", help="keep failed cells (left out by default)")
     parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--plots", default=None, choices=("png", "pdf"),
@@ -365,8 +365,8 @@ def table_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         frame = load_results(args.results)
-        text = render_table(frame, args.format, args.columns, column_directions(),
-                            intervals=args.intervals, include_failed=args.include_failed)
+        text = render_table(frame, args.format, args.columns, column_directions(), intervals=args.intervals,
+                            include_failed=args.include_failed, methods=interval_methods())
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     if args.output is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from baselines import BASELINES, Baseline
 from rfbench.cli import main
-from rfbench.metrics import column_directions
+from rfbench.metrics import column_directions, interval_methods
 from rfbench.results.gate import GateMismatch, compare, parse_tolerance, spread_table
 from rfbench.results.report import pareto_front, render_table
 from rfbench.suites import SUITES, Cell
@@ -61,7 +61,13 @@ def test_tables_render_in_every_format(gate_suite, tmp_path, capsys):
     intervals = render_table(frame, "markdown", columns=["model", "transport_cost", "crossing_prob"], intervals=True)
     row = frame[frame["model"] != "independent"].iloc[0]
     assert f"{row['transport_cost']:.3f} ± {1.959963984540054 * row['transport_cost_se']:.3f}" in intervals
-    assert intervals.count("±") == 2 * len(frame)
+    table, note = intervals.split("\n\n")
+    assert table.count("±") == 2 * len(frame)
+    assert note.splitlines()[0] == "± is 1.96 standard errors (a 95% normal interval):"   # and how each was estimated
+    assert note.splitlines()[1:] == ["- Transport cost: standard error as recorded", "- Crossing prob.: standard "
+                                     "error as recorded"]                                # no methods passed here
+    w2_interval = render_table(frame, "latex", columns=["model", "w2"], intervals=True, methods=interval_methods())
+    assert "$\\pm$" in w2_interval and w2_interval.splitlines()[-1].startswith("% - W2: asymptotic: sd of the")
     csv = pd.read_csv(__import__("io").StringIO(render_table(frame, "csv", columns=["model", "nfe", "w2"])))
     assert list(csv.columns) == ["model", "nfe", "w2"] and len(csv) == 4
     with pytest.raises(ValueError, match="no column 'fidd'"):

@@ -102,3 +102,10 @@ def test_force_recomputes_and_failed_cells_are_retried(monkeypatch, tmp_path):
     (tmp_path / "out" / "cells" / "stray.json").write_text("[]")      # not a record: ignored with a warning
     with pytest.warns(UserWarning, match="stray.json: not a JSON object"):
         assert run() == full - (2 + 2)
+    # a cell from before its metric gained a column (here w2's standard error) is computed again
+    record = json.loads(cells[2].read_text())
+    assert record["w2_se"] > 0
+    del record["w2_se"]
+    cells[2].write_text(json.dumps(record))
+    assert run() == full - (2 + 1)
+    assert json.loads(cells[2].read_text())["w2_se"] > 0

@@ -13,14 +13,16 @@ import numpy as np
 import torch
 
 from rfbench.metrics.coupling import crossing_prob, segments_intersect, straightness, transport_cost
-from rfbench.metrics.distances import w2
+from rfbench.metrics.distances import w2, w2_with_se
 from rfbench.metrics.image import (GaussianStats, StatsAccumulator, bootstrap_se, fid, frechet_distance,
-                                   frechet_distance_stats, inception_score, kid, knn_radii, precision_recall)
+                                   frechet_distance_stats, inception_score, kid, kid_with_se, knn_radii,
+                                   precision_recall, recall_se)
 from rfbench.registry import Registry
 
 __all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_intersect", "straightness",
            "transport_cost", "w2", "GaussianStats", "StatsAccumulator", "fid", "frechet_distance",
-           "frechet_distance_stats", "kid", "knn_radii", "precision_recall", "inception_score"]
+           "frechet_distance_stats", "kid", "knn_radii", "precision_recall", "inception_score", "w2_with_se",
+           "kid_with_se", "recall_se", "interval_methods", "column_directions", "RESAMPLED_SE"]
 
 
 PR_K = 3   # neighbours of the precision/recall manifolds (Kynkaanniemi et al. 2019)
@@ -44,7 +46,9 @@ class MetricInput:
     reference_features: torch.Tensor | None = None
     reference_stats: GaussianStats | None = None
     reference_radii: torch.Tensor | None = None   # knn_radii(reference_features, PR_K), computed once per run
-    bootstrap: int = 0     # replicates for the bootstrap standard errors of fid and is (0: not computed)
+    # replicates of the resampling standard errors: bootstrap for fid and is, half-sampling for recall (0: those
+    # and kid's jackknife are not computed; the closed-form ones, such as w2's and precision's, always are)
+    bootstrap: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,14 @@ class Metric:
     fn: Callable[[MetricInput], dict]
     description: str = ""
     scope: str = "cell"
+    intervals: tuple[tuple[str, str], ...] = ()    # (standard-error column, how it is estimated)
 
     def __post_init__(self):
         if self.scope not in ("cell", "model"):
             raise ValueError(f"metric {self.name}: scope must be 'cell' or 'model', got {self.scope!r}")
+        unknown = [col for col, _ in self.intervals if col not in self.columns]
+        if unknown:
+            raise ValueError(f"metric {self.name}: intervals name columns it does not fill: {unknown}")
 
     def __call__(self, inputs: MetricInput) -> dict:
         out = self.fn(inputs)
@@ -81,14 +89,16 @@ def _crossing(inp: MetricInput) -> dict:
 
 def _straightness(inp: MetricInput) -> dict:
     if inp.velocities is None or inp.states is None or inp.times is None:
-        return {"straightness": None}
-    return {"straightness": straightness(inp.times, inp.states, inp.velocities)}
+        return {"straightness": None, "straightness_se": None}
+    value, se = straightness(inp.times, inp.states, inp.velocities, with_se=True)
+    return {"straightness": value, "straightness_se": se}
 
 
 def _w2(inp: MetricInput) -> dict:
     if inp.reference is None:
         raise ValueError("w2 needs reference samples of the target distribution")
-    return {"w2": w2(inp.z1, inp.reference)}
+    value, se = w2_with_se(inp.z1, inp.reference)
+    return {"w2": value, "w2_se": se}
 
 
 def _need_features(inp: MetricInput, name: str) -> None:
@@ -113,16 +123,20 @@ def _fid(inp: MetricInput) -> dict:
 
 def _kid(inp: MetricInput) -> dict:
     _need_features(inp, "kid")
-    return {"kid": kid(inp.features, inp.reference_features)}
+    value, se = kid_with_se(inp.features, inp.reference_features, with_se=bool(inp.bootstrap))
+    return {"kid": value, "kid_se": se}
 
 
 def _precision_recall(inp: MetricInput) -> dict:
     _need_features(inp, "precision_recall")
     precision, recall = precision_recall(inp.reference_features, inp.features, k=PR_K, real_radii=inp.reference_radii)
     # precision is a mean of independent per-sample indicators (the reference fixed): its binomial standard error.
-    # recall's indicators share the generated set, so they are not independent: no standard error.
+    # recall's indicators share the generated set, so they are not independent: half-sampling (when asked for).
     n = len(inp.features)
-    return {"precision": precision, "precision_se": math.sqrt(precision * (1 - precision) / n), "recall": recall}
+    recall_error = (recall_se(inp.reference_features, inp.features, k=PR_K, replicates=inp.bootstrap,
+                              real_radii=inp.reference_radii) if inp.bootstrap and n // 2 > PR_K else None)
+    return {"precision": precision, "precision_se": math.sqrt(precision * (1 - precision) / n), "recall": recall,
+            "recall_se": recall_error}
 
 
 def _inception_score(inp: MetricInput) -> dict:
@@ -136,30 +150,50 @@ def _inception_score(inp: MetricInput) -> dict:
     return {"is": inception_score(inp.logits, splits=1)[0], "is_se": se, "is_10": mean10, "is_10_std": std10}
 
 
+# standard errors that cost replicates: computed only when MetricInput.bootstrap asks for them
+RESAMPLED_SE = ("fid_se", "is_se", "kid_se", "recall_se")
+MEAN_OVER_SEEDS = "sd / sqrt(n) of per-seed values (independent seeds)"
+RESAMPLED = "(only when the suite or --bootstrap asks for replicates)"
+
 for _metric in (
     Metric("crossing_prob", ("crossing_prob", "crossing_prob_se"), False, _crossing,
-           "P(segments of two random pairs intersect), 10,000 draws; 2D only; with its standard error"),
+           "P(segments of two random pairs intersect), 10,000 draws; 2D only; with its standard error",
+           intervals=(("crossing_prob_se", "binomial over the 10,000 drawn pairs of pairs"),)),
     Metric("transport_cost", ("transport_cost", "transport_cost_se"), False,
            lambda inp: dict(zip(("transport_cost", "transport_cost_se"), transport_cost(inp.z0, inp.z1, True))),
-           "E||Z1 - Z0||^2, with its standard error"),
-    Metric("straightness", ("straightness",), False, _straightness,
+           "E||Z1 - Z0||^2, with its standard error", intervals=(("transport_cost_se", MEAN_OVER_SEEDS),)),
+    Metric("straightness", ("straightness", "straightness_se"), False, _straightness,
            "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt of the model's flow, on a fine reference trajectory",
-           scope="model"),
-    Metric("w2", ("w2",), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples"),
+           scope="model", intervals=(("straightness_se", MEAN_OVER_SEEDS),)),
+    Metric("w2", ("w2", "w2_se"), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples",
+           intervals=(("w2_se", "asymptotic: sd of the samples' optimal dual potentials / sqrt(n) (CLT of del Barrio "
+                                "and Loubes), delta method; reference fixed"),)),
     Metric("fid", ("fid", "fid_se"), False, _fid, "Frechet distance between feature Gaussians of samples and "
-           "reference; fid_se: bootstrap standard error over the samples (when the suite asks for it)"),
-    Metric("kid", ("kid",), False, _kid, "unbiased MMD^2, cubic polynomial kernel, 100 subsets of up to 1000"),
-    Metric("precision_recall", ("precision", "precision_se", "recall"), True, _precision_recall,
-           f"improved precision and recall, k={PR_K} (Kynkaanniemi et al. 2019)"),
+           "reference; fid_se: bootstrap standard error over the samples (when the suite asks for it)",
+           intervals=(("fid_se", f"bootstrap over the samples, reference fixed {RESAMPLED}"),)),
+    Metric("kid", ("kid", "kid_se"), False, _kid, "unbiased MMD^2, cubic polynomial kernel, 100 subsets of up to 1000",
+           intervals=(("kid_se", "delete-one jackknife of the full-set MMD^2 over the samples plus the subsets' "
+                                 f"variance, reference fixed {RESAMPLED}"),)),
+    Metric("precision_recall", ("precision", "precision_se", "recall", "recall_se"), True, _precision_recall,
+           f"improved precision and recall, k={PR_K} (Kynkaanniemi et al. 2019)",
+           intervals=(("precision_se", "binomial over the samples, reference fixed"),
+                      ("recall_se", f"half-sampling (delete-n/2 jackknife) over the samples, reference fixed "
+                                    f"{RESAMPLED}"))),
     Metric("inception_score", ("is", "is_se", "is_10", "is_10_std"), True, _inception_score,
            "exp E KL(p(y|x) || p(y)) on the extractor's logits: 'is' with 1 split (the rectified-flow paper), "
-           "'is_10' mean and std over 10 splits"),
+           "'is_10' mean and std over 10 splits",
+           intervals=(("is_se", f"bootstrap over the samples {RESAMPLED}"),)),
 ):
     METRICS.add(_metric.name, _metric)
 
 
 # result columns that are not metrics but still have a better direction (costs and throughput)
 COST_DIRECTIONS = {"nfe": "lower", "wall_clock_s": "lower", "ms_per_nfe": "lower", "samples_per_s": "higher"}
+
+
+def interval_methods() -> dict[str, str]:
+    """Standard-error column -> how it is estimated (from each metric's registry entry), for table notes."""
+    return {col: method for _, metric in METRICS.items() for col, method in metric.intervals}
 
 
 def column_directions() -> dict[str, str]:

@@ -77,14 +77,17 @@ def transport_cost(z0: torch.Tensor, z1: torch.Tensor, with_se: bool = False) ->
     return sq.mean().item(), se
 
 
-def straightness(times: torch.Tensor, states: torch.Tensor, velocities: torch.Tensor) -> float:
+def straightness(times: torch.Tensor, states: torch.Tensor, velocities: torch.Tensor,
+                 with_se: bool = False) -> float | tuple[float, float]:
     """S = integral_0^1 E ||(Z1 - Z0) - v(Z_t, t)||^2 dt, estimated on a trajectory (left Riemann sum).
 
     Args:
         times: (K+1,) increasing flow times from t_0 to t_K.
         states: (K+1, B, ...) the states Z_{t_k}; Z0 = states[0], Z1 = states[-1].
         velocities: (K, B, ...) the model's velocity v(Z_{t_k}, t_k) at the start of each step.
-    A path of one Euler step is straight by construction (S = 0); 0 means perfectly straight.
+    A path of one Euler step is straight by construction (S = 0); 0 means perfectly straight. With ``with_se``,
+    also its standard error: S is the mean over paths (independent seeds) of each path's own integral, so the
+    paths' standard deviation / sqrt(B).
     """
     if states.shape[0] != times.shape[0] or velocities.shape[0] != times.shape[0] - 1:
         raise ValueError(f"straightness needs K+1 times and states and K velocities; got {times.shape[0]} times, "
@@ -95,8 +98,11 @@ def straightness(times: torch.Tensor, states: torch.Tensor, velocities: torch.Te
         raise ValueError("straightness needs strictly increasing times")
     chord = (states[-1] - states[0]).to(torch.float64)
     dev = (chord.unsqueeze(0) - velocities.to(torch.float64)).reshape(velocities.shape[0], velocities.shape[1], -1)
-    per_step = dev.pow(2).sum(dim=2).mean(dim=1)  # E ||(Z1 - Z0) - v_k||^2 for each step
-    return (dt * per_step).sum().item()
+    per_path = (dt.unsqueeze(1) * dev.pow(2).sum(dim=2)).sum(dim=0)   # each path's integral, (B,)
+    if not with_se:
+        return per_path.mean().item()
+    se = per_path.std(unbiased=True).item() / math.sqrt(len(per_path)) if len(per_path) > 1 else float("nan")
+    return per_path.mean().item(), se
 
 
 def _check_pairs(z0: torch.Tensor, z1: torch.Tensor) -> None:

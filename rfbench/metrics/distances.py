@@ -11,13 +11,28 @@ import torch
 
 
 def w2(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:
-    """Exact empirical 2-Wasserstein distance between two equal-size point clouds (uniform weights).
+    """Exact empirical 2-Wasserstein distance between two equal-size point clouds: see :func:`w2_with_se`."""
+    return w2_with_se(x, y)[0]
+
+
+def w2_with_se(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> tuple[float, float | None]:
+    """Exact empirical 2-Wasserstein distance between two equal-size point clouds (uniform weights), and its
+    standard error over the samples ``x``, the reference ``y`` fixed.
 
     The optimal transport plan between uniform empirical measures of the same size is a permutation, so this is
     sqrt(min over permutations of mean ||x_i - y_perm(i)||^2) on squared Euclidean costs (float64). It is solved
     exactly with POT's network simplex (``ot.emd2``), which gives the same optimum as scipy's
     ``linear_sum_assignment`` (checked in the tests) but is faster on 2,000 points: 1.4x on good samples and 9x
     on collapsed ones (0.67 s against 6.1 s), where the assignment solver degrades.
+
+    The standard error comes free from the same solve. By the central limit theorem for empirical transport costs
+    (del Barrio and Loubes 2019; del Barrio, Gonzalez-Sanz and Loubes 2022 for a fixed discrete target),
+    sqrt(N) (W2^2_N - W2^2) tends to N(0, Var phi(X)), phi the optimal dual potential of the sample side; here phi
+    at x_i is the solver's dual variable u_i, so se(W2^2) = sd(u) / sqrt(N) and, by the delta method,
+    se(W2) = se(W2^2) / (2 W2). Against the spread of W2 over 100 independent sample sets of 500 points (an
+    8-Gaussian target; a wrong model and a perfect one) it came within 2% and 11%, at no cost; a 30-replicate
+    bootstrap of one of those sets (30 more solves) gave 31% less (tests/test_metrics.py checks 25%). None for one
+    point or W2 = 0.
     """
     x = _as_2d(x, "x")
     y = _as_2d(y, "y")
@@ -31,7 +46,10 @@ def w2(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> float:
     value, log = ot.emd2(uniform, uniform, cost, numItermax=100 * x.shape[0] ** 2, log=True)
     if log["warning"] is not None:
         raise RuntimeError(f"w2: the exact transport solver did not converge: {log['warning']}")
-    return math.sqrt(max(float(value), 0.0))
+    distance = math.sqrt(max(float(value), 0.0))
+    if x.shape[0] < 2 or distance == 0.0:
+        return distance, None
+    return distance, float(np.std(log["u"], ddof=1)) / math.sqrt(x.shape[0]) / (2 * distance)
 
 
 def _as_2d(a, name: str) -> np.ndarray:

@@ -110,11 +110,12 @@ def _cells(frame: pd.DataFrame, columns: list[str], intervals: bool) -> pd.DataF
 
 def render_table(frame: pd.DataFrame, fmt: str = "markdown", columns: Sequence[str] | None = None,
                  directions: dict[str, str] | None = None, intervals: bool = False,
-                 include_failed: bool = False) -> str:
+                 include_failed: bool = False, methods: dict[str, str] | None = None) -> str:
     """The results as a paper table. ``fmt``: markdown, latex (booktabs; the best value of each column in bold)
     or csv (full precision). Failed cells are left out unless ``include_failed``. ``intervals``: show
-    ``value ± 1.96 standard errors`` (95%, normal) where a ``COLUMN_se`` column holds one (crossing_prob,
-    transport_cost: means over independent seeds)."""
+    ``value ± 1.96 standard errors`` (95%, normal) where a ``COLUMN_se`` column holds one, and below the table
+    (a LaTeX comment there) how each shown interval was estimated: ``methods`` maps ``COLUMN_se`` to that
+    (``rfbench.metrics.interval_methods``)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     directions = directions or {}
@@ -127,7 +128,9 @@ def render_table(frame: pd.DataFrame, fmt: str = "markdown", columns: Sequence[s
     cells = _cells(frame, columns, intervals)
     if fmt == "markdown":
         headers = [HEADERS.get(c, c) for c in columns]
-        return tabulate(cells.values.tolist(), headers=headers, tablefmt="github", disable_numparse=True)
+        table = tabulate(cells.values.tolist(), headers=headers, tablefmt="github", disable_numparse=True)
+        note = _interval_note(frame, columns, methods or {}) if intervals else []
+        return table + ("\n\n" + "\n".join(note) if note else "")
     for col in columns:          # LaTeX: escape, then bold the best value of each directed column
         best = best_rows(frame, col, directions)
         cells[col] = [rf"\textbf{{{_latex(t)}}}" if i in best and t else _latex(t)
@@ -135,8 +138,18 @@ def render_table(frame: pd.DataFrame, fmt: str = "markdown", columns: Sequence[s
     align = "".join("l" if c in ("model", "solver") else "r" for c in columns)
     head = " & ".join(LATEX_HEADERS.get(c, _latex(HEADERS.get(c, c))) for c in columns)
     body = "\n".join(" & ".join(row) + r" \\" for row in cells.values.tolist())
+    note = "".join(f"% {line}\n" for line in _interval_note(frame, columns, methods or {})) if intervals else ""
     return (f"\\begin{{tabular}}{{{align}}}\n\\toprule\n{head} \\\\\n\\midrule\n{body}\n\\bottomrule\n"
-            f"\\end{{tabular}}\n")
+            f"\\end{{tabular}}\n{note}")
+
+
+def _interval_note(frame: pd.DataFrame, columns: list[str], methods: dict[str, str]) -> list[str]:
+    """Lines saying what the ± means and, for each shown column with an interval, how its error was estimated."""
+    shown = [c for c in columns if f"{c}_se" in frame and frame[f"{c}_se"].notna().any()]
+    if not shown:
+        return []
+    return ["± is 1.96 standard errors (a 95% normal interval):"] + [
+        f"- {HEADERS.get(c, c)}: {methods.get(f'{c}_se', 'standard error as recorded')}" for c in shown]
 
 
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

@@ -18,7 +18,8 @@ from baselines import BASELINES
 from baselines.cache import Cache
 from baselines.published import file_identity, load_checkpoint_model
 from rfbench.distributed import PeerFailed, World, batch_plan
-from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, column_directions, knn_radii
+from rfbench.metrics import (METRICS, PR_K, RESAMPLED_SE, GaussianStats, MetricInput, column_directions,
+                             knn_radii)
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
 from rfbench.models.checkpoint import sha1_files
@@ -284,7 +285,9 @@ def _finished_cells(suite: Suite, store: ResultStore, base: dict, world: World,
 
     Kept: status ok, the same cell key (suite version, samples, seeds, extractor, reference, solver, steps,
     options), batch size, device and timing protocol, the same checkpoint file (sha1) or, for a trained model, not
-    a checkpoint's numbers, and the bootstrap standard errors when the run asks for them. Whatever goes wrong while
+    a checkpoint's numbers, every column the suite's metrics fill now (a cell from before a metric gained a column,
+    such as a standard error, is computed again), and the resampled standard errors (bootstrap, half-sampling,
+    jackknife) when the run asks for them. Whatever goes wrong while
     deciding (an unreadable cell, a checkpoint that cannot be read) keeps nothing: every cell is computed again."""
     found: dict[str, str] = {}
     if world.is_main:
@@ -302,6 +305,13 @@ def _finished(suite: Suite, store: ResultStore, base: dict, world: World) -> dic
     identities: dict[str, str] = {}
     planned = batch_plan(suite.num_samples, suite.batch_size, world)[0]
     timing = _timing_protocol(suite, world)
+    columns = [col for name in suite.metrics for col in METRICS[name].columns]
+    resampled = [col for col in columns if col in RESAMPLED_SE] if suite.bootstrap else []
+
+    def current(rec: dict) -> bool:   # a resampled error is empty when its value is (IS without logits)
+        return (all(col in rec for col in columns)
+                and not any(rec.get(col) is None and rec.get(col[:-len("_se")]) is not None for col in resampled))
+
     for cell in suite.cells if done else ():
         key = cell_key({**base, **_cell_fields(cell)})
         rec = done.get(key)
@@ -309,8 +319,8 @@ def _finished(suite: Suite, store: ResultStore, base: dict, world: World) -> dic
             continue     # another device or timing protocol: its wall-clock would not compare
         if not suite.auto_batch and rec.get("batch_size") not in (None, planned):
             continue     # another batch plan: rk45's steps (and NFE) would differ
-        if suite.bootstrap and "fid" in suite.metrics and rec.get("fid_se") is None:
-            continue     # the standard errors were not computed then
+        if not current(rec):
+            continue     # computed before a column existed, or without the standard errors this run asks for
         checkpoint = suite.checkpoint(cell.model)
         if checkpoint is not None:
             if cell.model not in identities:
@@ -321,7 +331,7 @@ def _finished(suite: Suite, store: ResultStore, base: dict, world: World) -> dic
             continue       # a checkpoint file's numbers; this run trains (or loads from the cache) the model
         found[cell.label] = key
     key = cell_key({**base, **INDEPENDENT_FIELDS})
-    if suite.independent_row and key in done:
+    if suite.independent_row and key in done and current(done[key]):
         found[INDEPENDENT] = key
     return found
 
