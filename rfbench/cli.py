@@ -359,9 +359,10 @@ def table_main(argv: list[str]) -> int:
                              "note under the table saying how each was estimated")
     parser.add_argument("--include-failed", action="store_true", help="keep failed cells (left out by default)")
     parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
-    parser.add_argument("--plots", default=None, choices=("png", "pdf"),
-                        help="also write quality against NFE and against wall-clock (Pareto front marked) beside "
-                             "the table: beside --output, else in the results folder")
+    parser.add_argument("--plots", default=None, choices=("png", "pdf", "none"),
+                        help="quality against NFE and against wall-clock (Pareto front marked), written beside "
+                             "the table: beside --output (png unless told otherwise), else in the results folder "
+                             "(only when asked for); none: no plots")
     args = parser.parse_args(argv)
     try:
         frame = load_results(args.results)
@@ -374,16 +375,20 @@ def table_main(argv: list[str]) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    if args.plots:
+    plots = args.plots or ("png" if args.output is not None else "none")
+    if plots != "none":
         from rfbench.results.plots import plot_quality_vs_costs
         quality = next((m for m in ("fid", "w2") if m in frame and frame[m].notna().any()), None)
         if quality is None:
-            parser.error("--plots: these results have neither fid nor w2 to plot")
+            if args.plots:
+                parser.error("--plots: these results have neither fid nor w2 to plot")
+            print("no plots: these results have neither fid nor w2", file=sys.stderr)
+            return 0
         folder = args.output.parent if args.output is not None else (
             args.results if args.results.is_dir() else args.results.parent)
         stem = f"{args.output.stem}_" if args.output is not None else ""
         lower = column_directions()[quality] == "lower"
-        for path in plot_quality_vs_costs(frame, folder, quality, lower, args.plots, prefix=stem):
+        for path in plot_quality_vs_costs(frame, folder, quality, lower, plots, prefix=stem):
             print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -76,8 +76,9 @@ def test_digits_suite_runs_end_to_end_and_writes_every_column(smoke):
     independent = frame[frame["model"] == "independent"].iloc[0]
     assert independent["fid"] < sampled["fid"].min()                   # held-out real images beat tiny models
     assert independent["precision"] < 1                                # held out: not points of the reference
-    for name in ("results.csv", "results.md", "fid_vs_nfe.png", "samples.png"):
+    for name in ("results.csv", "results.md", "fid_vs_nfe.png", *(f"samples_{m}.png" for m in suite.models)):
         assert (root / "out" / name).stat().st_size > 0, name
+    assert not (root / "out" / "samples.png").exists()                # one grid per model, at a few NFEs
     assert not (root / "out" / "trajectories.png").exists()           # trajectories are drawn in 2D only
     assert sorted(out.trained) == sorted(suite.models)
 

@@ -74,7 +74,8 @@ def test_fashion_mnist_suite_runs_from_the_cli_and_falls_back_to_the_classifier(
         r"fashion-mnist_train_fashion-mnist-cnn-[0-9a-f]+_none_28_[0-9a-f]{12}\.npz \(400 images\)").all()
     assert frame["crossing_prob"].isna().all()
     assert ((frame["is"] >= 1) & (frame["is"] <= 10 + 1e-9)).all()
-    for name in ("results.csv", "results.md", "fid_vs_nfe.png", "samples.png"):
+    for name in ("results.csv", "results.md", "fid_vs_nfe.png", "samples_1-rf.png", "samples_2-rf-distill.png",
+                 "samples_ddpm.png"):
         assert (out / "run" / name).stat().st_size > 0, name
 
 

@@ -80,6 +80,13 @@ def test_tables_render_in_every_format(gate_suite, tmp_path, capsys):
     assert (tmp_path / "t1.md").read_text().startswith("| Method")
     for name in ("t1_w2_vs_nfe.pdf", "t1_w2_vs_time.pdf"):
         assert (tmp_path / name).read_bytes().startswith(b"%PDF")
+    assert main(["table", str(tmp_path / "run"), "--output", str(tmp_path / "t2.tex"), "--format", "latex",
+                 "--intervals"]) == 0                          # a table written to a file gets its plots beside it
+    assert "% - W2: asymptotic" in (tmp_path / "t2.tex").read_text()
+    for name in ("t2_w2_vs_nfe.png", "t2_w2_vs_time.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+    assert main(["table", str(tmp_path / "run"), "--output", str(tmp_path / "t3.md"), "--plots", "none"]) == 0
+    assert not list(tmp_path.glob("t3_*"))
     with pytest.raises(SystemExit):
         main(["table", str(tmp_path / "nowhere")])
     assert "no results at" in capsys.readouterr().err
@@ -165,3 +172,14 @@ def test_default_tolerances_come_from_the_seed_spread(gate_suite, tmp_path, caps
     with pytest.raises(SystemExit):
         main(["--suite", "toy2d-gate", "--check", str(tmp_path / "baseline.csv"), "--dry-run"])
     assert "the spread file is for suite_version 99, the baseline for 1" in capsys.readouterr().err
+
+
+def test_sample_grid_rows_spread_over_distinct_nfes():
+    from rfbench.results.plots import grid_rows
+    nfes = [1, 2, 4, 8, 16, 2, 3, 6, 12, 24, 127]        # euler 1..16, heun (2 NFE per step), rk45
+    assert [nfes[i] for i in grid_rows(nfes, 4)] == [1, 4, 12, 127]   # cheapest and dearest always in
+    assert grid_rows([1, 1, 2], 4) == [0, 2]                          # one row per distinct NFE, first cell kept
+    assert grid_rows([5.0, float("nan")], 4) == [0]
+    assert [nfes[i] for i in grid_rows(nfes, 1)] == [1]
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        grid_rows(nfes, 0)

@@ -104,6 +104,42 @@ def plot_trajectories(trajectories: dict[str, tuple[str, np.ndarray]], target: n
     return path
 
 
+def grid_rows(nfes: list[float], rows: int = 4) -> list[int]:
+    """Which of a model's cells get a row in its sample grid: at most ``rows`` distinct NFEs, spread evenly over the
+    sorted distinct NFEs (the cheapest and the dearest always in), the first cell in the given order for each.
+    Returns positions into ``nfes``, by increasing NFE."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    first: dict[float, int] = {}
+    for i, nfe in enumerate(nfes):
+        if nfe is not None and np.isfinite(nfe):
+            first.setdefault(float(nfe), i)
+    distinct = sorted(first)
+    if len(distinct) <= rows:
+        return [first[v] for v in distinct]
+    picks = sorted({round(j * (len(distinct) - 1) / (rows - 1)) for j in range(rows)}) if rows > 1 else [0]
+    return [first[distinct[j]] for j in picks]
+
+
+def plot_model_grids(samples: dict[str, tuple[str, float, np.ndarray]], out_dir: str | Path, ext: str = "png",
+                     rows: int = 4, per_row: int = 16) -> list[Path]:
+    """``samples_MODEL.EXT`` per model: rows at a few NFEs (:func:`grid_rows`), the same seeds in every row.
+
+    samples: cell label -> (model, NFE, images (n, C, H, W) in [-1, 1]), in the run's order."""
+    by_model: dict[str, list[tuple[str, float, np.ndarray]]] = {}
+    for label, (model, nfe, images) in samples.items():
+        by_model.setdefault(model, []).append((label, nfe, images))
+    paths = []
+    for model, cells in by_model.items():
+        chosen = [cells[i] for i in grid_rows([nfe for _, nfe, _ in cells], rows)]
+        rows_shown = {f"{label.split('/', 1)[-1]}, NFE {nfe:g}": images for label, nfe, images in chosen}
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
+        path = plot_sample_grid(rows_shown, Path(out_dir) / f"samples_{safe}.{ext}", per_row=per_row)
+        if path is not None:
+            paths.append(path)
+    return paths
+
+
 def plot_sample_grid(samples: dict[str, np.ndarray], path: str | Path, per_row: int = 16) -> Path | None:
     """One row of images per cell (the same seeds in every row, so rows compare directly).
 

@@ -24,13 +24,14 @@ from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWe
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
 from rfbench.models.checkpoint import sha1_files
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
-from rfbench.results.plots import plot_quality_vs_costs, plot_sample_grid, plot_trajectories
+from rfbench.results.plots import plot_model_grids, plot_quality_vs_costs, plot_trajectories
 from rfbench.samplers import SOLVERS, sample
 from rfbench.suites.base import Cell, Suite
 from rfbench.suites.batching import FRACTION, LIMIT, auto_batch_size
 
 PLOT_PATHS = 300  # trajectories drawn per model
-GRID_SAMPLES = 16  # images per cell in samples.png
+GRID_SAMPLES = 16  # images per row of samples_MODEL.png
+GRID_ROWS = 4      # rows (distinct NFEs) per model in samples_MODEL.png
 WARMUP_EVALS = 2   # untimed model evaluations at a cell's batch shape before its timed runs (kernels, allocator)
 
 
@@ -190,7 +191,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
         base["notes"] = "; ".join(notes)
     keys: list[str] = []
     trajectories: dict[str, tuple[str, np.ndarray]] = {}
-    grid: dict[str, np.ndarray] = {}
+    grid: dict[str, tuple[str, float, np.ndarray]] = {}   # cell label -> (model, NFE, first images)
     resumed = _finished_cells(suite, store, base, world, say) if resume else {}
     if resumed:
         say(f"resuming: {len(resumed)} finished cell(s) found in {store.cells_dir} are kept, not computed again "
@@ -247,7 +248,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
             if not main:
                 continue
             if samples is not None and images is not None:
-                grid[cell.label] = samples[:GRID_SAMPLES].numpy()
+                grid[cell.label] = (model_name, float(record["nfe"]), samples[:GRID_SAMPLES].numpy())
             if record["status"] != "ok":
                 say(f"{cell.label}: {record['error']}")
             else:
@@ -267,11 +268,10 @@ def run_suite(suite: Suite, out_dir: str | Path, *, device: str | torch.device |
         lower = column_directions().get(quality) != "higher"
         ext = plot_format
         files += plot_quality_vs_costs(frame, out_dir, quality, lower, ext)
-        for path in (plot_trajectories(trajectories, reference.numpy(), out_dir / f"trajectories.{ext}",
-                                       max_paths=PLOT_PATHS),
-                     plot_sample_grid(grid, out_dir / f"samples.{ext}", per_row=GRID_SAMPLES)):
-            if path is not None:
-                files.append(path)
+        path = plot_trajectories(trajectories, reference.numpy(), out_dir / f"trajectories.{ext}",
+                                 max_paths=PLOT_PATHS)
+        files += [path] if path is not None else []
+        files += plot_model_grids(grid, out_dir, ext, rows=GRID_ROWS, per_row=GRID_SAMPLES)
     return RunOutput(frame=frame, files=files, trained=list(cache.trained))
 
 
