@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "auto keeps the suite's). rk45's steps, hence its NFE, depend on the batch: the row "
                              "records it")
     parser.add_argument("--bootstrap", type=int, default=None, metavar="B",
-                        help="replicates of the bootstrap standard errors fid_se and is_se (0: off; default: the "
-                             "suite's, digits 100, others 0)")
+                        help="replicates of the resampled standard errors: bootstrap for fid_se and is_se, "
+                             "half-sampling for recall_se; kid_se's jackknife is on when B > 0 (0: off; default: "
+                             "the suite's, digits 100, others 0)")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help="timed runs per cell (default 1): wall_clock_s and samples_per_s come from their median, "
                              "after untimed warm-up evaluations; ms_per_nfe is the median over batches and runs")
@@ -375,7 +376,7 @@ def table_main(argv: list[str]) -> int:
         args.output.write_text(text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    plots = args.plots or ("png" if args.output is not None else "none")
+    plots = args.plots or ("png" if args.output is not None and args.format != "csv" else "none")
     if plots != "none":
         from rfbench.results.plots import plot_quality_vs_costs
         quality = next((m for m in ("fid", "w2") if m in frame and frame[m].notna().any()), None)

@@ -76,6 +76,9 @@ def test_recall_half_sampling_matches_the_spread_over_independent_sample_sets(sc
     errors = [recall_se(real, scale * rng.standard_normal((n, d)) + shift, 3, replicates=60, device="cpu",
                         real_radii=radii) for _ in range(4)]
     assert np.mean(errors) == pytest.approx(np.std(recalls, ddof=1), rel=0.25)
+    far = real + 100.0                          # no real point near any fake: recall 0 in every half, no spread
+    assert precision_recall(real, far, 3, device="cpu", real_radii=radii)[1] == 0.0
+    assert recall_se(real, far, 3, replicates=5, device="cpu", real_radii=radii) is None
     with pytest.raises(ValueError, match=r"recall_se: k must be in \[1, 2\] for halves of 6 fake rows, got 3"):
         recall_se(real, real[:6], 3, device="cpu")
 
@@ -117,5 +120,5 @@ def test_every_standard_error_says_how_it_is_estimated_and_resampled_ones_wait_t
     assert METRICS["precision_recall"](MetricInput(**inputs))["recall_se"] is None
     assert METRICS["precision_recall"](MetricInput(**inputs, bootstrap=10))["recall_se"] > 0
     two_d = torch.from_numpy(rng.normal(size=(50, 2)))
-    out = METRICS["w2"](MetricInput(z0=two_d, z1=two_d, reference=two_d + 1.0))
-    assert out["w2"] == pytest.approx(math.sqrt(2)) and out["w2_se"] >= 0
+    out = METRICS["w2"](MetricInput(z0=two_d, z1=two_d, reference=two_d.flip(0) * 2.0))
+    assert (out["w2"], out["w2_se"]) == w2_with_se(two_d, two_d.flip(0) * 2.0) and out["w2_se"] > 0

@@ -109,3 +109,24 @@ def test_force_recomputes_and_failed_cells_are_retried(monkeypatch, tmp_path):
     cells[2].write_text(json.dumps(record))
     assert run() == full - (2 + 1)
     assert json.loads(cells[2].read_text())["w2_se"] > 0
+
+
+def test_resume_keeps_the_independent_row_and_needs_the_same_replicates(monkeypatch, tmp_path):
+    flow = Counting()
+    monkeypatch.setitem(BASELINES._items, "count", Baseline("count", "flow", "test stand-in", lambda s, c, d: flow))
+    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-resume-b", models=("count",), num_samples=30,
+                                cells=(Cell("count", "euler", 1),), metrics=("w2",), bootstrap=5)
+    out = tmp_path / "out"
+
+    def run(suite) -> list[str]:
+        flow.calls = 0
+        before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")} if out.exists() else {}
+        frame = run_suite(suite, out, device="cpu", cache_dir=tmp_path / "cache", progress=False, plots=False,
+                          log=lambda msg: None).frame
+        assert frame["model"].tolist() == ["independent", "count"] and (frame["status"] == "ok").all()
+        assert (frame["bootstrap"] == suite.bootstrap).all()
+        return [p.name for p in (out / "cells").glob("*.json") if before.get(p.name) != p.stat().st_mtime_ns]
+
+    assert len(run(suite)) == 2
+    assert run(suite) == [] and flow.calls == 0           # the independent row is kept too
+    assert len(run(dataclasses.replace(suite, bootstrap=0))) == 2 and flow.calls > 0   # other replicates: redone

@@ -55,7 +55,7 @@ class Suite:
     checkpoints: tuple[tuple[str, str], ...] = ()   # (model, file) loaded instead of trained (baselines.published)
     checkpoint_only: bool = False   # models exist only as checkpoints (no recipe trains them)
     reference_file: str | None = None  # image metrics' reference from a file (--ref-stats) instead of the images
-    bootstrap: int = 0              # replicates of the bootstrap standard errors of fid and is (0: none)
+    bootstrap: int = 0              # replicates of the resampled standard errors (fid, is, recall, kid; 0: none)
     auto_batch: bool = False        # batch size per model from a GPU memory probe (suites.batching); CPU: batch_size
     timing_repeats: int = 1         # timed runs per cell: wall_clock_s is their median (the samples are the first's)
     notes: tuple[str, ...] = ()     # written into every row's notes (e.g. fewer samples than the suite's default)

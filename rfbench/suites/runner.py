@@ -18,8 +18,7 @@ from baselines import BASELINES
 from baselines.cache import Cache
 from baselines.published import file_identity, load_checkpoint_model
 from rfbench.distributed import PeerFailed, World, batch_plan
-from rfbench.metrics import (METRICS, PR_K, RESAMPLED_SE, GaussianStats, MetricInput, column_directions,
-                             knn_radii)
+from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, column_directions, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError, quantize
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
 from rfbench.models.checkpoint import sha1_files
@@ -286,8 +285,8 @@ def _finished_cells(suite: Suite, store: ResultStore, base: dict, world: World,
     Kept: status ok, the same cell key (suite version, samples, seeds, extractor, reference, solver, steps,
     options), batch size, device and timing protocol, the same checkpoint file (sha1) or, for a trained model, not
     a checkpoint's numbers, every column the suite's metrics fill now (a cell from before a metric gained a column,
-    such as a standard error, is computed again), and the resampled standard errors (bootstrap, half-sampling,
-    jackknife) when the run asks for them. Whatever goes wrong while
+    such as a standard error, is computed again), and the same number of resampling replicates (``bootstrap``:
+    the fid/is bootstrap, recall's half-sampling, kid's jackknife). Whatever goes wrong while
     deciding (an unreadable cell, a checkpoint that cannot be read) keeps nothing: every cell is computed again."""
     found: dict[str, str] = {}
     if world.is_main:
@@ -306,11 +305,9 @@ def _finished(suite: Suite, store: ResultStore, base: dict, world: World) -> dic
     planned = batch_plan(suite.num_samples, suite.batch_size, world)[0]
     timing = _timing_protocol(suite, world)
     columns = [col for name in suite.metrics for col in METRICS[name].columns]
-    resampled = [col for col in columns if col in RESAMPLED_SE] if suite.bootstrap else []
 
-    def current(rec: dict) -> bool:   # a resampled error is empty when its value is (IS without logits)
-        return (all(col in rec for col in columns)
-                and not any(rec.get(col) is None and rec.get(col[:-len("_se")]) is not None for col in resampled))
+    def current(rec: dict) -> bool:
+        return all(col in rec for col in columns) and rec.get("bootstrap", 0) == suite.bootstrap
 
     for cell in suite.cells if done else ():
         key = cell_key({**base, **_cell_fields(cell)})
@@ -437,19 +434,20 @@ def _independent_record(suite: Suite, x0: torch.Tensor, reference: torch.Tensor,
     image metrics the floor that a finite sample of real images gives."""
     x1 = suite.problem.independent_target(seeds)
     n = x1.shape[0]            # image suites: at most the held-out split's size (distinct images only)
-    values = _cell_metrics(suite, _metric_input(x0[:n], x1, reference, images))
+    values = _cell_metrics(suite, _metric_input(x0[:n], x1, reference, images, suite.bootstrap))
     fewer = {} if n == len(seeds) else {
         "n_samples": n, "seeds": f"{seeds[0]}-{seeds[n - 1]}",
         "notes": "; ".join(filter(None, [base.get("notes"), f"{n} samples: every image of the held-out split once"]))}
     return {**base, "model": "independent", "solver": "none", "steps": None, "options": "", "nfe": 0,
-            "wall_clock_s": None, "samples_per_s": None, **values, "status": "ok", "error": None, **fewer}
+            "wall_clock_s": None, "samples_per_s": None, **values, "bootstrap": suite.bootstrap, "status": "ok",
+            "error": None, **fewer}
 
 
 def _metric_input(z0: torch.Tensor, z1: torch.Tensor, reference: torch.Tensor,
-                  images: ImageEval | None) -> MetricInput:
+                  images: ImageEval | None, bootstrap: int = 0) -> MetricInput:
     if images is None:
-        return MetricInput(z0=z0, z1=z1, reference=reference)
-    return images.inputs(z0, z1)
+        return MetricInput(z0=z0, z1=z1, reference=reference, bootstrap=bootstrap)
+    return images.inputs(z0, z1, bootstrap=bootstrap)
 
 
 def _cell_metrics(suite: Suite, inputs: MetricInput) -> dict:
@@ -540,13 +538,13 @@ def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int
     ms_per_nfe = statistics.median(t for s in shares for t in s["ms_per_nfe"])
     try:
         inputs = (images.inputs(x0.cpu(), x, features, logits, bootstrap=suite.bootstrap) if images is not None
-                  else _metric_input(x0.cpu(), x, reference, None))
+                  else _metric_input(x0.cpu(), x, reference, None, suite.bootstrap))
         values = _cell_metrics(suite, inputs)
     except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
         return failed(f"{type(exc).__name__}: {exc}")
     timing = _timing_protocol(suite, world)
     return {**fields, "batch_size": size, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
-            "ms_per_nfe": ms_per_nfe, **values, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
+            "ms_per_nfe": ms_per_nfe, **values, "bootstrap": suite.bootstrap, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
             "timing": timing, "status": "ok", "error": None}, x
 
 
