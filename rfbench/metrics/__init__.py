@@ -22,7 +22,7 @@ from rfbench.registry import Registry
 __all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_intersect", "straightness",
            "transport_cost", "w2", "GaussianStats", "StatsAccumulator", "fid", "frechet_distance",
            "frechet_distance_stats", "kid", "knn_radii", "precision_recall", "inception_score", "w2_with_se",
-           "kid_with_se", "recall_se", "interval_methods", "column_directions", "RESAMPLED_SE"]
+           "kid_with_se", "recall_se", "interval_methods", "column_directions"]
 
 
 PR_K = 3   # neighbours of the precision/recall manifolds (Kynkaanniemi et al. 2019)
@@ -150,10 +150,8 @@ def _inception_score(inp: MetricInput) -> dict:
     return {"is": inception_score(inp.logits, splits=1)[0], "is_se": se, "is_10": mean10, "is_10_std": std10}
 
 
-# standard errors that cost replicates: computed only when MetricInput.bootstrap asks for them
-RESAMPLED_SE = ("fid_se", "is_se", "kid_se", "recall_se")
 MEAN_OVER_SEEDS = "sd / sqrt(n) of per-seed values (independent seeds)"
-RESAMPLED = "(only when the suite or --bootstrap asks for replicates)"
+RESAMPLED = "(only when the suite or --bootstrap asks for replicates)"   # errors that cost replicates say so
 
 for _metric in (
     Metric("crossing_prob", ("crossing_prob", "crossing_prob_se"), False, _crossing,
