@@ -22,8 +22,8 @@ COLUMNS = ("suite", "suite_version", "model", "solver", "steps", "nfe", "n_sampl
            "wall_clock_s", "samples_per_s", "ms_per_nfe", "fid", "fid_se", "is", "is_se", "is_10", "is_10_std",
            "precision", "precision_se", "recall", "recall_se", "kid", "kid_se", "crossing_prob", "crossing_prob_se",
            "transport_cost", "transport_cost_se", "straightness", "straightness_se", "model_metrics_solver", "w2",
-           "w2_se", "status", "error", "notes", "options",
-           "batch_size", "bootstrap", "solver_stats", "timing", "extractor", "reference", "model_checkpoint", "device", "dtype",
+           "w2_se", "status", "error", "notes", "options", "batch_size", "bootstrap", "solver_stats", "timing",
+           "extractor", "reference", "model_checkpoint", "device", "dtype",
            "torch_version", "rfbench_version", "python_version", "git_commit", "git_dirty", "date")
 KEY_FIELDS = ("suite", "suite_version", "model", "solver", "steps", "options", "n_samples", "seed", "extractor",
               "reference")

@@ -544,8 +544,8 @@ def _run_cell(suite: Suite, cell: Cell, model, x0: torch.Tensor, seeds: list[int
         return failed(f"{type(exc).__name__}: {exc}")
     timing = _timing_protocol(suite, world)
     return {**fields, "batch_size": size, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
-            "ms_per_nfe": ms_per_nfe, **values, "bootstrap": suite.bootstrap, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
-            "timing": timing, "status": "ok", "error": None}, x
+            "ms_per_nfe": ms_per_nfe, **values, "bootstrap": suite.bootstrap,
+            "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()), "timing": timing, "status": "ok", "error": None}, x
 
 
 def _timing_protocol(suite: Suite, world: World) -> str:
