@@ -1,28 +1,10 @@
-"""Baseline models: how each is built, trained (or loaded from the cache), with its recipe per suite.
+"""rfbench's own baselines: a plugin like any other (loaded through the entry point ``rfbench.plugins``; rfbench
+never imports this package).
 
-``BASELINES[name].load_or_train(suite, cache, device)`` returns a model for ``rfbench.sample``: a flow
-``v(x, t)`` or a ``DiffusionModel``. ``kind`` tells a suite which solvers make sense: ``"flow"`` (ODE solvers),
-``"one-step"`` (a distilled map: one Euler step) or ``"diffusion"`` (ddim, ddpm and the probability-flow ODE).
+Importing it registers its suites, each one self-contained: the problem, the cells, the metrics, the seeds and the
+recipes of its models (:mod:`baselines.toy2d`, :mod:`baselines.images`, :mod:`baselines.cifar`). How each model
+family is built, trained and cached: :mod:`baselines.rectified_flow` (1-RF, reflows, one-step distillation) and
+:mod:`baselines.ddpm`.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any, Callable
-
-from rfbench.registry import Registry
-
-
-@dataclass(frozen=True)
-class Baseline:
-    name: str
-    kind: str
-    description: str
-    load_or_train: Callable[..., Any]
-
-
-BASELINES: Registry[Baseline] = Registry("baseline")
-
-from baselines import ddpm, published, rectified_flow  # noqa: E402,F401  (register the families)
-
-__all__ = ["BASELINES", "Baseline"]
+from baselines import cifar, images, toy2d  # noqa: F401  (register the suites)

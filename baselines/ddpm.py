@@ -1,14 +1,14 @@
-"""A DDPM-style baseline: an eps-prediction network trained with DDPM's loss on the suite's data."""
+"""A DDPM-style baseline: an eps-prediction network trained with DDPM's loss (Ho et al. 2020) on the suite's data,
+sampled by ddim, ddpm or its probability-flow ODE."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
-from baselines import BASELINES, Baseline
-from baselines.rectified_flow import MNIST_NET
 from rfbench.models import (DiffusionModel, MLPConfig, UNetConfig, alphas_cumprod, build_network, linear_betas,
-                            network_spec)
+                            network_input_shape, network_spec)
+from rfbench.models.sources import Recipe
 from rfbench.training import TrainConfig, ddpm_loss, fit, seeded_init
 
 
@@ -30,32 +30,15 @@ class DDPMRecipe:
                              f"the network sees timesteps/T in [0, 1); got {self.net.time_scale:g}")
 
 
-RECIPES: dict[str, DDPMRecipe] = {
-    "toy2d": DDPMRecipe(),
-    "digits": DDPMRecipe(net=UNetConfig(image_size=8, in_channels=1, channels=16, channel_mult=(1, 2),
-                                        num_res_blocks=1, attn_resolutions=(4,), time_scale=1.0),
-                         train=TrainConfig(steps=1200, batch_size=128, lr=2e-3, ema_decay=0.995, seed=3)),
-}
-# mnist, fashion-mnist: the flows' U-Net (rectified_flow.MNIST_NET) with timestep embedding, 20k steps (GPU-sized)
-_MNIST_DDPM = DDPMRecipe(net=replace(MNIST_NET, time_scale=1.0),
-                         train=TrainConfig(steps=20_000, batch_size=128, lr=5e-4, ema_decay=0.9995, seed=3))
-RECIPES["mnist"] = _MNIST_DDPM
-RECIPES["fashion-mnist"] = _MNIST_DDPM
-
-
-def load_ddpm(suite, cache, device) -> DiffusionModel:
-    try:
-        recipe = RECIPES[suite.name]
-    except KeyError:
-        raise KeyError(f"no ddpm recipe for suite {suite.name!r}; recipes exist for: {', '.join(sorted(RECIPES))}") \
-            from None
+def load_ddpm(recipe: DDPMRecipe, problem, cache, device) -> DiffusionModel:
+    """The DDPM of a recipe, trained on the problem's data on first use and cached."""
     betas = linear_betas(recipe.num_timesteps, recipe.beta_start, recipe.beta_end)
-    spec = {"family": "ddpm", "model": "ddpm", "problem": suite.problem.to_dict(),
+    spec = {"family": "ddpm", "model": "ddpm", "problem": problem.to_dict(),
             **asdict(recipe), "net": network_spec(recipe.net)}
 
     def train():
         start = time.perf_counter()
-        loss = ddpm_loss(suite.problem.train_target(), alphas_cumprod(betas))
+        loss = ddpm_loss(problem.train_target(), alphas_cumprod(betas))
         net = seeded_init(lambda: build_network(recipe.net), recipe.train.seed)
         net, history = fit(net, loss, recipe.train, device)
         return net, {"seconds": time.perf_counter() - start, "final_loss": history[-1], "loss_history": history}
@@ -64,4 +47,22 @@ def load_ddpm(suite, cache, device) -> DiffusionModel:
     return DiffusionModel(net, betas, prediction="eps")
 
 
-BASELINES.add("ddpm", Baseline("ddpm", "diffusion", "DDPM eps-prediction, linear betas, T=1000", load_ddpm))
+@dataclass(frozen=True)
+class DDPM(Recipe):
+    """A suite's DDPM baseline: eps-prediction, linear betas."""
+
+    recipe: DDPMRecipe = DDPMRecipe()
+    kind = "diffusion"
+
+    def spec(self) -> dict:
+        return {"family": "ddpm", "model": "ddpm", "recipe": asdict(self.recipe)}
+
+    def describe(self) -> str:
+        return (f"diffusion, DDPM eps-prediction, linear betas, T={self.recipe.num_timesteps}, trained by rfbench "
+                f"(recipe {self.recipe_hash()})")
+
+    def input_shape(self, suite) -> tuple[int, ...]:
+        return network_input_shape(self.recipe.net)
+
+    def load(self, ctx) -> DiffusionModel:
+        return load_ddpm(self.recipe, ctx.suite.problem, ctx.cache, ctx.device)

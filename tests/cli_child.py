@@ -13,15 +13,15 @@ test can see which cells a rerun computed.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import torch
 
-from baselines import BASELINES, Baseline
 from rfbench.cli import main
 from rfbench.models import DiffusionModel, linear_betas
-from rfbench.suites import SUITES, Cell
+from rfbench.plugins import load_entry_points
+from rfbench.suites import SUITES, Cell, register_suite
+from tests.standins import standin
 
 NUM_SAMPLES = 64
 
@@ -67,24 +67,19 @@ def _half(x, timesteps):
 
 
 def register() -> None:
+    load_entry_points()
     base = SUITES["digits"]
     x0 = base.problem.initial(range(NUM_SAMPLES))
     threshold = float(x0[:, 0, 0, 0].max())          # only the last seed's share of the range reaches it
-    loaders = {"wave": ("flow", lambda s, c, d: Wave()),
-               "noisy": ("flow", lambda s, c, d: DiffusionModel(_half, linear_betas(100))),
-               "spike": ("flow", lambda s, c, d: Spike(threshold)),
-               "slow": ("flow", lambda s, c, d: Slow())}
-    for name, (kind, load) in loaders.items():
-        BASELINES._items[name] = Baseline(name, kind, "distributed test stand-in", load)
-    SUITES._items["digits-dist"] = dataclasses.replace(
-        base, name="digits-dist", models=("wave", "noisy", "spike"), num_samples=NUM_SAMPLES,
-        straightness_samples=16, straightness_steps=8, batch_size=8,
+    register_suite(standin(
+        base, "digits-dist", {"wave": Wave(), "noisy": DiffusionModel(_half, linear_betas(100)),
+                              "spike": Spike(threshold)},
         cells=(Cell("wave", "euler", 2), Cell("wave", "heun", 3), Cell("wave", "rk45"), Cell("noisy", "ddpm", 10),
-               Cell("spike", "euler", 1)))
-    SUITES._items["toy-slow"] = dataclasses.replace(
-        SUITES["toy2d"], name="toy-slow", models=("slow",), num_samples=40, straightness_samples=4,
-        straightness_steps=1, metrics=("w2", "transport_cost", "straightness"),
-        cells=tuple(Cell("slow", "euler", n) for n in range(1, 9)))
+               Cell("spike", "euler", 1)),
+        num_samples=NUM_SAMPLES, straightness_samples=16, straightness_steps=8, batch_size=8))
+    register_suite(standin(
+        "toy2d", "toy-slow", {"slow": Slow()}, cells=tuple(Cell("slow", "euler", n) for n in range(1, 9)),
+        num_samples=40, straightness_samples=4, straightness_steps=1, metrics=("w2", "transport_cost", "straightness")))
 
 
 if __name__ == "__main__":

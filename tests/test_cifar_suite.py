@@ -4,19 +4,22 @@ weights are not installed), through the CLI; batched sampling; the one-line erro
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
 
-from baselines import published
+from baselines.cifar import published_models
 from rfbench.cli import main
 from rfbench.metrics.features import InceptionWeightsError, find_inception_weights
 from rfbench.models.ncsnpp import NCSNpp, NCSNppConfig
 from rfbench.samplers import sample
 from rfbench.suites import SUITES
 from rfbench.suites.base import Cell
-from rfbench.suites.runner import _sample_batched
+from rfbench.suites.execute import sample_batched as _sample_batched
 from tests.image_files import write_cifar10
+from tests.standins import registered
 
 TINY = NCSNppConfig(image_size=32, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,))
 
@@ -32,7 +35,7 @@ def _official_checkpoint(path, seed: int) -> None:
                 "ema": {"decay": 0.999999, "num_updates": 1, "shadow_params": params}, "optimizer": {}}, path)
 
 
-def test_cifar_suite_runs_from_published_format_checkpoints(tmp_path, monkeypatch):
+def test_cifar_suite_runs_from_published_format_checkpoints(tmp_path):
     try:
         find_inception_weights()
     except InceptionWeightsError as exc:
@@ -42,10 +45,11 @@ def test_cifar_suite_runs_from_published_format_checkpoints(tmp_path, monkeypatc
     ckpts.mkdir()
     for seed, name in enumerate(("2-rf-distill", "vp-ode")):     # the rectified-flow and the VP-ODE adapters
         _official_checkpoint(ckpts / f"{name}.pth", seed)
-    monkeypatch.setitem(published.NETWORKS, "cifar", TINY)
-    code = main(["--suite", "cifar", "--data-dir", str(tmp_path / "data"), "--checkpoint-dir", str(ckpts),
-                 "--models", "2-rf-distill", "vp-ode", "--num-samples", "4", "--batch-size", "2",
-                 "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--quiet", "--no-plots"])
+    tiny = dataclasses.replace(SUITES["cifar"], name="cifar-tiny", models=published_models(TINY))
+    with registered(tiny):
+        code = main(["--suite", "cifar-tiny", "--data-dir", str(tmp_path / "data"), "--checkpoint-dir", str(ckpts),
+                     "--models", "2-rf-distill", "vp-ode", "--num-samples", "4", "--batch-size", "2",
+                     "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--quiet", "--no-plots"])
     assert code == 0
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["model", "solver", "error"]]
@@ -82,7 +86,7 @@ def test_missing_inputs_are_one_line_each_naming_the_flag(tmp_path, capsys):
     assert len(err) == 3
     assert err[0].startswith("benchmark.py: error: cifar10 needs --data-dir DIR")
     assert "no checkpoint for 1-rf: pass --checkpoint 1-rf=PATH or put 1-rf.pth in --checkpoint-dir" in err[1]
-    assert f"checkpoint for vp-ode not found: {tmp_path / 'no.pth'} (--checkpoint vp-ode=PATH)" in err[2]
+    assert f"checkpoint for vp-ode not found: {tmp_path / 'no.pth'} (--checkpoint or --model vp-ode=PATH)" in err[2]
     with pytest.raises(SystemExit):
         main(["--suite", "cifar", "--checkpoint", "1-rf"])
     assert "--checkpoint takes MODEL=PATH, got '1-rf'" in capsys.readouterr().err
@@ -114,7 +118,10 @@ def test_missing_inputs_ignore_models_without_cells_and_check_the_test_split(tmp
         main(["--suite", "cifar", "--data-dir", str(tmp_path / "data"), "--checkpoint-dir", str(tmp_path / "ckpts"),
               "--models", "2-rf-distill", "vp-ode", "subvp-ode", "--solvers", "euler"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lacks test_batch (CIFAR-10 test split)" in err[0]
+    assert len(err) == 2 and "lacks test_batch (CIFAR-10 test split)" in err[0]
+    assert err[1].endswith("2-rf-distill.pth is empty; expected an rfbench checkpoint, an official rectified-flow / "
+                           "score-SDE checkpoint (.pth), a diffusers UNet2DModel folder or a TorchScript file "
+                           "(torch.jit.save) of a flow model(x, t)")
 
 
 def test_auto_batch_size_needs_cuda():

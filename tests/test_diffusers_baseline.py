@@ -10,13 +10,13 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from baselines.diffusers_unet import schedule_from_config  # noqa: E402
-from baselines.published import file_identity, load_checkpoint_model  # noqa: E402
 from rfbench.cli import main  # noqa: E402
 from rfbench.models import DiffusionModel  # noqa: E402
 from rfbench.models.checkpoint import CheckpointError  # noqa: E402
+from rfbench.models.diffusers_folder import schedule_from_config  # noqa: E402
+from rfbench.models.formats import file_identity, load_model_file  # noqa: E402
+from rfbench.models.sources import ModelFile  # noqa: E402
 from rfbench.samplers import sample  # noqa: E402
-from rfbench.suites import SUITES  # noqa: E402
 
 
 def _unet(seed: int = 0):
@@ -54,16 +54,15 @@ def test_schedules_match_diffusers(schedule):
 
 def test_both_layouts_load_with_the_network_and_schedule(folders):
     root, unet = folders
-    suite = SUITES["cifar"]
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     steps = torch.tensor([0, 10, 100, 199])
     with torch.no_grad():
         expected = unet(x, steps).sample
         for name, n, prediction in (("flat", 1000, "eps"), ("pipeline", 200, "v")):
-            model = load_checkpoint_model("ddpm", root / name, suite, "cpu")
+            model = load_model_file(root / name, "cpu")
             assert isinstance(model, DiffusionModel) and model.num_timesteps == n and model.prediction == prediction
             torch.testing.assert_close(model.net(x, steps), expected, rtol=0, atol=0)
-    flat = load_checkpoint_model("ddpm", root / "flat", suite, "cpu")
+    flat = load_model_file(root / "flat", "cpu")
     torch.testing.assert_close(flat.eps(x, steps), expected, rtol=0, atol=0)   # an eps network: eps unchanged
     ddim = sample(flat, x, "ddim", 5)
     pf_ode = sample(flat, x, "euler", 2)      # the probability-flow ODE takes fractional timesteps
@@ -74,23 +73,24 @@ def test_both_layouts_load_with_the_network_and_schedule(folders):
 
 def test_bad_folders_are_one_error_naming_the_file(folders, tmp_path):
     root, unet = folders
-    suite = SUITES["cifar"]
     unet.save_pretrained(tmp_path / "no-scheduler")
     with pytest.raises(CheckpointError, match=r"no-scheduler: no scheduler_config\.json"):
-        load_checkpoint_model("ddpm", tmp_path / "no-scheduler", suite, "cpu")
+        load_model_file(tmp_path / "no-scheduler", "cpu")
     unet.save_pretrained(tmp_path / "truncated")
     (tmp_path / "truncated" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 1000}))
     weights = tmp_path / "truncated" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match=r"truncated: diffusers could not load the UNet2DModel"):
-        load_checkpoint_model("ddpm", tmp_path / "truncated", suite, "cpu")
+        load_model_file(tmp_path / "truncated", "cpu")
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     (tmp_path / "odd" / "scheduler_config.json").write_text("{}")
     with pytest.raises(CheckpointError, match=r"_class_name is 'UNet2DConditionModel'"):
-        load_checkpoint_model("ddpm", tmp_path / "odd", suite, "cpu")
-    with pytest.raises(CheckpointError, match=r"only a diffusion model \(ddpm\) loads from one"):
-        load_checkpoint_model("1-rf", root / "flat", suite, "cpu")
+        load_model_file(tmp_path / "odd", "cpu")
+    with pytest.raises(ValueError, match=r"flat \(diffusers UNet2DModel folder\) holds a diffusion model, not a "
+                                         r"flow one"):
+        ModelFile(root / "flat", kind="flow").check()
+    assert ModelFile(root / "flat").kind == "diffusion" and ModelFile(root / "flat").input_shape(None) == (3, 8, 8)
     with pytest.raises(CheckpointError, match=r"beta_schedule 'sigmoid' is not supported"):
         schedule_from_config({"num_train_timesteps": 10, "beta_schedule": "sigmoid"}, "x")
 
@@ -99,10 +99,17 @@ def test_checkpoint_dir_finds_the_ddpm_folder(folders, tmp_path, capsys):
     root, unet = folders
     (tmp_path / "ckpts").mkdir()
     unet.save_pretrained(tmp_path / "ckpts" / "ddpm")
-    with pytest.raises(SystemExit):    # only the data is missing: the folder counts as ddpm's checkpoint
+    with pytest.raises(SystemExit):    # the folder is ddpm's checkpoint; it lacks its scheduler: said before any work
         main(["--suite", "cifar", "--models", "ddpm", "1-rf", "--checkpoint-dir", str(tmp_path / "ckpts")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "cifar10 needs --data-dir" in err[0] and "no checkpoint for 1-rf" in err[1]
+    assert len(err) == 3 and "cifar10 needs --data-dir" in err[0] and "no checkpoint for 1-rf" in err[1]
+    assert "model ddpm (diffusion, from " in err[2] and "ddpm: no scheduler_config.json" in err[2]
+    (tmp_path / "ckpts" / "ddpm" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 1000}))
+    with pytest.raises(SystemExit):    # then the 8x8 test UNet does not fit CIFAR-10's 32x32 images: both shapes named
+        main(["--suite", "cifar", "--models", "ddpm", "1-rf", "--checkpoint-dir", str(tmp_path / "ckpts")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "cifar10 needs --data-dir" in err[0] and "no checkpoint for 1-rf" in err[1]
+    assert err[2].endswith("takes inputs of shape (B, 3, 8, 8); suite cifar's samples have shape (B, 3, 32, 32)")
     assert main(["--suite", "cifar", "--models", "ddpm", "--dry-run"]) == 0
     cells = capsys.readouterr().out
     assert "ddpm/ddim/10" in cells and "ddpm/ddim/100" in cells and "ddpm/ddpm/1000" in cells
@@ -120,8 +127,8 @@ def test_weights_that_do_not_match_the_config_are_refused(folders, tmp_path):
     (tmp_path / "other" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 1000}))
     with pytest.raises(CheckpointError, match=r"other: the weights do not match config\.json: 1 missing keys "
                                               r"\(conv_out\.bias\)"):
-        load_checkpoint_model("ddpm", tmp_path / "other", SUITES["cifar"], "cpu")
+        load_model_file(tmp_path / "other", "cpu")
     with pytest.raises(CheckpointError, match=r"scheduler 'ScoreSdeVeScheduler' has no discrete DDPM beta schedule"):
         schedule_from_config({"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 10}, "x")
-    clipped = load_checkpoint_model("ddpm", root / "pipeline", SUITES["cifar"], "cpu")
+    clipped = load_model_file(root / "pipeline", "cpu")
     assert "clip_sample" in clipped.notes     # DDPMScheduler's default clip_sample=True: the rows will say so

@@ -14,12 +14,14 @@ import pytest
 import torch
 
 from baselines import ddpm as ddpm_baseline
+from baselines import images as image_suites
 from baselines import rectified_flow
-from baselines.cache import Cache
 from rfbench.metrics.features import EXTRACTORS, quantize
 from rfbench.models import UNetConfig
 from rfbench.suites import SUITES
-from rfbench.suites.runner import _image_eval, run_suite
+from rfbench.suites.evaluate import image_eval
+from rfbench.suites.plan import make_plan
+from rfbench.suites.runner import run_suite
 from rfbench.training import TrainConfig
 
 TINY_NET = dict(image_size=8, in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
@@ -40,14 +42,11 @@ COLUMNS = ("suite", "model", "solver", "steps", "nfe", "n_samples", "wall_clock_
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    """The digits suite with tiny recipes for its models (a suite is its recipes too: another suite name)."""
     suite = dataclasses.replace(SUITES["digits"], name="digits-smoke", num_samples=48, straightness_samples=12,
-                                straightness_steps=10)
+                                straightness_steps=10, models=image_suites.image_models(SMOKE_FLOW, SMOKE_DDPM))
     root = tmp_path_factory.mktemp("digits")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(rectified_flow.RECIPES, "digits-smoke", SMOKE_FLOW)
-        mp.setitem(ddpm_baseline.RECIPES, "digits-smoke", SMOKE_DDPM)
-        out = run_suite(suite, root / "out", device="cpu", cache_dir=root / "cache", progress=False,
-                        log=lambda msg: None)
+    out = run_suite(suite, root / "out", device="cpu", cache_dir=root / "cache", progress=False, log=lambda msg: None)
     return suite, out, root
 
 
@@ -74,22 +73,25 @@ def test_digits_suite_runs_end_to_end_and_writes_every_column(smoke):
     assert sampled.loc[sampled["model"] == "2-rf-distill", "straightness"].isna().all()   # not a flow
     assert sampled.loc[sampled["model"] == "ddpm", "straightness"].notna().all()         # its PF-ODE is one
     assert frame["extractor"].str.startswith("digits (digits-cnn-").all()
-    assert frame["reference"].str.fullmatch(r"digits_train_digits-cnn-\w+_none_8_[0-9a-f]{12}\.npz \(1437 images\)").all()
+    assert frame["reference"].str.fullmatch(
+        r"digits_train_digits-cnn-\w+_none_8_[0-9a-f]{12}\.npz \(1437 images\)").all()
     assert (frame["is"] >= 1).all() and frame["is"].max() <= 10 + 1e-9     # 10 classes
     independent = frame[frame["model"] == "independent"].iloc[0]
     assert independent["fid"] < sampled["fid"].min()                   # held-out real images beat tiny models
     assert independent["precision"] < 1                                # held out: not points of the reference
-    for name in ("results.csv", "results.md", "fid_vs_nfe.png", *(f"samples_{m}.png" for m in suite.models)):
+    for name in ("results.csv", "results.md", "fid_vs_nfe.png", *(f"samples_{m}.png" for m in suite.model_names)):
         assert (root / "out" / name).stat().st_size > 0, name
     assert not (root / "out" / "samples.png").exists()                # one grid per model, at a few NFEs
     assert not (root / "out" / "trajectories.png").exists()           # trajectories are drawn in 2D only
-    assert sorted(out.trained) == sorted(suite.models)
+    assert sorted(out.trained) == sorted(suite.model_names)
+    assert frame.loc[frame["model"] != "independent", "model_id"].str.fullmatch(r"recipe:[0-9a-f]{12}").all()
+    assert (sampled["model_source"] == "recipe").all() and set(sampled["model_kind"]) == {"flow", "one-step",
+                                                                                        "diffusion"}
 
 
 def test_image_pipeline_is_the_same_for_real_and_generated_images(smoke):
     suite, _, root = smoke
-    cache = Cache(root / "cache", log=lambda msg: None)
-    images = _image_eval(suite, cache, torch.device("cpu"), None, lambda msg: None)
+    images = image_eval(make_plan(suite), root / "cache", torch.device("cpu"), None, lambda msg: None)
     real = suite.problem.reference()
     extractor = EXTRACTORS["digits"](root / "cache", "cpu", log=lambda msg: None)
     # reference features are the extractor's features of the quantised real images ...
@@ -112,14 +114,13 @@ def test_reference_statistics_are_keyed_by_content_and_reused(smoke, monkeypatch
     fingerprint = suite.problem.fingerprint("train")
     assert files[0].stem.endswith(fingerprint[:12])
     assert files[0].with_name(files[0].stem + ".features.npy").exists()
-    cache = Cache(root / "cache", log=lambda msg: None)
     expected = EXTRACTORS["digits"](root / "cache", "cpu", log=lambda msg: None).features(
         quantize(suite.problem.reference()))
 
     def not_again(self, images):
         raise AssertionError("reference features were computed again instead of read from the cache")
     monkeypatch.setattr(DigitsExtractor, "extract", not_again)
-    again = _image_eval(suite, cache, torch.device("cpu"), None, lambda msg: None)
+    again = image_eval(make_plan(suite), root / "cache", torch.device("cpu"), None, lambda msg: None)
     torch.testing.assert_close(again.reference_features, expected, rtol=0, atol=0)
     fresh = GaussianStats.from_features(again.reference_features)
     np_close = dict(rtol=1e-10, atol=1e-12)

@@ -4,6 +4,7 @@ scores them when no Inception weights are installed."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pandas as pd
@@ -11,15 +12,17 @@ import pytest
 import torch
 
 from baselines import ddpm as ddpm_baseline
+from baselines import images as image_suites
 from baselines import rectified_flow
 from rfbench.cli import main
 from rfbench.data.images import ImageProblem
 from rfbench.metrics import features as features_mod
 from rfbench.metrics.features import EXTRACTORS, ClassifierConfig, quantize
 from rfbench.models import UNetConfig
-from rfbench.suites import SUITES
+from rfbench.suites import SUITES, RunConfig, make_plan
 from rfbench.training import TrainConfig
 from tests.image_files import write_idx, write_mnist_folder
+from tests.standins import registered
 
 TINY_NET = dict(image_size=28, in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
                 attn_resolutions=(), groups=4)
@@ -45,15 +48,18 @@ def _no_inception_weights(mp):
     mp.setattr(features_mod, "fid_helper_weights_path", lambda: None)
 
 
+# fashion-mnist with tiny recipes for its models (a suite is its recipes too: another suite name)
+SMOKE_SUITE = dataclasses.replace(SUITES["fashion-mnist"], name="fashion-mnist-smoke",
+                                  models=image_suites.image_models(SMOKE_FLOW, SMOKE_DDPM))
+
+
 @pytest.fixture(scope="module")
 def smoke(data_dir, tmp_path_factory):
     """`benchmark.py --suite fashion-mnist --data-dir ...` with no Inception weights installed: the classifier."""
     out = tmp_path_factory.mktemp("out")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(rectified_flow.RECIPES, "fashion-mnist", SMOKE_FLOW)
-        mp.setitem(ddpm_baseline.RECIPES, "fashion-mnist", SMOKE_DDPM)
+    with pytest.MonkeyPatch.context() as mp, registered(SMOKE_SUITE):
         _no_inception_weights(mp)
-        code = main(["--suite", "fashion-mnist", "--data-dir", str(data_dir), "--num-samples", "12",
+        code = main(["--suite", "fashion-mnist-smoke", "--data-dir", str(data_dir), "--num-samples", "12",
                      "--models", "1-rf", "2-rf-distill", "ddpm", "--solvers", "euler", "ddim",
                      "--out", str(out / "run"), "--cache", str(out / "cache"), "--quiet"])
     return code, out
@@ -107,7 +113,8 @@ def test_classifier_extractor_learns_the_labels_and_is_cached_by_data(data_dir, 
 
 def test_cli_errors_for_data_dir_extractor_and_weights(data_dir, tmp_path, capsys):
     for argv, message in (
-            (["--suite", "digits", "--data-dir", str(tmp_path)], "uses sklearn's bundled digits; --data-dir does not"),
+            (["--suite", "digits", "--data-dir", str(tmp_path)], "uses digits, which is bundled with its package; "
+                                                                 "--data-dir does not apply"),
             (["--suite", "toy2d", "--data-dir", str(tmp_path)], "does not read data from disk"),
             (["--suite", "mnist", "--extractor", "digits"], "is scored with inception or classifier, not 'digits'"),
             (["--suite", "mnist", "--inception-weights", str(tmp_path / "none.pt")], "none.pt: no such file"),
@@ -127,10 +134,10 @@ def test_cli_errors_for_data_dir_extractor_and_weights(data_dir, tmp_path, capsy
     assert not (tmp_path / "cache" / "models").exists()
 
 
-def test_suite_select_replaces_data_dir_and_extractor(data_dir):
-    suite = SUITES["mnist"].select(data_dir=str(data_dir), extractor="classifier")
-    assert suite.problem.data_dir == str(data_dir) and suite.problem.dataset == "mnist"
-    assert suite.extractor == "classifier" and suite.fallback_extractor is None
+def test_a_run_plan_replaces_data_dir_and_extractor(data_dir):
+    plan = make_plan(SUITES["mnist"], RunConfig(data_dir=str(data_dir), extractor="classifier"))
+    assert plan.problem.data_dir == str(data_dir) and plan.problem.dataset == "mnist"
+    assert plan.extractor == "classifier" and plan.fallback_extractor is None
     assert SUITES["mnist"].problem.data_dir is None and SUITES["mnist"].extractors == ("inception", "classifier")
     assert SUITES["mnist"].num_samples == 10_000 and SUITES["fashion-mnist"].cells == SUITES["digits"].cells
 
@@ -159,17 +166,16 @@ def test_reference_given_as_a_file(smoke, data_dir, tmp_path):
     np.savez(tmp_path / "pool.npz", pool_3=features)
     before = pd.read_csv(out / "run" / "results.csv").set_index(["model", "solver", "steps"])
     for name in ("stats.npz", "pool.npz"):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setitem(rectified_flow.RECIPES, "fashion-mnist", SMOKE_FLOW)
-            mp.setitem(ddpm_baseline.RECIPES, "fashion-mnist", SMOKE_DDPM)
+        with pytest.MonkeyPatch.context() as mp, registered(SMOKE_SUITE):
             _no_inception_weights(mp)
-            assert main(["--suite", "fashion-mnist", "--data-dir", str(data_dir), "--num-samples", "12",
+            assert main(["--suite", "fashion-mnist-smoke", "--data-dir", str(data_dir), "--num-samples", "12",
                          "--models", "2-rf-distill", "--solvers", "euler", "--ref-stats", str(tmp_path / name),
                          "--out", str(tmp_path / f"out-{name}"), "--cache", str(out / "cache"), "--quiet",
                          "--no-plots"]) == 0
         row = pd.read_csv(tmp_path / f"out-{name}" / "results.csv").set_index(["model", "solver", "steps"]).loc[
             ("2-rf-distill", "euler", 1)]
-        assert row["fid"] == pytest.approx(before.loc[("2-rf-distill", "euler", 1), "fid"], rel=1e-7)  # np.cov round-off
+        # the same FID up to np.cov's round-off
+        assert row["fid"] == pytest.approx(before.loc[("2-rf-distill", "euler", 1), "fid"], rel=1e-7)
         if name == "stats.npz":
             assert re.fullmatch(r"stats\.npz \(sha1 [0-9a-f]{12}, given: mu/sigma of 400 images\)", row["reference"])
             assert pd.isna(row["precision"]) and pd.isna(row["kid"])
@@ -181,6 +187,7 @@ def test_reference_given_as_a_file(smoke, data_dir, tmp_path):
 
 def test_reference_file_errors(tmp_path):
     import numpy as np
+
     from rfbench.metrics.reference import ReferenceFileError, load_reference_file
     np.savez(tmp_path / "odd.npz", something=np.zeros(3))
     with pytest.raises(ValueError, match=r"odd\.npz holds something; expected 'mu' and 'sigma' \(clean-fid\) or "

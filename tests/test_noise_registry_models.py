@@ -53,7 +53,8 @@ def test_registry_refuses_duplicates_and_suggests_names():
 
     with pytest.raises(ValueError, match="widget 'alpha' is already registered"):
         reg.add("alpha", 3)
-    with pytest.raises(UnknownNameError, match=r"Unknown widget 'alpah'\. Did you mean: alpha\? Known widgets: alpha, beta"):
+    with pytest.raises(UnknownNameError, match=r"Unknown widget 'alpah'\. Did you mean: alpha\? Known widgets: "
+                                               r"alpha, beta"):
         reg["alpah"]
     assert reg.names() == ["alpha", "beta"] and "beta" in reg and len(reg) == 2
 
@@ -75,8 +76,10 @@ def test_checkpoint_errors_name_the_file_and_key(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(path, MLP(cfg), cfg.to_dict())
     with pytest.raises(CheckpointError, match="config key 'hidden' is 16 in the file, expected 32"):
-        load_checkpoint(path, MLP(MLPConfig(hidden=32, depth=2)), expected_config=MLPConfig(hidden=32, depth=2).to_dict())
-    with pytest.raises(CheckpointError, match=r"key 'net.0.weight' has shape \(16, 19\) in the file, the model expects \(32, 19\)"):
+        load_checkpoint(path, MLP(MLPConfig(hidden=32, depth=2)),
+                        expected_config=MLPConfig(hidden=32, depth=2).to_dict())
+    with pytest.raises(CheckpointError, match=r"key 'net.0.weight' has shape \(16, 19\) in the file, the model "
+                                              r"expects \(32, 19\)"):
         load_checkpoint(path, MLP(MLPConfig(hidden=32, depth=2)))
     with pytest.raises(CheckpointError, match="unexpected key\\(s\\) net.4.bias"):
         load_checkpoint(path, MLP(MLPConfig(hidden=16, depth=1)))

@@ -3,18 +3,16 @@ output of real (stand-in model) runs through the CLI."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from baselines import BASELINES, Baseline
 from rfbench.cli import main
 from rfbench.metrics import column_directions, interval_methods
 from rfbench.results.gate import GateMismatch, compare, parse_tolerance, spread_table
 from rfbench.results.report import pareto_front, render_table
-from rfbench.suites import SUITES, Cell
+from rfbench.suites import Cell
+from tests.standins import registered, standin
 
 
 class Pull:
@@ -28,13 +26,12 @@ class Pull:
 
 
 @pytest.fixture
-def gate_suite(monkeypatch):
-    monkeypatch.setitem(BASELINES._items, "pull", Baseline("pull", "flow", "test stand-in", lambda s, c, d: Pull()))
-    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-gate", models=("pull",), num_samples=400,
-                                cells=(Cell("pull", "euler", 1), Cell("pull", "euler", 4), Cell("pull", "rk45")),
-                                straightness_samples=50, straightness_steps=10)
-    monkeypatch.setitem(SUITES._items, "toy2d-gate", suite)
-    return suite
+def gate_suite():
+    suite = standin("toy2d", "toy2d-gate", {"pull": Pull()}, num_samples=400, straightness_samples=50,
+                    straightness_steps=10,
+                    cells=(Cell("pull", "euler", 1), Cell("pull", "euler", 4), Cell("pull", "rk45")))
+    with registered(suite):
+        yield suite
 
 
 def _run(tmp_path, name: str, *extra: str) -> tuple[int, pd.DataFrame]:

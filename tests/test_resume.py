@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from baselines import BASELINES, Baseline
-from rfbench.suites import SUITES, Cell
+from rfbench.suites import Cell
 from rfbench.suites.runner import run_suite
+from tests.standins import standin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,12 +71,10 @@ class Counting:
         return torch.full_like(x, 0.5)
 
 
-def test_force_recomputes_and_failed_cells_are_retried(monkeypatch, tmp_path):
+def test_force_recomputes_and_failed_cells_are_retried(tmp_path):
     flow = Counting()
-    monkeypatch.setitem(BASELINES._items, "count", Baseline("count", "flow", "test stand-in", lambda s, c, d: flow))
-    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-resume", models=("count",), num_samples=30,
-                                cells=(Cell("count", "euler", 1), Cell("count", "euler", 2)), metrics=("w2",),
-                                independent_row=False)
+    suite = standin("toy2d", "toy2d-resume", {"count": flow}, num_samples=30, metrics=("w2",), independent_row=False,
+                    cells=(Cell("count", "euler", 1), Cell("count", "euler", 2)))
 
     def run(**kw) -> int:
         flow.calls = 0
@@ -95,13 +93,18 @@ def test_force_recomputes_and_failed_cells_are_retried(monkeypatch, tmp_path):
     cells[2].write_text(json.dumps(record))
     assert run() == full - (2 + 1)       # the failed cell is computed again (with the trajectory), the other kept
     assert json.loads(cells[2].read_text())["status"] == "ok"
-    # numbers of a checkpoint file are not kept for a run that trains (or loads from the cache) the model
+    # another model under the same name (another recipe, file or factory: another model_id) is another cell
     record = json.loads(cells[1].read_text())
-    record["model_checkpoint"] = "count.pth (sha1 0123456789ab)"
-    cells[1].write_text(json.dumps(record))
+    assert record["model_id"].startswith("factory:tests.standins:") and record["model_source"] == "factory"
+    other = standin("toy2d", "toy2d-resume", {"count": lambda: flow}, num_samples=30, metrics=("w2",),
+                    independent_row=False, cells=(Cell("count", "euler", 1), Cell("count", "euler", 2)))
+    flow.calls = 0
+    frame = run_suite(other, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                      plots=False, log=lambda msg: None).frame
+    assert flow.calls == full and frame["model_id"].str.startswith("factory:tests.test_resume:").all()
     (tmp_path / "out" / "cells" / "stray.json").write_text("[]")      # not a record: ignored with a warning
     with pytest.warns(UserWarning, match="stray.json: not a JSON object"):
-        assert run() == full - (2 + 2)
+        assert run() == 0                # the first model's cells are still there, under their own keys
     # a cell from before its metric gained a column (here w2's standard error) is computed again
     record = json.loads(cells[2].read_text())
     assert record["w2_se"] > 0
@@ -111,11 +114,10 @@ def test_force_recomputes_and_failed_cells_are_retried(monkeypatch, tmp_path):
     assert json.loads(cells[2].read_text())["w2_se"] > 0
 
 
-def test_resume_keeps_the_independent_row_and_needs_the_same_replicates(monkeypatch, tmp_path):
+def test_resume_keeps_the_independent_row_and_needs_the_same_replicates(tmp_path):
     flow = Counting()
-    monkeypatch.setitem(BASELINES._items, "count", Baseline("count", "flow", "test stand-in", lambda s, c, d: flow))
-    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-resume-b", models=("count",), num_samples=30,
-                                cells=(Cell("count", "euler", 1),), metrics=("w2",), bootstrap=5)
+    suite = standin("toy2d", "toy2d-resume-b", {"count": flow}, num_samples=30, cells=(Cell("count", "euler", 1),),
+                    metrics=("w2",), bootstrap=5)
     out = tmp_path / "out"
 
     def run(suite) -> list[str]:

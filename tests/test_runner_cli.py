@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from baselines import BASELINES, Baseline
 from rfbench.cli import main
 from rfbench.results import ResultStore
 from rfbench.suites import SUITES, Cell
 from rfbench.suites.runner import run_suite
+from tests.standins import registered, standin
 
 REQUIRED_COLUMNS = ("suite", "model", "solver", "steps", "nfe", "n_samples", "seed", "wall_clock_s",
                     "samples_per_s", "crossing_prob", "transport_cost", "straightness", "w2", "device",
@@ -35,19 +35,18 @@ class NaNFlow:
         return torch.full_like(x, float("nan"))
 
 
-@pytest.fixture
-def stand_in_suite(monkeypatch):
-    def broken(suite, cache, device):
-        raise FileNotFoundError("weights file /nowhere/model.pt not found")
+def broken():
+    raise FileNotFoundError("weights file /nowhere/model.pt not found")
 
-    for name, load in (("shift", lambda s, c, d: ShiftFlow()), ("nan", lambda s, c, d: NaNFlow()),
-                       ("broken", broken)):
-        monkeypatch.setitem(BASELINES._items, name, Baseline(name, "flow", "test stand-in", load))
-    suite = dataclasses.replace(
-        SUITES["toy2d"], name="toy2d-standin", models=("shift", "nan", "broken"), num_samples=300,
-        cells=(Cell("shift", "euler", 2), Cell("shift", "rk45"), Cell("nan", "euler", 4), Cell("nan", "rk45"),
-               Cell("shift", "heun", 3), Cell("broken", "euler", 1)))
-    return suite
+
+@pytest.fixture
+def stand_in_suite():
+    suite = standin("toy2d", "toy2d-standin", {"shift": ShiftFlow(), "nan": NaNFlow(), "broken": broken},
+                    cells=(Cell("shift", "euler", 2), Cell("shift", "rk45"), Cell("nan", "euler", 4),
+                           Cell("nan", "rk45"), Cell("shift", "heun", 3), Cell("broken", "euler", 1)),
+                    num_samples=300)
+    with registered(suite):
+        yield suite
 
 
 def test_a_sweep_records_failures_and_goes_on(stand_in_suite, tmp_path):
@@ -80,13 +79,12 @@ def test_a_sweep_records_failures_and_goes_on(stand_in_suite, tmp_path):
     assert (tmp_path / "run" / "trajectories.png").stat().st_size > 0
 
 
-def test_cli_exits_non_zero_when_a_cell_failed(stand_in_suite, monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(SUITES._items, "toy2d-standin", stand_in_suite)
+def test_cli_exits_non_zero_when_a_cell_failed(stand_in_suite, tmp_path, capsys):
     code = main(["--suite", "toy2d-standin", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
                  "--models", "shift", "nan", "--quiet", "--no-plots", "--num-samples", "200"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "2 of 6 cell(s) failed (nan)" in err
+    assert "2 of 6 cell(s) failed (nan): NonFiniteError: euler (steps=4) produced non-finite samples" in err
     assert "200 samples per cell, fewer than the suite's default 300" in err
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 6
 
@@ -104,8 +102,14 @@ def test_cli_list_and_dry_run(capsys):
     (["--suite", "toy2", "--dry-run"], "Unknown suite 'toy2'. Did you mean: toy2d"),
     (["--num-samples", "1", "--dry-run"], "--num-samples must be >= 2, got 1"),
     (["--models", "4-rf", "--dry-run"], "suite toy2d has no model '4-rf'"),
-    (["--solvers", "rk23", "--dry-run"], "no cells for solver 'rk23'"),
-    (["--models", "ddpm", "--solvers", "euler", "--dry-run"], "nothing to run"),
+    (["--solvers", "rk23", "--dry-run"], "Unknown solver 'rk23'. Did you mean: rk4, rk45"),
+    (["--models", "2-rf-distill", "--solvers", "rk45", "--dry-run"], "nothing to run"),
+    (["--model", "x=/nowhere/f.pt", "--dry-run"], "'/nowhere/f.pt' is neither an existing file or folder nor "
+                                                  "package.module:function"),
+    (["--model", "x:nope=f.pt", "--dry-run"], "KIND must be one of flow, one-step, diffusion, vp, subvp"),
+    (["--plugin", "/nowhere/plugin.py", "--dry-run"], "--plugin /nowhere/plugin.py: no such file"),
+    (["--plugin", "no_such_module_xyz", "--dry-run"], "no module named 'no_such_module_xyz'"),
+    (["--models", "2-rf-distill", "--steps", "4", "--dry-run"], "--steps applies to fixed-grid and discrete"),
     (["--device", "tpu7", "--dry-run"], "is not a torch device"),
     (["--inception-weights", "x.pt", "--dry-run"], "apply to suites scored with the inception extractor; suite "
                                                    "toy2d uses no extractor"),
@@ -125,11 +129,13 @@ def test_cli_cuda_without_a_gpu(capsys):
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_a_suite_naming_an_unknown_baseline_fails_before_any_work(tmp_path):
-    suite = dataclasses.replace(SUITES["toy2d"], models=("1-rf", "1-fr"), cells=(Cell("1-fr", "euler", 1),))
-    with pytest.raises(KeyError, match="Unknown baseline '1-fr'. Did you mean: 1-rf"):
-        run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False)
+def test_a_run_naming_an_unknown_model_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="suite toy2d has no model '1-fr' and no model of that name is registered"):
+        run_suite(SUITES["toy2d"], tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                  models=("1-rf", "1-fr"))
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="cell 1-fr/euler/1 names model '1-fr', not one of the suite's models"):
+        dataclasses.replace(SUITES["toy2d"], cells=(Cell("1-fr", "euler", 1),))
 
 
 class SleepyFlow:
@@ -148,15 +154,13 @@ class SleepyFlow:
         return torch.full_like(x, 0.5)
 
 
-def test_wall_clock_is_the_median_of_timed_runs_after_an_untimed_warm_up(monkeypatch, tmp_path):
+def test_wall_clock_is_the_median_of_timed_runs_after_an_untimed_warm_up(tmp_path):
     flow = SleepyFlow([1.0, 1.0, 0.6, 0.0, 0.2])      # warm-up 2 x 1 s (untimed), then runs of 0.6, 0, 0.2 s
-    monkeypatch.setitem(BASELINES._items, "sleepy", Baseline("sleepy", "flow", "test stand-in", lambda s, c, d: flow))
-    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-timing", models=("sleepy",), num_samples=50,
-                                cells=(Cell("sleepy", "euler", 1),), metrics=("transport_cost",),
-                                quality_metric="transport_cost", independent_row=False, timing_repeats=3,
-                                straightness_samples=10)
+    suite = standin("toy2d", "toy2d-timing", {"sleepy": flow}, cells=(Cell("sleepy", "euler", 1),), num_samples=50,
+                    metrics=("transport_cost",), quality_metric="transport_cost", independent_row=False,
+                    straightness_samples=10)
     frame = run_suite(suite, tmp_path / "run", device="cpu", cache_dir=tmp_path / "cache", progress=False,
-                      plots=False, log=lambda msg: None).frame
+                      plots=False, log=lambda msg: None, repeats=3).frame
     row = frame.iloc[0]
     assert 0.2 <= row["wall_clock_s"] < 0.55                 # the median run, not the first or the warm-up
     assert row["samples_per_s"] == pytest.approx(50 / row["wall_clock_s"])
@@ -165,8 +169,7 @@ def test_wall_clock_is_the_median_of_timed_runs_after_an_untimed_warm_up(monkeyp
     assert row["transport_cost"] == pytest.approx(0.5, rel=1e-5) and not flow.sleeps
 
 
-def test_cli_repeats_batch_size_and_fewer_samples_are_recorded(stand_in_suite, monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(SUITES._items, "toy2d-standin", stand_in_suite)
+def test_cli_repeats_batch_size_and_fewer_samples_are_recorded(stand_in_suite, tmp_path, capsys):
     code = main(["--suite", "toy2d-standin", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
                  "--models", "shift", "--quiet", "--no-plots", "--num-samples", "120", "--repeats", "2",
                  "--batch-size", "auto", "--device", "cpu"])

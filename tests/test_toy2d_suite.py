@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
-from baselines import BASELINES
-from baselines.cache import Cache
 from rfbench.metrics import column_directions
+from rfbench.models.cache import Cache
+from rfbench.models.sources import LoadContext
 from rfbench.results.gate import compare, spread_path
 from rfbench.suites import SUITES
 from rfbench.suites.runner import run_suite
@@ -25,17 +26,6 @@ pytestmark = pytest.mark.slow
 
 COLUMNS = ("suite", "model", "solver", "steps", "nfe", "n_samples", "seed", "wall_clock_s", "samples_per_s",
            "crossing_prob", "transport_cost", "straightness", "w2", "device", "torch_version", "git_commit")
-
-
-@pytest.fixture(scope="module")
-def toy2d(tmp_path_factory):
-    """The toy2d suite from a cold cache: a fresh folder, or $RFBENCH_CI_CACHE when .ci/run passes an empty one so
-    that its regression gate reuses the trained models instead of training them again."""
-    root = tmp_path_factory.mktemp("toy2d")
-    cache = Path(os.environ.get("RFBENCH_CI_CACHE") or root / "cache")
-    out = run_suite(SUITES["toy2d"], root / "out", device="cpu", cache_dir=cache, progress=False,
-                    log=lambda msg: None)
-    return out, root, cache
 
 
 def _cell(frame: pd.DataFrame, model: str, solver: str, steps=None) -> pd.Series:
@@ -52,7 +42,7 @@ def test_every_cell_ran_and_wrote_every_column(toy2d):
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["model", "solver", "error"]]
     for col in COLUMNS:
         assert col in frame.columns
-    assert sorted(out.trained) == sorted(suite.models)
+    assert sorted(out.trained) == sorted(suite.model_names)
     for name in ("results.csv", "results.md", "w2_vs_nfe.png", "trajectories.png"):
         assert (root / "out" / name).stat().st_size > 0
     fixed = frame[frame["solver"].isin(["euler", "heun"])]
@@ -63,8 +53,9 @@ def test_every_cell_ran_and_wrote_every_column(toy2d):
 def test_a_second_run_trains_nothing(toy2d):
     _, root, cache_dir = toy2d
     cache = Cache(cache_dir, log=lambda msg: None)
-    for model in SUITES["toy2d"].models:
-        BASELINES[model].load_or_train(SUITES["toy2d"], cache, "cpu")
+    suite = SUITES["toy2d"]
+    for model in suite.models:
+        model.source.load(LoadContext(suite, cache, torch.device("cpu"), lambda msg: None))
     assert cache.trained == []
 
 
@@ -111,9 +102,8 @@ def test_the_run_passes_the_recorded_regression_gate(toy2d):
                     reason="trains three more flows (about 2.5 minutes on 2 CPU cores; the CI test run must stay under "
                            "10 minutes); set RFBENCH_FULL_SUITES=1 to run it")
 def test_transfer_suite_straightens_a_data_to_data_coupling(tmp_path):
-    suite = SUITES["toy2d-transfer"].select(solvers=["euler", "rk45"])
-    frame = run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False,
-                      plots=False, log=lambda msg: None).frame
+    frame = run_suite(SUITES["toy2d-transfer"], tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache",
+                      progress=False, plots=False, log=lambda msg: None, solvers=("euler", "rk45")).frame
     assert (frame["status"] == "ok").all()
     indep = frame[frame["model"] == "independent"].iloc[0]
     cost = [_cell(frame, f"{k}-rf", "rk45")["transport_cost"] for k in (1, 2, 3)]

@@ -110,5 +110,5 @@ def test_image_problem_is_seeded_and_checks_shapes():
         ImageProblem("digits", (3, 8, 8)).train_target()
     with pytest.raises(ValueError, match="unknown image dataset 'cifar'"):
         ImageProblem("cifar", (3, 32, 32))
-    with pytest.raises(ValueError, match="unknown image dataset"):
+    with pytest.raises(KeyError, match="Unknown dataset 'nope'. Known datasets: cifar10, digits"):
         load_images("nope", "train")

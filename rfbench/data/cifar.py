@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rfbench.data.images import DatasetNotFoundError
+from rfbench.data.base import DatasetNotFoundError, dequantize
+from rfbench.data.registry import Dataset, register_dataset
 
 FOLDER = "cifar-10-batches-py"
 FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -52,8 +53,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetNotFoundError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
     if labels.shape != (data.shape[0],) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
-        raise DatasetNotFoundError(f"{path}: {labels.shape[0] if labels.ndim else 0} labels for {data.shape[0]} images; "
-                                   f"expected one label in 0-9 per image")
+        raise DatasetNotFoundError(f"{path}: {labels.shape[0] if labels.ndim else 0} labels for {data.shape[0]} "
+                                   f"images; expected one label in 0-9 per image")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
@@ -78,5 +79,9 @@ def load_cifar10_uint8(split: str = "train", data_dir: str | Path | None = None)
 def load_cifar10(split: str = "train", data_dir: str | Path | None = None):
     """float32 (N, 3, 32, 32) in [-1, 1] (uint8 v -> v / 127.5 - 1)."""
     import torch
-    from rfbench.data.images import dequantize
     return dequantize(torch.from_numpy(load_cifar10_uint8(split, data_dir)[0]))
+
+
+register_dataset(Dataset("cifar10", load_cifar10, check=check_cifar10,
+                         files=lambda data_dir: Path(data_dir).expanduser() if data_dir else None,
+                         description="CIFAR-10 python version (cifar-10-batches-py), 50,000 train / 10,000 test"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rfbench.data.registry import Dataset, register_dataset
+
 SPLIT_SEED = 0
 NUM_HELD_OUT = 360  # 20 % of 1,797
 
@@ -24,3 +26,7 @@ def load_digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.from_numpy(np.random.default_rng(SPLIT_SEED).permutation(len(labels)))
     idx = order[NUM_HELD_OUT:] if split == "train" else order[:NUM_HELD_OUT]
     return images[idx], labels[idx]
+
+
+register_dataset(Dataset("digits", lambda split, data_dir: load_digits(split)[0], splits=("train", "test", "all"),
+                         bundled=True, description="sklearn's bundled 8x8 digits, 1,437 train / 360 test"))

@@ -8,47 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from rfbench import noise
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Samples in [-1, 1] -> uint8 in [0, 255], rounding as a saved PNG would (values outside are clipped)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def dequantize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 in [0, 255] -> float32 in [-1, 1] (v / 127.5 - 1); ``quantize`` gives the bytes back exactly."""
-    return images.float() / 127.5 - 1
-
-
-def image_fingerprint(images: torch.Tensor) -> str:
-    """SHA-1 of images as saved (quantised bytes): identifies a data set wherever it was read from."""
-    import hashlib
-    return hashlib.sha1(quantize(images).numpy().tobytes()).hexdigest()
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data folder is missing or does not hold the expected files."""
-
-
-# dataset name -> loader(split, data_dir) -> images (N, C, H, W) in [-1, 1]
-LOADERS: dict[str, Callable[[str, str | None], torch.Tensor]] = {}
-
-
-def _digits(split: str, data_dir: str | None) -> torch.Tensor:
-    from rfbench.data.digits import load_digits
-    return load_digits(split)[0]
-
-
-def _mnist(dataset: str) -> Callable[[str, str | None], torch.Tensor]:
-    def load(split: str, data_dir: str | None) -> torch.Tensor:
-        from rfbench.data.mnist import load_mnist
-        return load_mnist(dataset, split, data_dir)
-    return load
-
+from rfbench.data.base import DatasetNotFoundError, dequantize, image_fingerprint, quantize  # noqa: F401 (public)
+from rfbench.data.registry import DATASETS, Dataset, check_dataset, files_signature, load_images, register_dataset  # noqa: F401
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -66,8 +32,8 @@ def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tenso
     if (root / split).is_dir():
         root = root / split
     elif split != "train" and root.is_dir():
-        raise DatasetNotFoundError(f"{root} has no {split}/ subfolder; without train/ and {split}/ subfolders every image "
-                                f"is the train split")
+        raise DatasetNotFoundError(f"{root} has no {split}/ subfolder; without train/ and {split}/ subfolders every "
+                                   f"image is the train split")
     if not root.is_dir():
         raise DatasetNotFoundError(f"--data-dir {root} is not a folder; expected a folder of PNG or JPEG images")
     files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
@@ -86,56 +52,8 @@ def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tenso
     return dequantize(torch.from_numpy(np.stack(arrays)))
 
 
-LOADERS["digits"] = _digits
-LOADERS["mnist"] = _mnist("mnist")
-LOADERS["fashion-mnist"] = _mnist("fashion-mnist")
-LOADERS["folder"] = lambda split, data_dir: load_image_folder(data_dir, split)
-
-
-def _cifar10(split: str, data_dir: str | None) -> torch.Tensor:
-    from rfbench.data.cifar import load_cifar10
-    return load_cifar10(split, data_dir)
-
-
-LOADERS["cifar10"] = _cifar10
-
-
-def load_images(dataset: str, split: str, data_dir: str | None = None) -> torch.Tensor:
-    try:
-        loader = LOADERS[dataset]
-    except KeyError:
-        raise ValueError(f"unknown image dataset {dataset!r}; known: {', '.join(sorted(LOADERS))}") from None
-    images = loader(split, data_dir)
-    if images.ndim != 4 or images.dtype != torch.float32:
-        raise ValueError(f"dataset {dataset} ({split}) gave {images.dtype} {tuple(images.shape)}; the loader must "
-                         f"return float32 (N, C, H, W) in [-1, 1]")
-    return images
-
-
-def _files_signature(dataset: str, data_dir: str | None) -> tuple:
-    """(path, size, mtime) of every file a dataset may be read from; () for data bundled with a package."""
-    if dataset == "digits":
-        return ()
-    if data_dir is None and dataset in ("mnist", "fashion-mnist"):
-        from rfbench.data.mnist import _default_dir
-        root = _default_dir(dataset)
-    else:
-        root = Path(data_dir).expanduser() if data_dir is not None else None
-    if root is None or not root.exists():
-        return ()
-    files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
-    return tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
-
-
-def check_dataset(dataset: str, split: str, data_dir: str | None) -> None:
-    """Raise the loader's DatasetNotFoundError (naming the folder and the files expected) when a dataset read from
-    files is not there; cheap: nothing is read."""
-    if dataset == "cifar10":
-        from rfbench.data.cifar import check_cifar10
-        check_cifar10(split, data_dir)
-    elif dataset in ("mnist", "fashion-mnist"):
-        from rfbench.data.mnist import check_mnist
-        check_mnist(dataset, split, data_dir)
+register_dataset(Dataset("folder", lambda split, data_dir: load_image_folder(data_dir, split),
+                         description="every PNG/JPEG under --data-dir (train/ and test/ subfolders, when present)"))
 
 
 @dataclass(frozen=True)
@@ -156,8 +74,8 @@ class ImageProblem:
         object.__setattr__(self, "shape", tuple(self.shape))
         if len(self.shape) != 3 or min(self.shape) < 1:
             raise ValueError(f"ImageProblem.shape must be (C, H, W), got {self.shape}")
-        if self.dataset not in LOADERS:
-            raise ValueError(f"unknown image dataset {self.dataset!r}; known: {', '.join(sorted(LOADERS))}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown image dataset {self.dataset!r}; known: {', '.join(DATASETS.names())}")
 
     def _load(self, split: str) -> torch.Tensor:
         images = load_images(self.dataset, split, self.data_dir)
@@ -183,7 +101,7 @@ class ImageProblem:
         """:func:`image_fingerprint` of a split (``images``: the split, when already loaded). Every model's cache
         spec carries it and hashing MNIST's training set takes seconds, so it is remembered, keyed by the size and
         modification time of the data files: files changed on disk are hashed again."""
-        key = (split, _files_signature(self.dataset, self.data_dir))
+        key = (split, files_signature(self.dataset, self.data_dir))
         if key not in self._fingerprints:
             self._fingerprints[key] = image_fingerprint(self._load(split) if images is None else images)
         return self._fingerprints[key]

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rfbench.data.images import DatasetNotFoundError
+from rfbench.data.base import DatasetNotFoundError, dequantize
+from rfbench.data.registry import Dataset, register_dataset
 
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
@@ -40,8 +41,8 @@ def _read_idx(path: Path, magic: bytes, dims: int, what: str) -> np.ndarray:
         raise DatasetNotFoundError(f"{path}: cannot read ({exc})") from None
     header = 4 + 4 * dims
     if len(data) < header or data[:4] != magic:
-        raise DatasetNotFoundError(f"{path} is not an IDX{dims} uint8 {what} file (magic {data[:4].hex() or 'missing'}, "
-                                   f"expected {magic.hex()})")
+        raise DatasetNotFoundError(f"{path} is not an IDX{dims} uint8 {what} file (magic "
+                                   f"{data[:4].hex() or 'missing'}, expected {magic.hex()})")
     shape = tuple(int.from_bytes(data[i:i + 4], "big") for i in range(4, header, 4))
     size = int(np.prod(shape))
     if len(data) != header + size:
@@ -192,5 +193,17 @@ def load_mnist_labels(dataset: str, split: str = "train", data_dir: str | Path |
 
 def load_mnist(dataset: str, split: str = "train", data_dir: str | Path | None = None) -> torch.Tensor:
     """float32 (N, 1, 28, 28) in [-1, 1] (uint8 v -> v / 127.5 - 1, so quantising gives the stored bytes back)."""
-    from rfbench.data.images import dequantize
     return dequantize(torch.from_numpy(load_mnist_uint8(dataset, split, data_dir)).unsqueeze(1))
+
+
+def _files(dataset: str):
+    def files(data_dir: str | None) -> Path | None:
+        return Path(data_dir).expanduser() if data_dir is not None else _default_dir(dataset)
+    return files
+
+
+for _name, _title in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST")):
+    register_dataset(Dataset(_name, lambda split, data_dir, _name=_name: load_mnist(_name, split, data_dir),
+                             check=lambda split, data_dir, _name=_name: check_mnist(_name, split, data_dir),
+                             files=_files(_name), description=f"{_title} 28x28 (IDX files or mnist.pkl.gz), "
+                                                                f"60,000 train / 10,000 test"))

@@ -22,7 +22,7 @@ from rfbench.registry import Registry
 __all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_intersect", "straightness",
            "transport_cost", "w2", "GaussianStats", "StatsAccumulator", "fid", "frechet_distance",
            "frechet_distance_stats", "kid", "knn_radii", "precision_recall", "inception_score", "w2_with_se",
-           "kid_with_se", "recall_se", "interval_methods", "column_directions"]
+           "kid_with_se", "recall_se", "interval_methods", "column_directions", "register_metric", "NEEDS", "PR_K"]
 
 
 PR_K = 3   # neighbours of the precision/recall manifolds (Kynkaanniemi et al. 2019)
@@ -35,7 +35,7 @@ class MetricInput:
     Image suites add features (N, D) and logits (N, K) of the samples (logits None when the extractor has no
     classifier head), and reference_features (M, D) with their statistics."""
 
-    z0: torch.Tensor
+    z0: torch.Tensor | None          # None: samples scored from a file without their source points
     z1: torch.Tensor
     reference: torch.Tensor | None = None
     times: torch.Tensor | None = None
@@ -51,10 +51,17 @@ class MetricInput:
     bootstrap: int = 0
 
 
+NEEDS = ("reference", "features", "logits", "reference_features", "reference_radii", "trajectory")
+
+
 @dataclass(frozen=True)
 class Metric:
     """A registered metric. scope: ``"cell"`` (computed on each cell's samples) or ``"model"`` (a property of the
-    model's flow, computed once per model on a fine reference trajectory and reported on each of its rows)."""
+    model's flow, computed once per model on a fine reference trajectory and reported on each of its rows).
+    ``needs``: what of :class:`MetricInput` it reads beyond the coupling (z0, z1): held-out target samples
+    (``reference``), the samples' ``features`` or ``logits``, the reference set's features (``reference_features``:
+    a reference given as statistics only leaves the metric empty) and their k-NN radii (``reference_radii``), or
+    the model's ``trajectory``. The runner prepares exactly what the suite's metrics need."""
 
     name: str
     columns: tuple[str, ...]
@@ -63,10 +70,16 @@ class Metric:
     description: str = ""
     scope: str = "cell"
     intervals: tuple[tuple[str, str], ...] = ()    # (standard-error column, how it is estimated)
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.scope not in ("cell", "model"):
             raise ValueError(f"metric {self.name}: scope must be 'cell' or 'model', got {self.scope!r}")
+        unknown_needs = [n for n in self.needs if n not in NEEDS]
+        if unknown_needs:
+            raise ValueError(f"metric {self.name}: needs {unknown_needs}; a metric may need {', '.join(NEEDS)}")
+        if not self.columns or not all(isinstance(c, str) and c for c in self.columns):
+            raise ValueError(f"metric {self.name}: columns must be a non-empty tuple of names, got {self.columns!r}")
         unknown = [col for col, _ in self.intervals if col not in self.columns]
         if unknown:
             raise ValueError(f"metric {self.name}: intervals name columns it does not fill: {unknown}")
@@ -162,27 +175,41 @@ for _metric in (
            "E||Z1 - Z0||^2, with its standard error", intervals=(("transport_cost_se", MEAN_OVER_SEEDS),)),
     Metric("straightness", ("straightness", "straightness_se"), False, _straightness,
            "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt of the model's flow, on a fine reference trajectory",
-           scope="model", intervals=(("straightness_se", MEAN_OVER_SEEDS),)),
+           scope="model", intervals=(("straightness_se", MEAN_OVER_SEEDS),), needs=("trajectory",)),
     Metric("w2", ("w2", "w2_se"), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples",
            intervals=(("w2_se", "asymptotic: sd of the samples' optimal dual potentials / sqrt(n) (CLT of del Barrio "
-                                "and Loubes), delta method; reference fixed"),)),
+                                "and Loubes), delta method; reference fixed"),), needs=("reference",)),
     Metric("fid", ("fid", "fid_se"), False, _fid, "Frechet distance between feature Gaussians of samples and "
            "reference; fid_se: bootstrap standard error over the samples (when the suite asks for it)",
-           intervals=(("fid_se", f"bootstrap over the samples, reference fixed {RESAMPLED}"),)),
+           intervals=(("fid_se", f"bootstrap over the samples, reference fixed {RESAMPLED}"),), needs=("features",)),
     Metric("kid", ("kid", "kid_se"), False, _kid, "unbiased MMD^2, cubic polynomial kernel, 100 subsets of up to 1000",
            intervals=(("kid_se", "delete-one jackknife of the full-set MMD^2 over the samples plus the subsets' "
-                                 f"variance, reference fixed {RESAMPLED}"),)),
+                                 f"variance, reference fixed {RESAMPLED}"),),
+           needs=("features", "reference_features")),
     Metric("precision_recall", ("precision", "precision_se", "recall", "recall_se"), True, _precision_recall,
            f"improved precision and recall, k={PR_K} (Kynkaanniemi et al. 2019)",
            intervals=(("precision_se", "binomial over the samples, reference fixed"),
                       ("recall_se", f"half-sampling (delete-n/2 jackknife) over the samples, reference fixed "
-                                    f"{RESAMPLED}"))),
+                                    f"{RESAMPLED}")),
+           needs=("features", "reference_features", "reference_radii")),
     Metric("inception_score", ("is", "is_se", "is_10", "is_10_std"), True, _inception_score,
            "exp E KL(p(y|x) || p(y)) on the extractor's logits: 'is' with 1 split (the rectified-flow paper), "
            "'is_10' mean and std over 10 splits",
-           intervals=(("is_se", f"bootstrap over the samples {RESAMPLED}"),)),
+           intervals=(("is_se", f"bootstrap over the samples {RESAMPLED}"),), needs=("logits",)),
 ):
     METRICS.add(_metric.name, _metric)
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Register a metric (a plugin's own metric is registered the same way as rfbench's). Its columns must not be
+    another metric's."""
+    if not isinstance(metric, Metric):
+        raise TypeError(f"register_metric takes an rfbench.metrics.Metric, got {type(metric).__name__}")
+    taken = {col: name for name, other in METRICS.items() for col in other.columns}
+    clash = [f"{col} (of {taken[col]})" for col in metric.columns if col in taken]
+    if clash:
+        raise ValueError(f"metric {metric.name}: column(s) {', '.join(clash)} are taken")
+    return METRICS.add(metric.name, metric)
 
 
 # result columns that are not metrics but still have a better direction (costs and throughput)

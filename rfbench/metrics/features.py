@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rfbench.data.images import dequantize, quantize  # noqa: F401  (quantize: public here too)
-from rfbench.models.checkpoint import (CheckpointError, config_hash, jsonable, load_checkpoint, save_checkpoint,
-                                      sha1_files)
+from rfbench.data.base import dequantize, quantize  # noqa: F401  (quantize: public here too)
+from rfbench.files import sha1_files
+from rfbench.models.checkpoint import CheckpointError, config_hash, jsonable, load_checkpoint, save_checkpoint
 from rfbench.registry import Registry
 
 
@@ -58,8 +58,17 @@ class MissingLogitsError(RuntimeError):
     """The extractor's weights have no classifier head (so no Inception Score)."""
 
 
-# name -> factory(cache_dir, device) -> FeatureExtractor
+# name -> factory(cache_dir, device, *, log, problem, **options) -> FeatureExtractor
 EXTRACTORS: Registry[Callable[..., FeatureExtractor]] = Registry("feature extractor")
+
+
+def register_extractor(name: str, factory: Callable[..., FeatureExtractor]) -> Callable[..., FeatureExtractor]:
+    """Register a feature extractor (as torch-fidelity's ``register_feature_extractor``): ``factory(cache_dir,
+    device, *, log, problem, **options)`` returns a :class:`FeatureExtractor`, whose ``extract(uint8 images)`` gives
+    (features (N, dim) float64, logits (N, classes) or None). Suites name it by ``name``."""
+    if not callable(factory):
+        raise TypeError(f"extractor {name}: the factory must be callable, got {type(factory).__name__}")
+    return EXTRACTORS.add(name, factory)
 
 
 # -- digits: a small CNN trained by rfbench on sklearn's digits -------------------------------------------------
@@ -169,9 +178,9 @@ class ClassifierExtractor(FeatureExtractor):
         x = _check_uint8(self.name, images, self.shape)
         feats, logits = [], []
         for chunk in x.split(self.batch_size):
-            f, l = self.net(chunk.to(self.device))
+            f, lg = self.net(chunk.to(self.device))
             feats.append(f.double().cpu())
-            logits.append(l.double().cpu())
+            logits.append(lg.double().cpu())
         if not feats:
             return torch.zeros(0, self.dim, dtype=torch.float64), torch.zeros(0, 10, dtype=torch.float64)
         return torch.cat(feats), torch.cat(logits)
@@ -360,7 +369,7 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> InceptionWe
 def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
     import warnings
     try:
-        with warnings.catch_warnings():  # torch.jit.load is deprecated in favour of torch.export; the files are TorchScript
+        with warnings.catch_warnings():  # torch.jit.load is deprecated for torch.export; the files are TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # torch raises RuntimeError or ValueError for a truncated or foreign file
@@ -437,6 +446,7 @@ class InceptionExtractor(FeatureExtractor):
         (PIL releases the GIL while resizing: 2 ms/image on 2 threads vs 3.9 ms serially for 32x32 -> 299).
         Grayscale stays one channel here."""
         from concurrent.futures import ThreadPoolExecutor
+
         from PIL import Image
         hwc = images.permute(0, 2, 3, 1).numpy()
 
@@ -470,10 +480,10 @@ class InceptionExtractor(FeatureExtractor):
         self._check(images)
         feats, logits = [], []
         for chunk in images.cpu().split(self.batch_size):
-            f, l = self._batch(chunk)
+            f, lg = self._batch(chunk)
             feats.append(f.double().cpu())
-            if l is not None:
-                logits.append(l.double().cpu())
+            if lg is not None:
+                logits.append(lg.double().cpu())
         if not feats:
             return torch.zeros(0, 2048, dtype=torch.float64), None
         return torch.cat(feats), (torch.cat(logits) if logits else None)

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rfbench.device import resolve_device
+from rfbench.files import atomic_write
+
 
 def _as_features(x, name: str) -> np.ndarray:
     """(N, D) float64 array; non-finite rows are an error that says how many."""
@@ -66,13 +69,9 @@ class GaussianStats:
         return self._factor
 
     def save(self, path: str | os.PathLike, **meta: str) -> None:
-        """Write an ``.npz`` with mu, sigma, n and string metadata (written to a temporary file, then renamed)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
-                 **{f"meta_{k}": np.str_(v) for k, v in meta.items()})
-        os.replace(tmp, path)
+        """Write an ``.npz`` with mu, sigma, n and string metadata (atomically: :func:`rfbench.files.atomic_write`)."""
+        atomic_write(path, lambda fh: np.savez(fh, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
+                                               **{f"meta_{k}": np.str_(v) for k, v in meta.items()}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GaussianStats":
@@ -256,7 +255,7 @@ def _kernel_row_sums(a: np.ndarray, b: np.ndarray, d: int, max_bytes: int = 256 
     """Per row of ``a``: the kernel summed over the other rows of ``a``, and over the rows of ``b``, in row blocks
     (never the full N x N matrix), float64 on ``device`` (default CUDA when available: 50,000 x 50,000 x 2048-d
     is about 2e13 flops)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     at, bt = torch.as_tensor(a, device=device), torch.as_tensor(b, device=device)
     rows = _block_rows(max(a.shape[0], b.shape[0]), max_bytes, 8)
     within, across = [], []
@@ -333,7 +332,7 @@ def knn_radii(features, k: int = 3, *, device: str | torch.device | None = None,
     x = _as_features(features, "features")
     if not 1 <= k < x.shape[0]:
         raise ValueError(f"k must be in [1, {x.shape[0] - 1}] for {x.shape[0]} rows, got {k}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     return _knn_radii(torch.as_tensor(x, dtype=dtype, device=device), k, max_block_bytes).cpu()
 
 
@@ -358,8 +357,7 @@ def precision_recall(real_features, fake_features, k: int = 3, *, device: str | 
     if real_radii is not None and tuple(real_radii.shape) != (real.shape[0],):
         raise ValueError(f"real_radii must have one radius per real row, shape ({real.shape[0]},); got "
                          f"{tuple(real_radii.shape)}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     r = torch.as_tensor(real, dtype=dtype, device=device)
     f = torch.as_tensor(fake, dtype=dtype, device=device)
     r_real = (_knn_radii(r, k, max_block_bytes) if real_radii is None
@@ -382,7 +380,7 @@ def recall_se(real_features, fake_features, k: int = 3, replicates: int = 100, s
     if not 1 <= k < fake.shape[0] // 2:
         raise ValueError(f"recall_se: k must be in [1, {fake.shape[0] // 2 - 1}] for halves of {fake.shape[0]} "
                          f"fake rows, got {k}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     r = torch.as_tensor(real, dtype=dtype, device=device)
     f = torch.as_tensor(fake, dtype=dtype, device=device)
     r_real = (_knn_radii(r, k, max_block_bytes) if real_radii is None

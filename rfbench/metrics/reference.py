@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from rfbench.files import atomic_write
 from rfbench.metrics.image import GaussianStats, StatsAccumulator
 
 
@@ -80,11 +81,7 @@ def reference_features(key: ReferenceKey, cache_dir: str | os.PathLike,
     if not np.array_equal(stored.astype(features.dtype), features):
         raise ValueError(f"reference features for {key} are not float32-representable; refusing to store a rounded "
                          f"copy at {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, stored)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.save(fh, stored))
     return stored.astype(np.float64), path
 
 

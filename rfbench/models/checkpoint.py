@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from rfbench.files import atomic_write
 
 FORMAT = "rfbench-checkpoint"
 FORMAT_VERSION = 1
@@ -20,17 +21,6 @@ def jsonable(config: dict) -> dict:
     """The config as it reads back from JSON (tuples become lists, other objects their str), for storing and
     comparing with what a checkpoint holds."""
     return json.loads(json.dumps(config, sort_keys=True, default=str))
-
-
-def sha1_files(*paths: str | os.PathLike) -> str:
-    """SHA-1 (hex) of the files' bytes, in order, read in blocks: the identity of weights, checkpoints and
-    reference files by content, whatever their names or where they were found."""
-    digest = hashlib.sha1()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def config_hash(config: dict) -> str:
@@ -43,17 +33,8 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`rfbench.files.atomic_write`: readers never see half a file."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_checkpoint(path: str | os.PathLike, net: nn.Module, config: dict, **extra: Any) -> None:

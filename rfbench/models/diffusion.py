@@ -12,8 +12,9 @@ Time map. Flow time t in [0, 1] maps linearly to the continuous timestep ``tau =
 noisiest step T-1 and t=1 is step 0. Between integer steps ``log alpha_bar`` is a cubic spline through the discrete
 values (exact at every integer, twice continuously differentiable): a piecewise-linear interpolation would put a
 kink in the velocity at every one of the T steps, which costs adaptive solvers accuracy and NFE (measured on an
-exact Gaussian problem: rk4 with 2,000 steps erred by 2e-4 with kinks). The ODE therefore ends at alpha_bar[0] (noise std sqrt(beta_0) = 0.01 for
-DDPM's schedule), as score_sde's ODE sampler does with eps=1e-3; ``ddim`` takes its last step to alpha_bar = 1.
+exact Gaussian problem: rk4 with 2,000 steps erred by 2e-4 with kinks). The ODE therefore ends at alpha_bar[0]
+(noise std sqrt(beta_0) = 0.01 for DDPM's schedule), as score_sde's ODE sampler does with eps=1e-3; ``ddim`` takes
+its last step to alpha_bar = 1.
 
 Probability-flow ODE (Song et al. 2021, VP SDE), written with a = alpha_bar(tau):
     dx/dtau = 1/2 * dlog(a)/dtau * (x - eps(x, tau) / sqrt(1 - a)),   dtau/dt = -(T - 1).
@@ -122,7 +123,8 @@ class DiffusionModel:
             raise TypeError(f"the probability-flow ODE of this DiffusionModel calls net(x, timesteps) with fractional "
                             f"float timesteps in [0, {span}], and the network failed on them "
                             f"({type(exc).__name__}: {exc}). ODE solvers need a network that accepts float "
-                            f"timesteps (score_sde and diffusers networks do); ddim and ddpm use integer ones.") from exc
+                            f"timesteps (score_sde and diffusers networks do); ddim and ddpm use integer "
+                            f"ones.") from exc
         a = _expand(torch.exp(log_a), x)
         dx_dtau = 0.5 * _expand(dlog_a, x) * (x - eps / (1 - a).sqrt())
         return (-span * dx_dtau).to(x.dtype)

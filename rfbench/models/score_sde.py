@@ -31,6 +31,7 @@ class TimeWindowFlow(torch.nn.Module):
         if not 0 <= t_min < 1:
             raise ValueError(f"t_min must be in [0, 1), got {t_min}")
         self.net, self.t_min = net, t_min
+        self.input_shape = getattr(net, "input_shape", None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(x, self.t_min + t * (1 - self.t_min))
@@ -52,6 +53,7 @@ class VPSDEFlow(torch.nn.Module):
         if not 0 <= beta_min < beta_max:
             raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         self.net = net
+        self.input_shape = getattr(getattr(net, "__self__", net), "input_shape", None)   # a bound forward_labels
         self.beta_min, self.beta_max, self.sub_vp, self.eps, self.label_scale = (beta_min, beta_max, sub_vp, eps,
                                                                                  label_scale)
 

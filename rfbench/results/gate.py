@@ -21,9 +21,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-# a run must match the baseline in these, or the comparison means nothing
-IDENTITY = ("suite", "suite_version", "n_samples", "seeds", "extractor", "reference")
-CELL = ("model", "solver", "steps", "options")
+from rfbench.results.schema import CELL, MODEL_IDENTITY, RUN_IDENTITY
+
+# a run must match the baseline in these, or the comparison means nothing (and, per model, in MODEL_IDENTITY)
+IDENTITY = RUN_IDENTITY
 K_SIGMA = 3.0
 # a metric that does not move with the seeds (a held-out row, a fixed grid's NFE) still differs between runs by
 # float round-off (measured: 1e-6 on a digits FID of 13.4): default tolerances are never below this share of the value
@@ -32,7 +33,8 @@ SPREAD_SUFFIX = "-spread.csv"
 
 
 class GateMismatch(ValueError):
-    """The run and the baseline are not comparable (suite version, samples, seeds, extractor or reference)."""
+    """The run and the baseline are not comparable (suite version, samples, seeds, extractor or reference, or a
+    model's identity: its recipe or file)."""
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,15 @@ def parse_tolerance(spec: str, directions: dict[str, str]) -> Tolerance:
     return Tolerance(metric, float(amount), bool(percent))
 
 
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def _key(row) -> tuple:
-    steps = row.get("steps")
-    steps = None if steps is None or (isinstance(steps, float) and math.isnan(steps)) or steps is pd.NA else int(steps)
-    options = row.get("options")
-    options = "" if options is None or (isinstance(options, float) and math.isnan(options)) else str(options)
+    """The cell a row is (the schema's CELL columns: model, solver, steps, options)."""
+    assert CELL == ("model", "solver", "steps", "options")
+    steps = None if _missing(row.get("steps")) else int(row.get("steps"))
+    options = "" if _missing(row.get("options")) else str(row.get("options"))
     return (str(row["model"]), str(row["solver"]), steps, options)
 
 
@@ -72,13 +78,43 @@ def _identity(frame: pd.DataFrame, name: str) -> dict:
     out = {}
     for col in IDENTITY:
         values = frame[col].dropna().astype(str).unique() if col in frame else []
-        if col in ("n_samples", "seeds"):      # the independent row of an image suite may hold fewer (held-out)
-            sampled = frame[frame["model"] != "independent"] if "model" in frame else frame
+        if col in ("n_samples", "seeds"):      # the independent row of an image suite may hold fewer (held-out),
+            sampled = frame[frame["model"] != "independent"] if "model" in frame else frame   # and samples scored
+            if "seed" in sampled:                                       # from a file (rfbench score) have no seeds
+                sampled = sampled[sampled["seed"].notna()]
             values = sampled[col].dropna().astype(str).unique() if col in sampled else []
         if len(values) > 1:
             raise GateMismatch(f"{name} mixes several {col} values ({', '.join(values)}); compare one run at a time")
         out[col] = values[0] if len(values) else None
     return out
+
+
+def model_identities(frame: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Model -> its identity columns (model_id) as recorded; models whose rows disagree are an error."""
+    out: dict[str, dict[str, str]] = {}
+    for col in MODEL_IDENTITY:
+        if col not in frame or "model" not in frame:
+            continue
+        for model, values in frame.dropna(subset=[col]).groupby("model")[col]:
+            distinct = values.astype(str).unique()
+            if len(distinct) > 1:
+                raise GateMismatch(f"model {model} has several {col} values ({', '.join(distinct)}); compare one run "
+                                   f"at a time")
+            out.setdefault(str(model), {})[col] = distinct[0]
+    return out
+
+
+def check_models(run: dict[str, dict[str, str]], baseline: pd.DataFrame) -> None:
+    """Raise :class:`GateMismatch` naming every model whose identity (its recipe's hash, its file's sha1) differs
+    from the baseline's: a changed model is not a regression of the same one. A baseline recorded before models
+    had identities is not checked."""
+    recorded = model_identities(baseline)
+    diffs = [f"model {model} {col}: baseline {recorded[model][col]!r}, run {value!r}"
+             for model, cols in run.items() for col, value in cols.items()
+             if model in recorded and col in recorded[model] and recorded[model][col] != value]
+    if diffs:
+        raise GateMismatch("the run is not comparable with the baseline (" + "; ".join(diffs) + "); a changed recipe "
+                           "or model file needs a new baseline")
 
 
 def check_comparable(run: pd.DataFrame, baseline: pd.DataFrame) -> None:
@@ -87,6 +123,7 @@ def check_comparable(run: pd.DataFrame, baseline: pd.DataFrame) -> None:
     diffs = [f"{col}: baseline {b[col]!r}, run {a[col]!r}" for col in IDENTITY if a[col] != b[col]]
     if diffs:
         raise GateMismatch("the run is not comparable with the baseline (" + "; ".join(diffs) + ")")
+    check_models(model_identities(run), baseline)
 
 
 @dataclass

@@ -8,6 +8,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from rfbench.version import __version__
+
 
 def _git(*args: str) -> str | None:
     repo = Path(__file__).resolve().parents[2]
@@ -27,8 +29,6 @@ def _version(package: str) -> str | None:
 
 def provenance(device_name: str, dtype: str) -> dict:
     """The provenance columns of every result row. ``device_name`` is what the caller measured on."""
-    import rfbench
-
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {
@@ -37,7 +37,7 @@ def provenance(device_name: str, dtype: str) -> dict:
         "torch_version": _version("torch"),
         "numpy_version": _version("numpy"),
         "scipy_version": _version("scipy"),
-        "rfbench_version": rfbench.__version__,
+        "rfbench_version": __version__,
         "python_version": platform.python_version(),
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),

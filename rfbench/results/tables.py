@@ -8,7 +8,7 @@ from typing import Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from rfbench.results.store import atomic_write_text
+from rfbench.files import atomic_write_text
 
 DISPLAY_COLUMNS = ("model", "solver", "steps", "nfe", "fid", "is", "precision", "recall", "w2", "crossing_prob",
                    "crossing_prob_se", "transport_cost", "straightness", "wall_clock_s", "samples_per_s", "ms_per_nfe",

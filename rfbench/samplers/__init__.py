@@ -14,19 +14,23 @@ from typing import Any, Sequence
 import torch
 
 from rfbench.noise import StepNoise
+from rfbench.protocols import is_diffusion_model
 from rfbench.samplers import discrete, ode  # noqa: F401  (registers the solvers)
-from rfbench.samplers.base import (SOLVERS, CountingModel, NonFiniteError, SampleResult, SamplerError, SolverSpec,
-                                   Trajectory, TrajectoryRecorder)
+from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, CountingModel, NonFiniteError, SamplerError, SampleResult,
+                                   SolverSpec, Trajectory, TrajectoryRecorder, register_solver)
 
-__all__ = ["sample", "check_call", "SOLVERS", "SampleResult", "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError",
-           "CountingModel", "is_diffusion_model"]
+__all__ = ["sample", "check_call", "solver_options", "register_solver", "SOLVERS", "SOLVER_KINDS", "SampleResult",
+           "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError", "CountingModel", "is_diffusion_model"]
 
-_RESERVED = {"model", "x", "steps", "callback", "noise"}
+_RESERVED = {"steps", "callback", "noise"}
 
 
-def is_diffusion_model(model: Any) -> bool:
-    """True for DDPM-style models (anything with ``eps(x, timesteps)`` and a discrete schedule)."""
-    return callable(getattr(model, "eps", None)) and hasattr(model, "alphas_cumprod")
+def solver_options(solver: str) -> list[str]:
+    """The options a solver takes: its keyword parameters after (model, x), but for steps, callback and noise."""
+    params = list(inspect.signature(SOLVERS[solver].fn).parameters.values())
+    named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    positional = [p for p in named if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
+    return [p.name for p in named if p not in positional and p.name not in _RESERVED]
 
 
 def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, *,
@@ -83,8 +87,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         if recorder is not None:
             velocity_fn = None
             if spec.kind != "discrete":  # fill velocities an adaptive solver did not expose (uncounted)
-                velocity_fn = lambda s, t: model(s.to(x0.device), torch.full((s.shape[0],), t, dtype=x0.dtype,
-                                                                              device=x0.device))
+                def velocity_fn(s, t):
+                    return model(s.to(x0.device), torch.full((s.shape[0],), t, dtype=x0.dtype, device=x0.device))
             traj, extra = recorder.build(velocity_fn)
             if extra:
                 stats["trajectory_evals"] = extra
@@ -117,7 +121,7 @@ def check_call(solver: str, steps: Any, options: dict) -> int | None:
     Returns steps as an int (None for adaptive solvers). Unknown options are an error, never a warning.
     """
     spec = SOLVERS[solver]
-    allowed = [p for p in inspect.signature(spec.fn).parameters if p not in _RESERVED]
+    allowed = solver_options(solver)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"{solver} got unknown option(s) {', '.join(unknown)}; "

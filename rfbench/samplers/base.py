@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -46,11 +47,51 @@ class SolverSpec:
 SOLVERS: Registry[SolverSpec] = Registry("solver")
 
 
-def register_solver(name: str, kind: str, **kwargs: Any):
-    """Decorator registering a solver function under ``name``."""
+SOLVER_KINDS = ("fixed", "adaptive", "discrete")
+
+
+def register_solver(name: str, kind: str, *, order: int | None = None, expected_nfe: Callable[[int], int] | None = None,
+                    stochastic: bool | Callable[[dict], bool] = False, description: str = ""):
+    """Decorator registering a solver function under ``name`` (rfbench's own solvers and plugins' alike).
+
+    The function is ``fn(model, x, *, steps, callback=None, **options) -> (x1, stats)`` for ``kind`` "fixed" (a
+    time grid from 0 to 1; ``steps`` steps) and "discrete" (a DiffusionModel's own schedule), and without ``steps``
+    for "adaptive" solvers (error-controlled; options such as rtol, atol). It evaluates ``model(x, t)`` (or
+    ``model.eps``) and calls ``callback(i, t, x, v)`` at its step points; stochastic solvers also take ``noise``
+    (``noise(i)``: seeded draws for step i). :func:`rfbench.sample` counts its evaluations, refuses options it
+    does not take and, for fixed-grid solvers, checks the count against ``expected_nfe(steps)``, which is
+    therefore required for them."""
+    if kind not in SOLVER_KINDS:
+        raise ValueError(f"solver {name}: kind must be one of {', '.join(SOLVER_KINDS)}, got {kind!r}")
+    if kind == "fixed" and not callable(expected_nfe):
+        raise ValueError(f"solver {name}: a fixed-grid solver must declare expected_nfe(steps), the number of model "
+                         f"evaluations it makes, so that rfbench can check the count")
+    if order is not None and (isinstance(order, bool) or not isinstance(order, int) or order < 1):
+        raise ValueError(f"solver {name}: order must be a positive integer or None, got {order!r}")
 
     def deco(fn):
-        SOLVERS.add(name, SolverSpec(name=name, fn=fn, kind=kind, **kwargs))
+        if not callable(fn):
+            raise TypeError(f"solver {name}: register_solver decorates a function, got {type(fn).__name__}")
+        params = inspect.signature(fn).parameters
+        positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        needed = ["callback"] + (["steps"] if kind != "adaptive" else []) + (["noise"] if stochastic else [])
+        missing = [p for p in needed if p not in params]
+        if len(positional) < 2 or missing:
+            raise TypeError(f"solver {name}: the function must be fn(model, x, *, "
+                            f"{'steps, ' if kind != 'adaptive' else ''}callback=None"
+                            f"{', noise=None' if stochastic else ''}, **options); "
+                            + (f"it lacks {', '.join(missing)}" if missing else "it takes fewer than two positional "
+                               "arguments (model, x)"))
+        if kind == "fixed":
+            try:
+                one = expected_nfe(1)
+            except Exception as exc:
+                raise ValueError(f"solver {name}: expected_nfe(1) failed: {type(exc).__name__}: {exc}") from None
+            if isinstance(one, bool) or not isinstance(one, int) or one < 1:
+                raise ValueError(f"solver {name}: expected_nfe(steps) must return a positive integer; "
+                                 f"expected_nfe(1) = {one!r}")
+        SOLVERS.add(name, SolverSpec(name=name, fn=fn, kind=kind, order=order, stochastic=stochastic,
+                                     expected_nfe=expected_nfe, description=description))
         return fn
 
     return deco

@@ -1,15 +1,21 @@
-"""A suite is data: the problem, the models, the solver grid, the metrics, the sample count and seeds, a version."""
+"""A suite is data: the problem, its models (and where each comes from: the recipe rfbench trains it with, or the
+file it is read from), the cells, the metrics, the sample count and seeds, and a version.
+
+One self-contained definition per suite, registered with :func:`register_suite` (rfbench's baselines register
+theirs exactly as a plugin does). What a particular run changes (device, batch size, models given as files, a
+subset of cells, fewer samples) is not the suite's business: see :mod:`rfbench.suites.plan`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from rfbench.metrics import METRICS
 from rfbench.metrics.features import EXTRACTORS
+from rfbench.models.sources import ModelSource
 from rfbench.registry import Registry
-from rfbench.samplers import check_call
+from rfbench.samplers import SOLVERS, check_call
 
 
 @dataclass(frozen=True)
@@ -27,20 +33,51 @@ class Cell:
         opts = "".join(f",{k}={v}" for k, v in self.options)
         return f"{self.model}/{self.solver}/{steps}{opts}"
 
+    def fields(self) -> dict:
+        """The cell's columns of a result row."""
+        return {"model": self.model, "solver": self.solver, "steps": self.steps,
+                "options": ",".join(f"{k}={v}" for k, v in self.options)}
+
+
+@dataclass(frozen=True)
+class SuiteModel:
+    """A model of a suite: its name in the rows and its source (a recipe, a file, a checkpoint slot, ...)."""
+
+    name: str
+    source: ModelSource
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or "/" in self.name or self.name == "independent":
+            raise ValueError(f"a model name must be a non-empty string without '/' and not 'independent', "
+                             f"got {self.name!r}")
+        if not isinstance(self.source, ModelSource):
+            raise TypeError(f"model {self.name}: source must be an rfbench.models.sources.ModelSource, got "
+                            f"{type(self.source).__name__}")
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+
+# which solver kinds can sample which kind of model (a run adding a solver adds it to the models it applies to)
+APPLIES = {"flow": ("fixed", "adaptive"), "diffusion": ("fixed", "adaptive", "discrete"), "one-step": ()}
+
 
 @dataclass(frozen=True)
 class Suite:
     """Everything that determines a suite's numbers. Bump ``version`` whenever they would change.
 
     ``independent_row`` adds a row for the independent coupling (X0 ~ pi0, X1 ~ pi1 drawn separately), the
-    reference point of the coupling metrics and, for w2, the floor set by sampling noise.
+    reference point of the coupling metrics and, for w2, the floor set by sampling noise. ``steps``: per solver
+    kind ("fixed", "discrete"), the step counts of solvers a run adds (``--solvers``) to a model that has no cells
+    of that kind.
     """
 
     name: str
     version: int
     description: str
     problem: Any
-    models: tuple[str, ...]
+    models: tuple[SuiteModel, ...]
     cells: tuple[Cell, ...]
     metrics: tuple[str, ...]
     num_samples: int
@@ -52,15 +89,20 @@ class Suite:
     fallback_extractor: str | None = None  # ... used instead when the extractor's weights are not installed
     quality_metric: str = "w2"      # the column plotted against NFE
     batch_size: int | None = None   # samples per sampler call (None: all at once); rk45's NFE is then per batch
-    checkpoints: tuple[tuple[str, str], ...] = ()   # (model, file) loaded instead of trained (baselines.published)
-    checkpoint_only: bool = False   # models exist only as checkpoints (no recipe trains them)
-    reference_file: str | None = None  # image metrics' reference from a file (--ref-stats) instead of the images
     bootstrap: int = 0              # replicates of the resampled standard errors (fid, is, recall, kid; 0: none)
-    auto_batch: bool = False        # batch size per model from a GPU memory probe (suites.batching); CPU: batch_size
-    timing_repeats: int = 1         # timed runs per cell: wall_clock_s is their median (the samples are the first's)
-    notes: tuple[str, ...] = ()     # written into every row's notes (e.g. fewer samples than the suite's default)
+    steps: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self):
+        models = tuple(self.models)
+        object.__setattr__(self, "models", models)
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or self.version < 1:
+            raise ValueError(f"suite {self.name}: version must be an integer >= 1, got {self.version!r}")
+        for model in models:
+            if not isinstance(model, SuiteModel):
+                raise TypeError(f"suite {self.name}: models must be SuiteModel(name, source), got {model!r}")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"suite {self.name}: duplicate model names in {names}")
         if self.num_samples < 2:
             raise ValueError(f"suite {self.name}: num_samples must be >= 2, got {self.num_samples}")
         if self.first_seed < 0:
@@ -81,119 +123,80 @@ class Suite:
                              f"metrics {', '.join(self.metrics)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"suite {self.name}: batch_size must be >= 1 or None, got {self.batch_size}")
-        for model, _ in self.checkpoints:
-            if model not in self.models:
-                raise ValueError(f"suite {self.name}: a checkpoint is given for {model!r}, which is not one of its "
-                                 f"models ({', '.join(self.models)})")
         if self.bootstrap < 0 or self.bootstrap == 1:
             raise ValueError(f"suite {self.name}: bootstrap must be 0 (off) or >= 2 replicates, got {self.bootstrap}")
-        if self.timing_repeats < 1:
-            raise ValueError(f"suite {self.name}: timing_repeats must be >= 1, got {self.timing_repeats}")
         if self.straightness_steps < 1:
             raise ValueError(f"suite {self.name}: straightness_steps must be >= 1, got {self.straightness_steps}")
-        for cell in self.cells:
-            try:
-                check_call(cell.solver, cell.steps, dict(cell.options))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"suite {self.name}: cell {cell.label}: {exc}") from None
-            if cell.model not in self.models:
-                raise ValueError(f"suite {self.name}: cell {cell.label} names model {cell.model!r}, "
-                                 f"not one of the suite's models {', '.join(self.models)}")
-        labels = [c.label for c in self.cells]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"suite {self.name}: duplicate cells in the grid")
+        for kind, counts in self.steps:
+            if kind not in ("fixed", "discrete") or not counts or min(counts) < 1:
+                raise ValueError(f"suite {self.name}: steps maps 'fixed' or 'discrete' to step counts >= 1, got "
+                                 f"{kind!r}: {counts!r}")
+        check_cells(self.name, self.cells, names)
+        if not hasattr(self.problem, "shape") or not hasattr(self.problem, "initial"):
+            raise TypeError(f"suite {self.name}: problem must have a shape and initial(seeds) (a ToyProblem, an "
+                            f"ImageProblem or alike), got {type(self.problem).__name__}")
 
     @property
     def seeds(self) -> range:
         return range(self.first_seed, self.first_seed + self.num_samples)
 
-    def checkpoint(self, model: str) -> str | None:
-        return dict(self.checkpoints).get(model)
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def model(self, name: str) -> SuiteModel:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise ValueError(f"suite {self.name} has no model {name!r}; its models are: {', '.join(self.model_names)}")
 
     def grid(self, model: str) -> list[Cell]:
         return [c for c in self.cells if c.model == model]
+
+    def template(self, kind: str) -> list[Cell]:
+        """The cells a model of ``kind`` gets when a run adds one: those of the suite's first model of that kind."""
+        for model in self.models:
+            if model.kind == kind and self.grid(model.name):
+                return self.grid(model.name)
+        return []
+
+    def default_steps(self, solver_kind: str) -> tuple[int, ...]:
+        return dict(self.steps).get(solver_kind, ())
 
     @property
     def extractors(self) -> tuple[str, ...]:
         """The extractors this suite can be scored with: its own, then its fallback."""
         return tuple(e for e in (self.extractor, self.fallback_extractor) if e is not None)
 
-    def select(self, *, num_samples: int | None = None, models: Sequence[str] | None = None,
-               solvers: Sequence[str] | None = None, data_dir: str | None = None,
-               extractor: str | None = None, batch_size: int | str | None = None,
-               checkpoints: dict[str, str] | None = None, reference_file: str | None = None,
-               timing_repeats: int | None = None, first_seed: int | None = None,
-               bootstrap: int | None = None) -> "Suite":
-        """A copy restricted to some models and solvers, or with another sample count (recorded in every row, with
-        a note when it is below the suite's default), data folder (image suites whose data is read from disk) or
-        extractor (one of :attr:`extractors`)."""
-        changes: dict[str, Any] = {}
-        if num_samples is not None:
-            changes["num_samples"] = int(num_samples)
-            if num_samples < self.num_samples:
-                changes["notes"] = self.notes + (
-                    f"{num_samples} samples, fewer than the suite's default {self.num_samples}: not comparable with "
-                    f"default runs or published numbers",)
-        if timing_repeats is not None:
-            changes["timing_repeats"] = int(timing_repeats)
-        if bootstrap is not None:
-            changes["bootstrap"] = int(bootstrap)
-        if first_seed is not None:
-            if first_seed < 0:
-                raise ValueError(f"--first-seed must be >= 0, got {first_seed}")
-            changes["first_seed"] = int(first_seed)
-        if data_dir is not None:
-            if not hasattr(self.problem, "data_dir"):
-                raise ValueError(f"suite {self.name} does not read data from disk; --data-dir applies to the image "
-                                 f"suites that read files (mnist, fashion-mnist, cifar)")
-            if getattr(self.problem, "dataset", None) == "digits":
-                raise ValueError(f"suite {self.name} uses sklearn's bundled digits; --data-dir does not apply")
-            changes["problem"] = dataclasses.replace(self.problem, data_dir=str(data_dir))
-        if batch_size == "auto":
-            changes["auto_batch"] = True
-        elif batch_size is not None:
-            changes["batch_size"], changes["auto_batch"] = int(batch_size), False
-        if reference_file is not None:
-            if self.extractor is None:
-                raise ValueError(f"suite {self.name} has no image metrics; --ref-stats applies to image suites")
-            changes["reference_file"] = str(reference_file)
-        if checkpoints:
-            unknown = [m for m in checkpoints if m not in self.models]
-            if unknown:
-                raise ValueError(f"suite {self.name} has no model {', '.join(map(repr, unknown))} to load a "
-                                 f"checkpoint into; its models are: {', '.join(self.models)}")
-            changes["checkpoints"] = tuple(sorted({**dict(self.checkpoints), **checkpoints}.items()))
-        if extractor is not None:
-            if extractor not in self.extractors:
-                raise ValueError(f"suite {self.name} is scored with "
-                                 f"{' or '.join(self.extractors) or 'no feature extractor'}, not {extractor!r}")
-            changes["extractor"], changes["fallback_extractor"] = extractor, None
-        cells = self.cells
-        if models is not None:
-            unknown = [m for m in models if m not in self.models]
-            if unknown:
-                raise ValueError(f"suite {self.name} has no model {', '.join(map(repr, unknown))}; "
-                                 f"its models are: {', '.join(self.models)}")
-            changes["models"] = tuple(m for m in self.models if m in models)
-            cells = tuple(c for c in cells if c.model in models)
-        if solvers is not None:
-            used = sorted({c.solver for c in self.cells})
-            unknown = [s for s in solvers if s not in used]
-            if unknown:
-                raise ValueError(f"suite {self.name} has no cells for solver {', '.join(map(repr, unknown))}; "
-                                 f"its solvers are: {', '.join(used)}")
-            cells = tuple(c for c in cells if c.solver in solvers)
-        if not cells:
-            raise ValueError(f"suite {self.name}: no cell has model in {list(models or self.models)} and solver in "
-                             f"{list(solvers or sorted({c.solver for c in self.cells}))}; nothing to run")
-        changes["cells"] = cells
-        if "models" in changes:   # checkpoints of models left out are not needed
-            changes["checkpoints"] = tuple((m, f) for m, f in changes.get("checkpoints", self.checkpoints)
-                                           if m in changes["models"])
-        return dataclasses.replace(self, **changes)
+
+def check_cells(suite: str, cells: Sequence[Cell], models: Sequence[str]) -> None:
+    """Every cell's solver, steps and options are valid and its model is one of ``models``; no duplicates."""
+    for cell in cells:
+        try:
+            check_call(cell.solver, cell.steps, dict(cell.options))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"suite {suite}: cell {cell.label}: {exc}") from None
+        if cell.model not in models:
+            raise ValueError(f"suite {suite}: cell {cell.label} names model {cell.model!r}, not one of the suite's "
+                             f"models {', '.join(models)}")
+    labels = [c.label for c in cells]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"suite {suite}: duplicate cells in the grid")
+
+
+def applies(solver: str, kind: str) -> bool:
+    """Whether a run adding ``solver`` gives a model of ``kind`` cells of it."""
+    return SOLVERS[solver].kind in APPLIES[kind]
 
 
 SUITES: Registry[Suite] = Registry("suite")
+
+
+def register_suite(suite: Suite) -> Suite:
+    """Register a suite under its name (rfbench's baselines register theirs this way, as a plugin would)."""
+    if not isinstance(suite, Suite):
+        raise TypeError(f"register_suite takes an rfbench.suites.Suite, got {type(suite).__name__}")
+    return SUITES.add(suite.name, suite)
 
 
 def fixed_grid(model: str, solvers: Sequence[str], steps: Sequence[int]) -> tuple[Cell, ...]:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from rfbench.models import DiffusionModel, linear_betas
-from rfbench.models.checkpoint import CheckpointError, sha1_files
+from rfbench.files import sha1_files
+from rfbench.models.checkpoint import CheckpointError
+from rfbench.models.diffusion import DiffusionModel, linear_betas
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -152,9 +153,25 @@ def load_diffusers_ddpm(path: str | Path, device) -> DiffusionModel:
     return model
 
 
+def folder_input_shape(path: str | Path) -> tuple[int, int, int]:
+    """(in_channels, H, W) from the UNet's config.json, without loading its weights."""
+    unet_dir, _ = _folders(Path(path))
+    try:
+        config = json.loads((unet_dir / "config.json").read_text())
+        size = config["sample_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(config["in_channels"]), *map(int, size))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{unet_dir / 'config.json'}: no in_channels and sample_size ({exc})") from None
+
+
+def folder_sha1(path: str | Path) -> str:
+    """SHA-1 over the folder's UNet config, scheduler config and weights."""
+    unet_dir, scheduler_file = _folders(Path(path))
+    files = [f for f in (unet_dir / "config.json", scheduler_file, *(unet_dir / n for n in WEIGHTS)) if f.is_file()]
+    return sha1_files(*files)
+
+
 def folder_identity(path: str | Path) -> str:
     """``name (sha1 prefix)`` over the folder's configs and weights, for the ``model_checkpoint`` column."""
-    path = Path(path)
-    unet_dir, scheduler_file = _folders(path)
-    files = [f for f in (unet_dir / "config.json", scheduler_file, *(unet_dir / n for n in WEIGHTS)) if f.is_file()]
-    return f"{path.name}/ (sha1 {sha1_files(*files)[:12]})"
+    return f"{Path(path).name}/ (sha1 {folder_sha1(path)[:12]})"

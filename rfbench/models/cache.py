@@ -1,4 +1,7 @@
-"""On-disk cache of trained models and generated pairs, keyed by a hash of everything that determines them."""
+"""On-disk cache of trained models and generated pairs, keyed by a hash of everything that determines them.
+
+Used by every trained model's recipe, rfbench's baselines and plugins alike (``ctx.cache`` in
+:meth:`rfbench.models.sources.ModelSource.load`)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rfbench.models import CheckpointError, load_checkpoint, save_checkpoint
-from rfbench.models.checkpoint import atomic_torch_save, config_hash, jsonable
+from rfbench.models.checkpoint import (CheckpointError, atomic_torch_save, config_hash, jsonable, load_checkpoint,
+                                       save_checkpoint)
 
 # Bump when training code changes in a way that changes the weights, so stale caches are not reused.
 TRAINING_CODE_VERSION = 1
@@ -34,12 +37,13 @@ class Cache:
         self.log = log
         self.trained: list[str] = []  # names trained (not loaded) during this run
         self.keys: dict[str, str] = {}  # name -> checkpoint file stem, for the provenance of result rows
+        self.last_key: str | None = None  # the entry of the last network() call: the model a recipe just loaded
 
     def network(self, name: str, config: dict, make: Callable[[], nn.Module],
                 train: Callable[[], tuple[nn.Module, dict]], device: str | torch.device) -> nn.Module:
         """Load the network for ``config`` from the cache, or train it with ``train()`` and store it."""
         path = self.root / "models" / f"{name}-{config_key(config)}.pt"
-        self.keys[name] = path.stem
+        self.keys[name] = self.last_key = path.stem
         if path.exists():
             net = make()
             try:
@@ -52,8 +56,8 @@ class Cache:
         net, info = train()
         save_checkpoint(path, net, jsonable(config), info=info)
         self.trained.append(name)
-        self.log(f"trained {name} ({info.get('seconds', 0):.1f} s, final loss {info.get('final_loss', float('nan')):.4g})"
-                 f" -> {path}")
+        loss = info.get("final_loss", float("nan"))
+        self.log(f"trained {name} ({info.get('seconds', 0):.1f} s, final loss {loss:.4g}) -> {path}")
         return net.to(device).eval()
 
     def tensors(self, name: str, config: dict, build: Callable[[], dict[str, torch.Tensor]]) -> dict:

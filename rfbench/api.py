@@ -1,0 +1,200 @@
+"""rfbench from Python: :func:`run` returns a sweep's results as a pandas DataFrame, with the rows, provenance,
+resume and regression gate of the command line (which calls the same :func:`prepare` and :func:`execute`).
+
+    import rfbench
+    frame = rfbench.run(suite="toy2d", models=["1-rf", "2-rf"], solvers=["euler", "heun"], steps=[1, 2, 4])
+    frame = rfbench.run(suite="toy2d", models={"mine": my_flow}, solvers=["euler"], out="runs/mine")
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from rfbench.device import resolve_device
+from rfbench.distributed import World, env_world_size
+from rfbench.metrics import column_directions
+from rfbench.metrics.features import find_inception_weights
+from rfbench.models.cache import Cache
+from rfbench.models.sources import LoadContext, as_source
+from rfbench.plugins import load_plugins
+from rfbench.results.gate import (K_SIGMA, GateMismatch, GateResult, Tolerance, check_comparable, check_models,
+                                  check_spread, compare, parse_tolerance, spread_path)
+from rfbench.results.report import load_results
+from rfbench.suites.base import SUITES, Suite
+from rfbench.suites.plan import InputError, Plan, RunConfig, make_plan, missing_inputs, model_problems
+from rfbench.suites.runner import RunOutput, run_suite
+
+
+class GateFailed(AssertionError):
+    """The regression gate found metrics worse than tolerated: ``failures`` (one line each), ``frame`` (the run's
+    results, all kept) and ``result`` (the full :class:`~rfbench.results.gate.GateResult`)."""
+
+    def __init__(self, result: GateResult, frame: pd.DataFrame, baseline: Path):
+        self.result, self.frame, self.failures = result, frame, result.failures
+        super().__init__(f"gate: {len(result.failures)} of {result.checked} comparisons worse than tolerated against "
+                         f"{baseline}:\n" + "\n".join(result.failures))
+
+
+@dataclass
+class Gate:
+    """The regression gate of a run: the baseline and its tolerances (explicit, or the recorded spread)."""
+
+    path: Path
+    baseline: pd.DataFrame
+    tolerances: list[Tolerance] = field(default_factory=list)
+    spread: pd.DataFrame | None = None
+
+    def describe(self) -> str:
+        if self.tolerances:
+            return ", ".join(map(str, self.tolerances))
+        return f"{K_SIGMA:g} sd of {spread_path(self.path)}"
+
+    def verdict(self, frame: pd.DataFrame) -> GateResult:
+        return compare(frame, self.baseline, column_directions(), self.tolerances, self.spread)
+
+
+def load_gate(check: str | Path, fail_on: Sequence[str] = ()) -> Gate:
+    """The baseline at ``check`` with the tolerances ``fail_on`` (``METRIC:+TOL``), else its spread file, checked
+    now (its suite, version, samples and columns), not after the run."""
+    tolerances = [parse_tolerance(spec, column_directions()) for spec in fail_on]
+    path = Path(check)
+    baseline = load_results(path)
+    gate = Gate(path, baseline, tolerances)
+    if not tolerances:
+        spread_file = spread_path(path)
+        if not spread_file.is_file():
+            raise ValueError(f"--check {path}: no tolerances; pass --fail-on METRIC:+TOL or record the seed-to-seed "
+                             f"spread as {spread_file} (rfbench spread)")
+        try:
+            gate.spread = pd.read_csv(spread_file)
+            check_spread(gate.spread, baseline, column_directions())
+        except GateMismatch as exc:
+            raise ValueError(f"{spread_file}: {exc}") from None
+    return gate
+
+
+def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None = None,
+            fail_on: Sequence[str] = ()) -> tuple[Plan, Gate | None]:
+    """The run's plan and gate, with every check that needs no data: options, the suite's cells, the baseline's
+    identity, the device, explicit Inception weights. Raises ValueError (or an UnknownNameError) naming the option."""
+    if fail_on and check is None:
+        raise ValueError("--fail-on needs --check BASELINE")
+    suite = SUITES[suite] if isinstance(suite, str) else suite
+    options = dict(config.extractor_options)
+    if options and config.extractor is None and "inception" in suite.extractors:
+        # inception options ask for inception: no silent fallback to another extractor
+        config = replace(config, extractor="inception")
+    gate = load_gate(check, fail_on) if check is not None else None
+    plan = make_plan(suite, config)
+    if options and plan.extractor != "inception":
+        raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
+                         f"extractor; suite {suite.name} uses {plan.extractor or 'no extractor'}")
+    if gate is not None:     # what can be compared before the run: refuse now rather than after it
+        seeds = f"{plan.first_seed}-{plan.first_seed + plan.num_samples - 1}"
+        expected = pd.DataFrame([{"model": "any", "suite": plan.name, "suite_version": plan.version,
+                                  "n_samples": plan.num_samples, "seeds": seeds}])
+        check_comparable(expected, gate.baseline.drop(columns=["extractor", "reference"], errors="ignore"))
+        check_models({m.name: {"model_id": m.source.identity(plan.suite).id} for m in plan.models
+                      if m.source.missing(m.name) is None}, gate.baseline)
+    device = resolve_device(config.device)
+    if env_world_size() > 1 and device.type == "cuda" and device.index is not None:
+        raise ValueError(f"--device {config.device}: under torchrun each process uses the GPU of its local rank; "
+                         f"pass --device cuda (or auto)")
+    if options.get("weights") is not None:
+        find_inception_weights(options["weights"])  # a missing explicit file: say so before any work
+    return plan, gate
+
+
+def input_problems(plan: Plan, config: RunConfig, log: Callable[[str], None] = lambda msg: None) -> list[str]:
+    """One line per input the run cannot start without, or model that does not fit the suite; nothing is run."""
+    missing = missing_inputs(plan)
+    device = resolve_device(config.device)
+    cache = Cache(config.cache_dir, log=log)
+    return missing + model_problems(plan, load=lambda m: m.source.load(LoadContext(plan.suite, cache, device, log)))
+
+
+def execute(plan: Plan, config: RunConfig, out: str | Path, gate: Gate | None = None, *, progress: bool = True,
+            plots: bool = True, plot_format: str = "png", log: Callable[[str], None] | None = None,
+            world: World | None = None) -> tuple[RunOutput, GateResult | None]:
+    """Run the plan into ``out`` and, with a gate, compare the result with its baseline."""
+    output = run_suite(plan, out, config, progress=progress, plots=plots, log=log, world=world,
+                       plot_format=plot_format)
+    if gate is None or (world is not None and not world.is_main):
+        return output, None
+    try:
+        return output, gate.verdict(output.frame)
+    except GateMismatch as exc:
+        return output, GateResult([f"gate: {exc}"], 0, [])
+
+
+def _models(models) -> tuple[tuple[str, ...] | None, tuple]:
+    """``models`` of :func:`run`: names (the suite's or registered ones), or a mapping name -> None (the same) or a
+    source (a path, "package.module:function", a ModelSource or a model object)."""
+    if models is None:
+        return None, ()
+    if isinstance(models, str):
+        raise TypeError(f"models must be a list of names or a mapping name -> model, got the string {models!r}")
+    if isinstance(models, Mapping):
+        added = tuple((name, as_source(value, what=f"model {name}")) for name, value in models.items()
+                      if value is not None)
+        return tuple(models), added
+    return tuple(models), ()
+
+
+def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, Any] | None = None,
+        solvers: Sequence[str] | None = None, steps: Sequence[int] | int | None = None,
+        out: str | Path | None = None, device: str | torch.device | None = None, num_samples: int | None = None,
+        first_seed: int | None = None, batch_size: int | str | None = None, repeats: int = 1,
+        bootstrap: int | None = None, extractor: str | None = None, inception_weights: str | Path | None = None,
+        inception_mode: str | None = None, data_dir: str | Path | None = None, ref_stats: str | Path | None = None,
+        checkpoints: Mapping[str, str | Path] | None = None, cache: str | Path | None = None, resume: bool = True,
+        save_samples: bool = False, check: str | Path | None = None, fail_on: Sequence[str] = (),
+        plugins: Sequence[str] = (), progress: bool = False, plots: bool | None = None,
+        log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Run a suite (or part of it) and return its results, one row per cell, as the CLI writes them.
+
+    Args mirror ``python benchmark.py``'s options. ``models``: names of the suite's models or of registered ones
+    (``rfbench.register_model``), or a mapping name -> model, where a model is a path (an rfbench, official
+    rectified-flow / score-SDE, diffusers or TorchScript file), ``"package.module:function"``, a
+    :class:`~rfbench.models.sources.ModelSource`, or an object (a flow ``model(x, t)`` or a DiffusionModel; its
+    cells are never resumed). ``out=None`` keeps nothing on disk (a temporary folder, removed). ``check``: a
+    baseline CSV to gate against (``fail_on``: tolerances such as "w2:+10%"); a failing gate raises
+    :class:`GateFailed` carrying the frame. ``plugins``: files or modules to load first (installed ones always are).
+    """
+    load_plugins(plugins)
+    names, added = _models(models)
+    options = {k: v for k, v in (("weights", inception_weights), ("mode", inception_mode)) if v is not None}
+    if options and "mode" not in options:
+        options["mode"] = "clean"
+    config = RunConfig(models=names, add_models=added, checkpoints=tuple((checkpoints or {}).items()),
+                       solvers=tuple(solvers) if solvers is not None else None,
+                       steps=steps, num_samples=num_samples, first_seed=first_seed, batch_size=batch_size,
+                       repeats=repeats, bootstrap=bootstrap, extractor=extractor,
+                       extractor_options=tuple(options.items()),
+                       data_dir=None if data_dir is None else str(data_dir),
+                       reference_file=None if ref_stats is None else str(ref_stats),
+                       device=None if device is None else str(device),
+                       cache_dir=None if cache is None else str(cache), resume=resume, save_samples=save_samples)
+    plan, gate = prepare(suite, config, check=check, fail_on=fail_on)
+    problems = input_problems(plan, config, log or (lambda msg: None))
+    if problems:
+        raise InputError(problems)
+    quiet = log or (lambda msg: None)
+    with tempfile.TemporaryDirectory(prefix="rfbench-run-") as tmp:
+        folder = Path(out) if out is not None else Path(tmp)
+        output, verdict = execute(plan, config, folder, gate, progress=progress,
+                                  plots=plots if plots is not None else out is not None, log=quiet)
+        frame = output.frame
+    frame.attrs["files"] = [str(p) for p in output.files] if out is not None else []
+    frame.attrs["trained"] = output.trained
+    if verdict is not None:
+        frame.attrs["gate"] = {"failures": verdict.failures, "checked": verdict.checked, "skipped": verdict.skipped}
+        if verdict.failures:
+            raise GateFailed(verdict, frame, gate.path)
+    return frame

@@ -1,0 +1,52 @@
+"""Writing files so that no reader ever sees half of one, and identifying files by their content.
+
+One helper for every file rfbench writes (result cells, tables, checkpoints, caches, samples): write to a
+temporary file in the same folder, flush it to disk, then rename it over the target. A reader (or a second run
+writing the same file) sees the old file or the new one, never a part; a crash leaves at most a hidden temporary
+file. Torch-free: a checkpoint passes its own ``torch.save`` as the writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(fh)`` on a temporary binary file beside ``path``, then rename it to ``path``. The file gets the
+    permissions ``open()`` would give it (the umask's), not ``mkstemp``'s private ones."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write` of UTF-8 text."""
+    return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def sha1_files(*paths: str | os.PathLike) -> str:
+    """SHA-1 (hex) of the files' bytes, in order, read in blocks: the identity of weights, checkpoints, samples and
+    reference files by content, whatever their names or where they were found."""
+    digest = hashlib.sha1()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()

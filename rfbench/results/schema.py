@@ -1,0 +1,96 @@
+"""The one results schema: which columns a row has, in which order, how each is typed, and what each one is for.
+
+Everything that must agree on columns is derived from :data:`SCHEMA`:
+
+* the cell key (:data:`KEY_FIELDS`): the file name of a stored cell; a run resumes a cell only under the same key;
+* the gate's identity (:data:`RUN_IDENTITY`: a run is compared with a baseline only when these agree;
+  :data:`MODEL_IDENTITY`: per model; :data:`CELL`: which rows are the same cell);
+* the resume check (:data:`RESUME_FIELDS`: beyond the key, a kept cell must have been measured alike);
+* the table's column order (:func:`table_columns`; the metrics' own columns come from the metric registry, at
+  :data:`METRICS_AFTER`);
+* the integer columns read back from CSV (:data:`INTEGER`).
+
+Torch-free, like the store and the gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+
+@dataclass(frozen=True)
+class Column:
+    """A result column. ``key``: identifies the cell (part of the cell key). ``gate``: "run" (must be equal between
+    a run and the baseline it is checked against), "model" (must be equal for each model), "cell" (names the cell
+    the gate compares). ``resume``: a resumed cell is kept only when equal."""
+
+    name: str
+    dtype: Literal["str", "int", "number", "bool"]
+    what: str
+    key: bool = False
+    gate: Literal["run", "model", "cell"] | None = None
+    resume: bool = False
+
+
+SCHEMA: tuple[Column, ...] = (
+    Column("suite", "str", "the suite's name", key=True, gate="run"),
+    Column("suite_version", "int", "the suite's version (bumped whenever its numbers would change)", key=True,
+           gate="run"),
+    Column("model", "str", "the model's name in the suite (independent: the independent coupling)", key=True,
+           gate="cell"),
+    Column("solver", "str", "the solver (none for the independent row)", key=True, gate="cell"),
+    Column("steps", "int", "steps of a fixed-grid or discrete solver (empty: adaptive)", key=True, gate="cell"),
+    Column("nfe", "number", "model evaluations, counted (the batch-weighted mean for adaptive solvers in batches)"),
+    Column("n_samples", "int", "samples in the cell", key=True, gate="run"),
+    Column("seed", "int", "the first seed", key=True),
+    Column("seeds", "str", "the seed range", gate="run"),
+    Column("wall_clock_s", "number", "sampling time of the cell (the median of --repeats timed runs)"),
+    Column("samples_per_s", "number", "n_samples / wall_clock_s"),
+    Column("ms_per_nfe", "number", "median over batches of a batch's time per model evaluation"),
+    Column("model_metrics_solver", "str", "the trajectory the model-scope metrics (straightness) were computed on"),
+    Column("status", "str", "ok or failed"),
+    Column("error", "str", "why a failed cell failed"),
+    Column("notes", "str", "why a column is empty, or what makes the row not comparable"),
+    Column("options", "str", "the solver's options (k=v,...)", key=True, gate="cell"),
+    Column("batch_size", "int", "samples per sampler call (rk45's steps depend on it)", resume=True),
+    Column("bootstrap", "int", "replicates of the resampled standard errors", resume=True),
+    Column("solver_stats", "str", "the solver's own counts (accepted and rejected steps, batches)"),
+    Column("timing", "str", "how wall_clock_s was measured", resume=True),
+    Column("extractor", "str", "the feature extractor of the image metrics", key=True, gate="run"),
+    Column("reference", "str", "what the image metrics compare with", key=True, gate="run"),
+    Column("model_kind", "str", "flow, one-step or diffusion"),
+    Column("model_source", "str", "what the model is: a recipe trained by rfbench, a file's format, a factory"),
+    Column("model_id", "str", "the model's identity: its recipe's hash, its file's sha1, its factory", key=True,
+           gate="model"),
+    Column("model_checkpoint", "str", "the trained model's cache entry, or the file's name and sha1"),
+    Column("device", "str", "what the cell ran on", resume=True),
+    Column("dtype", "str", "the samples' dtype"),
+    Column("torch_version", "str", "library versions"),
+    Column("numpy_version", "str", ""),
+    Column("scipy_version", "str", ""),
+    Column("rfbench_version", "str", ""),
+    Column("python_version", "str", ""),
+    Column("git_commit", "str", "the code's commit, and whether the tree had uncommitted changes"),
+    Column("git_dirty", "bool", ""),
+    Column("date", "str", "when the cell was written (UTC)"),
+)
+METRICS_AFTER = "ms_per_nfe"     # the metrics' columns follow this one
+
+NAMES = tuple(c.name for c in SCHEMA)
+# the parts of a cell key, in the schema's order (the first five also name its file): reordering the key columns
+# above changes every key, and a resumed run then finds none of the cells stored before
+KEY_FIELDS = tuple(c.name for c in SCHEMA if c.key)
+RUN_IDENTITY = tuple(c.name for c in SCHEMA if c.gate == "run")
+MODEL_IDENTITY = tuple(c.name for c in SCHEMA if c.gate == "model")
+CELL = tuple(c.name for c in SCHEMA if c.gate == "cell")
+RESUME_FIELDS = tuple(c.name for c in SCHEMA if c.resume)
+INTEGER = tuple(c.name for c in SCHEMA if c.dtype == "int")
+
+
+def table_columns(metric_columns: Sequence[str] = ()) -> tuple[str, ...]:
+    """The leading columns of every table, in order: the schema's, with the metrics' columns after
+    :data:`METRICS_AFTER`; any further record keys follow them."""
+    at = NAMES.index(METRICS_AFTER) + 1
+    metric_columns = tuple(c for c in metric_columns if c not in NAMES)
+    return NAMES[:at] + metric_columns + NAMES[at:]

@@ -1,0 +1,204 @@
+"""Sampling one cell: timed, batched, sharded over processes. Nothing but sampling is inside the timed region.
+
+Before a cell's timed runs the model is evaluated ``WARMUP_EVALS`` times at the batch shape, untimed (CUDA kernels
+and the allocator warm up); each batch is then timed with the device synchronised. With several processes each
+samples its block of the cell's batches (:func:`rfbench.distributed.batch_plan`), and every timed run lasts until
+the slowest process ends.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from rfbench.device import synchronize
+from rfbench.distributed import World, batch_plan
+from rfbench.samplers import SOLVERS, sample
+from rfbench.suites.base import Cell
+from rfbench.suites.batching import FRACTION, LIMIT, auto_batch_size
+
+WARMUP_EVALS = 2   # untimed model evaluations at a cell's batch shape before its timed runs (kernels, allocator)
+
+
+def timing_protocol(repeats: int, world: World) -> str:
+    """The ``timing`` column: how a cell's wall-clock was measured (a resumed cell must have been timed alike)."""
+    return f"warmup={WARMUP_EVALS}nfe,repeats={repeats},processes={world.size}"
+
+
+@dataclass
+class Share:
+    """One process's part of a cell: its samples (first run), per-batch NFE and stats, and its timings."""
+
+    x: torch.Tensor | None = None
+    nfes: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    stats: list = field(default_factory=list)
+    run_times: list = field(default_factory=list)     # seconds per timed run (all of its batches)
+    ms_per_nfe: list = field(default_factory=list)    # per batch and run: milliseconds / the batch's NFE
+    error: str | None = None
+
+    def summary(self) -> dict:
+        return {"nfes": self.nfes, "weights": self.weights, "stats": self.stats, "run_times": self.run_times,
+                "ms_per_nfe": self.ms_per_nfe}
+
+
+@dataclass
+class Sampled:
+    """A cell's samples in seed order (rank 0) with its NFE, solver stats and timing columns; or its error."""
+
+    x: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    fields: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, batches: list[tuple[int, int]],
+                 device: torch.device, repeats: int = 1, world: World | None = None) -> Share:
+    """Sample the rows of ``batches`` ``repeats`` times, timing each run and each batch (synchronised with the
+    device) after ``WARMUP_EVALS`` untimed model evaluations at the batch shape; the samples of the first run are
+    kept. All processes start each run together; an error stops the sampling, not the taking part in the
+    collectives, so the other processes never wait for this one."""
+    world = world or World()
+    share = Share()
+    xs = []
+    try:
+        if batches:
+            a, b = batches[0]
+            t = torch.full((b - a,), 0.5, dtype=x0.dtype, device=x0.device)
+            with torch.no_grad():
+                for _ in range(WARMUP_EVALS):
+                    model(x0[a:b], t)
+            synchronize(device)
+    except Exception:   # left for the timed run, whose sampler checks its input and reports the cause
+        pass
+    for run in range(repeats):
+        world.barrier()
+        if share.error is not None:
+            share.run_times.append(float("nan"))
+            continue
+        try:
+            start = time.perf_counter()
+            for a, b in batches:
+                begin = time.perf_counter()
+                result = sample(model, x0[a:b], cell.solver, cell.steps,
+                                seeds=seeds[a:b] if seeds is not None else None, **dict(cell.options))
+                synchronize(device)
+                share.ms_per_nfe.append(1000 * (time.perf_counter() - begin) / max(result.nfe, 1))
+                if run == 0:
+                    xs.append(result.x)
+                    share.nfes.append(result.nfe)
+                    share.weights.append(b - a)
+                    share.stats.append({k: v for k, v in result.stats.items() if k not in ("rtol", "atol", "eta")})
+            share.run_times.append(time.perf_counter() - start)
+            if run == 0:     # off the device batch by batch (the next runs' samples are not kept)
+                xs = [x.cpu() for x in xs]
+                share.x = torch.cat(xs) if xs else None
+        except Exception as exc:
+            share.error = f"{type(exc).__name__}: {exc}"
+    if share.error is not None:
+        share.x = None
+    return share
+
+
+def combine(shares: list[dict], size: int) -> tuple[float, dict]:
+    """The row's NFE and solver stats from every batch of every process (in seed order). Fixed-grid solvers have
+    the same NFE for every batch. An adaptive solver's step sizes, hence its samples and NFE, depend on the batch
+    (its error norm spans the batch), so the row's NFE (and each numeric solver stat) is then the mean per sample's
+    batch, weighted by batch size, and solver_stats gives the batch size, the number of batches and the NFE range."""
+    nfes = [n for s in shares for n in s["nfes"]]
+    weights = [w for s in shares for w in s["weights"]]
+    stats_list = [st for s in shares for st in s["stats"]]
+    total = sum(weights)
+
+    def mean(values):
+        if min(values) == max(values):
+            return values[0]
+        return round(sum(v * w for v, w in zip(values, weights)) / total, 2)
+
+    stats = {key: (mean([s[key] for s in stats_list]) if isinstance(value, (int, float)) else value)
+             for key, value in stats_list[0].items()}
+    if len(nfes) > 1:
+        stats.update(batch_size=size, batches=len(nfes))
+        if min(nfes) != max(nfes):
+            stats.update(nfe_min=min(nfes), nfe_max=max(nfes))
+    return mean(nfes), stats
+
+
+def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_size: int | None, repeats: int,
+                device: torch.device, world: World,
+                extract: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> Sampled:
+    """Sample a cell on every process (each its block of batches); with ``extract`` (image suites) each process
+    also extracts its samples' features. Rank 0 gets the samples (and features) of every process in seed order
+    and the cell's nfe, batch_size, wall_clock_s, samples_per_s, ms_per_nfe, solver_stats and timing; the others
+    get an empty :class:`Sampled`. A failure on any process is the cell's error, on rank 0."""
+    stochastic = SOLVERS[cell.solver].is_stochastic(dict(cell.options))
+    size, mine = batch_plan(x0.shape[0], batch_size, world)
+    share = sample_share(model, x0, cell, seeds if stochastic else None, mine, device, repeats, world)
+    errors = world.check(share.error, "sample")
+    if errors:
+        return Sampled(error=errors[0])
+    features = logits = None
+    if extract is not None:
+        if share.x is not None:
+            try:
+                features, logits = extract(share.x)
+            except Exception as exc:
+                share.error = f"features: {type(exc).__name__}: {exc}"
+        errors = world.check(share.error, "features")
+        if errors:
+            return Sampled(error=errors[0])
+    shares = world.all_objects(share.summary())
+    x = world.cat_rows(share.x)
+    if extract is not None:
+        features, logits = world.cat_rows(features), world.cat_rows(logits)
+    if not world.is_main:
+        return Sampled()
+    nfe, stats = combine(shares, size)
+    # each timed run ends when its slowest process does; the cell's time is the median over the repeated runs
+    wall = statistics.median(max(s["run_times"][r] for s in shares) for r in range(repeats))
+    ms_per_nfe = statistics.median(t for s in shares for t in s["ms_per_nfe"])
+    fields = {"batch_size": size, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
+              "ms_per_nfe": ms_per_nfe, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
+              "timing": timing_protocol(repeats, world)}
+    return Sampled(x=x, features=features, logits=logits, fields=fields)
+
+
+def sample_batched(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None,
+                   batch_size: int | None) -> tuple[torch.Tensor, float, dict]:
+    """Sample ``x0`` in batches of ``batch_size`` (all at once when None) in this process: the samples, the row's
+    NFE and its solver stats (:func:`combine`). Raises the sampler's error."""
+    size, batches = batch_plan(x0.shape[0], batch_size, World())
+    share = sample_share(model, x0, cell, seeds, batches, x0.device)
+    if share.error is not None:
+        raise RuntimeError(share.error)
+    nfe, stats = combine([share.summary()], size)
+    return share.x, nfe, stats
+
+
+def probed_batch_size(model_name: str, model, x0: torch.Tensor, batch_size: int | None, device: torch.device,
+                      world: World, say: Callable[[str], None]) -> int | None:
+    """``--batch-size auto``: the probed batch size on CUDA (the smallest over the processes, so that all use the
+    same batches); on the CPU the suite's own batch size."""
+    if device.type != "cuda":
+        say(f"{model_name}: --batch-size auto probes GPU memory; on the CPU the suite's batch size "
+            f"({batch_size or 'all samples at once'}) is kept")
+        return batch_size
+    try:
+        size, error = auto_batch_size(model, x0[:1], device, limit=min(LIMIT, x0.shape[0])), None
+    except Exception as exc:   # every process must reach the collective below, whatever happened here
+        size, error = None, f"{type(exc).__name__}: {exc}"
+    shared = world.all_objects((size, error))
+    errors = [e for _, e in shared if e is not None]
+    if errors:
+        say(f"{model_name}: the batch size probe failed ({errors[0]}); using the suite's batch size "
+            f"({batch_size or 'all samples at once'})")
+        return batch_size
+    size = min(s for s, _ in shared)
+    say(f"{model_name}: batch size {size} (auto: the largest power of two whose evaluation needs at most "
+        f"{FRACTION:.0%} of the free GPU memory)")
+    return size

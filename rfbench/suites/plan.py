@@ -1,0 +1,360 @@
+"""What one run does with a suite: the run's options (:class:`RunConfig`) applied to the suite's definition give the
+:class:`Plan` the sweep executes. Every check that can be made before any work is made here, and each problem is
+one line naming the option, the value and what is allowed.
+
+A run can narrow a suite (``models``, ``solvers``, fewer samples) and widen it: a model registered by name
+(``MODELS``) or given as a file (``--model NAME=PATH``) joins the suite with the cells of the suite's first model
+of its kind; ``solvers`` keeps only the cells of the solvers the suite sweeps, and adds a registered solver the
+suite does not sweep to every model it applies to (fixed-grid and adaptive ODE solvers to flows and diffusion
+models, discrete ones to diffusion models) at the step counts the model already uses for that kind of solver (else
+the suite's ``steps``); ``steps`` replaces the step counts of fixed-grid and discrete solvers (one-step models keep
+their single step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfbench.data.base import DatasetNotFoundError
+from rfbench.data.registry import DATASETS, check_dataset
+from rfbench.metrics import METRICS
+from rfbench.models.sources import MODELS, ModelFile, ModelSource
+from rfbench.samplers import SOLVERS
+from rfbench.suites.base import Cell, Suite, SuiteModel, applies, check_cells
+
+
+class InputError(ValueError):
+    """Problems found before any work, one line each (a missing data folder, checkpoint or file, a model whose
+    shape does not fit the suite)."""
+
+    def __init__(self, lines):
+        self.lines = list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's options; none of them is part of a suite's definition, and every one that changes numbers is
+    recorded in the rows (sample count, seeds, batch size, extractor, reference, model sources)."""
+
+    models: tuple[str, ...] | None = None               # suite models, or registered models (MODELS) to add
+    add_models: tuple[tuple[str, ModelSource], ...] = ()  # --model NAME=PATH: added, or a suite model's source
+    checkpoints: tuple[tuple[str, str], ...] = ()        # --checkpoint MODEL=PATH: a suite model read from a file
+    solvers: tuple[str, ...] | None = None
+    steps: tuple[int, ...] | None = None
+    num_samples: int | None = None
+    first_seed: int | None = None
+    batch_size: int | str | None = None                  # samples per sampler call, "auto", or None (the suite's)
+    repeats: int = 1                                     # timed runs per cell (wall_clock_s: their median)
+    bootstrap: int | None = None
+    extractor: str | None = None
+    extractor_options: tuple[tuple[str, Any], ...] = ()  # inception: weights, mode
+    data_dir: str | None = None
+    reference_file: str | None = None
+    device: str | None = None                            # None or "auto": cuda when there is one
+    cache_dir: str | None = None
+    resume: bool = True
+    save_samples: bool = False
+
+    def __post_init__(self):
+        for name in ("models", "solvers"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                    raise TypeError(f"{name} must be a list of names, got {value!r}")
+                object.__setattr__(self, name, tuple(value))
+        if self.steps is not None:
+            steps = (self.steps,) if isinstance(self.steps, int) else tuple(self.steps)
+            if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
+                raise ValueError(f"steps must be integers >= 1, got {self.steps!r}")
+            object.__setattr__(self, "steps", tuple(dict.fromkeys(steps)))
+        if self.num_samples is not None and self.num_samples < 2:
+            raise ValueError(f"--num-samples must be >= 2, got {self.num_samples}")
+        if self.first_seed is not None and self.first_seed < 0:
+            raise ValueError(f"--first-seed must be >= 0, got {self.first_seed}")
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.bootstrap is not None and (self.bootstrap < 0 or self.bootstrap == 1):
+            raise ValueError(f"--bootstrap must be 0 (off) or >= 2 replicates, got {self.bootstrap}")
+        if self.batch_size is not None and self.batch_size != "auto" and (
+                isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"--batch-size takes an integer >= 1 or auto, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A suite as one run executes it: its models (sources resolved), cells, sample count, seeds, batch size,
+    extractor and reference, and the notes every row carries."""
+
+    suite: Suite                 # the definition (with the run's data folder)
+    models: tuple[SuiteModel, ...]
+    cells: tuple[Cell, ...]
+    metrics: tuple[str, ...]
+    num_samples: int
+    first_seed: int
+    batch_size: int | None
+    auto_batch: bool
+    repeats: int
+    bootstrap: int
+    extractor: str | None
+    fallback_extractor: str | None
+    reference_file: str | None
+    save_samples: bool = False
+    notes: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.suite.name
+
+    @property
+    def version(self) -> int:
+        return self.suite.version
+
+    @property
+    def problem(self):
+        return self.suite.problem
+
+    @property
+    def seeds(self) -> range:
+        return range(self.first_seed, self.first_seed + self.num_samples)
+
+    @property
+    def independent_row(self) -> bool:
+        return self.suite.independent_row
+
+    @property
+    def straightness_steps(self) -> int:
+        return self.suite.straightness_steps
+
+    @property
+    def straightness_samples(self) -> int | None:
+        return self.suite.straightness_samples
+
+    @property
+    def quality_metric(self) -> str:
+        return self.suite.quality_metric
+
+    @property
+    def extractors(self) -> tuple[str, ...]:
+        return tuple(e for e in (self.extractor, self.fallback_extractor) if e is not None)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def model(self, name: str) -> SuiteModel:
+        return next(m for m in self.models if m.name == name)
+
+    def grid(self, model: str) -> list[Cell]:
+        return [c for c in self.cells if c.model == model]
+
+
+def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
+    """Apply a run's options to a suite; every inconsistency is a ValueError naming the option."""
+    problem = suite.problem
+    if config.data_dir is not None:
+        dataset = getattr(problem, "dataset", None)
+        if not hasattr(problem, "data_dir") or dataset is None:
+            raise ValueError(f"suite {suite.name} does not read data from disk; --data-dir applies to the image suites "
+                             f"that read files (mnist, fashion-mnist, cifar)")
+        if DATASETS[dataset].bundled:
+            raise ValueError(f"suite {suite.name} uses {dataset}, which is bundled with its package; --data-dir does "
+                             f"not apply")
+        problem = dataclasses.replace(problem, data_dir=str(config.data_dir))
+    definition = dataclasses.replace(suite, problem=problem) if problem is not suite.problem else suite
+    extractor, fallback = suite.extractor, suite.fallback_extractor
+    if config.extractor is not None:
+        if config.extractor not in suite.extractors:
+            raise ValueError(f"suite {suite.name} is scored with "
+                             f"{' or '.join(suite.extractors) or 'no feature extractor'}, not {config.extractor!r}")
+        extractor, fallback = config.extractor, None
+    if config.reference_file is not None and suite.extractor is None:
+        raise ValueError(f"suite {suite.name} has no image metrics; --ref-stats applies to image suites")
+    models = _models(suite, config)
+    cells: tuple[Cell, ...] = ()
+    for model in models:
+        cells += _cells(suite, model, config)
+    if config.steps is not None and not any(SOLVERS[c.solver].kind != "adaptive" and models_kind(models, c.model)
+                                            != "one-step" for c in cells):
+        raise ValueError(f"--steps applies to fixed-grid and discrete solvers; no cell of this run has one (solvers: "
+                         f"{', '.join(sorted({c.solver for c in cells})) or 'none'})")
+    if not cells:
+        asked = list(config.solvers or sorted({c.solver for c in suite.cells}))
+        raise ValueError(f"suite {suite.name}: no cell has model in {[m.name for m in models]} and solver in "
+                         f"{asked}; nothing to run")
+    check_cells(suite.name, cells, [m.name for m in models])
+    models = tuple(m for m in models if any(c.model == m.name for c in cells))   # models left without cells: unused
+    num_samples = suite.num_samples if config.num_samples is None else int(config.num_samples)
+    notes: tuple[str, ...] = ()
+    if num_samples < suite.num_samples:
+        notes += (f"{num_samples} samples, fewer than the suite's default {suite.num_samples}: not comparable with "
+                  f"default runs or published numbers",)
+    auto = config.batch_size == "auto"
+    batch = suite.batch_size if config.batch_size in (None, "auto") else int(config.batch_size)
+    return Plan(suite=definition, models=models, cells=cells, metrics=suite.metrics, num_samples=num_samples,
+                first_seed=suite.first_seed if config.first_seed is None else int(config.first_seed),
+                batch_size=batch, auto_batch=auto, repeats=config.repeats,
+                bootstrap=suite.bootstrap if config.bootstrap is None else int(config.bootstrap),
+                extractor=extractor, fallback_extractor=fallback,
+                reference_file=None if config.reference_file is None else str(config.reference_file),
+                save_samples=config.save_samples, notes=notes)
+
+
+def models_kind(models, name: str) -> str:
+    return next(m.kind for m in models if m.name == name)
+
+
+def _models(suite: Suite, config: RunConfig) -> tuple[SuiteModel, ...]:
+    added = dict(config.add_models)
+    checkpoints = dict(config.checkpoints)
+    unknown = [m for m in checkpoints if m not in suite.model_names]
+    if unknown:
+        raise ValueError(f"suite {suite.name} has no model {', '.join(map(repr, unknown))} to load a checkpoint "
+                         f"into; its models are: {', '.join(suite.model_names)}")
+    if config.models is None:
+        names = list(suite.model_names)
+    else:   # the suite's own in the suite's order, then the others in the order given
+        names = [m for m in suite.model_names if m in config.models]
+        names += [m for m in config.models if m not in suite.model_names]
+    names += [n for n in added if n not in names]
+    out = []
+    for name in dict.fromkeys(names):
+        if name in added:
+            source = added[name]
+            if name in suite.model_names and isinstance(source, ModelFile) and source.explicit_kind is None:
+                source = suite.model(name).source.with_file(source.path)    # the suite's flavor and network
+            out.append(SuiteModel(name, source))
+        elif name in suite.model_names:
+            model = suite.model(name)
+            out.append(SuiteModel(name, model.source.with_file(checkpoints[name])) if name in checkpoints else model)
+        elif name in MODELS:
+            out.append(SuiteModel(name, MODELS[name]))
+        else:
+            registered = f"; registered models: {', '.join(MODELS.names())}" if len(MODELS) else ""
+            raise ValueError(f"suite {suite.name} has no model {name!r} and no model of that name is registered; its "
+                             f"models are: {', '.join(suite.model_names)}{registered} (or give a file with --model "
+                             f"{name}=PATH)")
+    return tuple(out)
+
+
+def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ...]:
+    """The cells of one model in this run: the suite's own (or, for a model the run adds, those of the suite's first
+    model of its kind), narrowed or widened by the run's solvers, with the run's step counts."""
+    if model.name in suite.model_names:
+        base = suite.grid(model.name)
+    else:
+        base = [Cell(model.name, c.solver, c.steps, c.options) for c in suite.template(model.kind)]
+        if not base and config.solvers is None:
+            raise ValueError(f"suite {suite.name} has no {model.kind} model whose cells {model.name} could take; name "
+                             f"the solvers with --solvers (and --steps)")
+    cells = list(base)
+    if config.solvers is not None:
+        for solver in config.solvers:
+            SOLVERS[solver]       # an unknown solver: "did you mean" and the list of solvers
+        cells = [c for c in base if c.solver in config.solvers]
+        present = {c.solver for c in suite.cells}    # a solver the suite sweeps narrows; another one is added
+        for solver in config.solvers:
+            if solver in present or not applies(solver, model.kind):
+                continue
+            kind = SOLVERS[solver].kind
+            if kind == "adaptive":
+                cells.append(Cell(model.name, solver))
+                continue
+            counts = config.steps or tuple(sorted({c.steps for c in base if SOLVERS[c.solver].kind == kind})) \
+                or suite.default_steps(kind)
+            if not counts:
+                raise ValueError(f"--solvers {solver}: {model.name} has no {kind} cells in suite {suite.name} to take "
+                                 f"step counts from; pass --steps")
+            cells += [Cell(model.name, solver, n) for n in counts]
+    if config.steps is not None and model.kind != "one-step":
+        stepped = []
+        for cell in cells:
+            if SOLVERS[cell.solver].kind == "adaptive":
+                stepped.append(cell)
+            else:
+                stepped += [Cell(cell.model, cell.solver, n, cell.options) for n in config.steps]
+        cells = list(dict.fromkeys(stepped))
+    return tuple(cells)
+
+
+def missing_inputs(plan: Plan) -> list[str]:
+    """One line per input the run cannot start without (data files, checkpoints), each naming its flag."""
+    missing = []
+    problem = plan.problem
+    if hasattr(problem, "data_dir") and getattr(problem, "dataset", None) is not None:
+        splits = (problem.train_split, problem.reference_split) + (
+            (problem.independent_split,) if plan.independent_row else ())
+        for split in dict.fromkeys(splits):
+            try:
+                check_dataset(problem.dataset, split, problem.data_dir)
+            except DatasetNotFoundError as exc:
+                missing.append(str(exc))
+                break
+    if plan.reference_file is not None and not Path(plan.reference_file).is_file():
+        missing.append(f"--ref-stats {plan.reference_file}: no such file")
+    for model in plan.models:
+        line = model.source.missing(model.name)
+        if line is not None:
+            missing.append(line)
+    return missing
+
+
+def model_problems(plan: Plan, load=None) -> list[str]:
+    """One line per model that cannot run in this suite: a file of another kind than asked for, or an input shape
+    that does not fit the suite's samples (read from the file or config; a model whose shape is not known without
+    it is loaded by ``load(model)`` and evaluated once on two rows of the suite's shape)."""
+    problems = []
+    shape = tuple(plan.problem.shape)
+    for model in plan.models:
+        source = model.source
+        if source.missing(model.name) is not None:
+            continue          # missing_inputs says so
+        try:
+            if hasattr(source, "check"):
+                source.check()
+            expected = source.input_shape(plan.suite)
+        except Exception as exc:
+            problems.append(f"model {model.name} ({source.describe()}): {type(exc).__name__}: {exc}")
+            continue
+        if expected is not None:
+            if tuple(expected) != shape:
+                problems.append(_shape_message(plan, model, tuple(expected)))
+            continue
+        if load is None:
+            continue
+        try:
+            net = load(model)
+            declared = getattr(net, "input_shape", None)
+            if declared is not None:
+                if tuple(declared) != shape:
+                    problems.append(_shape_message(plan, model, tuple(declared)))
+                continue
+            x = torch.zeros((2, *shape))
+            device = next((p.device for p in getattr(net, "parameters", lambda: iter(()))()), torch.device("cpu"))
+            with torch.no_grad():
+                out = net(x.to(device), torch.full((2,), 0.5, device=device))
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, *shape):
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                problems.append(f"model {model.name} ({source.describe()}) returned {got} for an input of shape "
+                                f"{(2, *shape)} (suite {plan.name}'s samples); it must return a tensor shaped like "
+                                f"its input")
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            problems.append(f"model {model.name} ({source.describe()}) fails on a batch of suite {plan.name}'s "
+                            f"shape {(2, *shape)}: {type(exc).__name__}: {first}")
+    return problems
+
+
+def _shape_message(plan: Plan, model: SuiteModel, expected: tuple[int, ...]) -> str:
+    return (f"model {model.name} ({model.source.describe()}) takes inputs of shape (B, "
+            f"{', '.join(map(str, expected))}); suite {plan.name}'s samples have shape (B, "
+            f"{', '.join(map(str, plan.problem.shape))})")
+
+
+def metric_columns(plan: Plan) -> list[str]:
+    return [col for name in plan.metrics for col in METRICS[name].columns]

@@ -1,0 +1,167 @@
+"""Samples made elsewhere, scored exactly as a suite scores its own cells: ``rfbench score SAMPLES --suite NAME
+--label NAME``.
+
+A sampler that lives in another codebase writes its samples to a file; this module reads them, checks their shape
+against the suite's, computes the suite's metrics with the same extractor, reference and standard errors as a run
+of the suite, and adds the row to a run's folder (its ``cells/`` and ``results.csv``). Files rfbench reads:
+
+* ``.npz`` with the samples under ``arr_0`` (the key clean-fid's and ADM's sample files use) or ``samples``:
+  uint8 images NHWC (as those tools write them) or NCHW, float images NCHW in [-1, 1], or (N, D) points of a toy
+  suite; optionally ``z0`` (each sample's source point: the coupling metrics, crossing probability and transport
+  cost, need it) and ``seeds`` (rfbench's seeds of those source points). ``--save-samples`` writes exactly this;
+* a folder of PNG/JPEG images (all of one size).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rfbench.data.base import dequantize
+from rfbench.data.images import load_image_folder
+from rfbench.data.registry import check_dataset
+from rfbench.device import device_name, resolve_device
+from rfbench.files import sha1_files
+from rfbench.models.cache import Cache
+from rfbench.results import ResultStore, cell_key, provenance, write_tables
+from rfbench.results.report import load_results
+from rfbench.suites.base import SUITES
+from rfbench.suites.evaluate import Evaluation, image_eval
+from rfbench.suites.plan import InputError, RunConfig, make_plan, metric_columns
+
+SAMPLE_KEYS = ("arr_0", "samples")
+
+
+class SamplesError(ValueError):
+    """A samples file that cannot be scored: unreadable, of an unknown layout, or of another shape than the suite's."""
+
+
+def read_samples(path: str | Path, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                    np.ndarray | None, str]:
+    """The samples (float32, (N, *shape), images in [-1, 1]), their source points and seeds when the file has
+    them, and a description of the layout found."""
+    path = Path(path)
+    z0 = seeds = None
+    if path.is_dir():
+        x = load_image_folder(str(path))
+        layout = f"a folder of {len(x)} images"
+    elif path.is_file():
+        try:
+            with np.load(path) as data:
+                key = next((k for k in SAMPLE_KEYS if k in data.files), None)
+                if key is None:
+                    raise SamplesError(f"{path}: no samples array; expected one of {', '.join(SAMPLE_KEYS)} (found "
+                                       f"{', '.join(data.files) or 'nothing'})")
+                arr = data[key]
+                z0 = torch.from_numpy(np.asarray(data["z0"], dtype=np.float32)) if "z0" in data.files else None
+                seeds = np.asarray(data["seeds"]) if "seeds" in data.files else None
+        except SamplesError:
+            raise
+        except Exception as exc:
+            raise SamplesError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
+        x, layout = _layout(path, arr, shape)
+    else:
+        raise SamplesError(f"samples not found: {path} (an .npz file or a folder of images)")
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise SamplesError(f"{path}: samples of shape (N, {', '.join(map(str, x.shape[1:]))}) ({layout}); the suite's "
+                           f"samples have shape (N, {', '.join(map(str, shape))})")
+    if len(x) < 2:
+        raise SamplesError(f"{path}: {len(x)} sample(s); scoring needs at least 2")
+    if not bool(torch.isfinite(x).all()):
+        raise SamplesError(f"{path}: the samples contain NaN or inf")
+    if z0 is not None and tuple(z0.shape) != tuple(x.shape):
+        raise SamplesError(f"{path}: z0 has shape {tuple(z0.shape)}, the samples {tuple(x.shape)}; they must match")
+    if seeds is not None and seeds.shape != (len(x),):
+        raise SamplesError(f"{path}: seeds has shape {seeds.shape}; one seed per sample ({len(x)}) expected")
+    return x, z0, seeds, layout
+
+
+def _layout(path: Path, arr: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.Tensor, str]:
+    if arr.ndim == 4 and arr.dtype == np.uint8:
+        if arr.shape[-1] in (1, 3) and tuple(arr.shape[1:3]) == tuple(shape[1:]):
+            return dequantize(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()), "uint8 NHWC images"
+        return dequantize(torch.from_numpy(arr)), "uint8 NCHW images"
+    if arr.dtype.kind == "f":
+        x = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        if arr.ndim == 4:
+            low, high = float(x.min()), float(x.max())
+            if low < -1.5 or high > 1.5:
+                raise SamplesError(f"{path}: float images must be NCHW in [-1, 1]; found values in [{low:.3g}, "
+                                   f"{high:.3g}] (uint8 images are read as they are)")
+            return x, "float NCHW images in [-1, 1]"
+        return x, f"float samples {tuple(arr.shape)}"
+    raise SamplesError(f"{path}: samples of dtype {arr.dtype} and shape {arr.shape}; expected uint8 images (NHWC or "
+                       f"NCHW), float NCHW images in [-1, 1] or float (N, D) points")
+
+
+def score_samples(path: str | Path, suite: str, label: str, config: RunConfig = RunConfig(), *,
+                  out: str | Path, nfe: float | None = None, solver: str = "external", steps: int | None = None,
+                  log: Callable[[str], None] = print) -> tuple[dict, Path]:
+    """Score the samples in ``path`` as suite ``suite`` scores its cells and add the row (model ``label``) to the
+    run folder ``out``; returns the row and the results.csv written."""
+    definition = SUITES[suite]
+    plan = make_plan(definition, config)
+    if not label or "/" in label or label == "independent":
+        raise ValueError(f"--label must be a name without '/' and not 'independent', got {label!r}")
+    problem = plan.problem
+    missing = []
+    if getattr(problem, "dataset", None) is not None and plan.reference_file is None:
+        try:
+            check_dataset(problem.dataset, problem.reference_split, problem.data_dir)
+        except FileNotFoundError as exc:
+            missing.append(str(exc))
+    if plan.reference_file is not None and not Path(plan.reference_file).is_file():
+        missing.append(f"--ref-stats {plan.reference_file}: no such file")
+    if missing:
+        raise InputError(missing)
+    x, z0, seeds, layout = read_samples(path, tuple(problem.shape))
+    out = Path(out)
+    _check_folder(out, plan.name, plan.version)
+    device = resolve_device(config.device)
+    reference = problem.reference(len(x))
+    images = image_eval(plan, Cache(config.cache_dir, log=log).root, device, dict(config.extractor_options), log,
+                        images=reference)
+    evaluation = Evaluation(plan, reference, images)
+    values = evaluation.cell_metrics(evaluation.inputs(z0, x))
+    digest = sha1_files(*sorted(p for p in Path(path).rglob("*") if p.is_file())) if Path(path).is_dir() \
+        else sha1_files(path)
+    notes = list(evaluation.notes) + [f"scored from {Path(path).name} ({layout})"]
+    if z0 is None:
+        notes.append("crossing_prob and transport_cost empty: the file has no z0 (the samples' source points)")
+    notes.append("straightness empty: a property of a flow, not of samples")
+    row = {"suite": plan.name, "suite_version": plan.version, "model": label, "solver": solver, "steps": steps,
+           "options": "", "nfe": nfe, "n_samples": len(x),
+           "seed": int(seeds[0]) if seeds is not None else None,
+           "seeds": f"{int(seeds[0])}-{int(seeds[-1])}" if seeds is not None else None,
+           "wall_clock_s": None, "samples_per_s": None, "ms_per_nfe": None, **evaluation.fields, **values,
+           "bootstrap": plan.bootstrap, "model_kind": None, "model_source": f"samples file ({layout})",
+           "model_id": f"sha1:{digest[:12]}", "model_checkpoint": f"{Path(path).name} (sha1 {digest[:12]})",
+           **provenance(device_name(device), "float32"), "notes": "; ".join(notes), "status": "ok", "error": None}
+    store = ResultStore(out, metric_columns(plan))
+    key = cell_key(row)
+    store.write(row, key=key)
+    frame = store.load(keys=[key])
+    csv = out / "results.csv"
+    if csv.is_file():
+        before = load_results(out)
+        same = ((before["model"].astype(str) == label) & (before["solver"].astype(str) == solver)
+                & (before["steps"].astype("Float64").fillna(-1) == (steps if steps is not None else -1)))
+        frame = pd.concat([before[~same], frame], ignore_index=True)
+    write_tables(frame, out)
+    return row, csv
+
+
+def _check_folder(out: Path, suite: str, version: int) -> None:
+    """A run folder that holds another suite's (or version's) results does not take this row."""
+    if not (out / "results.csv").is_file():
+        return
+    frame = load_results(out)
+    if "suite" in frame and len(frame):
+        found = {(str(s), int(v)) for s, v in zip(frame["suite"], frame["suite_version"])}
+        if found != {(suite, version)}:
+            raise ValueError(f"--out {out} holds results of {', '.join(f'{s} v{v}' for s, v in sorted(found))}, not "
+                             f"{suite} v{version}; score into another folder")

@@ -1,0 +1,345 @@
+"""The open doors: registries with origins, plugins from files, modules and entry points, the checks a plugin's
+solver gets, models from files of other codebases (--model), the Python API, and samples scored from files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import rfbench
+from rfbench.cli import main
+from rfbench.models import MLPConfig, build_network, network_spec, save_checkpoint
+from rfbench.plugins import PluginError, load_plugin
+from rfbench.registry import DuplicateNameError, Registry, registering_from
+from rfbench.samplers import SOLVERS, sample
+from rfbench.suites import SUITES, Cell
+from tests.problems import TangentODE
+from tests.standins import registered, standin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Shift(torch.nn.Module):
+    """A constant velocity (0.5, 0.5): every point moves by it; scriptable."""
+
+    input_shape = (2,)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, 0.5)
+
+
+class CountingShift(Shift):
+    """Shift, counting its evaluations."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(x, t)
+
+
+def shift_factory(device):
+    return Shift().to(device)
+
+
+def test_registry_records_origins_refuses_duplicates_and_rolls_back_a_failed_plugin():
+    reg: Registry[int] = Registry("widget")
+    reg.add("a", 1)
+    assert reg.origin("a") == __name__                      # the module that registered it
+    with registering_from("--plugin mine.py"):
+        reg.add("b", 2)
+    assert reg.origin("b") == "--plugin mine.py"
+    with pytest.raises(DuplicateNameError, match=r"widget 'b' is already registered \(by --plugin mine.py\); choose "
+                                                 r"another name"):
+        reg.add("b", 3)
+    with pytest.raises(RuntimeError), registering_from("--plugin half.py"):
+        reg.add("c", 4)
+        raise RuntimeError("the plugin failed after registering c")
+    assert "c" not in reg and reg.names() == ["a", "b"]       # nothing of a failed plugin stays
+    assert reg.remove("a") == 1 and "a" not in reg
+    with pytest.raises(KeyError, match="Unknown widget 'zz'"):
+        reg.remove("zz")
+    with pytest.raises(KeyError, match=r"Unknown widget \['b'\]"):
+        reg[["b"]]                                          # a list is not a name: the same clear error
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_plugin_files_register_with_their_origin_and_fail_in_one_line(tmp_path, capsys):
+    good = _write(tmp_path / "half_euler.py", """
+        import rfbench
+
+        @rfbench.register_solver("half-euler", "fixed", order=1, expected_nfe=lambda n: n, description="test")
+        def half_euler(model, x, *, steps, callback=None, gain: float = 1.0):
+            for i in range(steps):
+                x = x + gain * model(x, i / steps) / steps
+            return x, {}
+        """)
+    try:
+        assert load_plugin(str(good)) == f"--plugin {good}" == load_plugin(str(good))   # loaded once
+        assert SOLVERS.origin("half-euler") == f"--plugin {good}"
+        assert main(["--plugin", str(good), "--list"]) == 0
+        listed = capsys.readouterr().out
+        assert f"half-euler fixed     test  [--plugin {good}]" in listed
+        assert "euler      fixed     Euler, uniform grid\n" in listed              # rfbench's own: no origin shown
+        assert "toy2d" in listed and "[entry point baselines]" in listed         # the baselines are a plugin too
+        # a plugin's solver gets rfbench's checks: counted NFE, known options only
+        flow = TangentODE()
+        x0 = torch.full((3, 1), 0.3)
+        assert sample(flow, x0, "half-euler", 4).nfe == 4
+        torch.testing.assert_close(sample(flow, x0, "half-euler", 4).x, sample(flow, x0, "euler", 4).x)
+        with pytest.raises(TypeError, match=r"half-euler got unknown option\(s\) gian; it takes: gain"):
+            sample(flow, x0, "half-euler", 4, gian=2.0)
+    finally:
+        SOLVERS.remove("half-euler")
+    broken = _write(tmp_path / "broken.py", """
+        import rfbench
+        x = 1
+        y = undefined_name + x
+        """)
+    with pytest.raises(PluginError, match=rf"--plugin {broken}: importing it failed: NameError: name "
+                                          rf"'undefined_name' is not defined \({broken}:4\)"):
+        load_plugin(str(broken))
+    taken = _write(tmp_path / "taken.py", """
+        import rfbench
+
+        @rfbench.register_solver("my-first", "adaptive")
+        def mine(model, x, *, callback=None):
+            return x, {}
+
+        @rfbench.register_solver("euler", "fixed", expected_nfe=lambda n: n)
+        def euler(model, x, *, steps, callback=None):
+            return x, {}
+        """)
+    with pytest.raises(SystemExit) as exc:
+        main(["--plugin", str(taken), "--list"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"benchmark.py: error: --plugin {taken}: solver 'euler' is already registered (by rfbench); "
+                   f"choose another name"]
+    assert "my-first" not in SOLVERS                          # what it registered before failing is gone
+
+
+def test_a_solver_is_checked_when_registered_and_when_it_runs():
+    with pytest.raises(ValueError, match="a fixed-grid solver must declare expected_nfe"):
+        rfbench.register_solver("x1", "fixed")
+    with pytest.raises(ValueError, match="kind must be one of fixed, adaptive, discrete, got 'fixd'"):
+        rfbench.register_solver("x2", "fixd", expected_nfe=lambda n: n)
+    with pytest.raises(TypeError, match=r"solver x3: the function must be fn\(model, x, \*, steps, callback=None, "
+                                        r"\*\*options\); it lacks callback"):
+        rfbench.register_solver("x3", "fixed", expected_nfe=lambda n: n)(lambda model, x, *, steps: (x, {}))
+    assert not {"x1", "x2", "x3"} & set(SOLVERS)
+
+    @rfbench.register_solver("miscount", "fixed", expected_nfe=lambda n: n)
+    def miscount(model, x, *, steps, callback=None):      # one evaluation more than it declares
+        for _ in range(steps + 1):
+            model(x, 0.0)
+        return x, {}
+    try:
+        with pytest.raises(AssertionError, match="miscount: counted 3 evaluations, expected 2"):
+            sample(TangentODE(), torch.zeros(2, 1), "miscount", 2)
+    finally:
+        SOLVERS.remove("miscount")
+
+
+def test_installed_plugins_enter_through_the_entry_point_group(tmp_path):
+    """A package installed with an entry point in the group rfbench.plugins is loaded without being named."""
+    site = tmp_path / "site"
+    (site / "fake_rfbench_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "fake_rfbench_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fake-rfbench-plugin\nVersion: 0.1\n")
+    (site / "fake_rfbench_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[rfbench.plugins]\nfake = fake_rfbench_plugin:register\n")
+    _write(site / "fake_rfbench_plugin.py", """
+        import rfbench
+
+        def register():
+            @rfbench.register_solver("fake-euler", "fixed", expected_nfe=lambda n: n, description="installed")
+            def fake(model, x, *, steps, callback=None):
+                return x, {}
+        """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    out = subprocess.run([sys.executable, "benchmark.py", "--list"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "fake-euler fixed     installed  [entry point fake]" in out.stdout
+
+
+def test_models_from_files_and_factories_join_a_suite_with_what_they_are(tmp_path):
+    scripted = torch.jit.script(Shift())
+    torch.jit.save(scripted, tmp_path / "shift.ts")
+    net = build_network(MLPConfig(dim=2, hidden=16, depth=1))
+    save_checkpoint(tmp_path / "mlp.pt", net, {"family": "rectified_flow", "model": "mlp",
+                                               "net": network_spec(MLPConfig(dim=2, hidden=16, depth=1))})
+    argv = ["--suite", "toy2d", "--models", "ts", "ckpt", "fac", "--model", f"ts={tmp_path / 'shift.ts'}",
+            "--model", f"ckpt={tmp_path / 'mlp.pt'}", "--model", "fac=tests.test_plugins:shift_factory",
+            "--solvers", "euler", "--steps", "1", "2", "--num-samples", "200", "--out", str(tmp_path / "out"),
+            "--cache", str(tmp_path / "cache"), "--quiet", "--no-plots", "--device", "cpu"]
+    assert main(argv) == 0
+    frame = pd.read_csv(tmp_path / "out" / "results.csv").set_index("model")
+    rows = frame.drop(index="independent")
+    assert sorted(rows.index.unique()) == ["ckpt", "fac", "ts"] and sorted(set(rows["steps"])) == [1, 2]
+    assert rows.loc["ts", "model_source"].tolist() == ["TorchScript file"] * 2
+    assert rows.loc["ckpt", "model_source"].iloc[0] == "rfbench checkpoint"
+    assert rows.loc["fac", "model_source"].iloc[0] == "factory"
+    assert rows.loc["fac", "model_checkpoint"].iloc[0] == "tests.test_plugins:shift_factory"
+    assert rows.loc["ts", "model_id"].iloc[0].startswith("sha1:") and (rows["model_kind"] == "flow").all()
+    assert rows.loc["ts", "model_checkpoint"].iloc[0].startswith("shift.ts (sha1 ")
+    # the scripted and the factory's model are the same constant flow: the same numbers
+    for col in ("w2", "transport_cost", "crossing_prob"):
+        assert rows.loc["ts", col].tolist() == rows.loc["fac", col].tolist()
+    assert rows.loc["ts", "transport_cost"].iloc[0] == pytest.approx(0.5, rel=1e-5)
+
+
+def test_a_model_that_does_not_fit_the_suite_is_refused_before_any_work(tmp_path, capsys):
+    net = build_network(MLPConfig(dim=3, hidden=8, depth=1))
+    save_checkpoint(tmp_path / "3d.pt", net, {"family": "rectified_flow", "model": "m",
+                                              "net": network_spec(MLPConfig(dim=3, hidden=8, depth=1))})
+
+    class Fails(torch.nn.Module):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return x @ torch.ones(5, 5)
+    torch.jit.save(torch.jit.script(Fails()), tmp_path / "fails.ts")
+    with pytest.raises(SystemExit) as exc:
+        main(["--suite", "toy2d", "--models", "a", "b", "--model", f"a={tmp_path / '3d.pt'}", "--model",
+              f"b={tmp_path / 'fails.ts'}", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (f"benchmark.py: error: model a (flow, from {tmp_path / '3d.pt'}) takes inputs of shape (B, 3); "
+                      f"suite toy2d's samples have shape (B, 2)")
+    assert err[1].startswith(f"benchmark.py: error: model b (flow, from {tmp_path / 'fails.ts'}) fails on a batch of "
+                             f"suite toy2d's shape (2, 2): RuntimeError")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_run_returns_the_frame_and_keeps_nothing_without_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ours, theirs = CountingShift(), CountingShift()
+    suite = standin("toy2d", "toy2d-api", {"shift": ours}, cells=(Cell("shift", "euler", 1), Cell("shift", "heun", 2)),
+                    num_samples=100)
+    with registered(suite):
+        frame = rfbench.run("toy2d-api", device="cpu", cache=tmp_path / "cache")
+        assert list(frame["model"]) == ["independent", "shift", "shift"] and (frame["status"] == "ok").all()
+        assert frame["git_commit"].notna().all() and frame.attrs["files"] == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == []      # nothing on disk (the cache is never used)
+        # a model object beside the suite's, with a solver and steps the suite does not sweep
+        both = rfbench.run("toy2d-api", models={"shift": None, "object": theirs}, solvers=["rk4"], steps=[1, 3],
+                           device="cpu", out=tmp_path / "out", plots=False)
+        steps = [None if pd.isna(n) else int(n) for n in both["steps"]]
+        assert list(zip(both["model"], both["solver"], steps)) == [
+            ("independent", "none", None), ("shift", "rk4", 1), ("shift", "rk4", 3), ("object", "rk4", 1),
+            ("object", "rk4", 3)]
+        assert (both.loc[both["model"] == "object", "model_source"] == "python object").all()
+        ours.calls = theirs.calls = 0
+        rfbench.run("toy2d-api", models={"shift": None, "object": theirs}, solvers=["rk4"], steps=[1, 3],
+                    device="cpu", out=tmp_path / "out", plots=False)
+        assert ours.calls == 0 and theirs.calls > 0   # resume: the suite's model is kept, an object is recomputed
+        # the gate, as in the CLI: passing, then failing with the frame carried by the exception
+        frame = rfbench.run("toy2d-api", device="cpu", check=tmp_path / "out" / "results.csv",
+                            fail_on=["w2:+0"], models=["shift"], solvers=["rk4"], steps=[1, 3])
+        assert frame.attrs["gate"]["failures"] == [] and frame.attrs["gate"]["checked"] == 3   # the independent row too
+        baseline = pd.read_csv(tmp_path / "out" / "results.csv")
+        baseline.loc[baseline["model"] == "shift", "w2"] -= 0.01
+        baseline.to_csv(tmp_path / "better.csv", index=False)
+        with pytest.raises(rfbench.GateFailed, match=r"gate: 2 of 3 comparisons worse") as failed:
+            rfbench.run("toy2d-api", device="cpu", check=tmp_path / "better.csv", fail_on=["w2:+0"],
+                        models=["shift"], solvers=["rk4"], steps=[1, 3])
+        assert len(failed.value.frame) == 3 and "shift/rk4/1 w2: baseline" in failed.value.failures[0]
+        with pytest.raises(TypeError, match="models must be a list of names or a mapping"):
+            rfbench.run("toy2d-api", models="shift")
+        with pytest.raises(TypeError, match="a model must be callable as model"):
+            rfbench.run("toy2d-api", models={"none": 3})
+
+
+def test_the_gate_refuses_a_changed_recipe(tmp_path):
+    """A model's identity (its recipe's hash, its file's sha1) is part of the gate's identity."""
+    from rfbench.results.gate import GateMismatch, check_models
+    baseline = pd.DataFrame([{"model": "1-rf", "model_id": "recipe:aaaaaaaaaaaa"}, {"model": "independent"}])
+    check_models({"1-rf": {"model_id": "recipe:aaaaaaaaaaaa"}}, baseline)
+    with pytest.raises(GateMismatch, match=r"model 1-rf model_id: baseline 'recipe:aaaaaaaaaaaa', run "
+                                           r"'recipe:bbbbbbbbbbbb'\); a changed recipe or model file needs a new "
+                                           r"baseline"):
+        check_models({"1-rf": {"model_id": "recipe:bbbbbbbbbbbb"}}, baseline)
+    recorded = pd.read_csv(ROOT / "results" / "toy2d.csv")
+    ids = recorded.dropna(subset=["model_id"]).groupby("model")["model_id"].first().to_dict()
+    expected = {m.name: m.source.identity(SUITES["toy2d"]).id for m in SUITES["toy2d"].models}
+    assert ids == expected        # the recorded baseline is of today's recipes
+
+
+def test_samples_saved_by_a_run_score_to_the_same_numbers(tmp_path, capsys):
+    """--save-samples writes each cell's samples; rfbench score reads them back as a row scored exactly as the
+    cell was (here the coupling metrics too: the file holds z0)."""
+    suite = standin("toy2d", "toy2d-score", {"shift": Shift()}, cells=(Cell("shift", "heun", 2),), num_samples=300)
+    with registered(suite):
+        assert main(["--suite", "toy2d-score", "--save-samples", "--out", str(tmp_path / "run"), "--cache",
+                     str(tmp_path / "cache"), "--quiet", "--no-plots", "--device", "cpu"]) == 0
+        saved = list((tmp_path / "run" / "cells").glob("*.npz"))
+        assert len(saved) == 1
+        with np.load(saved[0]) as data:
+            assert data["arr_0"].shape == (300, 2) and data["z0"].shape == (300, 2) and data["seeds"][0] == 0
+        assert main(["score", str(saved[0]), "--suite", "toy2d-score", "--label", "again", "--nfe", "4",
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 0
+        frame = pd.read_csv(tmp_path / "run" / "results.csv").set_index("model")
+        assert list(frame.index) == ["independent", "shift", "again"]
+        for col in ("w2", "w2_se", "crossing_prob", "crossing_prob_se", "transport_cost", "transport_cost_se"):
+            assert frame.loc["again", col] == frame.loc["shift", col], col
+        assert frame.loc["again", "nfe"] == 4 and frame.loc["again", "seeds"] == "0-299"
+        assert frame.loc["again", "model_source"] == "samples file (float samples (300, 2))"
+        # without z0 the coupling metrics are empty, and the notes say why; the row replaces the earlier one
+        with np.load(saved[0]) as data:
+            np.savez(tmp_path / "bare.npz", samples=data["arr_0"])
+        assert main(["score", str(tmp_path / "bare.npz"), "--suite", "toy2d-score", "--label", "again",
+                     "--out", str(tmp_path / "run"), "--quiet"]) == 0
+        frame = pd.read_csv(tmp_path / "run" / "results.csv").set_index("model")
+        assert list(frame.index) == ["independent", "shift", "again"]
+        assert frame.loc["again", "w2"] == frame.loc["shift", "w2"] and pd.isna(frame.loc["again", "transport_cost"])
+        assert "the file has no z0" in frame.loc["again", "notes"]
+        np.savez(tmp_path / "3d.npz", arr_0=np.zeros((10, 3), dtype=np.float32))
+        with pytest.raises(SystemExit):
+            main(["score", str(tmp_path / "3d.npz"), "--suite", "toy2d-score", "--label", "x", "--out",
+                  str(tmp_path / "run")])
+        assert "samples of shape (N, 3) (float samples (10, 3)); the suite's samples have shape (N, 2)" in \
+            capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main(["score", str(tmp_path / "bare.npz"), "--suite", "toy2d", "--label", "x", "--out",
+                  str(tmp_path / "run")])
+        assert "holds results of toy2d-score v1, not toy2d v1; score into another folder" in capsys.readouterr().err
+
+
+def test_image_samples_from_a_file_score_as_the_suite_scores_real_images(tmp_path):
+    """Held-out digits written as a clean-fid / ADM sample file (uint8 NHWC) score the FID of the digits suite's
+    independent row, which holds the same images."""
+    from rfbench.data.base import quantize
+    from rfbench.suites.plan import RunConfig
+    from rfbench.suites.score import score_samples
+    suite = standin("digits", "digits-score", {"shift": Shift()}, cells=(Cell("shift", "euler", 1),), num_samples=360,
+                    bootstrap=0)
+    images = suite.problem.independent_target(range(360))
+    np.savez(tmp_path / "held_out.npz", arr_0=quantize(images).permute(0, 2, 3, 1).numpy())
+    with registered(suite):
+        row, _ = score_samples(tmp_path / "held_out.npz", "digits-score", "held-out", RunConfig(
+            cache_dir=str(tmp_path / "cache"), device="cpu"), out=tmp_path / "run", log=lambda msg: None)
+        assert row["model_source"] == "samples file (uint8 NHWC images)" and row["n_samples"] == 360
+        from rfbench.suites.evaluate import Evaluation, image_eval
+        from rfbench.suites.plan import make_plan
+        plan = make_plan(suite, RunConfig(cache_dir=str(tmp_path / "cache")))
+        evaluation = Evaluation(plan, plan.problem.reference(), image_eval(
+            plan, tmp_path / "cache", torch.device("cpu"), None, lambda msg: None))
+        independent = evaluation.independent_record(suite.problem.initial(range(360)), list(range(360)), None)
+        assert row["fid"] == pytest.approx(independent["fid"], rel=1e-12)
+        assert row["precision"] == independent["precision"] and row["recall"] == independent["recall"]
+    assert json.loads(next((tmp_path / "run" / "cells").glob("*.json")).read_text())["model"] == "held-out"
