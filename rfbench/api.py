@@ -49,6 +49,7 @@ class Gate:
     baseline: pd.DataFrame
     tolerances: list[Tolerance] = field(default_factory=list)
     spread: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         if self.tolerances:
@@ -66,6 +67,9 @@ def load_gate(check: str | Path, fail_on: Sequence[str] = ()) -> Gate:
     path = Path(check)
     baseline = load_results(path)
     gate = Gate(path, baseline, tolerances)
+    if "model_id" not in baseline:
+        gate.notes.append(f"{path} has no model_id column (recorded before models had identities): the models' "
+                          f"recipes and files are not compared with the baseline's")
     if not tolerances:
         spread_file = spread_path(path)
         if not spread_file.is_file():
@@ -85,6 +89,10 @@ def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None =
     identity, the device, explicit Inception weights. Raises ValueError (or an UnknownNameError) naming the option."""
     if fail_on and check is None:
         raise ValueError("--fail-on needs --check BASELINE")
+    if not len(SUITES):
+        raise ValueError("no suite is registered: rfbench's suites come from its baselines, loaded through the entry "
+                         "point rfbench.plugins that installing writes; run `pip install -e .` (again, if this "
+                         "checkout was installed before the entry point existed)")
     suite = SUITES[suite] if isinstance(suite, str) else suite
     options = dict(config.extractor_options)
     if options and config.extractor is None and "inception" in suite.extractors:
@@ -112,11 +120,16 @@ def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None =
 
 
 def input_problems(plan: Plan, config: RunConfig, log: Callable[[str], None] = lambda msg: None) -> list[str]:
-    """One line per input the run cannot start without, or model that does not fit the suite; nothing is run."""
+    """One line per input the run cannot start without, or model that does not fit the suite; nothing is run.
+    Under torchrun no model is loaded for the check (every process would, before the processes are set up, and
+    all must reach the same verdict): a model whose shape only loading tells fails in its cells instead."""
     missing = missing_inputs(plan)
     device = resolve_device(config.device)
     cache = Cache(config.cache_dir, log=log)
-    return missing + model_problems(plan, load=lambda m: m.source.load(LoadContext(plan.suite, cache, device, log)))
+
+    def load(model):
+        return model.source.load(LoadContext(plan.suite, cache, device, log))
+    return missing + model_problems(plan, load=load if env_world_size() <= 1 else None, device=device)
 
 
 def execute(plan: Plan, config: RunConfig, out: str | Path, gate: Gate | None = None, *, progress: bool = True,
@@ -173,7 +186,7 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     if options and "mode" not in options:
         options["mode"] = "clean"
     config = RunConfig(models=names, add_models=added, checkpoints=tuple((checkpoints or {}).items()),
-                       solvers=tuple(solvers) if solvers is not None else None,
+                       solvers=solvers,
                        steps=steps, num_samples=num_samples, first_seed=first_seed, batch_size=batch_size,
                        repeats=repeats, bootstrap=bootstrap, extractor=extractor,
                        extractor_options=tuple(options.items()),
@@ -194,7 +207,8 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     frame.attrs["files"] = [str(p) for p in output.files] if out is not None else []
     frame.attrs["trained"] = output.trained
     if verdict is not None:
-        frame.attrs["gate"] = {"failures": verdict.failures, "checked": verdict.checked, "skipped": verdict.skipped}
+        frame.attrs["gate"] = {"failures": verdict.failures, "checked": verdict.checked, "skipped": verdict.skipped,
+                               "notes": gate.notes}
         if verdict.failures:
             raise GateFailed(verdict, frame, gate.path)
     return frame

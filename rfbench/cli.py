@@ -17,6 +17,7 @@ from rfbench.api import InputError, execute, input_problems, prepare
 from rfbench.data.base import DatasetNotFoundError
 from rfbench.data.registry import DATASETS
 from rfbench.device import resolve_device
+from rfbench.files import atomic_write_text
 from rfbench.metrics import METRICS, column_directions, interval_methods
 from rfbench.metrics.features import EXTRACTORS, InceptionWeightsError
 from rfbench.metrics.reference import ReferenceFileError
@@ -276,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"gate: {exc}")
     except (UnknownNameError, ValueError, TypeError, InceptionWeightsError, FileNotFoundError) as exc:
         parser.error(str(exc))
+    definition = SUITES[args.suite]
+    given = [m.name for m in plan.models if m.name in definition.model_names
+             and m.source is not definition.model(m.name).source]
     trained = [m.name for m in plan.models if isinstance(m.source, Recipe)]
-    if trained and config.checkpoints:
+    if trained and given:
         _note(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
               f"rfbench's own parents), not derived from the checkpoint files given")
     if args.dry_run:
@@ -347,6 +351,8 @@ def _report(args, plan, result, verdict, gate, out: Path, start: float) -> int:
               f"{reasons[0][:200] if len(reasons) else ''}; see the status and error columns of "
               f"{out / 'results.csv'}", file=sys.stderr)
     if verdict is not None:
+        for line in gate.notes:
+            print(f"gate: note: {line}", file=sys.stderr)
         for line in verdict.failures:
             print(line if line.startswith("gate: ") else f"gate: FAIL {line}", file=sys.stderr)
         if verdict.skipped:
@@ -384,8 +390,7 @@ def table_main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+        atomic_write_text(args.output, text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     plots = args.plots or ("png" if args.output is not None and args.format != "csv" else "none")
@@ -417,8 +422,7 @@ def spread_main(argv: list[str]) -> int:
         table = spread_table([load_results(p) for p in args.runs], column_directions())
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+    atomic_write_text(args.out, table.to_csv(index=False))
     print(f"wrote {args.out}: {len(table)} cell metrics over {len(args.runs)} runs")
     return 0
 

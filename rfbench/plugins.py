@@ -39,6 +39,10 @@ def _is_file_spec(spec: str) -> bool:
     return spec.endswith(".py") or "/" in spec or "\\" in spec or Path(spec).is_file()
 
 
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def _where(exc: BaseException, path: str | None) -> str:
     """`` (file:line)`` of the innermost frame inside the plugin, when there is one."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -73,7 +77,7 @@ def load_plugin(spec: str) -> str:
         raise PluginError(f"{label}: importing it failed: ModuleNotFoundError: {exc}"
                           f"{_where(exc, key if _is_file_spec(spec) else None)}") from None
     except Exception as exc:
-        raise PluginError(f"{label}: importing it failed: {type(exc).__name__}: {exc}"
+        raise PluginError(f"{label}: importing it failed: {type(exc).__name__}: {_one_line(exc)}"
                           f"{_where(exc, key if _is_file_spec(spec) else None)}") from None
     _loaded[key] = label
     return label
@@ -115,7 +119,8 @@ def load_entry_points() -> list[str]:
         except DuplicateNameError as exc:
             raise PluginError(f"{label} ({ep.value}): {exc}") from None
         except Exception as exc:
-            raise PluginError(f"{label} ({ep.value}): loading it failed: {type(exc).__name__}: {exc}") from None
+            raise PluginError(f"{label} ({ep.value}): loading it failed: {type(exc).__name__}: "
+                              f"{_one_line(exc)}") from None
         _loaded[key] = label
         labels.append(label)
     return labels

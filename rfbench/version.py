@@ -1,3 +1,3 @@
 """rfbench's version (its own module, so that provenance can read it without importing the package)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

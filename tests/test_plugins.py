@@ -290,7 +290,7 @@ def test_samples_saved_by_a_run_score_to_the_same_numbers(tmp_path, capsys):
         saved = list((tmp_path / "run" / "cells").glob("*.npz"))
         assert len(saved) == 1
         with np.load(saved[0]) as data:
-            assert data["arr_0"].shape == (300, 2) and data["z0"].shape == (300, 2) and data["seeds"][0] == 0
+            assert data["arr_0"].shape == (300, 2) and list(data["seeds"]) == list(range(300))
         assert main(["score", str(saved[0]), "--suite", "toy2d-score", "--label", "again", "--nfe", "4",
                      "--out", str(tmp_path / "run"), "--quiet"]) == 0
         frame = pd.read_csv(tmp_path / "run" / "results.csv").set_index("model")
@@ -299,7 +299,11 @@ def test_samples_saved_by_a_run_score_to_the_same_numbers(tmp_path, capsys):
             assert frame.loc["again", col] == frame.loc["shift", col], col
         assert frame.loc["again", "nfe"] == 4 and frame.loc["again", "seeds"] == "0-299"
         assert frame.loc["again", "model_source"] == "samples file (float samples (300, 2))"
-        # without z0 the coupling metrics are empty, and the notes say why; the row replaces the earlier one
+        # a rerun of the suite into the folder keeps the scored row in its table
+        assert main(["--suite", "toy2d-score", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"),
+                     "--quiet", "--no-plots", "--device", "cpu"]) == 0
+        assert list(pd.read_csv(tmp_path / "run" / "results.csv")["model"]) == ["independent", "shift", "again"]
+        # without z0 (nor seeds) the coupling metrics are empty, and the notes say why; the row replaces the earlier
         with np.load(saved[0]) as data:
             np.savez(tmp_path / "bare.npz", samples=data["arr_0"])
         assert main(["score", str(tmp_path / "bare.npz"), "--suite", "toy2d-score", "--label", "again",
@@ -307,7 +311,16 @@ def test_samples_saved_by_a_run_score_to_the_same_numbers(tmp_path, capsys):
         frame = pd.read_csv(tmp_path / "run" / "results.csv").set_index("model")
         assert list(frame.index) == ["independent", "shift", "again"]
         assert frame.loc["again", "w2"] == frame.loc["shift", "w2"] and pd.isna(frame.loc["again", "transport_cost"])
-        assert "the file has no z0" in frame.loc["again", "notes"]
+        assert "the file has no z0 or seeds" in frame.loc["again", "notes"]
+        # images in [0, 1] would score a wrong FID: refused, as is an array of neither layout
+        for name, array, message in (
+                ("unit.npz", np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32),
+                 "as images in [0, 1] would: write them as uint8, or as 2x - 1"),
+                ("odd.npz", np.zeros((4, 8, 8, 5), dtype=np.uint8), "have neither 1 or 3 channels last (NHWC) nor")):
+            np.savez(tmp_path / name, arr_0=array)
+            with pytest.raises(SystemExit):
+                main(["score", str(tmp_path / name), "--suite", "digits", "--label", "x", "--out", str(tmp_path / "d")])
+            assert message in capsys.readouterr().err
         np.savez(tmp_path / "3d.npz", arr_0=np.zeros((10, 3), dtype=np.float32))
         with pytest.raises(SystemExit):
             main(["score", str(tmp_path / "3d.npz"), "--suite", "toy2d-score", "--label", "x", "--out",
@@ -333,7 +346,7 @@ def test_image_samples_from_a_file_score_as_the_suite_scores_real_images(tmp_pat
     with registered(suite):
         row, _ = score_samples(tmp_path / "held_out.npz", "digits-score", "held-out", RunConfig(
             cache_dir=str(tmp_path / "cache"), device="cpu"), out=tmp_path / "run", log=lambda msg: None)
-        assert row["model_source"] == "samples file (uint8 NHWC images)" and row["n_samples"] == 360
+        assert row["model_source"] == "samples file (uint8 NHWC images (360, 8, 8, 1))" and row["n_samples"] == 360
         from rfbench.suites.evaluate import Evaluation, image_eval
         from rfbench.suites.plan import make_plan
         plan = make_plan(suite, RunConfig(cache_dir=str(tmp_path / "cache")))
@@ -343,3 +356,56 @@ def test_image_samples_from_a_file_score_as_the_suite_scores_real_images(tmp_pat
         assert row["fid"] == pytest.approx(independent["fid"], rel=1e-12)
         assert row["precision"] == independent["precision"] and row["recall"] == independent["recall"]
     assert json.loads(next((tmp_path / "run" / "cells").glob("*.json")).read_text())["model"] == "held-out"
+
+
+class IntegerTimesteps(torch.nn.Module):
+    """An eps network that, like many DDPM codebases', embeds integer timesteps only (a float one is an error)."""
+
+    input_shape = (2,)
+
+    def forward(self, x, timesteps):
+        if timesteps.dtype != torch.long:
+            raise TypeError("integer timesteps only")
+        return torch.zeros_like(x)
+
+
+def integer_ddpm(device):
+    from rfbench.models import DiffusionModel, linear_betas
+    return DiffusionModel(IntegerTimesteps(), linear_betas(100))
+
+
+def test_a_diffusion_model_for_discrete_samplers_is_not_refused_by_the_shape_check(tmp_path):
+    assert main(["--suite", "toy2d", "--models", "int", "--model", "int:diffusion=tests.test_plugins:integer_ddpm",
+                 "--solvers", "ddim", "--steps", "2", "--num-samples", "50", "--out", str(tmp_path / "out"),
+                 "--cache", str(tmp_path / "cache"), "--quiet", "--no-plots", "--device", "cpu"]) == 0
+    frame = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(frame["model"]) == ["independent", "int"] and frame["status"].eq("ok").all()
+
+
+def test_a_plan_narrows_and_widens_a_suite(tmp_path):
+    from rfbench.models.sources import ModelFile
+    from rfbench.suites import RunConfig, make_plan
+    suite = SUITES["toy2d"]
+
+    def labels(**config):
+        return [c.label for c in make_plan(suite, RunConfig(**config)).cells]
+
+    # a solver the suite does not sweep joins every model it applies to, at the steps that model uses
+    added = labels(solvers=("rk4",))
+    assert [c for c in added if c.startswith("1-rf/")] == [f"1-rf/rk4/{n}" for n in (1, 2, 4, 8, 16, 32)]
+    assert [c for c in added if c.startswith("ddpm/")] == [f"ddpm/rk4/{n}" for n in (1, 2, 4, 8, 16, 32)]
+    assert not [c for c in added if c.startswith("2-rf-distill/")]          # a one-step model takes no ODE solver
+    # a solver the suite sweeps narrows; models keep the suite's order; steps replace the step counts
+    assert labels(models=("2-rf-distill", "1-rf"), solvers=("euler", "rk45"), steps=(2,)) == [
+        "1-rf/euler/2", "1-rf/rk45/adaptive", "2-rf-distill/euler/1"]
+    # a suite model given a file stays subject to --models; given as another kind, it takes that kind's cells
+    path = tmp_path / "m.pt"
+    assert labels(models=("2-rf",), add_models=(("1-rf", ModelFile(path)),), solvers=("euler",), steps=(1,)) == [
+        "2-rf/euler/1"]
+    assert labels(models=("1-rf",), add_models=(("1-rf", ModelFile(path, kind="one-step")),)) == ["1-rf/euler/1"]
+    with pytest.raises(TypeError, match=r"--solvers \(solvers=\) must be a list of names, got 'euler'"):
+        rfbench.run("toy2d", solvers="euler")
+    with pytest.raises(ValueError, match=r"--solvers eulr: Unknown solver 'eulr'. Did you mean: euler"):
+        make_plan(suite, RunConfig(solvers=("eulr",)))
+    with pytest.raises(ValueError, match=r"--steps \(steps=\) must be integers >= 1, got \[0\]"):
+        RunConfig(steps=(0,))

@@ -51,14 +51,15 @@ class MetricInput:
     bootstrap: int = 0
 
 
-NEEDS = ("reference", "features", "logits", "reference_features", "reference_radii", "trajectory")
+NEEDS = ("z0", "reference", "features", "logits", "reference_features", "reference_radii", "trajectory")
 
 
 @dataclass(frozen=True)
 class Metric:
     """A registered metric. scope: ``"cell"`` (computed on each cell's samples) or ``"model"`` (a property of the
     model's flow, computed once per model on a fine reference trajectory and reported on each of its rows).
-    ``needs``: what of :class:`MetricInput` it reads beyond the coupling (z0, z1): held-out target samples
+    ``needs``: what of :class:`MetricInput` it reads beyond the samples z1: their source points (``z0``; samples
+    scored from a file may not have them, and the metric is then left empty), held-out target samples
     (``reference``), the samples' ``features`` or ``logits``, the reference set's features (``reference_features``:
     a reference given as statistics only leaves the metric empty) and their k-NN radii (``reference_radii``), or
     the model's ``trajectory``. The runner prepares exactly what the suite's metrics need."""
@@ -169,10 +170,11 @@ RESAMPLED = "(only when the suite or --bootstrap asks for replicates)"   # error
 for _metric in (
     Metric("crossing_prob", ("crossing_prob", "crossing_prob_se"), False, _crossing,
            "P(segments of two random pairs intersect), 10,000 draws; 2D only; with its standard error",
-           intervals=(("crossing_prob_se", "binomial over the 10,000 drawn pairs of pairs"),)),
+           intervals=(("crossing_prob_se", "binomial over the 10,000 drawn pairs of pairs"),), needs=("z0",)),
     Metric("transport_cost", ("transport_cost", "transport_cost_se"), False,
            lambda inp: dict(zip(("transport_cost", "transport_cost_se"), transport_cost(inp.z0, inp.z1, True))),
-           "E||Z1 - Z0||^2, with its standard error", intervals=(("transport_cost_se", MEAN_OVER_SEEDS),)),
+           "E||Z1 - Z0||^2, with its standard error", intervals=(("transport_cost_se", MEAN_OVER_SEEDS),),
+           needs=("z0",)),
     Metric("straightness", ("straightness", "straightness_se"), False, _straightness,
            "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt of the model's flow, on a fine reference trajectory",
            scope="model", intervals=(("straightness_se", MEAN_OVER_SEEDS),), needs=("trajectory",)),

@@ -72,9 +72,12 @@ class LoadContext:
 
 
 class ModelSource:
-    """Interface of a suite's model; see the module docstring."""
+    """Interface of a suite's model; see the module docstring. ``probe``: whether loading it is cheap enough to
+    check its input shape before any work when :meth:`input_shape` cannot say (never for a recipe: loading one
+    trains it)."""
 
     kind: str = "flow"
+    probe: bool = False
 
     def describe(self) -> str:
         """One line for ``--list`` and ``--dry-run``."""
@@ -138,6 +141,7 @@ class ModelFile(ModelSource):
             raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
         self._kind, self.flavor, self.network = kind, flavor, network
         self._sha1: str | None = None
+        self.probe = True
 
     def __repr__(self) -> str:
         return f"ModelFile({str(self.path)!r}, kind={self._kind!r}, flavor={self.flavor!r})"
@@ -206,6 +210,7 @@ class Factory(ModelSource):
             raise TypeError(f"a factory must be a callable or 'package.module:function', got {type(fn).__name__}")
         self.fn, self.kind, self.description = fn, check_kind(kind), description
         self._loaded: dict[str, Any] = {}
+        self.probe = True
 
     def __repr__(self) -> str:
         return f"Factory({self.qualified_name()!r}, kind={self.kind!r})"
@@ -278,6 +283,7 @@ class ModelObject(ModelSource):
             raise TypeError(f"a model must be callable as model(x, t) (or a DiffusionModel), got "
                             f"{type(model).__name__}")
         self.model = model
+        self.probe = True
         self.kind = check_kind(kind or getattr(model, "kind", None)
                                or ("diffusion" if is_diffusion_model(model) else "flow"))
 

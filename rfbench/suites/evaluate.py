@@ -144,7 +144,7 @@ class Evaluation:
         values: dict = dict(self.empty)
         for name in self.metrics:
             metric = METRICS[name]
-            if metric.scope != "cell" or (inputs.z0 is None and not metric.needs):
+            if metric.scope != "cell" or (inputs.z0 is None and "z0" in metric.needs):
                 values.update(dict.fromkeys(metric.columns))
             else:
                 values.update(metric(inputs))

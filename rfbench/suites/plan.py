@@ -24,6 +24,7 @@ from rfbench.data.base import DatasetNotFoundError
 from rfbench.data.registry import DATASETS, check_dataset
 from rfbench.metrics import METRICS
 from rfbench.models.sources import MODELS, ModelFile, ModelSource
+from rfbench.protocols import is_diffusion_model
 from rfbench.samplers import SOLVERS
 from rfbench.suites.base import Cell, Suite, SuiteModel, applies, check_cells
 
@@ -66,12 +67,12 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None:
                 if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                    raise TypeError(f"{name} must be a list of names, got {value!r}")
+                    raise TypeError(f"--{name} ({name}=) must be a list of names, got {value!r}")
                 object.__setattr__(self, name, tuple(value))
         if self.steps is not None:
             steps = (self.steps,) if isinstance(self.steps, int) else tuple(self.steps)
             if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
-                raise ValueError(f"steps must be integers >= 1, got {self.steps!r}")
+                raise ValueError(f"--steps (steps=) must be integers >= 1, got {list(steps)}")
             object.__setattr__(self, "steps", tuple(dict.fromkeys(steps)))
         if self.num_samples is not None and self.num_samples < 2:
             raise ValueError(f"--num-samples must be >= 2, got {self.num_samples}")
@@ -169,9 +170,12 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
     definition = dataclasses.replace(suite, problem=problem) if problem is not suite.problem else suite
     extractor, fallback = suite.extractor, suite.fallback_extractor
     if config.extractor is not None:
+        if not suite.extractors:
+            raise ValueError(f"--extractor {config.extractor}: suite {suite.name} has no image metrics, so no "
+                             f"feature extractor")
         if config.extractor not in suite.extractors:
-            raise ValueError(f"suite {suite.name} is scored with "
-                             f"{' or '.join(suite.extractors) or 'no feature extractor'}, not {config.extractor!r}")
+            raise ValueError(f"--extractor {config.extractor}: suite {suite.name} is scored with "
+                             f"{' or '.join(suite.extractors)}, not {config.extractor!r}")
         extractor, fallback = config.extractor, None
     if config.reference_file is not None and suite.extractor is None:
         raise ValueError(f"suite {suite.name} has no image metrics; --ref-stats applies to image suites")
@@ -221,7 +225,8 @@ def _models(suite: Suite, config: RunConfig) -> tuple[SuiteModel, ...]:
     else:   # the suite's own in the suite's order, then the others in the order given
         names = [m for m in suite.model_names if m in config.models]
         names += [m for m in config.models if m not in suite.model_names]
-    names += [n for n in added if n not in names]
+    # a model given as a file joins the run; a suite model given a file stays subject to --models
+    names += [n for n in added if n not in names and n not in suite.model_names]
     out = []
     for name in dict.fromkeys(names):
         if name in added:
@@ -245,9 +250,9 @@ def _models(suite: Suite, config: RunConfig) -> tuple[SuiteModel, ...]:
 def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ...]:
     """The cells of one model in this run: the suite's own (or, for a model the run adds, those of the suite's first
     model of its kind), narrowed or widened by the run's solvers, with the run's step counts."""
-    if model.name in suite.model_names:
+    if model.name in suite.model_names and model.kind == suite.model(model.name).kind:
         base = suite.grid(model.name)
-    else:
+    else:   # a model the run adds, or a suite model given as a model of another kind: the cells of its kind
         base = [Cell(model.name, c.solver, c.steps, c.options) for c in suite.template(model.kind)]
         if not base and config.solvers is None:
             raise ValueError(f"suite {suite.name} has no {model.kind} model whose cells {model.name} could take; name "
@@ -255,7 +260,8 @@ def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ..
     cells = list(base)
     if config.solvers is not None:
         for solver in config.solvers:
-            SOLVERS[solver]       # an unknown solver: "did you mean" and the list of solvers
+            if solver not in SOLVERS:
+                raise ValueError(f"--solvers {solver}: {SOLVERS.unknown_message(solver)}")
         cells = [c for c in base if c.solver in config.solvers]
         present = {c.solver for c in suite.cells}    # a solver the suite sweeps narrows; another one is added
         for solver in config.solvers:
@@ -304,10 +310,12 @@ def missing_inputs(plan: Plan) -> list[str]:
     return missing
 
 
-def model_problems(plan: Plan, load=None) -> list[str]:
+def model_problems(plan: Plan, load=None, device: torch.device | str = "cpu") -> list[str]:
     """One line per model that cannot run in this suite: a file of another kind than asked for, or an input shape
-    that does not fit the suite's samples (read from the file or config; a model whose shape is not known without
-    it is loaded by ``load(model)`` and evaluated once on two rows of the suite's shape)."""
+    that does not fit the suite's samples. The shape is read from the file or the recipe's network; a model that
+    does not say it and is cheap to load (``source.probe``: a TorchScript file, a factory, an object; never a
+    recipe, which would train) is loaded by ``load(model)`` and evaluated once on two rows of the suite's shape on
+    ``device`` (a diffusion model's network at integer timesteps, as ddim calls it)."""
     problems = []
     shape = tuple(plan.problem.shape)
     for model in plan.models:
@@ -319,13 +327,13 @@ def model_problems(plan: Plan, load=None) -> list[str]:
                 source.check()
             expected = source.input_shape(plan.suite)
         except Exception as exc:
-            problems.append(f"model {model.name} ({source.describe()}): {type(exc).__name__}: {exc}")
+            problems.append(f"model {model.name} ({source.describe()}): {type(exc).__name__}: {_line(exc)}")
             continue
         if expected is not None:
             if tuple(expected) != shape:
                 problems.append(_shape_message(plan, model, tuple(expected)))
             continue
-        if load is None:
+        if load is None or not source.probe:
             continue
         try:
             net = load(model)
@@ -334,20 +342,27 @@ def model_problems(plan: Plan, load=None) -> list[str]:
                 if tuple(declared) != shape:
                     problems.append(_shape_message(plan, model, tuple(declared)))
                 continue
-            x = torch.zeros((2, *shape))
-            device = next((p.device for p in getattr(net, "parameters", lambda: iter(()))()), torch.device("cpu"))
+            x = torch.zeros((2, *shape), device=device)
             with torch.no_grad():
-                out = net(x.to(device), torch.full((2,), 0.5, device=device))
+                if is_diffusion_model(net):
+                    out = net.eps(x, torch.full((2,), net.num_timesteps // 2, dtype=torch.long, device=device))
+                else:
+                    out = net(x, torch.full((2,), 0.5, device=device))
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, *shape):
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 problems.append(f"model {model.name} ({source.describe()}) returned {got} for an input of shape "
                                 f"{(2, *shape)} (suite {plan.name}'s samples); it must return a tensor shaped like "
                                 f"its input")
         except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else ""
             problems.append(f"model {model.name} ({source.describe()}) fails on a batch of suite {plan.name}'s "
-                            f"shape {(2, *shape)}: {type(exc).__name__}: {first}")
+                            f"shape {(2, *shape)}: {type(exc).__name__}: {_line(exc)}")
     return problems
+
+
+def _line(exc: BaseException) -> str:
+    """An exception's message on one line: its last non-empty line (TorchScript puts the cause last)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _shape_message(plan: Plan, model: SuiteModel, expected: tuple[int, ...]) -> str:

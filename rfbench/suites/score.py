@@ -8,7 +8,9 @@ of the suite, and adds the row to a run's folder (its ``cells/`` and ``results.c
 * ``.npz`` with the samples under ``arr_0`` (the key clean-fid's and ADM's sample files use) or ``samples``:
   uint8 images NHWC (as those tools write them) or NCHW, float images NCHW in [-1, 1], or (N, D) points of a toy
   suite; optionally ``z0`` (each sample's source point: the coupling metrics, crossing probability and transport
-  cost, need it) and ``seeds`` (rfbench's seeds of those source points). ``--save-samples`` writes exactly this;
+  cost, need it) or ``seeds`` (rfbench's seeds of those source points: z0 is the suite's x0 of those seeds).
+  ``--save-samples`` writes ``arr_0`` and ``seeds``;
+* a ``.npy`` file holding the samples array alone;
 * a folder of PNG/JPEG images (all of one size).
 """
 
@@ -51,7 +53,13 @@ def read_samples(path: str | Path, shape: tuple[int, ...]) -> tuple[torch.Tensor
         layout = f"a folder of {len(x)} images"
     elif path.is_file():
         try:
-            with np.load(path) as data:
+            loaded = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise SamplesError(f"{path} is not a readable .npz or .npy file ({type(exc).__name__}: {exc})") from None
+        if isinstance(loaded, np.ndarray):
+            arr = loaded
+        else:
+            with loaded as data:
                 key = next((k for k in SAMPLE_KEYS if k in data.files), None)
                 if key is None:
                     raise SamplesError(f"{path}: no samples array; expected one of {', '.join(SAMPLE_KEYS)} (found "
@@ -59,10 +67,6 @@ def read_samples(path: str | Path, shape: tuple[int, ...]) -> tuple[torch.Tensor
                 arr = data[key]
                 z0 = torch.from_numpy(np.asarray(data["z0"], dtype=np.float32)) if "z0" in data.files else None
                 seeds = np.asarray(data["seeds"]) if "seeds" in data.files else None
-        except SamplesError:
-            raise
-        except Exception as exc:
-            raise SamplesError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
         x, layout = _layout(path, arr, shape)
     else:
         raise SamplesError(f"samples not found: {path} (an .npz file or a folder of images)")
@@ -82,9 +86,13 @@ def read_samples(path: str | Path, shape: tuple[int, ...]) -> tuple[torch.Tensor
 
 def _layout(path: Path, arr: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.Tensor, str]:
     if arr.ndim == 4 and arr.dtype == np.uint8:
-        if arr.shape[-1] in (1, 3) and tuple(arr.shape[1:3]) == tuple(shape[1:]):
-            return dequantize(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()), "uint8 NHWC images"
-        return dequantize(torch.from_numpy(arr)), "uint8 NCHW images"
+        if arr.shape[-1] in (1, 3) and (arr.shape[1] not in (1, 3) or tuple(arr.shape[1:3]) == tuple(shape[1:])):
+            return (dequantize(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()),
+                    f"uint8 NHWC images {tuple(arr.shape)}")
+        if arr.shape[1] in (1, 3):
+            return dequantize(torch.from_numpy(arr)), f"uint8 NCHW images {tuple(arr.shape)}"
+        raise SamplesError(f"{path}: uint8 images of shape {arr.shape} have neither 1 or 3 channels last (NHWC) nor "
+                           f"first (NCHW)")
     if arr.dtype.kind == "f":
         x = torch.from_numpy(np.asarray(arr, dtype=np.float32))
         if arr.ndim == 4:
@@ -92,7 +100,10 @@ def _layout(path: Path, arr: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.
             if low < -1.5 or high > 1.5:
                 raise SamplesError(f"{path}: float images must be NCHW in [-1, 1]; found values in [{low:.3g}, "
                                    f"{high:.3g}] (uint8 images are read as they are)")
-            return x, "float NCHW images in [-1, 1]"
+            if low >= 0:
+                raise SamplesError(f"{path}: float images must be NCHW in [-1, 1]; these lie in [{low:.3g}, "
+                                   f"{high:.3g}], as images in [0, 1] would: write them as uint8, or as 2x - 1")
+            return x, f"float NCHW images in [-1, 1] {tuple(arr.shape)}"
         return x, f"float samples {tuple(arr.shape)}"
     raise SamplesError(f"{path}: samples of dtype {arr.dtype} and shape {arr.shape}; expected uint8 images (NHWC or "
                        f"NCHW), float NCHW images in [-1, 1] or float (N, D) points")
@@ -119,6 +130,8 @@ def score_samples(path: str | Path, suite: str, label: str, config: RunConfig = 
     if missing:
         raise InputError(missing)
     x, z0, seeds, layout = read_samples(path, tuple(problem.shape))
+    if z0 is None and seeds is not None:       # rfbench's own samples: their source points are the suite's x0
+        z0 = problem.initial([int(s) for s in seeds])
     out = Path(out)
     _check_folder(out, plan.name, plan.version)
     device = resolve_device(config.device)
@@ -131,7 +144,11 @@ def score_samples(path: str | Path, suite: str, label: str, config: RunConfig = 
         else sha1_files(path)
     notes = list(evaluation.notes) + [f"scored from {Path(path).name} ({layout})"]
     if z0 is None:
-        notes.append("crossing_prob and transport_cost empty: the file has no z0 (the samples' source points)")
+        notes.append("crossing_prob and transport_cost empty: the file has no z0 or seeds (the samples' source "
+                     "points)")
+    if len(x) < definition.num_samples:
+        notes.append(f"{len(x)} samples, fewer than the suite's default {definition.num_samples}: not comparable "
+                     f"with default runs or published numbers")
     notes.append("straightness empty: a property of a flow, not of samples")
     row = {"suite": plan.name, "suite_version": plan.version, "model": label, "solver": solver, "steps": steps,
            "options": "", "nfe": nfe, "n_samples": len(x),
