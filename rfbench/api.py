@@ -162,6 +162,7 @@ def _models(models) -> tuple[tuple[str, ...] | None, tuple]:
 
 def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, Any] | None = None,
         solvers: Sequence[str] | None = None, steps: Sequence[int] | int | None = None,
+        grids: Sequence[str] | None = None,
         out: str | Path | None = None, device: str | torch.device | None = None, num_samples: int | None = None,
         first_seed: int | None = None, batch_size: int | str | None = None, repeats: int = 1,
         bootstrap: int | None = None, extractor: str | None = None, inception_weights: str | Path | None = None,
@@ -172,10 +173,11 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
         log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run a suite (or part of it) and return its results, one row per cell, as the CLI writes them.
 
-    Args mirror ``python benchmark.py``'s options. ``models``: names of the suite's models or of registered ones
-    (``rfbench.register_model``), or a mapping name -> model, where a model is a path (an rfbench, official
-    rectified-flow / score-SDE, diffusers or TorchScript file), ``"package.module:function"``, a
-    :class:`~rfbench.models.sources.ModelSource`, or an object (a flow ``model(x, t)`` or a DiffusionModel; its
+    Args mirror ``python benchmark.py``'s options (``grids``: time grids such as "uniform", "logsnr", "karras",
+    or timestep spacings for discrete samplers; each fixed-grid cell runs on each). ``models``: names of the suite's
+    models or of registered ones (``rfbench.register_model``), or a mapping name -> model, where a model is a path
+    (an rfbench, official rectified-flow / score-SDE, diffusers or TorchScript file), ``"package.module:function"``,
+    a :class:`~rfbench.models.sources.ModelSource`, or an object (a flow ``model(x, t)`` or a DiffusionModel; its
     cells are never resumed). ``out=None`` keeps nothing on disk (a temporary folder, removed). ``check``: a
     baseline CSV to gate against (``fail_on``: tolerances such as "w2:+10%"); a failing gate raises
     :class:`GateFailed` carrying the frame. ``plugins``: files or modules to load first (installed ones always are).
@@ -186,7 +188,7 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     if options and "mode" not in options:
         options["mode"] = "clean"
     config = RunConfig(models=names, add_models=added, checkpoints=tuple((checkpoints or {}).items()),
-                       solvers=solvers,
+                       solvers=solvers, grids=grids,
                        steps=steps, num_samples=num_samples, first_seed=first_seed, batch_size=batch_size,
                        repeats=repeats, bootstrap=bootstrap, extractor=extractor,
                        extractor_options=tuple(options.items()),

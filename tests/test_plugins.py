@@ -84,9 +84,9 @@ def test_plugin_files_register_with_their_origin_and_fail_in_one_line(tmp_path, 
         import rfbench
 
         @rfbench.register_solver("half-euler", "fixed", order=1, expected_nfe=lambda n: n, description="test")
-        def half_euler(model, x, *, steps, callback=None, gain: float = 1.0):
-            for i in range(steps):
-                x = x + gain * model(x, i / steps) / steps
+        def half_euler(model, x, *, times, callback=None, gain: float = 1.0):
+            for t_cur, t_next in zip(times[:-1], times[1:]):
+                x = x + gain * (t_next - t_cur) * model(x, t_cur)
             return x, {}
         """)
     try:
@@ -95,7 +95,7 @@ def test_plugin_files_register_with_their_origin_and_fail_in_one_line(tmp_path, 
         assert main(["--plugin", str(good), "--list"]) == 0
         listed = capsys.readouterr().out
         assert f"half-euler fixed     test  [--plugin {good}]" in listed
-        assert "euler      fixed     Euler, uniform grid\n" in listed              # rfbench's own: no origin shown
+        assert "euler      fixed     Euler\n" in listed              # rfbench's own: no origin shown
         assert "toy2d" in listed and "[entry point baselines]" in listed         # the baselines are a plugin too
         # a plugin's solver gets rfbench's checks: counted NFE, known options only
         flow = TangentODE()
@@ -122,7 +122,7 @@ def test_plugin_files_register_with_their_origin_and_fail_in_one_line(tmp_path, 
             return x, {}
 
         @rfbench.register_solver("euler", "fixed", expected_nfe=lambda n: n)
-        def euler(model, x, *, steps, callback=None):
+        def euler(model, x, *, times, callback=None):
             return x, {}
         """)
     with pytest.raises(SystemExit) as exc:
@@ -139,14 +139,14 @@ def test_a_solver_is_checked_when_registered_and_when_it_runs():
         rfbench.register_solver("x1", "fixed")
     with pytest.raises(ValueError, match="kind must be one of fixed, adaptive, discrete, got 'fixd'"):
         rfbench.register_solver("x2", "fixd", expected_nfe=lambda n: n)
-    with pytest.raises(TypeError, match=r"solver x3: the function must be fn\(model, x, \*, steps, callback=None, "
+    with pytest.raises(TypeError, match=r"solver x3: the function must be fn\(model, x, \*, times, callback=None, "
                                         r"\*\*options\); it lacks callback"):
-        rfbench.register_solver("x3", "fixed", expected_nfe=lambda n: n)(lambda model, x, *, steps: (x, {}))
+        rfbench.register_solver("x3", "fixed", expected_nfe=lambda n: n)(lambda model, x, *, times: (x, {}))
     assert not {"x1", "x2", "x3"} & set(SOLVERS)
 
     @rfbench.register_solver("miscount", "fixed", expected_nfe=lambda n: n)
-    def miscount(model, x, *, steps, callback=None):      # one evaluation more than it declares
-        for _ in range(steps + 1):
+    def miscount(model, x, *, times, callback=None):      # one evaluation more than it declares
+        for _ in range(len(times)):
             model(x, 0.0)
         return x, {}
     try:
@@ -169,7 +169,7 @@ def test_installed_plugins_enter_through_the_entry_point_group(tmp_path):
 
         def register():
             @rfbench.register_solver("fake-euler", "fixed", expected_nfe=lambda n: n, description="installed")
-            def fake(model, x, *, steps, callback=None):
+            def fake(model, x, *, times, callback=None):
                 return x, {}
         """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
@@ -409,3 +409,28 @@ def test_a_plan_narrows_and_widens_a_suite(tmp_path):
         make_plan(suite, RunConfig(solvers=("eulr",)))
     with pytest.raises(ValueError, match=r"--steps \(steps=\) must be integers >= 1, got \[0\]"):
         RunConfig(steps=(0,))
+
+
+def test_a_plugin_registers_a_time_grid_that_every_fixed_grid_solver_takes(tmp_path, capsys):
+    from rfbench.samplers import GRIDS
+    plugin = _write(tmp_path / "cosine_grid.py", """
+        import math
+        import rfbench
+
+        @rfbench.register_grid("cosine", "t = (1 - cos(pi i / N)) / 2")
+        def cosine(steps, path, power: float = 1.0):
+            return [((1 - math.cos(math.pi * i / steps)) / 2) ** power for i in range(steps + 1)]
+        """)
+    try:
+        assert main(["--plugin", str(plugin), "--list"]) == 0
+        assert f"cosine(power)  [--plugin {plugin}]" in capsys.readouterr().out
+        flow = TangentODE()
+        x0 = torch.full((2, 1), 0.1, dtype=torch.float64)
+        expected = [(1 - np.cos(np.pi * i / 4)) / 2 for i in range(5)]
+        torch.testing.assert_close(sample(flow, x0, "euler", 4, grid="cosine").x,
+                                   sample(flow, x0, "euler", grid=expected).x, rtol=0, atol=0)
+        frame = rfbench.run("toy2d", models={"shift": Shift()}, solvers=["heun"], steps=[2], grids=["cosine:power=2"],
+                            num_samples=50, device="cpu")
+        assert list(frame["grid"].dropna()) == ["cosine:power=2"] and frame["status"].eq("ok").all()
+    finally:
+        GRIDS.remove("cosine")

@@ -28,6 +28,8 @@ import numpy as np
 import scipy.interpolate
 import torch
 
+from rfbench.models.paths import DiscretePath
+
 PREDICTIONS = ("eps", "x0", "v")
 
 
@@ -96,6 +98,11 @@ class DiffusionModel:
         value = ((c[..., 0] * d + c[..., 1]) * d + c[..., 2]) * d + c[..., 3]
         slope = (3 * c[..., 0] * d + 2 * c[..., 1]) * d + c[..., 2]
         return value, slope
+
+    @property
+    def gaussian_path(self) -> DiscretePath:
+        """alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar) at tau = (1 - t)(T - 1), the ODE's own spline."""
+        return DiscretePath(lambda tau: self._log_alpha_bar(torch.from_numpy(tau))[0].numpy(), self.num_timesteps)
 
     def alpha_bar(self, timesteps: torch.Tensor) -> torch.Tensor:
         """alpha_bar at (possibly fractional) timesteps, float64."""

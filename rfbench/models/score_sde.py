@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from rfbench.models.paths import RectifiedPath, VPPath
+
 Labelled = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # net(x, labels) with labels = t * 999
 
 
@@ -32,6 +34,11 @@ class TimeWindowFlow(torch.nn.Module):
             raise ValueError(f"t_min must be in [0, 1), got {t_min}")
         self.net, self.t_min = net, t_min
         self.input_shape = getattr(net, "input_shape", None)
+
+    @property
+    def gaussian_path(self) -> RectifiedPath:
+        """X_t = t X1 + (1 - t) X0 on the network's time t_min + s (1 - t_min)."""
+        return RectifiedPath(self.t_min)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(x, self.t_min + t * (1 - self.t_min))
@@ -56,6 +63,11 @@ class VPSDEFlow(torch.nn.Module):
         self.input_shape = getattr(getattr(net, "__self__", net), "input_shape", None)   # a bound forward_labels
         self.beta_min, self.beta_max, self.sub_vp, self.eps, self.label_scale = (beta_min, beta_max, sub_vp, eps,
                                                                                  label_scale)
+
+    @property
+    def gaussian_path(self) -> VPPath:
+        """The SDE's marginals in flow time (its diffusion time is the SDE time, as in DPM-Solver)."""
+        return VPPath(self.beta_min, self.beta_max, self.eps, self.sub_vp)
 
     def sde_time(self, s: torch.Tensor) -> torch.Tensor:
         return 1 - s * (1 - self.eps)

@@ -67,11 +67,13 @@ def _missing(value) -> bool:
 
 
 def _key(row) -> tuple:
-    """The cell a row is (the schema's CELL columns: model, solver, steps, options)."""
-    assert CELL == ("model", "solver", "steps", "options")
+    """The cell a row is (the schema's CELL columns: model, solver, steps, options, grid). A row without a grid
+    (an adaptive solver, or a table from before grids were recorded, when every grid was uniform) is uniform."""
+    assert CELL == ("model", "solver", "steps", "grid", "options")
     steps = None if _missing(row.get("steps")) else int(row.get("steps"))
     options = "" if _missing(row.get("options")) else str(row.get("options"))
-    return (str(row["model"]), str(row["solver"]), steps, options)
+    grid = "uniform" if _missing(row.get("grid")) else str(row.get("grid"))
+    return (str(row["model"]), str(row["solver"]), steps, options, grid)
 
 
 def _identity(frame: pd.DataFrame, name: str) -> dict:
@@ -156,7 +158,8 @@ def compare(run: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str
     failures, skipped, checked = [], [], 0
     for base in baseline.to_dict("records"):
         key = _key(base)
-        label = "/".join("adaptive" if (k is None and i == 2) else str(k) for i, k in enumerate(key) if k != "")
+        label = "/".join("adaptive" if (k is None and i == 2) else str(k) for i, k in enumerate(key[:4]) if k != "")
+        label += f"@{key[4]}" if key[4] != "uniform" else ""
         if base.get("status", "ok") != "ok":
             continue
         new = runs.get(key)
@@ -189,6 +192,7 @@ def compare(run: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str
 
 
 SPREAD_COLUMNS = ("suite", "suite_version", "n_samples", "model", "solver", "steps", "options", "metric", "sd")
+# (a spread file may also have "grid"; one without it is of uniform grids)
 
 
 def check_spread(spread: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str]) -> None:
@@ -244,7 +248,7 @@ def spread_table(frames: Sequence[pd.DataFrame], directions: dict[str, str]) -> 
                     values.setdefault((*_key(row), metric), []).append(v)
     ident = _identity(frames[0], "run 1")
     rows = [{"suite": ident["suite"], "suite_version": ident["suite_version"], "n_samples": ident["n_samples"],
-             "model": k[0], "solver": k[1], "steps": k[2], "options": k[3], "metric": k[4],
+             "model": k[0], "solver": k[1], "steps": k[2], "options": k[3], "grid": k[4], "metric": k[5],
              "mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "runs": len(v)}
             for k, v in values.items() if len(v) == len(frames)]
     if not rows:

@@ -30,6 +30,9 @@ def plot_quality_vs_nfe(frame: pd.DataFrame, path: str | Path, metric: str = "w2
     if sampled.empty:
         plt.close(fig)
         return None
+    if "grid" in sampled:       # a solver on another grid than uniform is a line of its own: solver@grid
+        sampled = sampled.assign(solver=[s if pd.isna(g) or g == "uniform" else f"{s}@{g}"
+                                         for s, g in zip(sampled["solver"], sampled["grid"])])
     models = list(dict.fromkeys(sampled["model"]))
     solvers = list(dict.fromkeys(sampled["solver"]))
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}          # colour: model

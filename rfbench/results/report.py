@@ -17,13 +17,14 @@ from tabulate import tabulate
 FORMATS = ("markdown", "latex", "csv")
 Z95 = 1.959963984540054        # the normal 97.5% quantile: value +- Z95 * standard error is a 95% interval
 # Table 1's order, then the coupling and cost columns; only those with a value in some row are shown by default
-TABLE_COLUMNS = ("model", "solver", "steps", "nfe", "is", "fid", "precision", "recall", "kid", "w2", "transport_cost",
-                 "straightness", "crossing_prob", "samples_per_s", "ms_per_nfe")
+TABLE_COLUMNS = ("model", "solver", "steps", "grid", "nfe", "is", "fid", "precision", "recall", "kid", "w2",
+                 "transport_cost", "straightness", "crossing_prob", "samples_per_s", "ms_per_nfe")
 KEY_COLUMNS = ("model", "solver", "steps", "nfe")
-HEADERS = {"model": "Method", "solver": "Solver", "steps": "Steps", "nfe": "NFE", "is": "IS", "fid": "FID",
-           "precision": "Precision", "recall": "Recall", "kid": "KID", "w2": "W2", "transport_cost": "Transport cost",
-           "straightness": "Straightness", "crossing_prob": "Crossing prob.", "samples_per_s": "Samples/s",
-           "ms_per_nfe": "ms/NFE", "wall_clock_s": "Wall-clock (s)", "is_10": "IS (10 splits)"}
+HEADERS = {"model": "Method", "solver": "Solver", "steps": "Steps", "grid": "Grid", "nfe": "NFE", "is": "IS",
+           "fid": "FID", "precision": "Precision", "recall": "Recall", "kid": "KID", "w2": "W2",
+           "transport_cost": "Transport cost", "straightness": "Straightness", "crossing_prob": "Crossing prob.",
+           "samples_per_s": "Samples/s", "ms_per_nfe": "ms/NFE", "wall_clock_s": "Wall-clock (s)",
+           "is_10": "IS (10 splits)"}
 DIGITS = {"is": 2, "fid": 2, "precision": 2, "recall": 2, "kid": 4, "w2": 3, "transport_cost": 3, "straightness": 4,
           "crossing_prob": 3, "samples_per_s": 1, "ms_per_nfe": 2, "wall_clock_s": 2, "is_10": 2}
 LATEX_HEADERS = {"w2": "$W_2$"}
@@ -61,7 +62,13 @@ def table_columns(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> 
             raise ValueError(f"no column {', '.join(map(repr, unknown))} in these results; columns: "
                              f"{', '.join(frame.columns)}")
         return list(columns)
-    return [c for c in TABLE_COLUMNS if c in frame.columns and (c in KEY_COLUMNS or frame[c].notna().any())]
+    return [c for c in TABLE_COLUMNS if c in frame.columns and (c in KEY_COLUMNS or frame[c].notna().any())
+            and (c != "grid" or varied_grids(frame))]
+
+
+def varied_grids(frame: pd.DataFrame) -> bool:
+    """Whether a table needs its grid column: some cell is on another grid than uniform."""
+    return "grid" in frame and bool(frame["grid"].dropna().astype(str).ne("uniform").any())
 
 
 COSTS = ("nfe", "wall_clock_s", "samples_per_s", "ms_per_nfe")    # budgets, not results: never bold

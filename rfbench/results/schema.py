@@ -41,6 +41,8 @@ SCHEMA: tuple[Column, ...] = (
            gate="cell"),
     Column("solver", "str", "the solver (none for the independent row)", key=True, gate="cell"),
     Column("steps", "int", "steps of a fixed-grid or discrete solver (empty: adaptive)", key=True, gate="cell"),
+    Column("grid", "str", "the time grid (fixed-grid solvers) or timestep spacing (discrete ones); empty: adaptive",
+           key=True, gate="cell"),
     Column("nfe", "number", "model evaluations, counted (the batch-weighted mean for adaptive solvers in batches)"),
     Column("n_samples", "int", "samples in the cell", key=True, gate="run"),
     Column("seed", "int", "the first seed", key=True),

@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from rfbench.files import atomic_write_text
 
-DISPLAY_COLUMNS = ("model", "solver", "steps", "nfe", "fid", "is", "precision", "recall", "w2", "crossing_prob",
+DISPLAY_COLUMNS = ("model", "solver", "steps", "grid", "nfe", "fid", "is", "precision", "recall", "w2", "crossing_prob",
                    "crossing_prob_se", "transport_cost", "straightness", "wall_clock_s", "samples_per_s", "ms_per_nfe",
                    "status")
 ALWAYS_SHOWN = ("model", "solver", "steps", "nfe", "status")
@@ -19,7 +19,8 @@ ALWAYS_SHOWN = ("model", "solver", "steps", "nfe", "status")
 def markdown_table(frame: pd.DataFrame, columns: Sequence[str] = DISPLAY_COLUMNS) -> str:
     """A GitHub-flavoured Markdown table of the chosen columns (those present, leaving out metric columns that are
     empty in every row, such as crossing_prob on images); empty cells stay empty."""
-    cols = [c for c in columns if c in frame.columns and (c in ALWAYS_SHOWN or frame[c].notna().any())]
+    cols = [c for c in columns if c in frame.columns and (c in ALWAYS_SHOWN or frame[c].notna().any())
+            and (c != "grid" or frame["grid"].dropna().astype(str).ne("uniform").any())]
     shown = frame[cols].copy()
     if "steps" in shown:  # adaptive solvers have no step count; the independent-coupling row has no sampler
         has_nfe = shown["nfe"].fillna(0) > 0 if "nfe" in shown else pd.Series(True, index=shown.index)

@@ -1,7 +1,7 @@
 """One entry point over every solver: :func:`sample`.
 
-Solvers live in a registry (``SOLVERS``); each is a plain function ``fn(model, x, *, steps?, callback, ...)``.
-``sample`` checks the input once for all of them, wraps the model to count evaluations, supplies seeded noise to
+Solvers live in a registry (``SOLVERS``); each is a plain function ``fn(model, x, *, times|timesteps?, callback,
+...)``. ``sample`` checks the input once for all of them, wraps the model to count evaluations, supplies seeded noise to
 stochastic samplers, records trajectories on request, and refuses options a solver does not take.
 """
 
@@ -16,24 +16,27 @@ import torch
 from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model
 from rfbench.samplers import discrete, ode  # noqa: F401  (registers the solvers)
+from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
 from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, CountingModel, NonFiniteError, SamplerError, SampleResult,
                                    SolverSpec, Trajectory, TrajectoryRecorder, register_solver)
 
-__all__ = ["sample", "check_call", "solver_options", "register_solver", "SOLVERS", "SOLVER_KINDS", "SampleResult",
+__all__ = ["sample", "check_call", "solver_options", "register_solver", "register_grid", "GRIDS", "SOLVER_KINDS",
+           "SOLVERS", "SampleResult",
            "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError", "CountingModel", "is_diffusion_model"]
 
-_RESERVED = {"steps", "callback", "noise"}
+_RESERVED = {"steps", "times", "timesteps", "callback", "noise"}
 
 
 def solver_options(solver: str) -> list[str]:
-    """The options a solver takes: its keyword parameters after (model, x), but for steps, callback and noise."""
+    """The options a solver takes: its keyword parameters after (model, x), but for the grid (times, timesteps),
+    callback and noise, which :func:`sample` supplies."""
     params = list(inspect.signature(SOLVERS[solver].fn).parameters.values())
     named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     positional = [p for p in named if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:2]
     return [p.name for p in named if p not in positional and p.name not in _RESERVED]
 
 
-def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, *,
+def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, *, grid: Any = None,
            trajectory: bool = False, callback=None, seeds: Sequence[int] | None = None, noise=None,
            **options: Any) -> SampleResult:
     """Integrate from x0 (t=0, the source) to t=1 (data) with a registered solver.
@@ -44,6 +47,11 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         x0: initial points, shape (B, ...); draw them with :func:`rfbench.noise.initial`.
         solver: a name in ``SOLVERS`` (euler, heun, midpoint, rk4, rk45, dopri5, ddim, ddpm).
         steps: number of steps for fixed-grid and discrete solvers (>= 1); None for adaptive ones.
+        grid: where the steps go (:mod:`rfbench.samplers.grids`): for fixed-grid solvers a grid name ("uniform",
+            the default, "quadratic", "logsnr", "karras", "karras:rho=5", or a registered one) or a sequence of
+            flow times from its first entry (x0 is the state there) to its last (steps = len(grid) - 1); for
+            discrete samplers a spacing ("uniform", "leading", "linspace", "trailing") or a sequence of the model's
+            integer timesteps in sampling order. None for adaptive solvers.
         trajectory: also return the states (and, for ODE solvers, the velocities) at every step point.
         callback: ``callback(i, t, x, v)`` at every step point.
         seeds: one seed per row of x0, for the per-step noise of stochastic samplers (or pass ``noise``, a callable
@@ -55,7 +63,7 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     """
     spec = SOLVERS[solver]
     _check_x0(model, x0)
-    steps = check_call(solver, steps, options)
+    steps = check_call(solver, steps, options, grid)
     if spec.kind == "discrete" and is_diffusion_model(model) and steps > model.num_timesteps:
         raise ValueError(f"{solver}: steps={steps} exceeds the model's {model.num_timesteps} timesteps")
     if spec.kind == "discrete" and not is_diffusion_model(model):
@@ -64,8 +72,10 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
                         f"or use an ODE solver: {', '.join(n for n, s in SOLVERS.items() if s.kind != 'discrete')}")
 
     kwargs: dict[str, Any] = dict(options)
-    if spec.kind != "adaptive":
-        kwargs["steps"] = steps
+    if spec.kind == "fixed":
+        kwargs["times"] = time_grid(grid, steps, model)
+    elif spec.kind == "discrete":
+        kwargs["timesteps"] = discrete_timesteps(grid, steps, model.num_timesteps)
     if spec.is_stochastic(options):
         kwargs["noise"] = _step_noise(solver, x0, seeds, noise)
     elif seeds is not None or noise is not None:
@@ -115,12 +125,13 @@ def _check_x0(model: Any, x0: Any) -> None:
         raise ValueError(f"x0 has shape {tuple(x0.shape)} but the model takes (B, {', '.join(map(str, expected))})")
 
 
-def check_call(solver: str, steps: Any, options: dict) -> int | None:
-    """Check a solver name, its step count and its options without running anything (also used by suites).
-
-    Returns steps as an int (None for adaptive solvers). Unknown options are an error, never a warning.
+def check_call(solver: str, steps: Any, options: dict, grid: Any = None) -> int | None:
+    """Check a solver name, its step count, its grid and its options without running anything (also used by
+    suites). Returns steps as an int (None for adaptive solvers; a grid sequence fixes it). Unknown options are an
+    error, never a warning.
     """
     spec = SOLVERS[solver]
+    steps = check_grid(spec.kind, grid, steps)
     allowed = solver_options(solver)
     unknown = sorted(set(options) - set(allowed))
     if unknown:

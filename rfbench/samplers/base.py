@@ -54,13 +54,14 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
                     stochastic: bool | Callable[[dict], bool] = False, description: str = ""):
     """Decorator registering a solver function under ``name`` (rfbench's own solvers and plugins' alike).
 
-    The function is ``fn(model, x, *, steps, callback=None, **options) -> (x1, stats)`` for ``kind`` "fixed" (a
-    time grid from 0 to 1; ``steps`` steps) and "discrete" (a DiffusionModel's own schedule), and without ``steps``
-    for "adaptive" solvers (error-controlled; options such as rtol, atol). It evaluates ``model(x, t)`` (or
-    ``model.eps``) and calls ``callback(i, t, x, v)`` at its step points; stochastic solvers also take ``noise``
-    (``noise(i)``: seeded draws for step i). :func:`rfbench.sample` counts its evaluations, refuses options it
-    does not take and, for fixed-grid solvers, checks the count against ``expected_nfe(steps)``, which is
-    therefore required for them."""
+    The function is ``fn(model, x, *, times, callback=None, **options) -> (x1, stats)`` for ``kind`` "fixed"
+    (``times``: the grid's N + 1 increasing flow times, uniform unless the caller asks for another grid),
+    ``fn(model, x, *, timesteps, ...)`` for "discrete" (a DiffusionModel's integer timesteps, in sampling order),
+    and ``fn(model, x, *, callback=None, **options)`` for "adaptive" solvers (error-controlled; options such as
+    rtol, atol). It evaluates ``model(x, t)`` (or ``model.eps``) and calls ``callback(i, t, x, v)`` at its step
+    points; stochastic solvers also take ``noise`` (``noise(i)``: seeded draws for step i). :func:`rfbench.sample`
+    computes the grid, counts the evaluations, refuses options the solver does not take and, for fixed-grid
+    solvers, checks the count against ``expected_nfe(steps)``, which is therefore required for them."""
     if kind not in SOLVER_KINDS:
         raise ValueError(f"solver {name}: kind must be one of {', '.join(SOLVER_KINDS)}, got {kind!r}")
     if kind == "fixed" and not callable(expected_nfe):
@@ -74,11 +75,12 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
             raise TypeError(f"solver {name}: register_solver decorates a function, got {type(fn).__name__}")
         params = inspect.signature(fn).parameters
         positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        needed = ["callback"] + (["steps"] if kind != "adaptive" else []) + (["noise"] if stochastic else [])
+        grid = {"fixed": ["times"], "discrete": ["timesteps"], "adaptive": []}[kind]
+        needed = grid + ["callback"] + (["noise"] if stochastic else [])
         missing = [p for p in needed if p not in params]
         if len(positional) < 2 or missing:
             raise TypeError(f"solver {name}: the function must be fn(model, x, *, "
-                            f"{'steps, ' if kind != 'adaptive' else ''}callback=None"
+                            f"{''.join(g + ', ' for g in grid)}callback=None"
                             f"{', noise=None' if stochastic else ''}, **options); "
                             + (f"it lacks {', '.join(missing)}" if missing else "it takes fewer than two positional "
                                "arguments (model, x)"))

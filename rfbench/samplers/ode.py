@@ -1,8 +1,9 @@
 """ODE solvers for dZ/dt = v(Z, t) from t=0 (source) to t=1 (data).
 
-Fixed uniform grids (euler, heun, midpoint, rk4) are written here, a few lines each, because every step must hand
-its velocity to the callback (straightness needs it) and count exactly; adaptive solvers come from scipy (rk45, the
-rectified-flow paper's choice) and torchdiffeq (dopri5, stays on the device).
+Fixed-grid solvers (euler, heun, midpoint, rk4) are written here, a few lines each, because every step must hand
+its velocity to the callback (straightness needs it) and count exactly; they step through the ``times`` of a grid
+(:mod:`rfbench.samplers.grids`: uniform by default). Adaptive solvers come from scipy (rk45, the rectified-flow
+paper's choice) and torchdiffeq (dopri5, stays on the device).
 """
 
 from __future__ import annotations
@@ -14,23 +15,17 @@ import torch
 from rfbench.samplers.base import Callback, NonFiniteError, SamplerError, register_solver
 
 
-def uniform_grid(steps: int) -> list[float]:
-    """t_i = i / steps, i = 0..steps (float64 arithmetic; the last point is exactly 1)."""
-    return [i / steps for i in range(steps + 1)]
-
-
 def _fixed(step_fn):
-    """Run a one-step map over the uniform grid; step_fn(model, x, t_cur, t_next) -> (x_next, d_cur)."""
+    """Run a one-step map over a grid's times t_0 < ... < t_N; step_fn(model, x, t_cur, t_next) -> (x_next, d_cur)."""
 
-    def solver(model, x, *, steps: int, callback: Callback | None = None):
-        ts = uniform_grid(steps)
-        for i, (t_cur, t_next) in enumerate(zip(ts[:-1], ts[1:])):
+    def solver(model, x, *, times: list[float], callback: Callback | None = None):
+        for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:])):
             x_next, d_cur = step_fn(model, x, t_cur, t_next)
             if callback is not None:
                 callback(i, t_cur, x, d_cur)
             x = x_next
         if callback is not None:
-            callback(steps, ts[-1], x, None)
+            callback(len(times) - 1, times[-1], x, None)
         return x, {}
 
     solver.__doc__ = step_fn.__doc__
@@ -71,13 +66,13 @@ def _rk4_step(model, x, t_cur, t_next):
 
 
 euler = register_solver("euler", "fixed", order=1, expected_nfe=lambda n: n,
-                        description="Euler, uniform grid")(_fixed(_euler_step))
+                        description="Euler")(_fixed(_euler_step))
 heun = register_solver("heun", "fixed", order=2, expected_nfe=lambda n: 2 * n,
-                       description="Heun (trapezoid), uniform grid")(_fixed(_heun_step))
+                       description="Heun (trapezoid)")(_fixed(_heun_step))
 midpoint = register_solver("midpoint", "fixed", order=2, expected_nfe=lambda n: 2 * n,
-                           description="explicit midpoint, uniform grid")(_fixed(_midpoint_step))
+                           description="explicit midpoint")(_fixed(_midpoint_step))
 rk4 = register_solver("rk4", "fixed", order=4, expected_nfe=lambda n: 4 * n,
-                      description="classic Runge-Kutta 4, uniform grid")(_fixed(_rk4_step))
+                      description="classic Runge-Kutta 4")(_fixed(_rk4_step))
 
 
 @register_solver("rk45", "adaptive", order=5, description="scipy RK45 (Dormand-Prince), the RF paper's solver")

@@ -16,27 +16,33 @@ from rfbench.metrics.features import EXTRACTORS
 from rfbench.models.sources import ModelSource
 from rfbench.registry import Registry
 from rfbench.samplers import SOLVERS, check_call
+from rfbench.samplers.grids import DEFAULT as DEFAULT_GRID
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One row of a sweep: a model sampled by a solver with a step count (None for adaptive solvers)."""
+    """One row of a sweep: a model sampled by a solver with a step count (None for adaptive solvers) on a time grid
+    (a name, :mod:`rfbench.samplers.grids`; None: the default, uniform; adaptive solvers have none)."""
 
     model: str
     solver: str
     steps: int | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    grid: str | None = None
 
     @property
     def label(self) -> str:
         steps = "adaptive" if self.steps is None else str(self.steps)
         opts = "".join(f",{k}={v}" for k, v in self.options)
-        return f"{self.model}/{self.solver}/{steps}{opts}"
+        grid = f"@{self.grid}" if self.grid not in (None, DEFAULT_GRID) else ""
+        return f"{self.model}/{self.solver}/{steps}{opts}{grid}"
 
     def fields(self) -> dict:
         """The cell's columns of a result row."""
+        gridded = SOLVERS[self.solver].kind != "adaptive"
         return {"model": self.model, "solver": self.solver, "steps": self.steps,
-                "options": ",".join(f"{k}={v}" for k, v in self.options)}
+                "options": ",".join(f"{k}={v}" for k, v in self.options),
+                "grid": (self.grid or DEFAULT_GRID) if gridded else None}
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,9 @@ def check_cells(suite: str, cells: Sequence[Cell], models: Sequence[str]) -> Non
     """Every cell's solver, steps and options are valid and its model is one of ``models``; no duplicates."""
     for cell in cells:
         try:
-            check_call(cell.solver, cell.steps, dict(cell.options))
+            if cell.grid is not None and not isinstance(cell.grid, str):
+                raise TypeError(f"a cell's grid is a name, got {cell.grid!r}")
+            check_call(cell.solver, cell.steps, dict(cell.options), cell.grid)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"suite {suite}: cell {cell.label}: {exc}") from None
         if cell.model not in models:

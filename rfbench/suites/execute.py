@@ -85,7 +85,7 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
             start = time.perf_counter()
             for a, b in batches:
                 begin = time.perf_counter()
-                result = sample(model, x0[a:b], cell.solver, cell.steps,
+                result = sample(model, x0[a:b], cell.solver, cell.steps, grid=cell.grid,
                                 seeds=seeds[a:b] if seeds is not None else None, **dict(cell.options))
                 synchronize(device)
                 share.ms_per_nfe.append(1000 * (time.perf_counter() - begin) / max(result.nfe, 1))

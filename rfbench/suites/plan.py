@@ -8,7 +8,8 @@ of its kind; ``solvers`` keeps only the cells of the solvers the suite sweeps, a
 suite does not sweep to every model it applies to (fixed-grid and adaptive ODE solvers to flows and diffusion
 models, discrete ones to diffusion models) at the step counts the model already uses for that kind of solver (else
 the suite's ``steps``); ``steps`` replaces the step counts of fixed-grid and discrete solvers (one-step models keep
-their single step).
+their single step); ``grids`` puts each fixed-grid cell on each time grid listed, and each discrete cell on each
+timestep spacing listed (:mod:`rfbench.samplers.grids`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rfbench.metrics import METRICS
 from rfbench.models.sources import MODELS, ModelFile, ModelSource
 from rfbench.protocols import is_diffusion_model
 from rfbench.samplers import SOLVERS
+from rfbench.samplers.grids import GRIDS, SPACINGS, check_grid
 from rfbench.suites.base import Cell, Suite, SuiteModel, applies, check_cells
 
 
@@ -48,6 +50,7 @@ class RunConfig:
     checkpoints: tuple[tuple[str, str], ...] = ()        # --checkpoint MODEL=PATH: a suite model read from a file
     solvers: tuple[str, ...] | None = None
     steps: tuple[int, ...] | None = None
+    grids: tuple[str, ...] | None = None                 # time grids / spacings of fixed-grid and discrete cells
     num_samples: int | None = None
     first_seed: int | None = None
     batch_size: int | str | None = None                  # samples per sampler call, "auto", or None (the suite's)
@@ -63,7 +66,7 @@ class RunConfig:
     save_samples: bool = False
 
     def __post_init__(self):
-        for name in ("models", "solvers"):
+        for name in ("models", "solvers", "grids"):
             value = getattr(self, name)
             if value is not None:
                 if isinstance(value, str) or not all(isinstance(v, str) for v in value):
@@ -187,6 +190,8 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                                             != "one-step" for c in cells):
         raise ValueError(f"--steps applies to fixed-grid and discrete solvers; no cell of this run has one (solvers: "
                          f"{', '.join(sorted({c.solver for c in cells})) or 'none'})")
+    if config.grids is not None:
+        cells = _gridded(cells, config.grids, models)
     if not cells:
         asked = list(config.solvers or sorted({c.solver for c in suite.cells}))
         raise ValueError(f"suite {suite.name}: no cell has model in {[m.name for m in models]} and solver in "
@@ -286,6 +291,36 @@ def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ..
                 stepped += [Cell(cell.model, cell.solver, n, cell.options) for n in config.steps]
         cells = list(dict.fromkeys(stepped))
     return tuple(cells)
+
+
+def _gridded(cells: tuple[Cell, ...], grids: tuple[str, ...], models) -> tuple[Cell, ...]:
+    """Each fixed-grid and discrete cell on each of ``grids`` that applies to its solver (time grids to fixed-grid
+    solvers, timestep spacings to discrete ones); adaptive cells and one-step models as they are."""
+    usable: dict[str, list[str]] = {"fixed": [], "discrete": []}
+    for grid in grids:
+        fits = []
+        for kind in usable:
+            try:
+                check_grid(kind, grid, None)
+                fits.append(kind)
+            except (KeyError, ValueError):
+                pass
+        if not fits:
+            raise ValueError(f"--grids {grid}: not a time grid ({', '.join(GRIDS.names())}, with options such as "
+                             f"karras:rho=5) nor a timestep spacing ({', '.join(SPACINGS)})")
+        for kind in fits:
+            usable[kind].append(grid)
+    out: list[Cell] = []
+    for cell in cells:
+        kind = SOLVERS[cell.solver].kind
+        if kind == "adaptive" or models_kind(models, cell.model) == "one-step" or not usable[kind]:
+            out.append(cell)
+            continue
+        out += [Cell(cell.model, cell.solver, cell.steps, cell.options, grid) for grid in usable[kind]]
+    if not any(c.grid is not None for c in out):
+        raise ValueError(f"--grids {' '.join(grids)}: no cell of this run takes them (time grids apply to fixed-grid "
+                         f"solvers, spacings to discrete ones)")
+    return tuple(dict.fromkeys(out))
 
 
 def missing_inputs(plan: Plan) -> list[str]:

@@ -1,0 +1,263 @@
+"""Time grids: where a fixed-grid solver steps (in flow time, t=0 source, t=1 data), and which timesteps a discrete
+sampler visits. The grid is an argument of every sampler (``rfbench.sample(..., grid=...)``), never a constant
+inside one, and a cell's grid is an axis of a sweep (the ``grid`` column).
+
+Named grids for fixed-grid solvers, registered by name (``GRIDS``; a plugin adds its own with
+:func:`register_grid`), computed on the model's Gaussian path (:mod:`rfbench.models.paths`):
+
+* ``uniform``: t_i = i / N (the default);
+* ``quadratic``: uniform in the square root of the model's diffusion time (DPM-Solver's ``time_quadratic``;
+  1 - t for flows, the SDE time for score-SDE's VP models): denser near the data;
+* ``logsnr``: uniform in the half log-SNR lambda = log(alpha / sigma) (DPM-Solver's ``logSNR``);
+* ``karras``: EDM's schedule, uniform in sigma^(1/rho) with sigma = sigma_t / alpha_t = exp(-lambda) (Karras et al.
+  2022, eq. 5; ``karras:rho=5`` sets rho, default 7; ``sigma_min``, ``sigma_max`` default to the model's range).
+
+On score-SDE's VP / sub-VP models (sampled from SDE time 1 to eps) ``uniform``, ``quadratic`` and ``logsnr`` are the
+official DPM-Solver code's grids, mapped to flow time. A rectified flow's log-SNR is -inf at t=0 and +inf at t=1:
+``logsnr`` and ``karras`` are computed on [delta, 1 - delta] (delta = 1e-3) and then run the whole path, their first
+point moved to t=0 (the source, where x0 is drawn; sigma infinite) and, for ``logsnr``, their last to t=1;
+``karras`` ends as EDM's does, with a step from its smallest sigma to the data (sigma = 0, t=1). An explicit
+sequence of flow times (increasing, in [0, 1]) is a grid too: the sampler starts at its first entry, with x0 as the
+state there, and steps = len(grid) - 1.
+
+Discrete samplers (ddim, ddpm) take spacings of a DiffusionModel's integer timesteps, named after diffusers'
+``timestep_spacing``: ``uniform`` (rfbench's default, floor(i T / S)), ``leading``, ``linspace``, ``trailing``; or
+an explicit sequence of timesteps in sampling order (decreasing), to compare step for step with a diffusers
+scheduler given the same timesteps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from rfbench.models.paths import GaussianPath, log_snr_range, path_of
+from rfbench.registry import Registry
+
+DEFAULT = "uniform"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A named grid: ``fn(steps, path, **options) -> N + 1 increasing flow times``."""
+
+    name: str
+    fn: Callable[..., Sequence[float]]
+    description: str = ""
+
+    @property
+    def options(self) -> list[str]:
+        return [p for p in inspect.signature(self.fn).parameters if p not in ("steps", "path")]
+
+
+GRIDS: Registry[GridSpec] = Registry("grid")
+
+
+def register_grid(name: str, description: str = ""):
+    """Decorator registering ``fn(steps, path, **options)`` (``path``: the model's
+    :class:`~rfbench.models.paths.GaussianPath`) as a named time grid for fixed-grid solvers."""
+    if ":" in name or "," in name or "=" in name:
+        raise ValueError(f"grid names may not contain ':', ',' or '=' (they separate options), got {name!r}")
+
+    def deco(fn):
+        params = list(inspect.signature(fn).parameters)
+        if params[:2] != ["steps", "path"]:
+            raise TypeError(f"grid {name}: the function must be fn(steps, path, **options), got ({', '.join(params)})")
+        GRIDS.add(name, GridSpec(name, fn, description))
+        return fn
+
+    return deco
+
+
+def parse_grid(spec: str) -> tuple[str, dict[str, float]]:
+    """``"karras:rho=5"`` -> ("karras", {"rho": 5.0}); ``"logsnr"`` -> ("logsnr", {})."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, float] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        try:
+            options[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"grid {spec!r}: options are written name:key=number[,key=number], e.g. karras:rho=5")
+    return name, options
+
+
+@register_grid("uniform", "t_i = i / N")
+def uniform(steps, path):
+    return [i / steps for i in range(steps + 1)]      # float64 arithmetic; the last point is exactly 1
+
+
+@register_grid("quadratic", "uniform in sqrt(diffusion time) (DPM-Solver's time_quadratic)")
+def quadratic(steps, path):
+    start, end = path.diffusion_time(np.array([0.0, 1.0]))
+    u = np.linspace(math.sqrt(start), math.sqrt(end), steps + 1) ** 2
+    return _ends(path.flow_time(u))
+
+
+@register_grid("logsnr", "uniform in log(alpha / sigma) (DPM-Solver's logSNR)")
+def logsnr(steps, path):
+    lam_lo, lam_hi = log_snr_range(path)
+    t = path.t_of_log_snr(np.linspace(lam_lo, lam_hi, steps + 1))
+    return _snap(_ends(t, path), path)
+
+
+@register_grid("karras", "EDM's rho schedule of sigma = exp(-lambda) (Karras et al. 2022, eq. 5)")
+def karras(steps, path, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None):
+    """sigma_min / sigma_max default to the path's range (a flow's: [delta, 1 - delta] in t); EDM's own defaults
+    are karras:sigma_min=0.002,sigma_max=80."""
+    if not rho > 0:
+        raise ValueError(f"grid karras: rho must be > 0, got {rho}")
+    lam_lo, lam_hi = log_snr_range(path)
+    s_max = math.exp(-lam_lo) if sigma_max is None else float(sigma_max)
+    s_min = math.exp(-lam_hi) if sigma_min is None else float(sigma_min)
+    if not 0 < s_min < s_max:
+        raise ValueError(f"grid karras: need 0 < sigma_min < sigma_max, got {s_min:g} and {s_max:g}")
+    if s_max > math.exp(-lam_lo) * (1 + 1e-9) or s_min < math.exp(-lam_hi) * (1 - 1e-9):
+        raise ValueError(f"grid karras: sigma in [{s_min:g}, {s_max:g}] leaves the model's range "
+                         f"[{math.exp(-lam_hi):g}, {math.exp(-lam_lo):g}]")
+    to_data = not np.isfinite(path.log_snr(np.array([1.0])))[0]     # sigma reaches 0 at t=1 (a flow): EDM's last step
+    points = steps if to_data else steps + 1
+    ramp = np.linspace(0.0, 1.0, points) if points > 1 else np.zeros(1)
+    sigma = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    t = path.t_of_log_snr(-np.log(sigma))
+    t = np.append(t, 1.0) if to_data else _ends(t, path)
+    return _snap(t, path)
+
+
+def _ends(t: np.ndarray, path: GaussianPath | None = None) -> list[float]:
+    """Exact end points where the grid reaches the path's ends (inversions leave round-off there)."""
+    t = np.asarray(t, dtype=np.float64)
+    if abs(t[0]) < 1e-12:
+        t[0] = 0.0
+    if abs(t[-1] - 1) < 1e-12:
+        t[-1] = 1.0
+    return t.tolist()
+
+
+def _snap(t: Sequence[float], path: GaussianPath) -> list[float]:
+    """A grid computed on a clipped log-SNR range still runs the whole path: its ends move to t=0 and t=1 where
+    lambda is infinite there."""
+    t = list(t)
+    ends = path.log_snr(np.array([0.0, 1.0]))
+    if not np.isfinite(ends[0]):
+        t[0] = 0.0
+    if not np.isfinite(ends[1]):
+        t[-1] = 1.0
+    return t
+
+
+def describe_grid(grid: Any) -> str | None:
+    """The ``grid`` column of a cell: the name (with options) of a named grid, ``custom (N steps)`` for a sequence,
+    None when there is none (adaptive solvers)."""
+    if grid is None:
+        return None
+    if isinstance(grid, str):
+        return grid
+    return f"custom ({len(list(grid)) - 1} steps)"
+
+
+def is_sequence(grid: Any) -> bool:
+    return grid is not None and not isinstance(grid, str)
+
+
+def check_grid(solver_kind: str, grid: Any, steps: Any) -> int | None:
+    """Check a grid against a solver kind and a step count; returns the step count (an explicit sequence fixes it)."""
+    if grid is None:
+        return steps
+    if solver_kind == "adaptive":
+        raise ValueError(f"an adaptive solver chooses its own times; grid does not apply (got {grid!r})")
+    if isinstance(grid, str):
+        name, options = parse_grid(grid)
+        if solver_kind == "discrete":
+            if name not in SPACINGS:
+                raise ValueError(f"grid {grid!r}: discrete samplers take the spacings {', '.join(SPACINGS)} or a "
+                                 f"sequence of timesteps; named time grids ({', '.join(GRIDS.names())}) are for "
+                                 f"fixed-grid ODE solvers")
+            if options:
+                raise ValueError(f"grid {grid!r}: a spacing takes no options")
+            return steps
+        spec = GRIDS[name]
+        unknown = sorted(set(options) - set(spec.options))
+        if unknown:
+            raise ValueError(f"grid {name} got unknown option(s) {', '.join(unknown)}; it takes: "
+                             f"{', '.join(spec.options) or 'no options'}")
+        return steps
+    try:
+        values = list(grid)
+    except TypeError:
+        raise TypeError(f"grid must be a name or a sequence, got {type(grid).__name__}") from None
+    if len(values) < 2:
+        raise ValueError(f"a grid sequence needs at least 2 entries (one step), got {len(values)}")
+    if steps is not None and steps != len(values) - 1:
+        raise ValueError(f"a grid of {len(values)} entries makes {len(values) - 1} steps; steps={steps!r} differs "
+                         f"(leave steps out)")
+    return len(values) - 1
+
+
+def time_grid(grid: Any, steps: int, model: Any) -> list[float]:
+    """The N + 1 flow times of a fixed-grid solver's steps on ``model``'s path: a named grid or a sequence."""
+    if grid is None:
+        grid = DEFAULT
+    if isinstance(grid, str):
+        name, options = parse_grid(grid)
+        times = list(map(float, GRIDS[name].fn(steps, path_of(model), **options)))
+    else:
+        times = [float(v) for v in grid]
+    if len(times) != steps + 1 or not all(math.isfinite(v) and 0 <= v <= 1 for v in times) or any(
+            b <= a for a, b in zip(times, times[1:])):
+        raise ValueError(f"grid {describe_grid(grid)}: times must be {steps + 1} increasing values in [0, 1] (flow "
+                         f"time: 0 source, 1 data), got {np.round(times, 6).tolist()}")
+    return times
+
+
+# -- discrete samplers: spacings of the integer timesteps ------------------------------------------------------
+
+def _uniform_spacing(num_timesteps: int, steps: int) -> list[int]:
+    """rfbench's default (DDIM's uniform skip written exactly): floor(i T / S), i = 0..S-1."""
+    return [(i * num_timesteps) // steps for i in range(steps)]
+
+
+def _leading(num_timesteps: int, steps: int) -> list[int]:
+    """diffusers' timestep_spacing="leading" (steps_offset 0): i * (T // S)."""
+    return [i * (num_timesteps // steps) for i in range(steps)]
+
+
+def _linspace(num_timesteps: int, steps: int) -> list[int]:
+    """diffusers' "linspace": round(linspace(0, T - 1, S))."""
+    return np.linspace(0, num_timesteps - 1, steps).round().astype(np.int64).tolist()
+
+
+def _trailing(num_timesteps: int, steps: int) -> list[int]:
+    """diffusers' "trailing": round(arange(T, 0, -T / S)) - 1, increasing."""
+    return sorted((np.round(np.arange(num_timesteps, 0, -num_timesteps / steps)).astype(np.int64) - 1).tolist())
+
+
+SPACINGS: dict[str, Callable[[int, int], list[int]]] = {"uniform": _uniform_spacing, "leading": _leading,
+                                                        "linspace": _linspace, "trailing": _trailing}
+
+
+def discrete_timesteps(grid: Any, steps: int, num_timesteps: int) -> list[int]:
+    """The integer timesteps a discrete sampler visits, in sampling order (decreasing)."""
+    if grid is None or isinstance(grid, str):
+        increasing = SPACINGS[grid or DEFAULT](num_timesteps, steps)
+        values = increasing[::-1]
+    else:
+        values = []
+        for v in grid:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"a discrete sampler's grid is a sequence of integer timesteps; got {v!r}")
+            values.append(operator.index(v))
+    if len(set(values)) != len(values) or any(b >= a for a, b in zip(values, values[1:])) or values[-1] < 0 \
+            or values[0] > num_timesteps - 1:
+        raise ValueError(f"timesteps must be distinct, decreasing (sampling order) and in [0, {num_timesteps - 1}]; "
+                         f"got {values[:8]}{' ...' if len(values) > 8 else ''} (grid {describe_grid(grid)}, "
+                         f"{steps} steps of T={num_timesteps})")
+    return values

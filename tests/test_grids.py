@@ -1,0 +1,171 @@
+"""Time grids: the named grids on each model family's Gaussian path (DPM-Solver's official grids on score-SDE's VP
+model, pinned from its own code), explicit sequences, the discrete spacings against diffusers' schedulers, DDIM
+step for step with diffusers on the same timesteps, and the grid as a sweep axis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import rfbench
+from rfbench.cli import main
+from rfbench.models import linear_betas
+from rfbench.models.paths import RectifiedPath, VPPath, path_of
+from rfbench.models.score_sde import TimeWindowFlow, VPSDEFlow
+from rfbench.samplers import GRIDS, sample
+from rfbench.samplers.grids import discrete_timesteps, time_grid
+from rfbench.suites import SUITES, Cell, RunConfig, make_plan
+from tests.problems import GaussianEpsNet, GaussianFlow, TangentODE
+from tests.standins import registered, standin
+
+# LuChengTHU/dpm-solver (52bc3fb), dpm_solver_pytorch.py, run outside this repository in float64:
+# NoiseScheduleVP('linear', continuous_beta_0=0.1, continuous_beta_1=20.), DPM_Solver(...).get_time_steps(skip_type,
+# t_T=1.0, t_0=1e-3, N, "cpu"): SDE times from 1 to eps
+DPM_SOLVER = {
+    ("time_uniform", 5): [1.0, 0.8002, 0.6004, 0.4006, 0.2008, 0.001],
+    ("time_quadratic", 5): [1.0, 0.6501592885125388, 0.3753389327688082, 0.17553893276880822, 0.05075928851253881,
+                            0.0009999999999999998],
+    ("logSNR", 5): [0.9999999999999998, 0.7855680749745865, 0.49343953403327606, 0.14063641351890566,
+                    0.018095399839036762, 0.0010000000000000588],
+    ("logSNR", 10): [0.9999999999999998, 0.8991229323369041, 0.7855680749745865, 0.6534385068164096,
+                     0.49343953403327606, 0.30463140976877817, 0.14063641351890566, 0.053604314809305297,
+                     0.018095399839036762, 0.004991901033466597, 0.0010000000000000588],
+}
+NAMES = {"time_uniform": "uniform", "time_quadratic": "quadratic", "logSNR": "logsnr"}
+
+
+@pytest.mark.parametrize("skip,steps", list(DPM_SOLVER))
+def test_vp_grids_are_dpm_solvers_own(skip, steps):
+    vp = VPSDEFlow(lambda x, t: x)
+    times = np.array(time_grid(NAMES[skip], steps, vp))
+    np.testing.assert_allclose(1 - times * (1 - vp.eps), DPM_SOLVER[(skip, steps)], rtol=0, atol=1e-12)
+
+
+def test_flow_grids_cover_the_path_and_follow_their_spacing():
+    flow = GaussianFlow(torch.zeros(2), 0.5)
+    assert time_grid("uniform", 4, flow) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    np.testing.assert_allclose(time_grid("quadratic", 4, flow), 1 - (1 - np.arange(5) / 4) ** 2, atol=1e-15)
+    path = RectifiedPath()
+    for name in ("logsnr", "karras", "karras:rho=3"):
+        t = np.array(time_grid(name, 6, flow))
+        assert t[0] == 0 and t[-1] == 1 and np.all(np.diff(t) > 0)      # the whole path, increasing
+    lam = path.log_snr(np.array(time_grid("logsnr", 6, flow))[1:-1])   # interior points: uniform in log-SNR
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)
+    # karras: sigma = (1 - t) / t uniform in sigma^(1/rho) over its first N points (EDM, eq. 5), then the data
+    # (sigma 0); on a flow the first point is the source itself (t = 0, sigma infinite), where x0 is drawn
+    t = np.array(time_grid("karras:rho=7,sigma_min=0.002,sigma_max=80", 5, flow))
+    sigma = (1 - t[1:-1]) / t[1:-1]
+    expected = (80 ** (1 / 7) + np.arange(5) / 4 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    np.testing.assert_allclose(sigma, expected[1:], rtol=1e-10)
+    assert t[0] == 0 and t[-1] == 1
+    # a rectified flow on a window [t_min, 1] (the published checkpoints) has a finite log-SNR at its start
+    window = TimeWindowFlow(torch.nn.Identity(), 1e-3)
+    assert isinstance(path_of(window), RectifiedPath) and time_grid("logsnr", 3, window)[0] == 0
+    assert isinstance(path_of(VPSDEFlow(lambda x, t: x, sub_vp=True)), VPPath)
+    with pytest.raises(ValueError, match="grid karras: rho must be > 0"):
+        time_grid("karras:rho=0", 3, flow)
+    with pytest.raises(ValueError, match=r"grid karras got unknown option\(s\) roh; it takes: rho, sigma_min"):
+        sample(flow, torch.zeros(2, 2), "euler", 3, grid="karras:roh=2")
+
+
+def test_a_diffusion_models_grids_run_on_its_own_schedule():
+    model = GaussianEpsNet(torch.zeros(3), 0.7).model
+    for name in ("quadratic", "logsnr", "karras"):
+        t = np.array(time_grid(name, 8, model))
+        assert t[0] == 0 and t[-1] == 1 and np.all(np.diff(t) > 0)
+    lam = path_of(model).log_snr(np.array(time_grid("logsnr", 8, model)))
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-6)    # its spline's log-SNR, inverted
+
+
+def test_explicit_grids_fix_the_steps_and_start_where_they_start():
+    flow = TangentODE()
+    x0 = torch.full((3, 1), 0.2, dtype=torch.float64)
+    full = sample(flow, x0, "euler", 4)
+    same = sample(flow, x0, "euler", grid=[0.0, 0.25, 0.5, 0.75, 1.0])
+    torch.testing.assert_close(same.x, full.x, rtol=0, atol=0)
+    assert same.steps == 4 and same.nfe == 4
+    # from t = 0.5 with x0 as the state there: the exact solution from (0.5, x0) is tan(sin 1 - sin 0.5 + atan x0)
+    late = sample(flow, x0, "rk4", grid=np.linspace(0.5, 1.0, 65).tolist())
+    exact = torch.tan(math.sin(1.0) - math.sin(0.5) + torch.atan(x0))
+    torch.testing.assert_close(late.x, exact, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="a grid of 3 entries makes 2 steps; steps=4 differs"):
+        sample(flow, x0, "euler", 4, grid=[0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match=r"times must be 3 increasing values in \[0, 1\]"):
+        sample(flow, x0, "euler", grid=[0.0, 0.7, 0.5])
+    with pytest.raises(ValueError, match="an adaptive solver chooses its own times; grid does not apply"):
+        sample(flow, x0, "rk45", grid="logsnr")
+    with pytest.raises(KeyError, match="Unknown grid 'logsrn'. Did you mean: logsnr"):
+        sample(flow, x0, "euler", 3, grid="logsrn")
+
+
+def test_higher_order_solvers_keep_their_order_on_every_grid():
+    flow, x0 = TangentODE(), torch.linspace(-0.5, 0.5, 5, dtype=torch.float64).reshape(-1, 1)
+    exact = TangentODE.exact(x0)
+    for grid in ("uniform", "quadratic", "logsnr"):
+        errors = [float((sample(flow, x0, "heun", n, grid=grid).x - exact).abs().max()) for n in (32, 64)]
+        assert 1.7 < math.log2(errors[0] / errors[1]) < 2.3, (grid, errors)
+
+
+def test_discrete_spacings_are_diffusers_and_ddim_matches_it_step_for_step():
+    diffusers = pytest.importorskip("diffusers")
+    for spacing in ("leading", "linspace", "trailing"):
+        for steps in (7, 10, 50):
+            scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+            scheduler.set_timesteps(steps)
+            assert discrete_timesteps(spacing, steps, 1000) == scheduler.timesteps.tolist(), (spacing, steps)
+    assert discrete_timesteps(None, 4, 1000) == [750, 500, 250, 0]              # rfbench's default, as before
+    # DDIM on the same timesteps as diffusers' DDIMScheduler (eta 0, alpha 1 after the last step, no clipping)
+    problem = GaussianEpsNet(torch.full((4,), 0.3), 0.6, linear_betas(1000))
+    x0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
+                                        set_alpha_to_one=True, timestep_spacing="trailing")
+    scheduler.set_timesteps(10)
+    x = x0.clone()
+    for t in scheduler.timesteps:
+        eps = problem(x, torch.full((6,), int(t), dtype=torch.long))
+        x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+    ours = sample(problem.model, x0, "ddim", grid=scheduler.timesteps.tolist())
+    assert ours.nfe == 10
+    torch.testing.assert_close(ours.x, x, rtol=1e-5, atol=1e-5)
+    same = sample(problem.model, x0, "ddim", 10, grid="trailing")
+    torch.testing.assert_close(same.x, ours.x, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"grid 'logsnr': discrete samplers take the spacings uniform, leading"):
+        sample(problem.model, x0, "ddim", 10, grid="logsnr")
+    with pytest.raises(ValueError, match=r"timesteps must be distinct, decreasing \(sampling order\)"):
+        sample(problem.model, x0, "ddim", grid=[10, 500, 999])
+
+
+def test_the_grid_is_an_axis_of_a_sweep_with_its_column(tmp_path, capsys):
+    plan = make_plan(SUITES["toy2d"], RunConfig(models=("1-rf", "ddpm"), solvers=("euler", "ddim", "rk45"),
+                                                steps=(4,), grids=("uniform", "logsnr", "trailing")))
+    assert [c.label for c in plan.cells] == ["1-rf/euler/4", "1-rf/euler/4@logsnr", "1-rf/rk45/adaptive",
+                                             "ddpm/ddim/4", "ddpm/ddim/4@trailing", "ddpm/rk45/adaptive"]
+    with pytest.raises(ValueError, match=r"--grids lgsnr: not a time grid \(karras, logsnr, quadratic, uniform"):
+        make_plan(SUITES["toy2d"], RunConfig(grids=("lgsnr",)))
+
+    class Pull(torch.nn.Module):
+        input_shape = (2,)
+
+        def forward(self, x, t):
+            return torch.tanh(x) * (1 + t.reshape(-1, 1))
+
+    suite = standin("toy2d", "toy2d-grid", {"pull": Pull()}, cells=(Cell("pull", "heun", 2), Cell("pull", "rk45")),
+                    num_samples=100)
+    with registered(suite):
+        assert main(["--suite", "toy2d-grid", "--grids", "uniform", "karras", "--steps", "2", "4", "--out",
+                     str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--quiet", "--device", "cpu"]) == 0
+        frame = pd.read_csv(tmp_path / "out" / "results.csv")
+        assert [None if pd.isna(g) else g for g in frame["grid"]] == [None, "uniform", "karras", "uniform", "karras",
+                                                                        None]
+        assert frame["status"].eq("ok").all() and len(set(frame["w2"].iloc[1:5])) == 4
+        assert main(["table", str(tmp_path / "out")]) == 0
+        assert "| Grid" in capsys.readouterr().out                      # shown when a grid other than uniform is
+        # resume: the grid is part of a cell's key
+        again = rfbench.run("toy2d-grid", grids=["karras"], steps=[2], solvers=["heun"], out=tmp_path / "out",
+                            device="cpu", plots=False)
+        assert list(again["grid"].dropna()) == ["karras"]
+    assert sorted(GRIDS.names()) == ["karras", "logsnr", "quadratic", "uniform"]
