@@ -50,18 +50,23 @@ def test_flow_grids_cover_the_path_and_follow_their_spacing():
     assert time_grid("uniform", 4, flow) == [0.0, 0.25, 0.5, 0.75, 1.0]
     np.testing.assert_allclose(time_grid("quadratic", 4, flow), 1 - (1 - np.arange(5) / 4) ** 2, atol=1e-15)
     path = RectifiedPath()
-    for name in ("logsnr", "karras", "karras:rho=3"):
+    t = np.array(time_grid("logsnr", 6, flow))
+    assert t[0] == 0 and t[-1] == 1 and np.all(np.diff(t) > 0)          # the whole path, increasing
+    for name in ("karras", "karras:rho=3"):                              # from EDM's sigma_max = 80 to the data
         t = np.array(time_grid(name, 6, flow))
-        assert t[0] == 0 and t[-1] == 1 and np.all(np.diff(t) > 0)      # the whole path, increasing
+        assert t[0] == pytest.approx(1 / 81, rel=1e-12) and t[-1] == 1 and np.all(np.diff(t) > 0)
     lam = path.log_snr(np.array(time_grid("logsnr", 6, flow))[1:-1])   # interior points: uniform in log-SNR
     np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-9)
     # karras: sigma = (1 - t) / t uniform in sigma^(1/rho) over its first N points (EDM, eq. 5), then the data
-    # (sigma 0); on a flow the first point is the source itself (t = 0, sigma infinite), where x0 is drawn
-    t = np.array(time_grid("karras:rho=7,sigma_min=0.002,sigma_max=80", 5, flow))
-    sigma = (1 - t[1:-1]) / t[1:-1]
+    # (sigma 0), EDM's defaults 0.002 and 80
+    t = np.array(time_grid("karras", 5, flow))
     expected = (80 ** (1 / 7) + np.arange(5) / 4 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
-    np.testing.assert_allclose(sigma, expected[1:], rtol=1e-10)
-    assert t[0] == 0 and t[-1] == 1
+    np.testing.assert_allclose((1 - t[:-1]) / t[:-1], expected, rtol=1e-10)
+    assert t[-1] == 1
+    np.testing.assert_allclose(time_grid("karras:sigma_min=0.01,sigma_max=20,rho=3", 4, flow)[:2],
+                               [1 / 21, 1 / (1 + (20 ** (1 / 3) + (0.01 ** (1 / 3) - 20 ** (1 / 3)) / 3) ** 3)])
+    with pytest.raises(ValueError, match=r"grid karras: sigma in \[0.002, 2000\] leaves the model's range"):
+        time_grid("karras:sigma_max=2000", 4, flow)
     # a rectified flow on a window [t_min, 1] (the published checkpoints) has a finite log-SNR at its start
     window = TimeWindowFlow(torch.nn.Identity(), 1e-3)
     assert isinstance(path_of(window), RectifiedPath) and time_grid("logsnr", 3, window)[0] == 0
@@ -76,7 +81,7 @@ def test_a_diffusion_models_grids_run_on_its_own_schedule():
     model = GaussianEpsNet(torch.zeros(3), 0.7).model
     for name in ("quadratic", "logsnr", "karras"):
         t = np.array(time_grid(name, 8, model))
-        assert t[0] == 0 and t[-1] == 1 and np.all(np.diff(t) > 0)
+        assert (t[0] == 0 or name == "karras") and t[-1] == 1 and np.all(np.diff(t) > 0)
     lam = path_of(model).log_snr(np.array(time_grid("logsnr", 8, model)))
     np.testing.assert_allclose(np.diff(lam), np.diff(lam)[0], rtol=1e-6)    # its spline's log-SNR, inverted
 

@@ -119,6 +119,14 @@ class DiffusionModel:
             return ((x - a.sqrt() * out) / (1 - a).sqrt()).to(x.dtype)
         return (a.sqrt() * out + (1 - a).sqrt() * x).to(x.dtype)  # v = sqrt(a) eps - sqrt(1-a) x0
 
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The data prediction (x - sqrt(1 - a) eps) / sqrt(a) at flow time t (B,), a = alpha_bar at the
+        continuous timestep (1 - t)(T - 1): what exponential integrators step with."""
+        tau = (1 - t.to(torch.float64)) * (self.num_timesteps - 1)
+        a = _expand(self.alpha_bar(tau), x)
+        eps = self.eps(x, tau.to(x.dtype))
+        return ((x - (1 - a).sqrt() * eps) / a.sqrt()).to(x.dtype)
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Probability-flow ODE velocity at flow time t (B,) in [0, 1] (t=0 noise, t=1 data)."""
         span = self.num_timesteps - 1

@@ -27,11 +27,23 @@ FLOW_DELTA = 1e-3   # a rectified flow's log-SNR grids are computed on [delta, 1
 
 
 class GaussianPath:
-    """alpha(t), sigma(t) of a model in flow time t in [0, 1]; subclasses give :meth:`log_snr` and the time maps."""
+    """alpha(t), sigma(t) of a model in flow time t in [0, 1] (subclasses give :meth:`alpha_sigma`), its half
+    log-SNR and the time maps."""
+
+    def alpha_sigma(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha_t, sigma_t) at flow times t (float64)."""
+        raise NotImplementedError
 
     def log_snr(self, t: np.ndarray) -> np.ndarray:
-        """lambda(t) = log(alpha_t / sigma_t), increasing in t (float64)."""
-        raise NotImplementedError
+        """lambda(t) = log(alpha_t / sigma_t), increasing in t (float64; -inf where alpha = 0, +inf where
+        sigma = 0)."""
+        alpha, sigma = self.alpha_sigma(t)
+        with np.errstate(divide="ignore"):
+            return np.log(alpha) - np.log(sigma)
+
+    def data_from_velocity(self, x, v, t: float):
+        """E[X1 | X_t = x] from the model's velocity at flow time t (for models without their own ``denoise``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no velocity-to-data map; the model must give denoise")
 
     def finite_range(self) -> tuple[float, float]:
         """The flow-time interval on which lambda is finite and grids that need it are computed."""
@@ -60,10 +72,18 @@ class RectifiedPath(GaussianPath):
     def _net(self, s: np.ndarray) -> np.ndarray:
         return self.t_min + np.asarray(s, dtype=np.float64) * (1 - self.t_min)
 
+    def alpha_sigma(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        net = self._net(t)
+        return net, 1.0 - net
+
     def log_snr(self, t: np.ndarray) -> np.ndarray:
         net = self._net(t)
         with np.errstate(divide="ignore"):
             return np.log(net) - np.log1p(-net)
+
+    def data_from_velocity(self, x, v, t: float):
+        """x = t X1 + (1 - t) X0 and v = X1 - X0 (on the network's time), so X1 = x + (1 - t) v."""
+        return x + float(1.0 - self._net(t)) * v
 
     def finite_range(self) -> tuple[float, float]:
         lo = 0.0 if self.t_min > 0 else self.delta
@@ -89,6 +109,10 @@ class VPPath(GaussianPath):
 
     def _log_mean(self, t_sde: np.ndarray) -> np.ndarray:
         return -0.25 * t_sde ** 2 * (self.beta_max - self.beta_min) - 0.5 * t_sde * self.beta_min
+
+    def alpha_sigma(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = self._log_mean(self.diffusion_time(t))
+        return np.exp(m), (-np.expm1(2 * m) if self.sub_vp else np.sqrt(-np.expm1(2 * m)))
 
     def log_snr(self, t: np.ndarray) -> np.ndarray:
         m = self._log_mean(self.diffusion_time(t))
@@ -120,8 +144,15 @@ class DiscretePath(GaussianPath):
     def __init__(self, log_alpha_bar: Callable[[np.ndarray], np.ndarray], num_timesteps: int):
         self.log_alpha_bar, self.num_timesteps = log_alpha_bar, num_timesteps
 
+    def _log_ab(self, t: np.ndarray) -> np.ndarray:
+        return self.log_alpha_bar((1.0 - np.asarray(t, dtype=np.float64)) * (self.num_timesteps - 1))
+
+    def alpha_sigma(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        log_ab = self._log_ab(t)
+        return np.exp(0.5 * log_ab), np.sqrt(-np.expm1(log_ab))
+
     def log_snr(self, t: np.ndarray) -> np.ndarray:
-        log_ab = self.log_alpha_bar((1.0 - np.asarray(t, dtype=np.float64)) * (self.num_timesteps - 1))
+        log_ab = self._log_ab(t)
         return 0.5 * (log_ab - np.log(-np.expm1(log_ab)))
 
 
@@ -149,6 +180,18 @@ def path_of(model: Any) -> GaussianPath:
         raise TypeError(f"{type(model).__name__}.gaussian_path must be an rfbench.models.paths.GaussianPath, got "
                         f"{type(path).__name__}")
     return path
+
+
+def data_prediction(model: Any, x, t: float):
+    """The model's data prediction E[X1 | X_t = x] at flow time t: its own ``denoise(x, t)`` when it has one (a
+    DiffusionModel, score-SDE's VP flows), else from its velocity on its Gaussian path (a rectified flow:
+    X1 = x + (1 - t) v). One model evaluation either way."""
+    import torch
+    tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    denoise = getattr(model, "denoise", None)
+    if callable(denoise):
+        return denoise(x, tt)
+    return path_of(model).data_from_velocity(x, model(x, tt), t)
 
 
 def log_snr_range(path: GaussianPath) -> tuple[float, float]:

@@ -92,6 +92,15 @@ class VPSDEFlow(torch.nn.Module):
         drift = -0.5 * beta.reshape(shape).to(x.dtype) * x + (0.5 * g2 / std).reshape(shape).to(x.dtype) * out
         return drift * -(1 - self.eps)                                   # dx/ds = dx/dt * dt/ds
 
+    def denoise(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The data prediction (x - std * eps) / mean at flow time s, from the network's eps = -score * std (what
+        DPM-Solver's model_wrapper computes for a noise-prediction model)."""
+        t = self.sde_time(torch.as_tensor(s, dtype=torch.float64, device=x.device).reshape(-1))
+        mean, std = self.marginal(t)
+        eps = self.net(x, (t * self.label_scale).to(x.dtype))
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return ((x - std.reshape(shape).to(x.dtype) * eps) / mean.reshape(shape).to(x.dtype))
+
     def extra_repr(self) -> str:
         kind = "sub-VP" if self.sub_vp else "VP"
         return f"{kind}, beta {self.beta_min:g}..{self.beta_max:g}, eps={self.eps:g}"

@@ -15,7 +15,7 @@ import torch
 
 from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model
-from rfbench.samplers import discrete, ode  # noqa: F401  (registers the solvers)
+from rfbench.samplers import discrete, exponential, ode  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
 from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, CountingModel, NonFiniteError, SamplerError, SampleResult,
                                    SolverSpec, Trajectory, TrajectoryRecorder, register_solver)
@@ -48,7 +48,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         solver: a name in ``SOLVERS`` (euler, heun, midpoint, rk4, rk45, dopri5, ddim, ddpm).
         steps: number of steps for fixed-grid and discrete solvers (>= 1); None for adaptive ones.
         grid: where the steps go (:mod:`rfbench.samplers.grids`): for fixed-grid solvers a grid name ("uniform",
-            the default, "quadratic", "logsnr", "karras", "karras:rho=5", or a registered one) or a sequence of
+            the default but for edm-heun's karras, "quadratic", "logsnr", "karras", "karras:rho=5", or a registered
+            one) or a sequence of
             flow times from its first entry (x0 is the state there) to its last (steps = len(grid) - 1); for
             discrete samplers a spacing ("uniform", "leading", "linspace", "trailing") or a sequence of the model's
             integer timesteps in sampling order. None for adaptive solvers.
@@ -73,9 +74,10 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
 
     kwargs: dict[str, Any] = dict(options)
     if spec.kind == "fixed":
-        kwargs["times"] = time_grid(grid, steps, model)
+        kwargs["times"] = time_grid(spec.default_grid if grid is None else grid, steps, model)
     elif spec.kind == "discrete":
-        kwargs["timesteps"] = discrete_timesteps(grid, steps, model.num_timesteps)
+        kwargs["timesteps"] = discrete_timesteps(spec.default_grid if grid is None else grid, steps,
+                                                 model.num_timesteps)
     if spec.is_stochastic(options):
         kwargs["noise"] = _step_noise(solver, x0, seeds, noise)
     elif seeds is not None or noise is not None:

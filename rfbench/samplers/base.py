@@ -39,6 +39,7 @@ class SolverSpec:
     stochastic: bool | Callable[[dict], bool] = False
     expected_nfe: Callable[[int], int] | None = None
     description: str = ""
+    default_grid: str = "uniform"     # the grid (or, for discrete samplers, the spacing) when none is asked for
 
     def is_stochastic(self, options: dict) -> bool:
         return self.stochastic(options) if callable(self.stochastic) else bool(self.stochastic)
@@ -51,7 +52,8 @@ SOLVER_KINDS = ("fixed", "adaptive", "discrete")
 
 
 def register_solver(name: str, kind: str, *, order: int | None = None, expected_nfe: Callable[[int], int] | None = None,
-                    stochastic: bool | Callable[[dict], bool] = False, description: str = ""):
+                    stochastic: bool | Callable[[dict], bool] = False, description: str = "",
+                    default_grid: str = "uniform"):
     """Decorator registering a solver function under ``name`` (rfbench's own solvers and plugins' alike).
 
     The function is ``fn(model, x, *, times, callback=None, **options) -> (x1, stats)`` for ``kind`` "fixed"
@@ -61,7 +63,8 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
     rtol, atol). It evaluates ``model(x, t)`` (or ``model.eps``) and calls ``callback(i, t, x, v)`` at its step
     points; stochastic solvers also take ``noise`` (``noise(i)``: seeded draws for step i). :func:`rfbench.sample`
     computes the grid, counts the evaluations, refuses options the solver does not take and, for fixed-grid
-    solvers, checks the count against ``expected_nfe(steps)``, which is therefore required for them."""
+    solvers, checks the count against ``expected_nfe(steps)``, which is therefore required for them.
+    ``default_grid``: the grid used when the caller names none (edm-heun: karras)."""
     if kind not in SOLVER_KINDS:
         raise ValueError(f"solver {name}: kind must be one of {', '.join(SOLVER_KINDS)}, got {kind!r}")
     if kind == "fixed" and not callable(expected_nfe):
@@ -93,7 +96,7 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
                 raise ValueError(f"solver {name}: expected_nfe(steps) must return a positive integer; "
                                  f"expected_nfe(1) = {one!r}")
         SOLVERS.add(name, SolverSpec(name=name, fn=fn, kind=kind, order=order, stochastic=stochastic,
-                                     expected_nfe=expected_nfe, description=description))
+                                     expected_nfe=expected_nfe, description=description, default_grid=default_grid))
         return fn
 
     return deco
@@ -128,6 +131,13 @@ class CountingModel:
         return self._check(self.model.eps(x, timesteps), x, "eps prediction")
 
     def __getattr__(self, name: str) -> Any:
+        if name == "denoise":        # the data prediction, counted (absent when the model has none)
+            denoise = getattr(self.model, "denoise")
+
+            def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                self.nfe += 1
+                return self._check(denoise(x, t), x, "data prediction")
+            return counted
         return getattr(self.model, name)
 
 

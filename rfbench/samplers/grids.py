@@ -10,13 +10,15 @@ Named grids for fixed-grid solvers, registered by name (``GRIDS``; a plugin adds
   1 - t for flows, the SDE time for score-SDE's VP models): denser near the data;
 * ``logsnr``: uniform in the half log-SNR lambda = log(alpha / sigma) (DPM-Solver's ``logSNR``);
 * ``karras``: EDM's schedule, uniform in sigma^(1/rho) with sigma = sigma_t / alpha_t = exp(-lambda) (Karras et al.
-  2022, eq. 5; ``karras:rho=5`` sets rho, default 7; ``sigma_min``, ``sigma_max`` default to the model's range).
+  2022, eq. 5; ``karras:rho=5`` sets rho, default 7; ``sigma_min``, ``sigma_max`` default to EDM's 0.002 and 80,
+  clipped to the model's range).
 
 On score-SDE's VP / sub-VP models (sampled from SDE time 1 to eps) ``uniform``, ``quadratic`` and ``logsnr`` are the
 official DPM-Solver code's grids, mapped to flow time. A rectified flow's log-SNR is -inf at t=0 and +inf at t=1:
-``logsnr`` and ``karras`` are computed on [delta, 1 - delta] (delta = 1e-3) and then run the whole path, their first
-point moved to t=0 (the source, where x0 is drawn; sigma infinite) and, for ``logsnr``, their last to t=1;
-``karras`` ends as EDM's does, with a step from its smallest sigma to the data (sigma = 0, t=1). An explicit
+``logsnr`` and ``karras`` are computed on [delta, 1 - delta] (delta = 1e-3). ``logsnr`` then runs the whole path,
+its ends moved to t=0 (the source, where x0 is drawn) and t=1; ``karras`` starts at its sigma_max (t = 1/81 for
+EDM's 80), as EDM does, with x0 as the state there (edm-heun starts from sigma_max x0 in EDM's variables, as EDM
+does), and ends as EDM's does, with a step from its smallest sigma to the data (sigma = 0, t=1). An explicit
 sequence of flow times (increasing, in [0, 1]) is a grid too: the sampler starts at its first entry, with x0 as the
 state there, and steps = len(grid) - 1.
 
@@ -41,6 +43,7 @@ from rfbench.models.paths import GaussianPath, log_snr_range, path_of
 from rfbench.registry import Registry
 
 DEFAULT = "uniform"
+EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0     # EDM's defaults (Karras et al. 2022, Table 1)
 
 
 @dataclass(frozen=True)
@@ -111,13 +114,13 @@ def logsnr(steps, path):
 
 @register_grid("karras", "EDM's rho schedule of sigma = exp(-lambda) (Karras et al. 2022, eq. 5)")
 def karras(steps, path, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None):
-    """sigma_min / sigma_max default to the path's range (a flow's: [delta, 1 - delta] in t); EDM's own defaults
-    are karras:sigma_min=0.002,sigma_max=80."""
+    """sigma_min / sigma_max default to EDM's, 0.002 and 80, clipped to the model's range as EDM's sampler clips
+    them to its network's (a flow's range: t in [delta, 1 - delta])."""
     if not rho > 0:
         raise ValueError(f"grid karras: rho must be > 0, got {rho}")
     lam_lo, lam_hi = log_snr_range(path)
-    s_max = math.exp(-lam_lo) if sigma_max is None else float(sigma_max)
-    s_min = math.exp(-lam_hi) if sigma_min is None else float(sigma_min)
+    s_max = min(EDM_SIGMA_MAX, math.exp(-lam_lo)) if sigma_max is None else float(sigma_max)
+    s_min = max(EDM_SIGMA_MIN, math.exp(-lam_hi)) if sigma_min is None else float(sigma_min)
     if not 0 < s_min < s_max:
         raise ValueError(f"grid karras: need 0 < sigma_min < sigma_max, got {s_min:g} and {s_max:g}")
     if s_max > math.exp(-lam_lo) * (1 + 1e-9) or s_min < math.exp(-lam_hi) * (1 - 1e-9):
@@ -128,8 +131,7 @@ def karras(steps, path, rho: float = 7.0, sigma_min: float | None = None, sigma_
     ramp = np.linspace(0.0, 1.0, points) if points > 1 else np.zeros(1)
     sigma = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     t = path.t_of_log_snr(-np.log(sigma))
-    t = np.append(t, 1.0) if to_data else _ends(t, path)
-    return _snap(t, path)
+    return np.append(_ends(t), 1.0).tolist() if to_data else _ends(t, path)   # starts at sigma_max, as EDM does
 
 
 def _ends(t: np.ndarray, path: GaussianPath | None = None) -> list[float]:

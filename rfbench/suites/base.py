@@ -16,7 +16,6 @@ from rfbench.metrics.features import EXTRACTORS
 from rfbench.models.sources import ModelSource
 from rfbench.registry import Registry
 from rfbench.samplers import SOLVERS, check_call
-from rfbench.samplers.grids import DEFAULT as DEFAULT_GRID
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class Cell:
     def label(self) -> str:
         steps = "adaptive" if self.steps is None else str(self.steps)
         opts = "".join(f",{k}={v}" for k, v in self.options)
-        grid = f"@{self.grid}" if self.grid not in (None, DEFAULT_GRID) else ""
+        grid = f"@{self.grid}" if self.grid not in (None, SOLVERS[self.solver].default_grid) else ""
         return f"{self.model}/{self.solver}/{steps}{opts}{grid}"
 
     def fields(self) -> dict:
@@ -42,7 +41,7 @@ class Cell:
         gridded = SOLVERS[self.solver].kind != "adaptive"
         return {"model": self.model, "solver": self.solver, "steps": self.steps,
                 "options": ",".join(f"{k}={v}" for k, v in self.options),
-                "grid": (self.grid or DEFAULT_GRID) if gridded else None}
+                "grid": (self.grid or SOLVERS[self.solver].default_grid) if gridded else None}
 
 
 @dataclass(frozen=True)

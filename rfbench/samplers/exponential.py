@@ -1,0 +1,188 @@
+"""The fast solvers of the field on any model with a Gaussian path: DPM-Solver++ multistep, UniPC and EDM's Heun.
+
+Each works on rectified flows, on score-SDE's VP / sub-VP models and on DDPM-style DiffusionModels alike, through
+the one abstraction exponential integrators need (:mod:`rfbench.models.paths`): the path's alpha(t), sigma(t) and
+half log-SNR lambda = log(alpha / sigma) at the grid's flow times, and the model's data prediction
+x0 = E[X1 | X_t = x] (:func:`rfbench.models.paths.data_prediction`: the model's own ``denoise``, or a flow's
+velocity turned into one). DDIM is their first-order case: one DPM-Solver++ step from t to t' is
+x' = (sigma' / sigma) x + alpha' (1 - e^{-h}) x0 with h = lambda' - lambda; on a rectified flow it is Euler's step.
+
+A rectified flow's lambda is -inf at t=0 and +inf at t=1: the first step from the source is that first-order step
+(its h is infinite, so the higher-order corrections it would need vanish), and a step to the data (t=1, sigma=0)
+is taken first-order as diffusers does with ``final_sigmas_type="zero"``.
+
+Checked in tests/test_fast_solvers.py against the official code (LuChengTHU/dpm-solver, wl-zhao/UniPC,
+NVlabs/edm, run outside this repository on the same models) and against diffusers' schedulers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from rfbench.models.paths import data_prediction, path_of
+from rfbench.samplers.base import Callback, register_solver
+
+LOWER_ORDER_FINAL_BELOW = 10   # DPM-Solver's official rule: the last steps take a lower order when steps < 10
+
+
+def _lower_below(lower_order_final: bool | int) -> int:
+    """``lower_order_final``: True (the official DPM-Solver's rule, below 10 steps), False (never), or the number of
+    steps below which the final steps take a lower order (15 is diffusers' rule)."""
+    if isinstance(lower_order_final, bool):
+        return LOWER_ORDER_FINAL_BELOW if lower_order_final else 0
+    if isinstance(lower_order_final, int) and lower_order_final >= 0:
+        return lower_order_final
+    raise ValueError(f"lower_order_final must be True, False or a number of steps >= 0, got {lower_order_final!r}")
+
+
+def _schedule(model, times: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    alpha, sigma = path_of(model).alpha_sigma(np.asarray(times, dtype=np.float64))
+    with np.errstate(divide="ignore"):
+        lam = np.log(alpha) - np.log(sigma)
+    return alpha, sigma, lam
+
+
+def _dpm_multistep(model, x, times, order: int, lower_order_final: bool | int, callback: Callback | None):
+    below = _lower_below(lower_order_final)
+    alpha, sigma, lam = _schedule(model, times)
+    steps = len(times) - 1
+    x0s = [data_prediction(model, x, times[0])]
+    for i in range(1, steps + 1):
+        if callback is not None:
+            callback(i - 1, times[i - 1], x, None)
+        step_order = min(order, i)                         # the first steps: as many previous values as there are
+        if steps < below:
+            step_order = min(step_order, steps + 1 - i)
+        if not math.isfinite(lam[i]):                      # to the data itself (sigma 0): first order
+            step_order = 1
+        h = lam[i] - lam[i - 1]
+        phi_1 = math.expm1(-h)                             # -1 when h is infinite (from the source of a flow)
+        ratio = sigma[i] / sigma[i - 1]
+        base = ratio * x - (alpha[i] * phi_1) * x0s[-1]
+        if step_order == 1:
+            x = base
+        elif step_order == 2:                              # DPM-Solver++(2M), Lu et al. 2022b, Algorithm 2
+            r0 = (lam[i - 1] - lam[i - 2]) / h
+            d1 = (x0s[-1] - x0s[-2]) * (1.0 / r0)
+            x = base - (0.5 * alpha[i] * phi_1) * d1
+        else:                                              # DPM-Solver++(3M)
+            r0, r1 = (lam[i - 1] - lam[i - 2]) / h, (lam[i - 2] - lam[i - 3]) / h
+            d1_0, d1_1 = (x0s[-1] - x0s[-2]) * (1.0 / r0), (x0s[-2] - x0s[-3]) * (1.0 / r1)
+            d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+            d2 = (d1_0 - d1_1) * (1.0 / (r0 + r1))
+            phi_2 = phi_1 / h + 1.0
+            phi_3 = phi_2 / h - 0.5
+            x = base + (alpha[i] * phi_2) * d1 - (alpha[i] * phi_3) * d2
+        if i < steps:                                      # the final value is never evaluated
+            x0s = (x0s + [data_prediction(model, x, times[i])])[-3:]
+    if callback is not None:
+        callback(steps, times[-1], x, None)
+    return x, {}
+
+
+@register_solver("dpm++2m", "fixed", order=2, expected_nfe=lambda n: n,
+                 description="DPM-Solver++(2M), data prediction, lower order at the final steps")
+def dpm_2m(model, x, *, times, lower_order_final: bool | int = True, callback: Callback | None = None):
+    """DPM-Solver++ multistep of order 2 (Lu et al. 2022, "DPM-Solver++", Algorithm 2), one evaluation per step.
+    ``lower_order_final``: True lowers the order of the final steps below 10 steps, as the official code does;
+    an int n below n steps (15: diffusers' DPMSolverMultistepScheduler); False never."""
+    return _dpm_multistep(model, x, times, 2, lower_order_final, callback)
+
+
+@register_solver("dpm++3m", "fixed", order=3, expected_nfe=lambda n: n,
+                 description="DPM-Solver++(3M), data prediction, lower order at the final steps")
+def dpm_3m(model, x, *, times, lower_order_final: bool | int = True, callback: Callback | None = None):
+    """DPM-Solver++ multistep of order 3, one evaluation per step."""
+    return _dpm_multistep(model, x, times, 3, lower_order_final, callback)
+
+
+def _unipc_step(x, x0s, lams, lam_t, alpha_t, ratio, order: int, corrector):
+    """One UniPC-bh2 step (Zhao et al. 2023, data prediction) from the last of ``x0s`` (at ``lams[-1]``) to lam_t:
+    the predictor, and, when ``corrector`` is given (a function of the predicted x returning the data prediction
+    there), the corrector UniC. Returns (x_t, the data prediction at x_t or None)."""
+    h = lam_t - lams[-1]
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = math.expm1(hh)                                   # bh2: B(h) = e^h - 1 (in -h)
+    rks = [(lams[-1 - k] - lams[-1]) / h for k in range(1, order)] + [1.0]
+    d1s = [(x0s[-1 - k] - x0s[-1]) * (1.0 / rks[k - 1]) for k in range(1, order)]
+    # the order conditions: R rho = b, R_ij = r_j^i, b_i = h phi_{i+1}(h) i! / B(h)
+    rows, b = [], []
+    h_phi_k, factorial = h_phi_1 / hh - 1.0, 1
+    for i in range(1, order + 1):
+        rows.append([r ** (i - 1) for r in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    x_base = ratio * x - (alpha_t * h_phi_1) * x0s[-1]
+    x_t = x_base
+    if d1s:
+        rhos_p = [0.5] if order == 2 else np.linalg.solve(np.array(rows)[:-1, :-1], np.array(b[:-1])).tolist()
+        x_t = x_base - (alpha_t * b_h) * sum(d * r for d, r in zip(d1s, rhos_p))
+    if corrector is None:
+        return x_t, None
+    x0_t = corrector(x_t)
+    rhos_c = [0.5] if order == 1 else np.linalg.solve(np.array(rows), np.array(b)).tolist()
+    correction = sum((d * r for d, r in zip(d1s, rhos_c[:-1])), torch.zeros_like(x)) + (x0_t - x0s[-1]) * rhos_c[-1]
+    return x_base - (alpha_t * b_h) * correction, x0_t
+
+
+@register_solver("unipc", "fixed", order=3, expected_nfe=lambda n: n,
+                 description="UniPC-bh2 (predictor UniP, corrector UniC), data prediction; option order 1-3")
+def unipc(model, x, *, times, order: int = 2, lower_order_final: bool = True, callback: Callback | None = None):
+    """UniPC (Zhao et al. 2023) with B(h) = e^h - 1 ("bh2"), multistep, order ``order``; the corrector reuses the
+    evaluation the next step needs, so the cost stays one evaluation per step (none at the last)."""
+    if isinstance(order, bool) or order not in (1, 2, 3):
+        raise ValueError(f"unipc: order must be 1, 2 or 3, got {order!r}")
+    alpha, sigma, lam = _schedule(model, times)
+    steps = len(times) - 1
+    x0s, lams = [data_prediction(model, x, times[0])], [lam[0]]
+    for i in range(1, steps + 1):
+        if callback is not None:
+            callback(i - 1, times[i - 1], x, None)
+        step_order = min(order, i)
+        if lower_order_final:
+            step_order = min(step_order, steps + 1 - i)
+        if not math.isfinite(lam[i]):
+            step_order = 1
+        corrector = (lambda xt, t=times[i]: data_prediction(model, xt, t)) if i < steps else None
+        x, x0_t = _unipc_step(x, x0s, lams, lam[i], alpha[i], sigma[i] / sigma[i - 1], step_order, corrector)
+        if x0_t is not None:
+            x0s, lams = (x0s + [x0_t])[-3:], (lams + [lam[i]])[-3:]
+    if callback is not None:
+        callback(steps, times[-1], x, None)
+    return x, {}
+
+
+@register_solver("edm-heun", "fixed", order=2, expected_nfe=lambda n: 2 * n - 1, default_grid="karras",
+                 description="EDM's Heun (Karras et al. 2022, Algorithm 1, S_churn=0), Euler on the last step")
+def edm_heun(model, x, *, times, callback: Callback | None = None):
+    """EDM's deterministic sampler in its scaled variables x_edm = x / alpha, sigma_edm = sigma / alpha: Heun's
+    method on dx_edm / dsigma = (x_edm - D) / sigma, an Euler step last. As EDM, it starts from sigma_max * x0 in
+    those variables (the state sigma(t_0) x0 in rfbench's), so on the karras grid it is EDM's sampler."""
+    alpha, sigma, _ = _schedule(model, times)
+    if alpha[0] <= 0:
+        raise ValueError("edm-heun starts at a finite sigma = sigma_t / alpha_t; the grid's first time has alpha = 0 "
+                         "(a flow's source): use the karras grid (its default) or one that starts later")
+    with np.errstate(divide="ignore"):
+        s = sigma / alpha                                  # EDM's sigma; 0 at a flow's data end
+    steps = len(times) - 1
+    x_edm = x * float(s[0])                                # EDM: latents * sigma_max
+    for i in range(steps):
+        if callback is not None:
+            callback(i, times[i], x_edm * float(alpha[i]), None)
+        denoised = data_prediction(model, x_edm * float(alpha[i]), times[i])
+        d_cur = (x_edm - denoised) * (1.0 / s[i])
+        x_next = x_edm + (s[i + 1] - s[i]) * d_cur
+        if i < steps - 1:                                  # the 2nd-order correction, but on the last step
+            denoised = data_prediction(model, x_next * float(alpha[i + 1]), times[i + 1])
+            d_prime = (x_next - denoised) * (1.0 / s[i + 1])
+            x_next = x_edm + (s[i + 1] - s[i]) * (0.5 * d_cur + 0.5 * d_prime)
+        x_edm = x_next
+    x = x_edm * float(alpha[-1])
+    if callback is not None:
+        callback(steps, times[-1], x, None)
+    return x, {}
