@@ -19,9 +19,11 @@ from rfbench.suites import Cell, Suite, SuiteModel, fixed_grid, register_suite
 from rfbench.training import TrainConfig
 
 IMAGE_METRICS = ("fid", "inception_score", "precision_recall", "kid", "crossing_prob", "transport_cost",
-                 "straightness")
+                 "straightness", "solver_error")
 FLOW_STEPS = (1, 2, 4, 8, 16)
 DDIM_STEPS = (4, 8, 16, 32)
+FAST_STEPS = (2, 4, 8)              # DPM-Solver++(2M) and UniPC: NFE = steps; DPM-Solver++(3M) at 4 and 8
+EDM_STEPS = (2, 4)                  # EDM's Heun: NFE 3 and 7
 
 # digits (8x8): a 177k-parameter U-Net (~100 ms per training step of 128 on 2 cores), sized so the whole suite runs
 # in about 12 minutes from a cold cache. 1,500 steps of 1-RF gave heun-8 FID 8.6 and rk45 FID 6.0 against the
@@ -70,16 +72,26 @@ def image_models(flows: FlowRecipe, ddpm: DDPMRecipe) -> tuple[SuiteModel, ...]:
             + (SuiteModel("2-rf-distill", RectifiedFlow(2, flows, distilled=True)), SuiteModel("ddpm", DDPM(ddpm))))
 
 
+def fast_cells(model: str) -> tuple[Cell, ...]:
+    """The field's fast solvers at small NFE on uniform and log-SNR grids (EDM's Heun on its karras grid)."""
+    return (fixed_grid(model, ("dpm++2m", "unipc"), FAST_STEPS, grids=("uniform", "logsnr"))
+            + fixed_grid(model, ("dpm++3m",), (4, 8), grids=("uniform", "logsnr"))
+            + fixed_grid(model, ("edm-heun",), EDM_STEPS))
+
+
 def image_cells() -> tuple[Cell, ...]:
-    return (flow_cells("1-rf") + flow_cells("2-rf") + flow_cells("3-rf")
+    return (flow_cells("1-rf") + fast_cells("1-rf") + flow_cells("2-rf") + fast_cells("2-rf") + flow_cells("3-rf")
+            + fast_cells("3-rf")
             + (Cell("2-rf-distill", "euler", 1),)
             + fixed_grid("ddpm", ("ddim",), DDIM_STEPS)
-            + (Cell("ddpm", "ddpm", 100),))
+            + (Cell("ddpm", "ddpm", 100),) + fast_cells("ddpm"))
 
 
 DIGITS = register_suite(Suite(
     name="digits",
-    version=2,    # v2: the independent row holds each held-out image once (360), not 1,000 draws with repeats
+    # v2: the independent row holds each held-out image once (360), not 1,000 draws with repeats; v3: the fast solvers
+    # (dpm++2m/3m, unipc, edm-heun) and solver_error, the v2 cells unchanged
+    version=3,
     description="N(0, I) -> sklearn's 8x8 digits (1,437 training images); U-Nets trained on the CPU; "
                 "FID/IS/precision/recall on the digits CNN",
     problem=ImageProblem("digits", (1, 8, 8)),
@@ -89,6 +101,7 @@ DIGITS = register_suite(Suite(
     num_samples=1000,
     independent_row=True,
     straightness_samples=250,
+    solver_error_samples=250,
     extractor="digits",
     quality_metric="fid",
     bootstrap=100,   # fid_se, is_se, recall_se, kid_se: about 1.5 s per cell on 2 CPU cores (128-d features)
@@ -99,7 +112,7 @@ DIGITS = register_suite(Suite(
 def _mnist_family(name: str, title: str) -> Suite:
     return Suite(
         name=name,
-        version=1,
+        version=2,                 # v2: the fast solvers and solver_error
         description=f"N(0, I) -> {title} 28x28 (60,000 training images; --data-dir); U-Nets sized for a GPU; "
                     f"FID/IS/precision/recall on Inception (else a classifier trained by rfbench)",
         problem=ImageProblem(name, (1, 28, 28)),
@@ -109,6 +122,7 @@ def _mnist_family(name: str, title: str) -> Suite:
         num_samples=10_000,        # a GPU's default; on a CPU pass --num-samples (each row records its count)
         independent_row=True,
         straightness_samples=1000,
+        solver_error_samples=1000,
         extractor="inception",
         fallback_extractor="classifier",
         quality_metric="fid",

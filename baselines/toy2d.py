@@ -17,7 +17,9 @@ from rfbench.training import TrainConfig
 
 FLOW_STEPS = (1, 2, 4, 8, 16, 32)
 DDIM_STEPS = (4, 8, 16, 32, 100)
-COUPLING_METRICS = ("crossing_prob", "transport_cost", "straightness", "w2")
+FAST_STEPS = (2, 4, 8, 16)          # DPM-Solver++, UniPC: NFE = steps
+EDM_STEPS = (2, 4, 8)               # EDM's Heun: NFE 3, 7, 15
+COUPLING_METRICS = ("crossing_prob", "transport_cost", "straightness", "w2", "solver_error")
 
 # Sized for the 2-core CPU: the whole toy2d suite, training included, in under 3 minutes from a cold cache.
 # EMA decay 0.99: with 2-3k steps, 0.999 averages over a third of training and lags the cosine-annealed weights
@@ -39,21 +41,29 @@ def flow_cells(model: str) -> tuple[Cell, ...]:
     return fixed_grid(model, ("euler", "heun"), FLOW_STEPS) + (Cell(model, "rk45"),)
 
 
+def fast_cells(model: str) -> tuple[Cell, ...]:
+    """The field's fast solvers at small NFE: DPM-Solver++(2M, 3M) and UniPC on uniform and log-SNR grids, EDM's Heun
+    on its karras grid."""
+    return (fixed_grid(model, ("dpm++2m", "dpm++3m", "unipc"), FAST_STEPS, grids=("uniform", "logsnr"))
+            + fixed_grid(model, ("edm-heun",), EDM_STEPS))
+
+
 def reflows(recipe: FlowRecipe) -> tuple[SuiteModel, ...]:
     return tuple(SuiteModel(f"{k}-rf", RectifiedFlow(k, recipe)) for k in (1, 2, 3))
 
 
 TOY2D = register_suite(Suite(
     name="toy2d",
-    version=1,
+    version=2,    # v2: the fast solvers (dpm++2m/3m, unipc, edm-heun) and solver_error; the v1 cells are unchanged
     description="N(0, I) -> 8 Gaussians on a circle (radius 4, std 0.3) in 2D; 1/2/3-RF, distilled 2-RF, DDPM",
     problem=ToyProblem(StandardNormal(2), circle_mixture(8, radius=4.0, std=0.3)),
     models=reflows(TOY_RECIPE) + (SuiteModel("2-rf-distill", RectifiedFlow(2, TOY_RECIPE, distilled=True)),
                                   SuiteModel("ddpm", DDPM(TOY_DDPM))),
-    cells=(flow_cells("1-rf") + flow_cells("2-rf") + flow_cells("3-rf")
+    cells=(flow_cells("1-rf") + fast_cells("1-rf") + flow_cells("2-rf") + fast_cells("2-rf") + flow_cells("3-rf")
+           + fast_cells("3-rf")
            + (Cell("2-rf-distill", "euler", 1),)
            + fixed_grid("ddpm", ("ddim",), DDIM_STEPS)
-           + (Cell("ddpm", "ddpm", 1000), Cell("ddpm", "rk45"))),
+           + (Cell("ddpm", "ddpm", 1000), Cell("ddpm", "rk45")) + fast_cells("ddpm")),
     metrics=COUPLING_METRICS,
     num_samples=2000,
     independent_row=True,
@@ -62,12 +72,12 @@ TOY2D = register_suite(Suite(
 
 TOY2D_TRANSFER = register_suite(Suite(
     name="toy2d-transfer",
-    version=1,
+    version=2,    # v2: the fast solvers and solver_error
     description="data to data in 2D: 3 Gaussians on the left -> 2 Gaussians on the right; 1/2/3-RF",
     problem=ToyProblem(GaussianMixture(((-4.0, -3.0), (-4.0, 0.0), (-4.0, 3.0)), std=0.4),
                        GaussianMixture(((4.0, -2.0), (4.0, 2.0)), std=0.4)),
     models=reflows(TOY_RECIPE),
-    cells=flow_cells("1-rf") + flow_cells("2-rf") + flow_cells("3-rf"),
+    cells=sum((flow_cells(m) + fast_cells(m) for m in ("1-rf", "2-rf", "3-rf")), ()),
     metrics=COUPLING_METRICS,
     num_samples=2000,
     independent_row=True,

@@ -42,9 +42,15 @@ COLUMNS = ("suite", "model", "solver", "steps", "nfe", "n_samples", "wall_clock_
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The digits suite with tiny recipes for its models (a suite is its recipes too: another suite name)."""
+    """The digits suite with tiny recipes for its models (a suite is its recipes too: another suite name), its cells
+    but for the fast solvers, of which one cell each per model (every fast solver and grid still runs)."""
+    keep = {("dpm++2m", 4, "logsnr"), ("dpm++3m", 4, "logsnr"), ("unipc", 4, "uniform"), ("edm-heun", 2, None)}
+    cells = tuple(c for c in SUITES["digits"].cells if c.solver in ("euler", "heun", "rk45", "ddim", "ddpm")
+                  or (c.solver, c.steps, c.grid) in keep)
     suite = dataclasses.replace(SUITES["digits"], name="digits-smoke", num_samples=48, straightness_samples=12,
-                                straightness_steps=10, models=image_suites.image_models(SMOKE_FLOW, SMOKE_DDPM))
+                                straightness_steps=10, solver_error_samples=12, solver_error_tolerance=1e-4,
+                                cells=cells,
+                                models=image_suites.image_models(SMOKE_FLOW, SMOKE_DDPM))
     root = tmp_path_factory.mktemp("digits")
     out = run_suite(suite, root / "out", device="cpu", cache_dir=root / "cache", progress=False, log=lambda msg: None)
     return suite, out, root
@@ -70,6 +76,13 @@ def test_digits_suite_runs_end_to_end_and_writes_every_column(smoke):
     flows = sampled[sampled["model"].isin(["1-rf", "2-rf", "3-rf"])]
     assert flows["straightness"].notna().all() and (flows["model_metrics_solver"] == "rk4/10, first 12 seeds").all()
     assert (flows["straightness_se"] > 0).all()
+    # solver_error: every ODE row of a flow or of the DDPM's probability-flow ODE, none for ddpm (stochastic), ddim
+    # (its own schedule's endpoint) and the one-step model
+    ode = sampled[~sampled["solver"].isin(["ddim", "ddpm"]) & (sampled["model"] != "2-rf-distill")]
+    assert ode["solver_error"].notna().all() and (ode["solver_error_se"] > 0).all()
+    assert sampled.loc[~sampled.index.isin(ode.index), "solver_error"].isna().all()
+    assert {"dpm++2m", "dpm++3m", "unipc", "edm-heun"} <= set(sampled["solver"]) and set(sampled["grid"].dropna()) == {
+        "uniform", "logsnr", "karras"}
     assert sampled.loc[sampled["model"] == "2-rf-distill", "straightness"].isna().all()   # not a flow
     assert sampled.loc[sampled["model"] == "ddpm", "straightness"].notna().all()         # its PF-ODE is one
     assert frame["extractor"].str.startswith("digits (digits-cnn-").all()

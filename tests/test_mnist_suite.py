@@ -49,7 +49,7 @@ def _no_inception_weights(mp):
 
 
 # fashion-mnist with tiny recipes for its models (a suite is its recipes too: another suite name)
-SMOKE_SUITE = dataclasses.replace(SUITES["fashion-mnist"], name="fashion-mnist-smoke",
+SMOKE_SUITE = dataclasses.replace(SUITES["fashion-mnist"], name="fashion-mnist-smoke", solver_error_tolerance=1e-4,
                                   models=image_suites.image_models(SMOKE_FLOW, SMOKE_DDPM))
 
 

@@ -46,12 +46,13 @@ class MetricInput:
     reference_features: torch.Tensor | None = None
     reference_stats: GaussianStats | None = None
     reference_radii: torch.Tensor | None = None   # knn_radii(reference_features, PR_K), computed once per run
+    exact: torch.Tensor | None = None   # the model's own tight-tolerance ODE solution from the first rows of z0
     # replicates of the resampling standard errors: bootstrap for fid and is, half-sampling for recall (0: those
     # and kid's jackknife are not computed; the closed-form ones, such as w2's and precision's, always are)
     bootstrap: int = 0
 
 
-NEEDS = ("z0", "reference", "features", "logits", "reference_features", "reference_radii", "trajectory")
+NEEDS = ("z0", "reference", "features", "logits", "reference_features", "reference_radii", "trajectory", "exact")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ class Metric:
     ``needs``: what of :class:`MetricInput` it reads beyond the samples z1: their source points (``z0``; samples
     scored from a file may not have them, and the metric is then left empty), held-out target samples
     (``reference``), the samples' ``features`` or ``logits``, the reference set's features (``reference_features``:
-    a reference given as statistics only leaves the metric empty) and their k-NN radii (``reference_radii``), or
-    the model's ``trajectory``. The runner prepares exactly what the suite's metrics need."""
+    a reference given as statistics only leaves the metric empty) and their k-NN radii (``reference_radii``),
+    the model's ``trajectory``, or its own high-accuracy solution from the same x0 (``exact``). The runner
+    prepares exactly what the suite's metrics need."""
 
     name: str
     columns: tuple[str, ...]
@@ -113,6 +115,19 @@ def _w2(inp: MetricInput) -> dict:
         raise ValueError("w2 needs reference samples of the target distribution")
     value, se = w2_with_se(inp.z1, inp.reference)
     return {"w2": value, "w2_se": se}
+
+
+def _solver_error(inp: MetricInput) -> dict:
+    """RMS distance between the samples and the model's own high-accuracy solution from the same x0 (its first rows),
+    with the delta-method standard error of the RMS from the per-seed squared distances."""
+    if inp.exact is None:      # a stochastic sampler, a discrete one, a one-step model: no ODE solution to meet
+        return {"solver_error": None, "solver_error_se": None}
+    n = inp.exact.shape[0]
+    d2 = (inp.z1[:n].double() - inp.exact.double().to(inp.z1.device)).reshape(n, -1).pow(2).sum(1).cpu()
+    mse = float(d2.mean())
+    rms = math.sqrt(mse)
+    se = float(d2.std()) / math.sqrt(n) / (2 * rms) if rms > 0 and n > 1 else None
+    return {"solver_error": rms, "solver_error_se": se}
 
 
 def _need_features(inp: MetricInput, name: str) -> None:
@@ -181,6 +196,12 @@ for _metric in (
     Metric("w2", ("w2", "w2_se"), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples",
            intervals=(("w2_se", "asymptotic: sd of the samples' optimal dual potentials / sqrt(n) (CLT of del Barrio "
                                 "and Loubes), delta method; reference fixed"),), needs=("reference",)),
+    Metric("solver_error", ("solver_error", "solver_error_se"), False, _solver_error,
+           "RMS distance of the samples to the model's own tight-tolerance ODE solution from the same x0 (no "
+           "sampling floor: it ranks solvers where w2 and FID cannot); empty for stochastic and discrete samplers "
+           "and one-step models",
+           intervals=(("solver_error_se", "delta method on the mean squared distance over the seeds of the reference "
+                                          "solution"),), needs=("exact",)),
     Metric("fid", ("fid", "fid_se"), False, _fid, "Frechet distance between feature Gaussians of samples and "
            "reference; fid_se: bootstrap standard error over the samples (when the suite asks for it)",
            intervals=(("fid_se", f"bootstrap over the samples, reference fixed {RESAMPLED}"),), needs=("features",)),

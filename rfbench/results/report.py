@@ -18,11 +18,12 @@ FORMATS = ("markdown", "latex", "csv")
 Z95 = 1.959963984540054        # the normal 97.5% quantile: value +- Z95 * standard error is a 95% interval
 # Table 1's order, then the coupling and cost columns; only those with a value in some row are shown by default
 TABLE_COLUMNS = ("model", "solver", "steps", "grid", "nfe", "is", "fid", "precision", "recall", "kid", "w2",
-                 "transport_cost", "straightness", "crossing_prob", "samples_per_s", "ms_per_nfe")
+                 "solver_error", "transport_cost", "straightness", "crossing_prob", "samples_per_s", "ms_per_nfe")
 KEY_COLUMNS = ("model", "solver", "steps", "nfe")
 HEADERS = {"model": "Method", "solver": "Solver", "steps": "Steps", "grid": "Grid", "nfe": "NFE", "is": "IS",
            "fid": "FID", "precision": "Precision", "recall": "Recall", "kid": "KID", "w2": "W2",
            "transport_cost": "Transport cost", "straightness": "Straightness", "crossing_prob": "Crossing prob.",
+           "solver_error": "Solver error",
            "samples_per_s": "Samples/s", "ms_per_nfe": "ms/NFE", "wall_clock_s": "Wall-clock (s)",
            "is_10": "IS (10 splits)"}
 DIGITS = {"is": 2, "fid": 2, "precision": 2, "recall": 2, "kid": 4, "w2": 3, "transport_cost": 3, "straightness": 4,

@@ -10,9 +10,9 @@ from tabulate import tabulate
 
 from rfbench.files import atomic_write_text
 
-DISPLAY_COLUMNS = ("model", "solver", "steps", "grid", "nfe", "fid", "is", "precision", "recall", "w2", "crossing_prob",
-                   "crossing_prob_se", "transport_cost", "straightness", "wall_clock_s", "samples_per_s", "ms_per_nfe",
-                   "status")
+DISPLAY_COLUMNS = ("model", "solver", "steps", "grid", "nfe", "fid", "is", "precision", "recall", "w2", "solver_error",
+                   "crossing_prob", "crossing_prob_se", "transport_cost", "straightness", "wall_clock_s",
+                   "samples_per_s", "ms_per_nfe", "status")
 ALWAYS_SHOWN = ("model", "solver", "steps", "nfe", "status")
 
 

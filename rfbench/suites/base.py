@@ -8,6 +8,7 @@ subset of cells, fewer samples) is not the suite's business: see :mod:`rfbench.s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -33,8 +34,13 @@ class Cell:
     def label(self) -> str:
         steps = "adaptive" if self.steps is None else str(self.steps)
         opts = "".join(f",{k}={v}" for k, v in self.options)
-        grid = f"@{self.grid}" if self.grid not in (None, SOLVERS[self.solver].default_grid) else ""
+        default = SOLVERS[self.solver].default_grid if self.solver in SOLVERS else None
+        grid = f"@{self.grid}" if self.grid not in (None, default) else ""
         return f"{self.model}/{self.solver}/{steps}{opts}{grid}"
+
+    def for_model(self, model: str) -> "Cell":
+        """The same cell for another model (a model a run adds takes its kind's cells)."""
+        return dataclasses.replace(self, model=model)
 
     def fields(self) -> dict:
         """The cell's columns of a result row."""
@@ -90,6 +96,8 @@ class Suite:
     independent_row: bool = False
     straightness_steps: int = 100   # model-scope metrics use an rk4 trajectory with this many uniform steps
     straightness_samples: int | None = None   # ... from the first this many seeds (None: all)
+    solver_error_samples: int | None = None   # solver_error against the model's own rk45 solution of these seeds
+    solver_error_tolerance: float = 1e-6      # ... at rtol = atol = this
     extractor: str | None = None    # image suites: the feature extractor of the image metrics (EXTRACTORS)
     fallback_extractor: str | None = None  # ... used instead when the extractor's weights are not installed
     quality_metric: str = "w2"      # the column plotted against NFE
@@ -114,9 +122,12 @@ class Suite:
             raise ValueError(f"suite {self.name}: first_seed must be >= 0, got {self.first_seed}")
         for metric in self.metrics:
             METRICS[metric]  # raises with the list of known metrics
-        if self.straightness_samples is not None and self.straightness_samples < 2:
-            raise ValueError(f"suite {self.name}: straightness_samples must be >= 2 or None, "
-                             f"got {self.straightness_samples}")
+        if not 0 < self.solver_error_tolerance < 1:
+            raise ValueError(f"suite {self.name}: solver_error_tolerance must be in (0, 1), got "
+                             f"{self.solver_error_tolerance}")
+        for name in ("straightness_samples", "solver_error_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 2:
+                raise ValueError(f"suite {self.name}: {name} must be >= 2 or None, got {getattr(self, name)}")
         if self.extractor is not None:
             EXTRACTORS[self.extractor]  # raises with the list of known extractors
         if self.fallback_extractor is not None:
@@ -206,5 +217,7 @@ def register_suite(suite: Suite) -> Suite:
     return SUITES.add(suite.name, suite)
 
 
-def fixed_grid(model: str, solvers: Sequence[str], steps: Sequence[int]) -> tuple[Cell, ...]:
-    return tuple(Cell(model, s, n) for s in solvers for n in steps)
+def fixed_grid(model: str, solvers: Sequence[str], steps: Sequence[int], grids: Sequence[str | None] = (None,),
+               options: tuple[tuple[str, Any], ...] = ()) -> tuple[Cell, ...]:
+    """Each solver at each step count on each grid (None: the solver's default grid)."""
+    return tuple(Cell(model, s, n, options, g) for s in solvers for g in grids for n in steps)

@@ -9,6 +9,7 @@ elsewhere (``rfbench score``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -132,10 +133,13 @@ class Evaluation:
         """The rows' extractor and reference columns (image suites)."""
         return dict(self.images.fields) if self.images is not None else {}
 
-    def inputs(self, z0: torch.Tensor | None, z1: torch.Tensor, features=None, logits=None) -> MetricInput:
+    def inputs(self, z0: torch.Tensor | None, z1: torch.Tensor, features=None, logits=None,
+               exact: torch.Tensor | None = None) -> MetricInput:
         if self.images is None:
-            return MetricInput(z0=z0, z1=z1, reference=self.reference, bootstrap=self.plan.bootstrap)
-        return self.images.inputs(z0, z1, features, logits, bootstrap=self.plan.bootstrap)
+            inputs = MetricInput(z0=z0, z1=z1, reference=self.reference, bootstrap=self.plan.bootstrap)
+        else:
+            inputs = self.images.inputs(z0, z1, features, logits, bootstrap=self.plan.bootstrap)
+        return dataclasses.replace(inputs, exact=exact) if exact is not None else inputs
 
     def cell_metrics(self, inputs: MetricInput) -> dict:
         """The cell-scope metrics on one coupling; model-scope columns (straightness) stay empty here and are filled
@@ -161,6 +165,20 @@ class Evaluation:
             "notes": "; ".join(filter(None, [notes, f"{n} samples: every image of the held-out split once"]))}
         return {**INDEPENDENT_FIELDS, "nfe": 0, "wall_clock_s": None, "samples_per_s": None, **values,
                 "bootstrap": self.plan.bootstrap, "status": "ok", "error": None, **fewer}
+
+    def exact(self, kind: str, model, x0: torch.Tensor, say: Callable[[str], None]) -> torch.Tensor | None:
+        """The model's own ODE solution from the first ``solver_error_samples`` rows of x0 (rk45 at rtol = atol =
+        the suite's ``solver_error_tolerance``), once per model, when a metric needs it (solver_error); None for
+        one-step models."""
+        if kind == "one-step" or not needs(self.metrics, "exact"):
+            return None
+        rows, tol = self.plan.suite.solver_error_samples, self.plan.suite.solver_error_tolerance
+        try:
+            return sample(model, x0[:rows] if rows else x0, "rk45", rtol=tol, atol=tol).x.cpu()
+        except Exception as exc:
+            say(f"the model's reference solution (rk45, tolerance {tol:g}) failed: {type(exc).__name__}: {exc}; "
+                f"solver_error left empty")
+            return None
 
     def model_scope(self, kind: str, model, x0: torch.Tensor,
                     say: Callable[[str], None]) -> tuple[dict, tuple[str, np.ndarray] | None]:

@@ -140,6 +140,10 @@ class Plan:
         return self.suite.straightness_samples
 
     @property
+    def solver_error_samples(self) -> int | None:
+        return self.suite.solver_error_samples
+
+    @property
     def quality_metric(self) -> str:
         return self.suite.quality_metric
 
@@ -258,7 +262,7 @@ def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ..
     if model.name in suite.model_names and model.kind == suite.model(model.name).kind:
         base = suite.grid(model.name)
     else:   # a model the run adds, or a suite model given as a model of another kind: the cells of its kind
-        base = [Cell(model.name, c.solver, c.steps, c.options) for c in suite.template(model.kind)]
+        base = [c.for_model(model.name) for c in suite.template(model.kind)]
         if not base and config.solvers is None:
             raise ValueError(f"suite {suite.name} has no {model.kind} model whose cells {model.name} could take; name "
                              f"the solvers with --solvers (and --steps)")

@@ -27,6 +27,7 @@ from rfbench.models.sources import LoadContext, ModelIdentity
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_quality_vs_costs, plot_trajectories
 from rfbench.results.resume import Wanted, finished_cells
+from rfbench.samplers import SOLVERS
 from rfbench.suites.base import Suite, SuiteModel
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import probed_batch_size, sample_cell, timing_protocol
@@ -91,11 +92,13 @@ def sweep(run: Sweep) -> None:
         batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
             model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
         scope: dict = {}
+        exact = None
         if main:
             run.bar.set_postfix_str(f"{model.name}: reference flow")
             scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say)
             if plot is not None:
                 run.trajectories[model.name] = plot
+            exact = run.evaluation.exact(model.kind, net, run.x0, run.say)
         for cell in cells:
             if cell.label in run.resumed:
                 if main:
@@ -107,7 +110,9 @@ def sweep(run: Sweep) -> None:
                                   extract=images.extract if images is not None else None)
             if not main:
                 continue
-            record = _score(run, cell, sampled, scope, net)
+            spec = SOLVERS[cell.solver]        # the ODE solution is what deterministic ODE solvers approximate
+            ode = spec.kind != "discrete" and not spec.is_stochastic(dict(cell.options))
+            record = _score(run, cell, sampled, scope, net, exact if ode else None)
             key = _store(run, record, cell.fields(), model)
             if record["status"] == "ok" and images is not None:
                 run.grid[cell.label] = (model.name, float(record["nfe"]), sampled.x[:GRID_SAMPLES].numpy())
@@ -115,13 +120,13 @@ def sweep(run: Sweep) -> None:
                 run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
 
 
-def _score(run: Sweep, cell, sampled, scope: dict, net) -> dict:
+def _score(run: Sweep, cell, sampled, scope: dict, net, exact: torch.Tensor | None) -> dict:
     """The cell's record: its sampling columns and metrics, or its error."""
     error = sampled.error
     if error is None:
         try:
             values = run.evaluation.cell_metrics(run.evaluation.inputs(run.x0.cpu(), sampled.x, sampled.features,
-                                                                        sampled.logits))
+                                                                        sampled.logits, exact))
         except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
             error = f"{type(exc).__name__}: {exc}"
     if error is not None:
@@ -240,6 +245,8 @@ def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None
         quality = plan.quality_metric
         lower = column_directions().get(quality) != "higher"
         files += plot_quality_vs_costs(frame, Path(out_dir), quality, lower, plot_format)
+        if "solver_error" in frame and frame["solver_error"].notna().any():   # log-log: the slope is the order
+            files += plot_quality_vs_costs(frame, Path(out_dir), "solver_error", True, plot_format)
         path = plot_trajectories(run.trajectories, reference.numpy(), Path(out_dir) / f"trajectories.{plot_format}",
                                  max_paths=PLOT_PATHS)
         files += [path] if path is not None else []
