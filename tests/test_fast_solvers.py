@@ -157,11 +157,11 @@ def test_equal_to_diffusers_on_flows_and_ddpm_models(name):
         solver, options = name, {"lower_order_final": 15}                # diffusers lowers the order below 15 steps
     else:
         cls, kw = diffusers.UniPCMultistepScheduler, dict(solver_order=int(name[-1]), solver_type="bh2")
-        solver, options = "unipc", {"order": int(name[-1])}
+        solver, options = "unipc", {"order": int(name[-1])}     # diffusers' UniPC lowers at any number of steps
     # a rectified flow: diffusers' flow sigmas (sigma = 1 - t), its model output noise - data = -v
     flow = GaussianFlow(torch.tensor([1.0, -2.0]), 0.5)
     x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
-    for steps in (6, 12):
+    for steps in (6, 12, 20):
         scheduler = cls(num_train_timesteps=1000, use_flow_sigmas=True, prediction_type="flow_prediction",
                         flow_shift=1.0, final_sigmas_type="zero", **kw)
         scheduler.set_timesteps(steps)
@@ -183,6 +183,31 @@ def test_equal_to_diffusers_on_flows_and_ddpm_models(name):
         torch.testing.assert_close(ours.x, expected, rtol=0, atol=5e-5)
 
 
+@pytest.mark.parametrize("grid", ["uniform", "logsnr", "quadratic"])
+def test_unipc_of_order_3_from_a_flows_source(grid):
+    """A grid from t=0 puts lambda = -inf into UniPC's history; it must drop out (it gave NaN or a singular matrix
+    at order 3), and the error against the exact flow still falls with the steps."""
+    flow = GaussianFlow(torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5)
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = flow.exact(x)
+    for lower_order_final in (True, False):
+        errors = [float((sample(flow, x, "unipc", n, grid=grid, order=3, lower_order_final=lower_order_final).x
+                         - exact).pow(2).sum(1).mean().sqrt()) for n in (4, 16, 64)]
+        assert all(math.isfinite(e) for e in errors), errors
+        assert errors[2] < errors[1] < errors[0] and errors[2] < 2e-3, (grid, lower_order_final, errors)
+
+
+def test_unipc_lower_order_final_takes_the_number_of_steps():
+    """True lowers the final orders at any number of steps (the official UniPC), an int n only below n steps."""
+    flow = GaussianFlow(torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5)
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for steps in (8, 20):
+        always, never, below_15 = (sample(flow, x, "unipc", steps, order=3, lower_order_final=v).x
+                                   for v in (True, False, 15))
+        assert not torch.equal(always, never)
+        assert torch.equal(below_15, always if steps < 15 else never)
+
+
 def test_the_fast_solvers_refuse_what_they_cannot_do():
     flow = GaussianFlow(torch.zeros(2), 0.5)
     x = torch.zeros(3, 2)
@@ -192,6 +217,8 @@ def test_the_fast_solvers_refuse_what_they_cannot_do():
         sample(flow, x, "unipc", 4, order=4)
     with pytest.raises(ValueError, match="lower_order_final must be True, False or a number of steps"):
         sample(flow, x, "dpm++2m", 4, lower_order_final=-1)
+    with pytest.raises(ValueError, match="lower_order_final must be True, False or a number of steps"):
+        sample(flow, x, "unipc", 4, lower_order_final="yes")
     for solver in ("dpm++2m", "dpm++3m", "unipc", "edm-heun"):        # any grid length, counted NFE
         result = sample(flow, x, solver, 3)
         assert result.nfe == (5 if solver == "edm-heun" else 3) and torch.isfinite(result.x).all()

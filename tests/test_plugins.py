@@ -142,7 +142,11 @@ def test_a_solver_is_checked_when_registered_and_when_it_runs():
     with pytest.raises(TypeError, match=r"solver x3: the function must be fn\(model, x, \*, times, callback=None, "
                                         r"\*\*options\); it lacks callback"):
         rfbench.register_solver("x3", "fixed", expected_nfe=lambda n: n)(lambda model, x, *, times: (x, {}))
-    assert not {"x1", "x2", "x3"} & set(SOLVERS)
+    for kind, grid in (("fixed", "karas"), ("fixed", "trailing"), ("discrete", "logsnr")):
+        with pytest.raises(ValueError, match=f"solver x4: default_grid '{grid}' does not fit a {kind} solver"):
+            rfbench.register_solver("x4", kind, expected_nfe=lambda n: n, default_grid=grid)(
+                lambda model, x, *, times=None, timesteps=None, callback=None: (x, {}))
+    assert not {"x1", "x2", "x3", "x4"} & set(SOLVERS)
 
     @rfbench.register_solver("miscount", "fixed", expected_nfe=lambda n: n)
     def miscount(model, x, *, times, callback=None):      # one evaluation more than it declares

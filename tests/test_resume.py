@@ -132,3 +132,51 @@ def test_resume_keeps_the_independent_row_and_needs_the_same_replicates(tmp_path
     assert len(run(suite)) == 2
     assert run(suite) == [] and flow.calls == 0           # the independent row is kept too
     assert len(run(dataclasses.replace(suite, bootstrap=0))) == 2 and flow.calls > 0   # other replicates: redone
+
+
+class FailsOnSeven:
+    """A flow that cannot take a batch of 7 rows while ``fail`` is set (as a network short of memory would not)."""
+
+    input_shape = (2,)
+
+    def __init__(self):
+        self.fail, self.reference_calls = True, 0
+
+    def __call__(self, x, t):
+        if x.shape[0] == 7:
+            self.reference_calls += 1
+            if self.fail:
+                raise RuntimeError("CUDA out of memory (a stand-in)")
+        return -x * (1 + torch.as_tensor(t).reshape(-1, 1))
+
+
+def test_a_failed_reference_solution_keeps_the_cells_and_is_computed_again(tmp_path):
+    """solver_error's rk45 reference is made only when an ODE cell needs it; when it fails the cells keep their other
+    metrics with a note saying why, and a rerun computes them again; the ddim-free stand-in has no other failure."""
+    flow = FailsOnSeven()
+    suite = standin("toy2d", "toy2d-resume-ref", {"ff": flow}, num_samples=30, metrics=("w2", "solver_error"),
+                    independent_row=False, solver_error_samples=7, solver_error_tolerance=1e-5,
+                    cells=(Cell("ff", "euler", 2), Cell("ff", "heun", 2)))
+
+    def run():
+        return run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                         plots=False, log=lambda msg: None).frame
+
+    first = run()
+    assert (first["status"] == "ok").all() and first["w2"].notna().all() and first["solver_error"].isna().all()
+    assert first["notes"].str.contains("solver_error: the model's reference solution .rk45, tolerance 1e-05. failed: "
+                                       "RuntimeError: CUDA out of memory").all()
+    assert flow.reference_calls == 1                # made once for the model, not once per cell
+    flow.fail, flow.reference_calls = False, 0
+    second = run()
+    assert (second["status"] == "ok").all() and (second["solver_error"] > 0).all()
+    assert "notes" not in second or not second["notes"].fillna("").str.contains("reference solution").any()
+    assert flow.reference_calls > 1                 # rk45's evaluations on the 7 rows
+    flow.reference_calls = 0
+    third = run()                                   # everything there: nothing sampled, no reference made
+    assert flow.reference_calls == 0 and third["solver_error"].tolist() == second["solver_error"].tolist()
+    # a run on a smaller batch solves the reference in batches of that size (here 3, 3 and 1 rows)
+    batched = run_suite(suite, tmp_path / "b3", device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                        plots=False, log=lambda msg: None, batch_size=3).frame
+    torch.testing.assert_close(torch.tensor(batched["solver_error"].to_numpy()),
+                               torch.tensor(second["solver_error"].to_numpy()), rtol=1e-3, atol=1e-6)

@@ -301,5 +301,33 @@ def test_an_integer_only_network_gets_a_clear_error_from_ode_solvers(x0):
 
     model = DiffusionModel(net)
     assert sample(model, x0, "ddim", 5).x.shape == x0.shape       # integer timesteps work
-    with pytest.raises(TypeError, match="fractional float timesteps"):
-        sample(model, x0, "euler", 2)
+    for solver in ("euler", "dpm++2m", "unipc", "edm-heun"):     # the data-prediction solvers too
+        with pytest.raises(TypeError, match="fractional float timesteps"):
+            sample(model, x0, solver, 2)
+
+
+def test_denoise_takes_an_x0_or_v_networks_own_prediction(gauss_eps, x0):
+    """denoise(x, t) is the network's x0 itself, or sqrt(a) x - sqrt(1 - a) v, and all three predictions of one model
+    give the same data prediction and the same ODE."""
+    eps_model = gauss_eps.model
+    t = torch.full((x0.shape[0],), 0.3, dtype=torch.float64)
+    tau = (1 - t) * (eps_model.num_timesteps - 1)
+    a = eps_model.alpha_bar(tau).reshape(-1, 1)
+    x = x0 * 0.7 + 0.2
+
+    def x0_net(z, timesteps):
+        at = eps_model.alpha_bar(timesteps).reshape(-1, 1)
+        return (z - (1 - at).sqrt() * eps_model.net(z, timesteps)) / at.sqrt()
+
+    def v_net(z, timesteps):
+        at = eps_model.alpha_bar(timesteps).reshape(-1, 1)
+        eps = eps_model.net(z, timesteps)
+        return at.sqrt() * eps - (1 - at).sqrt() * (z - (1 - at).sqrt() * eps) / at.sqrt()
+
+    as_x0 = DiffusionModel(x0_net, eps_model.betas, prediction="x0")
+    as_v = DiffusionModel(v_net, eps_model.betas, prediction="v")
+    assert torch.equal(as_x0.denoise(x, t), x0_net(x, tau))
+    torch.testing.assert_close(as_v.denoise(x, t), a.sqrt() * x - (1 - a).sqrt() * v_net(x, tau), rtol=0, atol=1e-15)
+    for other in (as_x0, as_v):
+        torch.testing.assert_close(other.denoise(x, t), eps_model.denoise(x, t), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(other(x, t), eps_model(x, t), rtol=1e-10, atol=1e-10)

@@ -112,37 +112,49 @@ class DiffusionModel:
     def eps(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Noise prediction at timesteps (B,) in [0, T), converted from the network's own prediction."""
         out = self.net(x, timesteps)
-        if self.prediction == "eps":
-            return out
-        a = _expand(self.alpha_bar(timesteps), x)
-        if self.prediction == "x0":
-            return ((x - a.sqrt() * out) / (1 - a).sqrt()).to(x.dtype)
-        return (a.sqrt() * out + (1 - a).sqrt() * x).to(x.dtype)  # v = sqrt(a) eps - sqrt(1-a) x0
+        return out if self.prediction == "eps" else self._eps_from(out, x, timesteps)
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The data prediction (x - sqrt(1 - a) eps) / sqrt(a) at flow time t (B,), a = alpha_bar at the
-        continuous timestep (1 - t)(T - 1): what exponential integrators step with."""
+        continuous timestep (1 - t)(T - 1): what exponential integrators step with. An x0- or v-predicting network's
+        own output is turned into it directly (not through eps, which loses precision where a is small)."""
         tau = (1 - t.to(torch.float64)) * (self.num_timesteps - 1)
         a = _expand(self.alpha_bar(tau), x)
-        eps = self.eps(x, tau.to(x.dtype))
-        return ((x - (1 - a).sqrt() * eps) / a.sqrt()).to(x.dtype)
+        out = self._at_float_timesteps(x, tau)
+        if self.prediction == "x0":
+            return out
+        if self.prediction == "v":                       # x0 = sqrt(a) x - sqrt(1 - a) v
+            return (a.sqrt() * x - (1 - a).sqrt() * out).to(x.dtype)
+        return ((x - (1 - a).sqrt() * out) / a.sqrt()).to(x.dtype)
+
+    def _at_float_timesteps(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The network's own prediction at fractional timesteps tau, or a clear error when it takes only integers."""
+        try:
+            return self.net(x, tau.to(x.dtype))
+        except (RuntimeError, IndexError, TypeError) as exc:
+            raise TypeError(f"the probability-flow ODE of this DiffusionModel (and the solvers stepping on its data "
+                            f"prediction: dpm++, unipc, edm-heun) calls net(x, timesteps) with fractional float "
+                            f"timesteps in [0, {self.num_timesteps - 1}], and the network failed on them "
+                            f"({type(exc).__name__}: {exc}). ODE solvers need a network that accepts float "
+                            f"timesteps (score_sde and diffusers networks do); ddim and ddpm use integer "
+                            f"ones.") from exc
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Probability-flow ODE velocity at flow time t (B,) in [0, 1] (t=0 noise, t=1 data)."""
         span = self.num_timesteps - 1
         tau = (1 - t.to(torch.float64)) * span
         log_a, dlog_a = self._log_alpha_bar(tau)
-        try:
-            eps = self.eps(x, tau.to(x.dtype))
-        except (RuntimeError, IndexError, TypeError) as exc:
-            raise TypeError(f"the probability-flow ODE of this DiffusionModel calls net(x, timesteps) with fractional "
-                            f"float timesteps in [0, {span}], and the network failed on them "
-                            f"({type(exc).__name__}: {exc}). ODE solvers need a network that accepts float "
-                            f"timesteps (score_sde and diffusers networks do); ddim and ddpm use integer "
-                            f"ones.") from exc
+        out = self._at_float_timesteps(x, tau)
+        eps = out if self.prediction == "eps" else self._eps_from(out, x, tau.to(x.dtype))
         a = _expand(torch.exp(log_a), x)
         dx_dtau = 0.5 * _expand(dlog_a, x) * (x - eps / (1 - a).sqrt())
         return (-span * dx_dtau).to(x.dtype)
+
+    def _eps_from(self, out: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        a = _expand(self.alpha_bar(timesteps), x)
+        if self.prediction == "x0":
+            return ((x - a.sqrt() * out) / (1 - a).sqrt()).to(x.dtype)
+        return (a.sqrt() * out + (1 - a).sqrt() * x).to(x.dtype)  # v = sqrt(a) eps - sqrt(1-a) x0
 
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,13 @@ A stored cell is kept when it finished (status ok), has the cell's key (the sche
 samples, seeds, solver, steps, options, extractor, reference, and the model's identity: its recipe's hash or its
 file's sha1), was measured alike (the schema's resume columns: batch size, device, timing protocol, replicates of
 the standard errors), and has every column the suite's metrics fill now (a cell from before a metric gained a
-column, such as a standard error, is computed again). Torch-free.
+column, such as a standard error, is computed again), filled where it must be (solver_error of an ODE cell, left
+empty when the model's reference solution failed). Torch-free.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,6 +24,11 @@ class Wanted:
     label: str
     key: str
     equal: dict = field(default_factory=dict)     # resume columns and the values this run will record
+    filled: tuple[str, ...] = ()                  # columns that must hold a value (not one left empty by a failure)
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def finished_cells(store: ResultStore, wanted: Sequence[Wanted], columns: Sequence[str],
@@ -38,6 +45,8 @@ def finished_cells(store: ResultStore, wanted: Sequence[Wanted], columns: Sequen
         rec = done.get(want.key)
         if rec is None or not all(col in rec for col in columns):
             continue        # not there, or computed before a column existed
+        if any(_empty(rec.get(col)) for col in want.filled):
+            continue
         if all(rec.get(name) == value for name, value in want.equal.items()):
             found[want.label] = want.key
     return found

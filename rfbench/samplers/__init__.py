@@ -45,7 +45,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         model: a flow ``model(x, t) -> v`` with x (B, ...) and t (B,) in [0, 1], or a
             :class:`rfbench.models.DiffusionModel` (ODE solvers then integrate its probability-flow ODE).
         x0: initial points, shape (B, ...); draw them with :func:`rfbench.noise.initial`.
-        solver: a name in ``SOLVERS`` (euler, heun, midpoint, rk4, rk45, dopri5, ddim, ddpm).
+        solver: a name in ``SOLVERS`` (euler, heun, midpoint, rk4, rk45, dopri5, ddim, ddpm, dpm++2m, dpm++3m,
+            unipc, edm-heun, and any a plugin registers).
         steps: number of steps for fixed-grid and discrete solvers (>= 1); None for adaptive ones.
         grid: where the steps go (:mod:`rfbench.samplers.grids`): for fixed-grid solvers a grid name ("uniform",
             the default but for edm-heun's karras, "quadratic", "logsnr", "karras", "karras:rho=5", or a registered

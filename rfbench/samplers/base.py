@@ -95,6 +95,13 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
             if isinstance(one, bool) or not isinstance(one, int) or one < 1:
                 raise ValueError(f"solver {name}: expected_nfe(steps) must return a positive integer; "
                                  f"expected_nfe(1) = {one!r}")
+        if kind != "adaptive":
+            from rfbench.samplers.grids import check_grid      # grids needs the model paths; base stays light
+            try:
+                check_grid(kind, default_grid, None)
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"solver {name}: default_grid {default_grid!r} does not fit a {kind} solver "
+                                 f"(register a custom grid before the solver that uses it): {exc}") from None
         SOLVERS.add(name, SolverSpec(name=name, fn=fn, kind=kind, order=order, stochastic=stochastic,
                                      expected_nfe=expected_nfe, description=description, default_grid=default_grid))
         return fn

@@ -8,8 +8,9 @@ velocity turned into one). DDIM is their first-order case: one DPM-Solver++ step
 x' = (sigma' / sigma) x + alpha' (1 - e^{-h}) x0 with h = lambda' - lambda; on a rectified flow it is Euler's step.
 
 A rectified flow's lambda is -inf at t=0 and +inf at t=1: the first step from the source is that first-order step
-(its h is infinite, so the higher-order corrections it would need vanish), and a step to the data (t=1, sigma=0)
-is taken first-order as diffusers does with ``final_sigmas_type="zero"``.
+(its h is infinite, so the higher-order corrections it would need vanish); later steps leave that infinitely distant
+first value out of their multistep history (UniPC drops it from its order conditions, in the limit the full system
+has), and a step to the data (t=1, sigma=0) is taken first-order as diffusers does with ``final_sigmas_type="zero"``.
 
 Checked in tests/test_fast_solvers.py against the official code (LuChengTHU/dpm-solver, wl-zhao/UniPC,
 NVlabs/edm, run outside this repository on the same models) and against diffusers' schedulers.
@@ -102,17 +103,22 @@ def dpm_3m(model, x, *, times, lower_order_final: bool | int = True, callback: C
 def _unipc_step(x, x0s, lams, lam_t, alpha_t, ratio, order: int, corrector):
     """One UniPC-bh2 step (Zhao et al. 2023, data prediction) from the last of ``x0s`` (at ``lams[-1]``) to lam_t:
     the predictor, and, when ``corrector`` is given (a function of the predicted x returning the data prediction
-    there), the corrector UniC. Returns (x_t, the data prediction at x_t or None)."""
+    there), the corrector UniC. Returns (x_t, the data prediction at x_t or None).
+
+    A previous value at an infinite distance in log-SNR (a flow's source, lambda = -inf) drops out: its r_k is
+    infinite, its difference term vanishes and so does its weight, which leaves the order conditions of the finite
+    entries alone (the limit of the full system; solving that with an infinite entry gives NaN at order 3)."""
     h = lam_t - lams[-1]
     hh = -h
     h_phi_1 = math.expm1(hh)
     b_h = math.expm1(hh)                                   # bh2: B(h) = e^h - 1 (in -h)
-    rks = [(lams[-1 - k] - lams[-1]) / h for k in range(1, order)] + [1.0]
-    d1s = [(x0s[-1 - k] - x0s[-1]) * (1.0 / rks[k - 1]) for k in range(1, order)]
+    past = [k for k in range(1, order) if math.isfinite(lams[-1 - k])]
+    rks = [(lams[-1 - k] - lams[-1]) / h for k in past] + [1.0]
+    d1s = [(x0s[-1 - k] - x0s[-1]) * (1.0 / r) for k, r in zip(past, rks)]
     # the order conditions: R rho = b, R_ij = r_j^i, b_i = h phi_{i+1}(h) i! / B(h)
     rows, b = [], []
     h_phi_k, factorial = h_phi_1 / hh - 1.0, 1
-    for i in range(1, order + 1):
+    for i in range(1, len(rks) + 1):
         rows.append([r ** (i - 1) for r in rks])
         b.append(h_phi_k * factorial / b_h)
         factorial *= i + 1
@@ -132,11 +138,15 @@ def _unipc_step(x, x0s, lams, lam_t, alpha_t, ratio, order: int, corrector):
 
 @register_solver("unipc", "fixed", order=3, expected_nfe=lambda n: n,
                  description="UniPC-bh2 (predictor UniP, corrector UniC), data prediction; option order 1-3")
-def unipc(model, x, *, times, order: int = 2, lower_order_final: bool = True, callback: Callback | None = None):
+def unipc(model, x, *, times, order: int = 2, lower_order_final: bool | int = True,
+          callback: Callback | None = None):
     """UniPC (Zhao et al. 2023) with B(h) = e^h - 1 ("bh2"), multistep, order ``order``; the corrector reuses the
-    evaluation the next step needs, so the cost stays one evaluation per step (none at the last)."""
+    evaluation the next step needs, so the cost stays one evaluation per step (none at the last).
+    ``lower_order_final``: True lowers the order of the final steps at any number of steps, as the official code
+    and diffusers' UniPCMultistepScheduler do; an int n only below n steps (as the DPM solvers take it); False never."""
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order!r}")
+    below = math.inf if lower_order_final is True else _lower_below(lower_order_final)
     alpha, sigma, lam = _schedule(model, times)
     steps = len(times) - 1
     x0s, lams = [data_prediction(model, x, times[0])], [lam[0]]
@@ -144,7 +154,7 @@ def unipc(model, x, *, times, order: int = 2, lower_order_final: bool = True, ca
         if callback is not None:
             callback(i - 1, times[i - 1], x, None)
         step_order = min(order, i)
-        if lower_order_final:
+        if steps < below:
             step_order = min(step_order, steps + 1 - i)
         if not math.isfinite(lam[i]):
             step_order = 1
@@ -162,7 +172,13 @@ def unipc(model, x, *, times, order: int = 2, lower_order_final: bool = True, ca
 def edm_heun(model, x, *, times, callback: Callback | None = None):
     """EDM's deterministic sampler in its scaled variables x_edm = x / alpha, sigma_edm = sigma / alpha: Heun's
     method on dx_edm / dsigma = (x_edm - D) / sigma, an Euler step last. As EDM, it starts from sigma_max * x0 in
-    those variables (the state sigma(t_0) x0 in rfbench's), so on the karras grid it is EDM's sampler."""
+    those variables (the state sigma(t_0) x0 in rfbench's), so on a flow's karras grid, whose last step goes to
+    sigma = 0, it is EDM's sampler (Algorithm 1, checked against NVlabs/edm).
+
+    On paths whose sigma never reaches 0 (score-SDE's VP / sub-VP, DDPM schedules) the grid ends at the model's
+    smallest sigma and, as every rfbench solver, the sample is the state there: the last step is Euler to that
+    sigma, where EDM takes Heun steps down to sigma_min and then an Euler step to sigma = 0 (its denoised output).
+    The NFE is EDM's for the same steps; the result is close to, not equal to, EDM's sampler on those models."""
     alpha, sigma, _ = _schedule(model, times)
     if alpha[0] <= 0:
         raise ValueError("edm-heun starts at a finite sigma = sigma_t / alpha_t; the grid's first time has alpha = 0 "

@@ -166,19 +166,24 @@ class Evaluation:
         return {**INDEPENDENT_FIELDS, "nfe": 0, "wall_clock_s": None, "samples_per_s": None, **values,
                 "bootstrap": self.plan.bootstrap, "status": "ok", "error": None, **fewer}
 
-    def exact(self, kind: str, model, x0: torch.Tensor, say: Callable[[str], None]) -> torch.Tensor | None:
+    def exact(self, kind: str, model, x0: torch.Tensor, batch: int | None,
+              say: Callable[[str], None]) -> tuple[torch.Tensor | None, str | None]:
         """The model's own ODE solution from the first ``solver_error_samples`` rows of x0 (rk45 at rtol = atol =
-        the suite's ``solver_error_tolerance``), once per model, when a metric needs it (solver_error); None for
-        one-step models."""
+        the suite's ``solver_error_tolerance``, ``batch`` rows per call), when a metric needs it (solver_error), and
+        why it is missing when it failed: (None, None) for one-step models and runs without the metric."""
         if kind == "one-step" or not needs(self.metrics, "exact"):
-            return None
+            return None, None
         rows, tol = self.plan.suite.solver_error_samples, self.plan.suite.solver_error_tolerance
+        x0 = x0[:rows] if rows else x0
+        size = batch or x0.shape[0]
         try:
-            return sample(model, x0[:rows] if rows else x0, "rk45", rtol=tol, atol=tol).x.cpu()
-        except Exception as exc:
-            say(f"the model's reference solution (rk45, tolerance {tol:g}) failed: {type(exc).__name__}: {exc}; "
-                f"solver_error left empty")
-            return None
+            return torch.cat([sample(model, x0[i:i + size], "rk45", rtol=tol, atol=tol).x.cpu()
+                              for i in range(0, x0.shape[0], size)]), None
+        except Exception as exc:   # the cells keep their other metrics; a rerun computes solver_error again
+            why = f"solver_error: the model's reference solution (rk45, tolerance {tol:g}) failed: " \
+                  f"{type(exc).__name__}: {exc}"
+            say(why)
+            return None, why
 
     def model_scope(self, kind: str, model, x0: torch.Tensor,
                     say: Callable[[str], None]) -> tuple[dict, tuple[str, np.ndarray] | None]:

@@ -292,14 +292,16 @@ def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ..
             if SOLVERS[cell.solver].kind == "adaptive":
                 stepped.append(cell)
             else:
-                stepped += [Cell(cell.model, cell.solver, n, cell.options) for n in config.steps]
+                stepped += [Cell(cell.model, cell.solver, n, cell.options, cell.grid) for n in config.steps]
         cells = list(dict.fromkeys(stepped))
     return tuple(cells)
 
 
 def _gridded(cells: tuple[Cell, ...], grids: tuple[str, ...], models) -> tuple[Cell, ...]:
     """Each fixed-grid and discrete cell on each of ``grids`` that applies to its solver (time grids to fixed-grid
-    solvers, timestep spacings to discrete ones); adaptive cells and one-step models as they are."""
+    solvers, timestep spacings to discrete ones); adaptive cells and one-step models as they are. A solver that
+    declares its own default grid (edm-heun: karras, which starts at a finite sigma) takes only the asked grids of
+    that family (karras:rho=5, say) and otherwise keeps its cell as it is: the others start where it cannot."""
     usable: dict[str, list[str]] = {"fixed": [], "discrete": []}
     for grid in grids:
         fits = []
@@ -315,15 +317,21 @@ def _gridded(cells: tuple[Cell, ...], grids: tuple[str, ...], models) -> tuple[C
         for kind in fits:
             usable[kind].append(grid)
     out: list[Cell] = []
+    own_grids: dict[str, str] = {}
     for cell in cells:
         kind = SOLVERS[cell.solver].kind
         if kind == "adaptive" or models_kind(models, cell.model) == "one-step" or not usable[kind]:
             out.append(cell)
             continue
-        out += [Cell(cell.model, cell.solver, cell.steps, cell.options, grid) for grid in usable[kind]]
+        own = SOLVERS[cell.solver].default_grid
+        fitting = usable[kind] if own == "uniform" else [g for g in usable[kind] if g.split(":")[0] == own]
+        if own != "uniform":
+            own_grids[cell.solver] = own
+        out += [Cell(cell.model, cell.solver, cell.steps, cell.options, grid) for grid in fitting] or [cell]
     if not any(c.grid is not None for c in out):
         raise ValueError(f"--grids {' '.join(grids)}: no cell of this run takes them (time grids apply to fixed-grid "
-                         f"solvers, spacings to discrete ones)")
+                         f"solvers, spacings to discrete ones"
+                         + "".join(f"; {solver} takes only {grid} grids" for solver, grid in own_grids.items()) + ")")
     return tuple(dict.fromkeys(out))
 
 

@@ -92,13 +92,12 @@ def sweep(run: Sweep) -> None:
         batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
             model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
         scope: dict = {}
-        exact = None
+        reference: list = []      # the model's own ODE solution for solver_error, made when a cell first needs it
         if main:
             run.bar.set_postfix_str(f"{model.name}: reference flow")
             scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say)
             if plot is not None:
                 run.trajectories[model.name] = plot
-            exact = run.evaluation.exact(model.kind, net, run.x0, run.say)
         for cell in cells:
             if cell.label in run.resumed:
                 if main:
@@ -110,14 +109,26 @@ def sweep(run: Sweep) -> None:
                                   extract=images.extract if images is not None else None)
             if not main:
                 continue
-            spec = SOLVERS[cell.solver]        # the ODE solution is what deterministic ODE solvers approximate
-            ode = spec.kind != "discrete" and not spec.is_stochastic(dict(cell.options))
-            record = _score(run, cell, sampled, scope, net, exact if ode else None)
+            exact, why = None, None
+            if _ode_cell(cell) and sampled.error is None:   # what deterministic ODE solvers approximate
+                if not reference:
+                    run.bar.set_postfix_str(f"{model.name}: reference solution")
+                    reference.append(run.evaluation.exact(model.kind, net, run.x0, batch, run.say))
+                exact, why = reference[0]
+            record = _score(run, cell, sampled, scope, net, exact)
+            if why is not None and record["status"] == "ok":
+                record["notes"] = "; ".join(filter(None, [record.get("notes", run.base.get("notes")), why]))
             key = _store(run, record, cell.fields(), model)
             if record["status"] == "ok" and images is not None:
                 run.grid[cell.label] = (model.name, float(record["nfe"]), sampled.x[:GRID_SAMPLES].numpy())
             if record["status"] == "ok" and plan.save_samples:
                 run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
+
+
+def _ode_cell(cell) -> bool:
+    """A cell whose samples approximate the model's ODE solution: a deterministic, non-discrete solver."""
+    spec = SOLVERS[cell.solver]
+    return spec.kind != "discrete" and not spec.is_stochastic(dict(cell.options))
 
 
 def _score(run: Sweep, cell, sampled, scope: dict, net, exact: torch.Tensor | None) -> dict:
@@ -278,5 +289,9 @@ def _resumable(run: Sweep, columns: list[str]) -> dict[str, str]:
             equal = {"device": run.base["device"], "timing": timing, "bootstrap": plan.bootstrap}
             if not plan.auto_batch:
                 equal["batch_size"] = planned   # another batch plan: rk45's steps (and NFE) would differ
-            wanted.append(Wanted(cell.label, cell_key({**run.base, **cell.fields(), "model_id": identity.id}), equal))
+            # solver_error left empty by a failed reference solution is computed again
+            filled = ("solver_error",) if "solver_error" in plan.metrics and model.kind != "one-step" \
+                and _ode_cell(cell) else ()
+            wanted.append(Wanted(cell.label, cell_key({**run.base, **cell.fields(), "model_id": identity.id}), equal,
+                                 filled))
     return finished_cells(run.store, wanted, columns, run.say)
