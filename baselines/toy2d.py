@@ -18,7 +18,7 @@ from rfbench.training import TrainConfig
 FLOW_STEPS = (1, 2, 4, 8, 16, 32)
 DDIM_STEPS = (4, 8, 16, 32, 100)
 FAST_STEPS = (2, 4, 8, 16)          # DPM-Solver++, UniPC: NFE = steps
-EDM_STEPS = (2, 4, 8)               # EDM's Heun: NFE 3, 7, 15
+EDM_STEPS = (2, 4, 8)               # EDM's Heun: NFE 3, 7, 15 on the flows, 5, 9, 17 on the DDPM
 COUPLING_METRICS = ("crossing_prob", "transport_cost", "straightness", "w2", "solver_error")
 
 # Sized for the 2-core CPU: the whole toy2d suite, training included, in under 3 minutes from a cold cache.

@@ -33,7 +33,8 @@ def x0():
 # LuChengTHU/dpm-solver 52bc3fb, DPM_Solver(model_wrapper(lambda x, t: vp_eps_net(x, 999 t), NoiseScheduleVP(
 # "linear"), model_type="noise"), algorithm_type="dpmsolver++").sample(..., order, skip_type); wl-zhao/UniPC
 # uni_pc.py, UniPC(..., algorithm_type="data_prediction", variant="bh2").sample(...); NVlabs/edm generate.py's
-# edm_sampler(net, x0(), num_steps, sigma_min=0.002, sigma_max=80, rho=7) with net the posterior mean of N(MU, S^2).
+# edm_sampler(net, x0(), num_steps, sigma_min=0.002, sigma_max=80, rho=7) with net the posterior mean of N(MU, S^2)
+# (sigma_min clipped to the network's: 0 for the flow, VP's smallest sigma for the VP model).
 OFFICIAL = {
     "dpm++2m/logSNR/6": [
         [0.41680376861, -0.560655685904, 2.517296786461],
@@ -95,6 +96,20 @@ OFFICIAL = {
         [0.271526094506, -0.214027255638, 2.071452845701],
         [-0.566021115152, -0.791538173129, 2.06806515064],
     ],
+    # edm_sampler on the VP model's denoiser (the posterior mean), sigma_min clipped to VP's smallest sigma 0.010486:
+    # EDM's num_steps N is rfbench's N - 1 steps on VP (Heun on each, then the Euler step to sigma = 0)
+    "edm-vp/6": [
+        [0.350790614448, -0.221374748898, 2.898718339421],
+        [-0.592508993189, 0.660601203589, 1.103225422306],
+        [0.147194511202, 0.213685640189, 2.110336259623],
+        [-1.146131534304, -0.678096820004, 2.105105038974],
+    ],
+    "edm-vp/18": [
+        [0.404121419824, -0.499673004559, 2.577496100819],
+        [-0.202021596758, 0.067064816664, 1.423752916553],
+        [0.273295163578, -0.220113027536, 2.070899587686],
+        [-0.557766934085, -0.79315228906, 2.067538123483],
+    ],
 }
 GRIDS = {"time_uniform": "uniform", "time_quadratic": "quadratic", "logSNR": "logsnr"}
 
@@ -102,10 +117,14 @@ GRIDS = {"time_uniform": "uniform", "time_quadratic": "quadratic", "logSNR": "lo
 @pytest.mark.parametrize("key", list(OFFICIAL))
 def test_equal_to_the_official_code(key):
     expected = torch.tensor(OFFICIAL[key], dtype=torch.float64)
-    if key.startswith("edm"):
+    if key.startswith("edm/"):
         steps = int(key.split("/")[1])
         result = sample(GaussianFlow(MU[0], S), x0(), "edm-heun", steps)     # the karras grid, EDM's sigmas
         assert result.nfe == 2 * steps - 1
+    elif key.startswith("edm-vp/"):
+        steps = int(key.split("/")[1]) - 1
+        result = sample(VPSDEFlow(vp_eps_net), x0(), "edm-heun", steps)
+        assert result.nfe == 2 * steps + 1
     else:
         solver, skip, steps = key.split("/")
         options = {"order": int(solver[-1])} if solver.startswith("unipc") else {}
@@ -222,3 +241,5 @@ def test_the_fast_solvers_refuse_what_they_cannot_do():
     for solver in ("dpm++2m", "dpm++3m", "unipc", "edm-heun"):        # any grid length, counted NFE
         result = sample(flow, x, solver, 3)
         assert result.nfe == (5 if solver == "edm-heun" else 3) and torch.isfinite(result.x).all()
+    ddpm = GaussianEpsNet(torch.tensor([0.5, -1.0]), 0.6, linear_betas(1000)).model   # ends at sigma > 0
+    assert sample(ddpm, x, "edm-heun", 3).nfe == 7

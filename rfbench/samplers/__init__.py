@@ -106,8 +106,9 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
             if extra:
                 stats["trajectory_evals"] = extra
 
-    if spec.expected_nfe is not None and counted.nfe != spec.expected_nfe(steps):
-        raise AssertionError(f"{solver}: counted {counted.nfe} evaluations, expected {spec.expected_nfe(steps)}")
+    expected = spec.nfe(steps, model)
+    if expected is not None and counted.nfe != expected:
+        raise AssertionError(f"{solver}: counted {counted.nfe} evaluations, expected {expected}")
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if bool(bad.any()):
         raise NonFiniteError(f"{solver} (steps={steps}) produced non-finite samples: {int(bad.sum())} of "

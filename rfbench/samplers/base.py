@@ -29,7 +29,9 @@ class SolverSpec:
 
     kind: ``"fixed"`` (uniform grid over [0, 1], takes ``steps``), ``"adaptive"`` (error-controlled, no ``steps``)
     or ``"discrete"`` (a DDPM-family sampler on the model's discrete schedule, takes ``steps``).
-    expected_nfe: for fixed-grid solvers, NFE as a function of steps; the counted NFE is checked against it.
+    expected_nfe: for fixed-grid solvers, NFE as a function of steps, or of (steps, model) where it depends on the
+    model (edm-heun: one evaluation more where the model's path ends short of sigma = 0; ``model`` is None where
+    unknown); the counted NFE is checked against it.
     """
 
     name: str
@@ -40,6 +42,14 @@ class SolverSpec:
     expected_nfe: Callable[[int], int] | None = None
     description: str = ""
     default_grid: str = "uniform"     # the grid (or, for discrete samplers, the spacing) when none is asked for
+
+    def nfe(self, steps: int, model: Any = None) -> int | None:
+        """The NFE the solver must count for ``steps`` on ``model`` (None: it declares none)."""
+        if self.expected_nfe is None:
+            return None
+        if len(inspect.signature(self.expected_nfe).parameters) >= 2:
+            return self.expected_nfe(steps, model)
+        return self.expected_nfe(steps)
 
     def is_stochastic(self, options: dict) -> bool:
         return self.stochastic(options) if callable(self.stochastic) else bool(self.stochastic)
@@ -89,7 +99,8 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
                                "arguments (model, x)"))
         if kind == "fixed":
             try:
-                one = expected_nfe(1)
+                one = (expected_nfe(1, None) if len(inspect.signature(expected_nfe).parameters) >= 2
+                       else expected_nfe(1))
             except Exception as exc:
                 raise ValueError(f"solver {name}: expected_nfe(1) failed: {type(exc).__name__}: {exc}") from None
             if isinstance(one, bool) or not isinstance(one, int) or one < 1:

@@ -167,18 +167,30 @@ def unipc(model, x, *, times, order: int = 2, lower_order_final: bool | int = Tr
     return x, {}
 
 
-@register_solver("edm-heun", "fixed", order=2, expected_nfe=lambda n: 2 * n - 1, default_grid="karras",
-                 description="EDM's Heun (Karras et al. 2022, Algorithm 1, S_churn=0), Euler on the last step")
+def _reaches_data(model) -> bool:
+    """Whether the model's path ends at sigma = 0 (a rectified flow) rather than at a smallest sigma > 0 (VP, sub-VP,
+    DDPM schedules)."""
+    return float(path_of(model).alpha_sigma(np.array([1.0]))[1][0]) == 0.0
+
+
+def _edm_nfe(steps: int, model=None) -> int:
+    """EDM's Heun: 2N - 1 on a flow (its last step, to sigma = 0, is Euler); 2N + 1 where the path ends at a sigma > 0
+    (Heun on every step of the grid, then EDM's Euler step from there to sigma = 0)."""
+    return 2 * steps - 1 if model is None or _reaches_data(model) else 2 * steps + 1
+
+
+@register_solver("edm-heun", "fixed", order=2, expected_nfe=_edm_nfe, default_grid="karras",
+                 description="EDM's Heun (Karras et al. 2022, Algorithm 1, S_churn=0), Euler on the step to sigma=0")
 def edm_heun(model, x, *, times, callback: Callback | None = None):
     """EDM's deterministic sampler in its scaled variables x_edm = x / alpha, sigma_edm = sigma / alpha: Heun's
-    method on dx_edm / dsigma = (x_edm - D) / sigma, an Euler step last. As EDM, it starts from sigma_max * x0 in
-    those variables (the state sigma(t_0) x0 in rfbench's), so on a flow's karras grid, whose last step goes to
-    sigma = 0, it is EDM's sampler (Algorithm 1, checked against NVlabs/edm).
+    method on dx_edm / dsigma = (x_edm - D) / sigma, Euler on the step to sigma = 0. As EDM, it starts from
+    sigma_max * x0 in those variables (the state sigma(t_0) x0 in rfbench's).
 
-    On paths whose sigma never reaches 0 (score-SDE's VP / sub-VP, DDPM schedules) the grid ends at the model's
-    smallest sigma and, as every rfbench solver, the sample is the state there: the last step is Euler to that
-    sigma, where EDM takes Heun steps down to sigma_min and then an Euler step to sigma = 0 (its denoised output).
-    The NFE is EDM's for the same steps; the result is close to, not equal to, EDM's sampler on those models."""
+    On a flow the grid's last step goes to sigma = 0 (t=1): N steps, 2N - 1 evaluations, EDM's sampler with
+    num_steps = N on the karras grid. Where the path ends at a smallest sigma > 0 (score-SDE's VP / sub-VP, DDPM
+    schedules) every step of the grid is a Heun step and EDM's final Euler step from that sigma to 0 follows, which
+    returns the denoised sample, as EDM does: N steps, 2N + 1 evaluations, EDM's sampler with num_steps = N + 1
+    (its sigma_min the model's smallest). Both are checked against NVlabs/edm in tests/test_fast_solvers.py."""
     alpha, sigma, _ = _schedule(model, times)
     if alpha[0] <= 0:
         raise ValueError("edm-heun starts at a finite sigma = sigma_t / alpha_t; the grid's first time has alpha = 0 "
@@ -193,12 +205,16 @@ def edm_heun(model, x, *, times, callback: Callback | None = None):
         denoised = data_prediction(model, x_edm * float(alpha[i]), times[i])
         d_cur = (x_edm - denoised) * (1.0 / s[i])
         x_next = x_edm + (s[i + 1] - s[i]) * d_cur
-        if i < steps - 1:                                  # the 2nd-order correction, but on the last step
+        if s[i + 1] > 0:                                   # the 2nd-order correction, but on a step to sigma = 0
             denoised = data_prediction(model, x_next * float(alpha[i + 1]), times[i + 1])
             d_prime = (x_next - denoised) * (1.0 / s[i + 1])
             x_next = x_edm + (s[i + 1] - s[i]) * (0.5 * d_cur + 0.5 * d_prime)
         x_edm = x_next
-    x = x_edm * float(alpha[-1])
+    if s[-1] > 0:                                          # EDM's last step, Euler to sigma = 0: the denoised x
+        d_cur = (x_edm - data_prediction(model, x_edm * float(alpha[-1]), times[-1])) * (1.0 / s[-1])
+        x = x_edm + (0.0 - s[-1]) * d_cur
+    else:
+        x = x_edm * float(alpha[-1])
     if callback is not None:
         callback(steps, times[-1], x, None)
     return x, {}
