@@ -1,9 +1,10 @@
-"""Plots written beside the tables: quality against NFE and against wall-clock with the Pareto front, 2D
-trajectories of each model, and image sample grids. PNG, or PDF when the path says so."""
+"""Plots written beside the tables: quality against NFE and against wall-clock with the Pareto front and ±1
+standard error bars, 2D trajectories of each model, and image sample grids. PNG, or PDF when the path says so."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -12,54 +13,174 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 
-STYLES = (("-", "o"), ("--", "s"), (":", "*"), ("-.", "^"), ("-", "D"), ("--", "v"))
+# line and marker of each solver: 4 line styles x 10 markers, so the first 20 solvers of a plot all differ
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "*", "^", "D", "v", "P", "X", "<", "h")
+STYLES = tuple((LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]) for i in range(20))
+MAX_LOG_TICKS = 10      # more labels than this on a log axis and they crowd: fall back to fewer mantissas
 
 
-def plot_quality_vs_nfe(frame: pd.DataFrame, path: str | Path, metric: str = "w2", cost: str = "nfe",
-                        lower_is_better: bool = True) -> Path | None:
-    """``metric`` against ``cost`` (counted NFE, or wall_clock_s; log scales), one line per model and solver; the
-    Pareto front (no other cell is both cheaper and better) is circled and joined; the independent coupling's value,
-    when present, is drawn as the floor that sampling noise alone gives. The file type follows the suffix."""
+class ReadableLogLocator(ticker.Locator):
+    """Major ticks of a log axis that read as plain numbers: every 1, 2 and 5 x 10^k in view when that gives at
+    most :data:`MAX_LOG_TICKS`, else the powers of ten (every few of them on very wide ranges); a view narrower than
+    one of those steps gets evenly spaced ticks (0.36, 0.38, 0.40, ...) so it still has at least two."""
+
+    def __call__(self):
+        lo, hi = self.axis.get_view_interval()
+        return self.tick_values(lo, hi)
+
+    def tick_values(self, vmin, vmax):
+        lo, hi = sorted((float(vmin), float(vmax)))
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= 0:
+            return np.array([])
+        lo = lo if lo > 0 else hi / 10
+        inside = lambda ticks: ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]   # noqa: E731
+        powers = 10.0 ** np.arange(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        one_two_five = inside(np.outer(powers, (1, 2, 5)).ravel())
+        if 2 <= len(one_two_five) <= MAX_LOG_TICKS:
+            return one_two_five
+        if len(one_two_five) > MAX_LOG_TICKS:
+            return ticker.LogLocator(base=10, subs=(1.0,), numticks=MAX_LOG_TICKS).tick_values(lo, hi)
+        linear = inside(ticker.MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi))
+        return linear[linear > 0]
+
+
+def _plain_number(value: float, _pos=None) -> str:
+    return f"{value:g}"
+
+
+def readable_log_axis(axis) -> None:
+    """Make a log-scaled ``axis`` (``ax.xaxis`` or ``ax.yaxis``) label its ticks 0.05, 0.4, 1, 20 rather than
+    5x10^-2; the minor ticks (2..9 x 10^k) stay for the grid, without labels."""
+    axis.set_major_locator(ReadableLogLocator())
+    axis.set_major_formatter(ticker.FuncFormatter(_plain_number))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10), numticks=100))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def timing_label(rows: pd.DataFrame) -> str:
+    """The time axis's label, saying how many timed runs each cell's ``wall_clock_s`` is the median of (from the
+    rows' ``timing`` column, e.g. "warmup=2nfe,repeats=3,processes=1")."""
+    repeats = sorted({int(m.group(1)) for text in rows.get("timing", pd.Series(dtype=object)).dropna()
+                      if (m := re.search(r"repeats=(\d+)", str(text)))})
+    base = "wall-clock seconds per cell, sampling"
+    if not repeats:
+        return f"{base} (median of --repeats timed runs)"
+    if repeats == [1]:
+        return f"{base} (one timed run per cell, no median: --repeats 1)"
+    counts = f"{repeats[0]}" if len(repeats) == 1 else f"{repeats[0]}-{repeats[-1]}"
+    return f"{base} (median of {counts} timed runs)"
+
+
+def _standard_errors(rows: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """``{metric}_se`` of ``rows`` as floats, or None when the column is missing or has no value."""
+    column = f"{metric}_se"
+    if column not in rows:
+        return None
+    se = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
+    return se if np.isfinite(se).any() else None
+
+
+def _error_extents(value: np.ndarray, se: np.ndarray, floor: float) -> np.ndarray:
+    """(2, n) lower and upper bar lengths for ``value`` ± ``se`` on a log axis: the lower end is kept at or above
+    ``floor`` (> 0), a missing or negative ``se`` draws no bar."""
+    se = np.where(np.isfinite(se) & (se >= 0), se, np.nan)
+    lower = value - np.maximum(value - se, floor)
+    return np.vstack([np.maximum(lower, 0.0), se])
+
+
+def draw_quality(ax, frame: pd.DataFrame, metric: str = "w2", cost: str = "nfe",
+                 lower_is_better: bool = True) -> bool:
+    """Draw :func:`plot_quality_vs_nfe`'s plot on ``ax``; False, with nothing drawn, when no cell has both a
+    ``metric`` and a ``cost`` value."""
     ok = frame[(frame["status"] == "ok") & frame[metric].notna()] if metric in frame else frame.iloc[0:0]
     if ok.empty or cost not in ok:
-        return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        return False
     sampled = ok[(ok["nfe"] > 0) & ok[cost].notna()]
     if sampled.empty:
-        plt.close(fig)
-        return None
+        return False
     if "grid" in sampled:       # a solver on another grid than uniform is a line of its own: solver@grid
         sampled = sampled.assign(solver=[s if pd.isna(g) or g == "uniform" else f"{s}@{g}"
                                          for s, g in zip(sampled["solver"], sampled["grid"])])
     models = list(dict.fromkeys(sampled["model"]))
     solvers = list(dict.fromkeys(sampled["solver"]))
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}          # colour: model
+    # colour: model, numbered over the whole frame so a model keeps its colour in every metric's plot
+    everyone = list(dict.fromkeys(m for m in frame["model"] if m != "independent"))
+    colors = {m: plt.cm.tab10(everyone.index(m) % 10) for m in models}
     styles = {s: STYLES[i % len(STYLES)] for i, s in enumerate(solvers)}     # line and marker: solver
+    values = sampled[metric].to_numpy(dtype=float)
+    se_all = _standard_errors(sampled, metric)
+    positive = values[values > 0]
+    if se_all is not None:
+        lows = values - se_all
+        positive = np.concatenate([positive, lows[np.isfinite(lows) & (lows > 0)]])
+    floor = 0.5 * positive.min() if positive.size else 1e-12     # where a bar reaching 0 or below ends (log y)
+    order = [c for c in ("nfe", "steps") if c in sampled]        # lines join cells by NFE, not by noisy time
+    bars = False
     for (model, solver), grp in sampled.groupby(["model", "solver"], sort=False):
-        grp = grp.sort_values(cost)
+        grp = grp.sort_values(order, kind="stable")
         ls, marker = styles[solver]
-        ax.plot(grp[cost], grp[metric], ls=ls, marker=marker, ms=5 if len(grp) > 1 else 9, color=colors[model],
-                label=f"{model} {solver}")
+        x, y = grp[cost].to_numpy(dtype=float), grp[metric].to_numpy(dtype=float)
+        look = dict(ls=ls, marker=marker, ms=5 if len(grp) > 1 else 9, color=colors[model])
+        se = _standard_errors(grp, metric)
+        if se is None:
+            ax.plot(x, y, **look)
+        else:
+            ax.errorbar(x, y, yerr=_error_extents(y, se, floor), elinewidth=0.8, capsize=2, ecolor=colors[model],
+                        **look)
+            bars = True
     from rfbench.results.report import pareto_front
     front = sampled[pareto_front(sampled[cost], sampled[metric], lower_is_better)].sort_values(cost)
     ax.plot(front[cost], front[metric], ls="-", lw=4, color="gray", alpha=0.25, zorder=0)
-    ax.scatter(front[cost], front[metric], s=110, facecolors="none", edgecolors="k", lw=1.2,
-               label=f"Pareto front ({len(front)} cells)", zorder=5)
-    floor = ok[ok["model"] == "independent"]
-    if not floor.empty:
-        ax.axhline(float(floor[metric].iloc[0]), color="gray", ls="--", lw=1,
-                   label="independent X1 (sampling floor)")
+    ax.scatter(front[cost], front[metric], s=110, facecolors="none", edgecolors="k", lw=1.2, zorder=5)
+    # the legend says colour = model and line + marker = solver, rather than one entry for each of their pairs
+    handles = [Line2D([], [], color=colors[m], lw=2, label=m) for m in models]
+    handles += [Line2D([], [], color="0.35", ls=styles[s][0], marker=styles[s][1], ms=5, label=s) for s in solvers]
+    handles.append(Line2D([], [], ls="none", marker="o", ms=10, mfc="none", mec="k",
+                          label=f"Pareto front ({len(front)} cells)"))
+    floor_rows = ok[ok["model"] == "independent"]
+    if not floor_rows.empty:
+        level = float(floor_rows[metric].iloc[0])
+        ax.axhline(level, color="gray", ls="--", lw=1)
+        label = "independent X1 (sampling floor)"
+        floor_se = _standard_errors(floor_rows.iloc[:1], metric)
+        if floor_se is not None:
+            ax.axhspan(max(level - floor_se[0], floor), level + floor_se[0], color="gray", alpha=0.12, lw=0)
+            label += ", band ±1 s.e."
+        handles.append(Line2D([], [], color="gray", ls="--", lw=1, label=label))
     ax.set_xscale("log")
     ax.set_yscale("log")
-    xlabel = {"nfe": "NFE (counted)", "wall_clock_s": "wall-clock seconds per cell (sampling)"}.get(cost, cost)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{frame['suite'].iloc[0]}: {metric} against {'NFE' if cost == 'nfe' else 'wall-clock'}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    readable_log_axis(ax.xaxis)
+    readable_log_axis(ax.yaxis)
+    ax.set_xlabel("NFE (counted)" if cost == "nfe" else timing_label(sampled) if cost == "wall_clock_s" else cost)
+    ax.set_ylabel(f"{metric} (bars: ±1 standard error)" if bars else metric)
+    title = f"{frame['suite'].iloc[0]}: {metric} against {'NFE' if cost == 'nfe' else 'wall-clock'}"
+    if cost != "nfe":
+        title += "\n(each line joins a model's and solver's cells in order of NFE)"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              handlelength=3.2, ncol=2 if len(handles) > 24 else 1, title="colour: model; line, marker: solver",
+              title_fontsize=7)
+    return True
+
+
+def plot_quality_vs_nfe(frame: pd.DataFrame, path: str | Path, metric: str = "w2", cost: str = "nfe",
+                        lower_is_better: bool = True) -> Path | None:
+    """``metric`` against ``cost`` (counted NFE, or wall_clock_s: the median of the timed repeats; log scales with
+    plain-number labels), one line per model and solver joined in order of NFE, with ±1 standard error bars where
+    the frame has ``{metric}_se``; the Pareto front of the point values (no other cell is both cheaper and better)
+    is circled and joined; the independent coupling's value, when present, is drawn as the floor that sampling noise
+    alone gives. The file type follows the suffix."""
+    fig, ax = plt.subplots(figsize=(10, 5.2), layout="constrained")
+    if not draw_quality(ax, frame, metric, cost, lower_is_better):
+        plt.close(fig)
+        return None
     path = Path(path)
     fig.savefig(path, dpi=130)
     plt.close(fig)
