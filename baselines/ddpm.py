@@ -40,7 +40,8 @@ def load_ddpm(recipe: DDPMRecipe, problem, cache, device) -> DiffusionModel:
         start = time.perf_counter()
         loss = ddpm_loss(problem.train_target(), alphas_cumprod(betas))
         net = seeded_init(lambda: build_network(recipe.net), recipe.train.seed)
-        net, history = fit(net, loss, recipe.train, device)
+        with cache.progress.training("ddpm", recipe.train) as job:
+            net, history = fit(net, loss, recipe.train, device, progress=job)
         return net, {"seconds": time.perf_counter() - start, "final_loss": history[-1], "loss_history": history}
 
     net = cache.network("ddpm", spec, lambda: build_network(recipe.net), train, device)

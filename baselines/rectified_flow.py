@@ -67,7 +67,8 @@ def load_flow(k: int, recipe: FlowRecipe, problem, cache, device) -> tuple[torch
 
         def train():
             net = seeded_init(lambda: build_network(recipe.net), recipe.train.seed)
-            return fit(net, rectified_flow_loss(pairs), recipe.train, device)
+            with cache.progress.training("1-rf", recipe.train) as job:
+                return fit(net, rectified_flow_loss(pairs), recipe.train, device, progress=job)
 
         return cache.network("1-rf", spec, lambda: build_network(recipe.net), _timed(train), device), spec
 
@@ -78,7 +79,8 @@ def load_flow(k: int, recipe: FlowRecipe, problem, cache, device) -> tuple[torch
     def train():
         net = build_network(recipe.net)
         net.load_state_dict(parent.state_dict())
-        return fit(net, rectified_flow_loss(paired_batches(z0, z1)), recipe.reflow, device)
+        with cache.progress.training(f"{k}-rf", recipe.reflow) as job:
+            return fit(net, rectified_flow_loss(paired_batches(z0, z1)), recipe.reflow, device, progress=job)
 
     return cache.network(f"{k}-rf", spec, lambda: build_network(recipe.net), _timed(train), device), spec
 
@@ -96,10 +98,14 @@ def flow_pairs(k: int, model, spec: dict, recipe: FlowRecipe, problem, cache,
             z0 = torch.randn((recipe.num_pairs, *problem.shape), generator=gen)
         z0 = z0[:recipe.num_pairs]
         z1, nfe = [], []
-        for chunk in z0.split(recipe.pair_batch or len(z0)):
-            result = sample(model, chunk.to(device), "rk45", rtol=recipe.pair_rtol, atol=recipe.pair_atol)
-            z1.append(result.x.cpu())
-            nfe.append(result.nfe)
+        chunks = z0.split(recipe.pair_batch or len(z0))
+        with cache.progress.solves(f"reflow pairs of {k}-rf", "rk45 pairs", [len(c) for c in chunks]) as job:
+            for i, chunk in enumerate(chunks):
+                result = sample(model, chunk.to(device), "rk45", rtol=recipe.pair_rtol, atol=recipe.pair_atol,
+                                callback=job.callback(i))
+                job.measured(i, result.nfe)
+                z1.append(result.x.cpu())
+                nfe.append(result.nfe)
         cache.log(f"generated {z0.shape[0]} reflow pairs from {k}-rf (rk45 rtol={recipe.pair_rtol:g}, "
                   f"nfe={'/'.join(map(str, nfe))})")
         return {"z0": z0.cpu(), "z1": torch.cat(z1)}
@@ -117,7 +123,8 @@ def load_distilled(k: int, recipe: FlowRecipe, problem, cache, device) -> torch.
     def train():
         net = build_network(recipe.net)
         net.load_state_dict(teacher.state_dict())
-        return fit(net, distill_loss(paired_batches(z0, z1)), recipe.distill, device)
+        with cache.progress.training(f"{k}-rf-distill", recipe.distill) as job:
+            return fit(net, distill_loss(paired_batches(z0, z1)), recipe.distill, device, progress=job)
 
     return cache.network(f"{k}-rf-distill", spec, lambda: build_network(recipe.net), _timed(train), device)
 

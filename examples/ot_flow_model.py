@@ -81,8 +81,9 @@ class OTFlow(rfbench.Recipe):
         def train():
             start = time.perf_counter()
             net = seeded_init(lambda: build_network(self.net), self.train.seed)
-            net, history = fit(net, flow_matching_loss(ot_pairs(source, problem.train_target())), self.train,
-                               ctx.device)
+            with ctx.cache.progress.training("ot-cfm", self.train) as job:     # steps, loss and ETA as it trains
+                net, history = fit(net, flow_matching_loss(ot_pairs(source, problem.train_target())), self.train,
+                                   ctx.device, progress=job)
             return net, {"seconds": time.perf_counter() - start, "final_loss": history[-1]}
 
         spec = {**self.spec(), "problem": problem.to_dict()}     # the cache entry: this recipe on this data

@@ -1,12 +1,15 @@
-"""Seeded noise, the registry, checkpoints and training steps."""
+"""Seeded noise, the registry, checkpoints, training steps and their progress reports."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 
 from rfbench import noise
 from rfbench.models import MLP, CheckpointError, MLPConfig, load_checkpoint, save_checkpoint
+from rfbench.progress import TRAIN_EVALS_PER_SAMPLE, Progress
 from rfbench.registry import Registry, UnknownNameError
 from rfbench.training import TrainConfig, ddpm_loss, fit, independent_pairs, rectified_flow_loss
 
@@ -141,3 +144,32 @@ def test_suite_cells_are_checked_when_the_suite_is_built():
         dataclasses.replace(base, cells=(Cell("1-rf", "eular", 4),))
     with pytest.raises(ValueError, match="names model '9-rf'"):
         dataclasses.replace(base, cells=(Cell("9-rf", "euler", 4),))
+
+
+LINE = re.compile(r"training tiny: step (\d+)/20 \((\d+)%\), loss (\S+), \d+(?:s|m\d\ds|h\d\dm) elapsed"
+                  r"(, ETA \S+)?$")
+
+
+def test_training_reports_steps_loss_and_eta_every_tenth_without_a_terminal_and_nothing_when_quiet():
+    target = torch.randn(256, 2)
+    config = TrainConfig(steps=20, batch_size=32, seed=5)
+    loss = rectified_flow_loss(independent_pairs(lambda g, n: torch.randn((n, 2), generator=g), target))
+    nets, said = [], {}
+    for enabled in (True, False, None):          # shown (no terminal), quiet, no hook at all
+        lines: list[str] = []
+        shown = Progress(enabled=bool(enabled), say=lines.append, tty=False)
+        torch.manual_seed(0)
+        with shown.training("tiny", config) as job:
+            nets.append(fit(MLP(MLPConfig(hidden=16, depth=2)), loss, config,
+                            progress=job if enabled is not None else None)[0])
+        said[enabled] = lines
+        if enabled is not None:   # a step of batch B counts 3 B model evaluations on the sweep's bar
+            assert shown.total == shown.done == 20 * TRAIN_EVALS_PER_SAMPLE * 32
+    matches = [LINE.match(line) for line in said[True]]
+    assert all(matches), said[True]
+    assert [(int(m[1]), int(m[2])) for m in matches] == [(2 * k, 10 * k) for k in range(1, 11)]
+    assert all(m[4] for m in matches[:-1]) and matches[-1][4] is None      # an ETA until the last step
+    assert all(float(m[3]) > 0 for m in matches)
+    assert said[False] == [] and said[None] == []
+    for a, b in zip(nets[0].parameters(), nets[2].parameters()):   # reporting never changes the weights
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

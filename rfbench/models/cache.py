@@ -14,6 +14,7 @@ from torch import nn
 
 from rfbench.models.checkpoint import (CheckpointError, atomic_torch_save, config_hash, jsonable, load_checkpoint,
                                        save_checkpoint)
+from rfbench.progress import Progress
 
 # Bump when training code changes in a way that changes the weights, so stale caches are not reused.
 TRAINING_CODE_VERSION = 1
@@ -30,11 +31,15 @@ def config_key(config: dict) -> str:
 
 
 class Cache:
-    """Trained networks and tensors under ``root``; ``log`` receives one line per train or load."""
+    """Trained networks and tensors under ``root``; ``log`` receives one line per train or load. ``progress``: how the
+    run shows long jobs (a recipe reports its training with ``fit(..., progress=cache.progress.training(name,
+    config))``); by default nothing is shown."""
 
-    def __init__(self, root: str | os.PathLike | None = None, log: Callable[[str], None] = print):
+    def __init__(self, root: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+                 progress: Progress | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.log = log
+        self.progress = progress if progress is not None else Progress(say=log)
         self.trained: list[str] = []  # names trained (not loaded) during this run
         self.keys: dict[str, str] = {}  # name -> checkpoint file stem, for the provenance of result rows
         self.last_key: str | None = None  # the entry of the last network() call: the model a recipe just loaded

@@ -63,7 +63,9 @@ class ModelIdentity:
 @dataclass(frozen=True)
 class LoadContext:
     """What :meth:`ModelSource.load` may use: the suite (its problem holds the training data), the trained-model
-    cache, the device, and a logger for one line per train or load."""
+    cache (``cache.progress`` shows a recipe's training as the run shows progress: ``with
+    ctx.cache.progress.training(name, config) as job: fit(..., progress=job)``), the device, and a logger for one
+    line per train or load."""
 
     suite: Any
     cache: Cache

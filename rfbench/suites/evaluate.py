@@ -22,7 +22,7 @@ from rfbench.files import sha1_files
 from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
-from rfbench.samplers import sample
+from rfbench.samplers import SOLVERS, sample
 
 PLOT_PATHS = 300  # trajectories drawn per model
 INDEPENDENT = "independent"
@@ -166,24 +166,42 @@ class Evaluation:
         return {**INDEPENDENT_FIELDS, "nfe": 0, "wall_clock_s": None, "samples_per_s": None, **values,
                 "bootstrap": self.plan.bootstrap, "status": "ok", "error": None, **fewer}
 
-    def exact(self, kind: str, model, x0: torch.Tensor, batch: int | None,
-              say: Callable[[str], None]) -> tuple[torch.Tensor | None, str | None]:
-        """The model's own ODE solution from the first ``solver_error_samples`` rows of x0 (rk45 at rtol = atol =
-        the suite's ``solver_error_tolerance``, ``batch`` rows per call), when a metric needs it (solver_error), and
-        why it is missing when it failed: (None, None) for one-step models and runs without the metric."""
+    def exact_rows(self, kind: str, x0: torch.Tensor) -> int:
+        """How many rows of x0 :meth:`exact` solves for a model of ``kind`` (0: none)."""
         if kind == "one-step" or not needs(self.metrics, "exact"):
-            return None, None
-        rows, tol = self.plan.suite.solver_error_samples, self.plan.suite.solver_error_tolerance
-        x0 = x0[:rows] if rows else x0
+            return 0
+        rows = self.plan.suite.solver_error_samples
+        return min(rows, x0.shape[0]) if rows else x0.shape[0]
+
+    def exact(self, kind: str, model, x0: torch.Tensor, batch: int | None,
+              say: Callable[[str], None]) -> tuple[torch.Tensor | None, str | None, int | None]:
+        """The model's own ODE solution from the first ``solver_error_samples`` rows of x0 (rk45 at rtol = atol =
+        the suite's ``solver_error_tolerance``, ``batch`` rows per call), when a metric needs it (solver_error), why
+        it is missing when it failed, and the model evaluations it took (NFE x rows of each call; None when it
+        failed): (None, None, 0) for one-step models and runs without the metric."""
+        rows, tol = self.exact_rows(kind, x0), self.plan.suite.solver_error_tolerance
+        if not rows:
+            return None, None, 0
+        x0 = x0[:rows]
         size = batch or x0.shape[0]
         try:
-            return torch.cat([sample(model, x0[i:i + size], "rk45", rtol=tol, atol=tol).x.cpu()
-                              for i in range(0, x0.shape[0], size)]), None
+            results = [sample(model, x0[i:i + size], "rk45", rtol=tol, atol=tol) for i in range(0, rows, size)]
         except Exception as exc:   # the cells keep their other metrics; a rerun computes solver_error again
             why = f"solver_error: the model's reference solution (rk45, tolerance {tol:g}) failed: " \
                   f"{type(exc).__name__}: {exc}"
             say(why)
-            return None, why
+            return None, why, None
+        return torch.cat([r.x.cpu() for r in results]), None, sum(r.nfe * r.x.shape[0] for r in results)
+
+    def model_scope_work(self, kind: str, x0: torch.Tensor) -> int:
+        """The model evaluations (NFE x rows) that :meth:`model_scope` makes for a model of ``kind``."""
+        plottable = x0.ndim == 2 and x0.shape[1] == 2
+        if kind == "one-step":
+            return min(PLOT_PATHS, x0.shape[0]) if plottable else 0
+        if not plottable and not any(METRICS[name].scope == "model" for name in self.metrics):
+            return 0
+        rows = min(self.plan.straightness_samples or x0.shape[0], x0.shape[0])
+        return SOLVERS["rk4"].nfe(self.plan.straightness_steps) * rows
 
     def model_scope(self, kind: str, model, x0: torch.Tensor,
                     say: Callable[[str], None]) -> tuple[dict, tuple[str, np.ndarray] | None]:

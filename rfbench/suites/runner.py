@@ -8,7 +8,9 @@ finishes, and :mod:`rfbench.distributed` coordinates the processes of a torchrun
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +25,8 @@ from rfbench.device import device_name, resolve_device
 from rfbench.distributed import World, batch_plan, main_first, main_then_others
 from rfbench.metrics import column_directions
 from rfbench.models.cache import Cache
-from rfbench.models.sources import LoadContext, ModelIdentity
+from rfbench.models.sources import LoadContext, ModelIdentity, Recipe
+from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_quality_vs_costs, plot_trajectories
 from rfbench.results.resume import Wanted, finished_cells
@@ -37,11 +40,22 @@ GRID_SAMPLES = 16  # images per row of samples_MODEL.png
 GRID_ROWS = 4      # rows (distinct NFEs) per model in samples_MODEL.png
 
 
+TIMINGS = ("training", "sampling", "metrics", "total")
+
+
 @dataclass
 class RunOutput:
+    """A run's table (``frame``), the files written, the models trained (not loaded), and ``timings``: seconds spent
+    in "training" (loading models: training them and their reflow pairs when not cached), "sampling" (the cells'
+    timed runs, their warm-up and feature extraction, the batch size probe), "metrics" (scoring, the reference
+    solutions and trajectories, setting up the reference features) and "total" (the whole run, tables and plots
+    included, so at least the sum of the others)."""
+
     frame: pd.DataFrame
     files: list[Path] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
+    kept: list[str] = field(default_factory=list)     # labels of the cells kept from an earlier run (resume)
 
 
 @dataclass
@@ -58,44 +72,69 @@ class Sweep:
     device: torch.device
     world: World
     say: Callable[[str], None]
-    bar: tqdm
+    progress: Progress                  # the bar, counted in model evaluations (rfbench.progress)
     resumed: dict[str, str] = field(default_factory=dict)    # cell label -> stored key kept from an earlier run
     keys: list[str] = field(default_factory=list)            # stored keys of this run's rows, in order
     cache_entries: dict[str, str] = field(default_factory=dict)  # model -> the cache entry it was loaded from
     trajectories: dict = field(default_factory=dict)         # model -> (title, states) to plot (2D)
     grid: dict = field(default_factory=dict)                 # cell label -> (model, NFE, first images)
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
+    planned_training: dict[str, list[str]] = field(default_factory=dict)   # model -> its training jobs on the bar
+
+    def timed(self, part: str):
+        """A block whose seconds count towards ``timings[part]``."""
+        return _timed(self.timings, part)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], part: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[part] += time.perf_counter() - start
 
 
 def sweep(run: Sweep) -> None:
     """Every cell of every model: kept from an earlier run, or sampled, scored and stored as soon as it finishes.
     A model that cannot be loaded, and a cell that fails (NaN samples, a solver that cannot proceed), are rows with
-    their error; the sweep goes on."""
-    plan, main = run.plan, run.world.is_main
+    their error; the sweep goes on. The bar counts model evaluations (:func:`expect_work`)."""
+    plan, main, progress = run.plan, run.world.is_main, run.progress
     if plan.independent_row and main and not _keep(run, INDEPENDENT):
-        _store(run, run.evaluation.independent_record(run.x0.cpu(), list(plan.seeds), run.base.get("notes")),
-               INDEPENDENT_FIELDS)
+        with run.timed("metrics"):
+            record = run.evaluation.independent_record(run.x0.cpu(), list(plan.seeds), run.base.get("notes"))
+        _store(run, record, INDEPENDENT_FIELDS)
     for model in plan.models:
         cells = plan.grid(model.name)
         if all(cell.label in run.resumed for cell in cells):
             for cell in cells if main else ():
                 _keep(run, cell.label)
             continue
-        run.bar.set_postfix_str(f"{model.name}: loading")
-        net, errors = run.load(model)
+        progress.status(f"{model.name}: loading")
+        with run.timed("training"):
+            net, errors = run.load(model)
+        for key in run.planned_training.pop(model.name, []):   # expected, but not reported as a job: off the bar
+            if key in progress.pending:
+                progress.finish(key, None)
         if errors:   # a failure for each of its cells, and on with the next model
             run.say(f"{model.name}: could not load or train: {errors[0]}")
+            for key in [_scope_key(model), _exact_key(model)] + [cell.label for cell in cells]:
+                progress.finish(key, None)
             for cell in cells if main else ():
                 if not _keep(run, cell.label):
                     _store(run, {**cell.fields(), **empty_metrics(plan.metrics), "status": "failed",
                                  "error": f"model: {errors[0]}"}, cell.fields(), model)
             continue
-        batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
-            model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
+        with run.timed("sampling"):
+            batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
+                model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
         scope: dict = {}
         reference: list = []      # the model's own ODE solution for solver_error, made when a cell first needs it
         if main:
-            run.bar.set_postfix_str(f"{model.name}: reference flow")
-            scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say)
+            progress.status(f"{model.name}: reference flow")
+            with run.timed("metrics"):
+                scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say)
+            progress.finish(_scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
             if plot is not None:
                 run.trajectories[model.name] = plot
         for cell in cells:
@@ -103,19 +142,26 @@ def sweep(run: Sweep) -> None:
                 if main:
                     _keep(run, cell.label)
                 continue
-            run.bar.set_postfix_str(cell.label)
+            progress.status(cell.label)
             images = run.evaluation.images
-            sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device, run.world,
-                                  extract=images.extract if images is not None else None)
+            with run.timed("sampling"):
+                sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
+                                      run.world, extract=images.extract if images is not None else None)
             if not main:
                 continue
+            progress.finish(cell.label, None if sampled.error is not None else
+                            sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats)
             exact, why = None, None
             if _ode_cell(cell) and sampled.error is None:   # what deterministic ODE solvers approximate
                 if not reference:
-                    run.bar.set_postfix_str(f"{model.name}: reference solution")
-                    reference.append(run.evaluation.exact(model.kind, net, run.x0, batch, run.say))
+                    progress.status(f"{model.name}: reference solution")
+                    with run.timed("metrics"):
+                        exact, why, work = run.evaluation.exact(model.kind, net, run.x0, batch, run.say)
+                    reference.append((exact, why))
+                    progress.finish(_exact_key(model), work)
                 exact, why = reference[0]
-            record = _score(run, cell, sampled, scope, net, exact)
+            with run.timed("metrics"):
+                record = _score(run, cell, sampled, scope, net, exact)
             if why is not None and record["status"] == "ok":
                 record["notes"] = "; ".join(filter(None, [record.get("notes", run.base.get("notes")), why]))
             key = _store(run, record, cell.fields(), model)
@@ -123,6 +169,66 @@ def sweep(run: Sweep) -> None:
                 run.grid[cell.label] = (model.name, float(record["nfe"]), sampled.x[:GRID_SAMPLES].numpy())
             if record["status"] == "ok" and plan.save_samples:
                 run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
+        progress.finish(_exact_key(model), None)    # no cell needed the reference solution after all
+
+
+def expect_work(run: Sweep) -> None:
+    """Put the sweep's known work on the bar, in model evaluations on one sample each: per cell to compute its NFE
+    x samples x timed runs (the untimed warm-up, a few evaluations of one batch, is not counted); per
+    model to load its reference trajectory and, when a cell needs it, its reference solution. Adaptive solvers
+    are estimated (:meth:`Progress.expect`) and corrected as they are measured; training and reflow pairs are put
+    on the bar when they start (a cached model costs nothing). Resumed cells, and models all of whose cells are
+    resumed, count nothing."""
+    plan, progress, n = run.plan, run.progress, run.x0.shape[0]
+    for model in plan.models:
+        todo = [cell for cell in plan.grid(model.name) if cell.label not in run.resumed]
+        if not todo:
+            continue
+        progress.expect(_scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
+        rows = run.evaluation.exact_rows(model.kind, run.x0)
+        if rows and any(_ode_cell(cell) for cell in todo):
+            progress.expect(_exact_key(model), adaptive="reference rk45", rows=rows)
+        for cell in todo:
+            spec = SOLVERS[cell.solver]
+            nfe = spec.nfe(cell.steps) if spec.kind == "fixed" else cell.steps   # discrete: one per step
+            if nfe is None:
+                progress.expect(cell.label, adaptive=cell.solver, rows=n * plan.repeats)
+            else:
+                progress.expect(cell.label, nfe * n * plan.repeats)
+
+
+def expect_training(run: Sweep, cache_root) -> None:
+    """Put the training of every recipe model the run will load on the bar before it starts, so that the ETA
+    includes it from the first second: a planning pass (:class:`~rfbench.suites.estimate.PlanningCache`, which
+    trains nothing) says which networks are not in the cache, with their steps and batch sizes. A job that starts
+    replaces its estimate (the key is its description, ``training NAME``)."""
+    from rfbench.progress import TRAIN_EVALS_PER_SAMPLE
+    from rfbench.suites.estimate import PlanningCache
+    planning = PlanningCache(cache_root)
+    for model in run.plan.models:
+        if not isinstance(model.source, Recipe) or all(c.label in run.resumed for c in run.plan.grid(model.name)):
+            continue
+        planning.to_train = []
+        try:
+            model.source.load(LoadContext(run.plan.suite, planning, torch.device("cpu"), lambda msg: None))
+        except Exception:       # the real load says what is wrong, in the model's rows
+            continue
+        keys = []
+        for job in planning.to_train:
+            if job.steps and job.batch_size:
+                key = f"training {job.name}"
+                if key not in run.progress.pending:
+                    run.progress.expect(key, job.steps * TRAIN_EVALS_PER_SAMPLE * job.batch_size)
+                keys.append(key)
+        run.planned_training[model.name] = keys
+
+
+def _scope_key(model: SuiteModel) -> str:
+    return f"{model.name}: reference flow"
+
+
+def _exact_key(model: SuiteModel) -> str:
+    return f"{model.name}: reference solution"
 
 
 def _ode_cell(cell) -> bool:
@@ -165,7 +271,6 @@ def _store(run: Sweep, record: dict, fields: dict, model: SuiteModel | None = No
     identity = _model_fields(run, model)
     key = cell_key({**run.base, **fields, **identity})
     run.keys.append(run.store.write({**run.base, **identity, **record, "order": len(run.keys)}, key=key).stem)
-    run.bar.update(1)
     return key
 
 
@@ -173,7 +278,6 @@ def _keep(run: Sweep, label: str) -> bool:
     if label not in run.resumed:
         return False
     run.keys.append(run.resumed[label])
-    run.bar.update(1)
     return True
 
 
@@ -197,19 +301,26 @@ def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None
     processes of a torchrun run; each samples its share of every cell, rank 0 trains (the others then load from the
     cache), computes the metrics and writes; the others return an empty frame.
     """
+    started = time.perf_counter()
+    timings = dict.fromkeys(TIMINGS, 0.0)
     config = dataclasses.replace(config or RunConfig(), **options)
     plan = suite if isinstance(suite, Plan) else make_plan(suite, config)
     world = world or World()
     main = world.is_main
     device = resolve_device(config.device)
     store = ResultStore(out_dir, metric_columns(plan))
-    bar = tqdm(total=len(plan.cells) + int(plan.independent_row), desc=plan.name, disable=not (progress and main),
-               unit="cell", dynamic_ncols=True)
     say = (log or (lambda msg: tqdm.write(msg))) if main else (lambda msg: None)
-    cache = Cache(config.cache_dir, log=say)
+    shown = Progress(enabled=progress and main, say=say)
+    # the bar counts model evaluations (rfbench.progress); its ETA is the work left at the run's average rate.
+    # Without a terminal (a log file) it is written every 10 s, not every 0.1 s
+    shown.bar = tqdm(total=0, desc=plan.name, disable=not shown.enabled, unit="NFE", unit_scale=True, smoothing=0,
+                     mininterval=0.1 if shown.tty else 10, dynamic_ncols=True)
+    shown.status("setting up")
+    cache = Cache(config.cache_dir, log=say, progress=shown)
     seeds = list(plan.seeds)
     x0 = plan.problem.initial(seeds).to(device)
-    reference = plan.problem.reference(plan.num_samples) if main else None
+    with _timed(timings, "metrics"):
+        reference = plan.problem.reference(plan.num_samples) if main else None
 
     def build(first: bool, chosen: str | None):
         # the other processes use the extractor rank 0 ended with (no fallback of their own)
@@ -218,7 +329,8 @@ def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None
         return image_eval(scored, cache.root, device, dict(config.extractor_options), say, images=reference,
                           reference=first)
 
-    images = main_first(world, build, share=lambda ev: ev.extractor.name if ev is not None else None)
+    with _timed(timings, "metrics"):
+        images = main_first(world, build, share=lambda ev: ev.extractor.name if ev is not None else None)
     evaluation = Evaluation(plan, reference, images)
     identities = {m.name: m.source.identity(plan.suite) for m in plan.models}
     base = {"suite": plan.name, "suite_version": plan.version, "n_samples": plan.num_samples, "seed": seeds[0],
@@ -240,16 +352,19 @@ def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None
             return net, None
         return main_then_others(world, step, "load")
 
-    run = Sweep(plan, x0, base, identities, store, evaluation, load, device, world, say, bar)
+    run = Sweep(plan, x0, base, identities, store, evaluation, load, device, world, say, shown, timings=timings)
     if config.resume:
         run.resumed = world.all_objects(_resumable(run, columns=metric_columns(plan)) if main else {})[0]
         if run.resumed:
             say(f"resuming: {len(run.resumed)} finished cell(s) found in {store.cells_dir} are kept, not computed "
                 f"again (--force recomputes them)")
+    expect_work(run)
+    if shown.enabled:
+        expect_training(run, cache.root)
     sweep(run)
-    bar.close()
+    shown.bar.close()
     if not main:
-        return RunOutput(frame=pd.DataFrame())
+        return RunOutput(frame=pd.DataFrame(), timings=_total(timings, started))
     frame = store.load(keys=run.keys + _scored(store, plan, run.keys))
     files = list(write_tables(frame, out_dir))
     if plots:
@@ -262,7 +377,12 @@ def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None
                                  max_paths=PLOT_PATHS)
         files += [path] if path is not None else []
         files += plot_model_grids(run.grid, Path(out_dir), plot_format, rows=GRID_ROWS, per_row=GRID_SAMPLES)
-    return RunOutput(frame=frame, files=files, trained=list(cache.trained))
+    return RunOutput(frame=frame, files=files, trained=list(cache.trained), timings=_total(timings, started),
+                     kept=list(run.resumed))
+
+
+def _total(timings: dict[str, float], started: float) -> dict[str, float]:
+    return {**timings, "total": time.perf_counter() - started}
 
 
 def _scored(store: ResultStore, plan: Plan, keys: list[str]) -> list[str]:

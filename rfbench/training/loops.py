@@ -123,7 +123,10 @@ def ddpm_loss(data: torch.Tensor, alphas_cumprod: torch.Tensor) -> Callable:
 
 def fit(net: nn.Module, loss_fn: Callable, config: TrainConfig, device: str | torch.device = "cpu",
         progress: Callable[[int, float], None] | None = None) -> tuple[nn.Module, list[float]]:
-    """Train ``net`` in place with Adam and return (EMA copy of the weights, loss per 100 steps)."""
+    """Train ``net`` in place with Adam and return (EMA copy of the weights, loss per 100 steps).
+
+    ``progress(step, loss)`` is called after every step with the steps done and that step's loss (a
+    :meth:`rfbench.progress.Progress.training` job shows them); it sees the numbers, never changes them."""
     net.to(device).train()
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -142,12 +145,13 @@ def fit(net: nn.Module, loss_fn: Callable, config: TrainConfig, device: str | to
         opt.step()
         sched.step()
         ema.update_parameters(net)
-        running += loss.item()
+        value = loss.item()
+        running += value
         if step % 100 == 0 or step == config.steps:
             history.append(running / (step % 100 or 100))
             running = 0.0
-            if progress is not None:
-                progress(step, history[-1])
+        if progress is not None:
+            progress(step, value)
     out = copy.deepcopy(ema.module).eval()
     net.eval()
     return out, history

@@ -1,0 +1,331 @@
+"""What a run would do, without doing it (``--dry-run``): per model the cells to compute (resume honoured), the
+model evaluations they need and an estimate of the time, from the earlier cells in the run's folder or from a short
+measured probe of the model's network.
+
+Nothing is trained: recipes are built through a :class:`PlanningCache`, which says whether each network is in the
+cache (and how long training it would take when it is not) and hands out an untrained network of the same
+architecture, which costs the same to evaluate.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rfbench.device import device_name
+from rfbench.distributed import World, batch_plan
+from rfbench.models.cache import Cache, config_key
+from rfbench.models.sources import LoadContext
+from rfbench.progress import TRAIN_EVALS_PER_SAMPLE, duration
+from rfbench.protocols import is_diffusion_model
+from rfbench.results.resume import Wanted, finished_cells
+from rfbench.results.store import ResultStore, cell_key
+from rfbench.samplers import SOLVERS
+from rfbench.suites.base import Cell
+from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS
+from rfbench.suites.execute import timing_protocol
+from rfbench.suites.plan import Plan, metric_columns
+
+PROBE_EVALS = 5          # timed evaluations of a model's network at the run's batch shape (after one untimed)
+TRAIN_STEP_EVALS = TRAIN_EVALS_PER_SAMPLE     # a training step of batch B: about 3 B evaluations (forward + backward)
+
+
+@dataclass
+class Training:
+    """A network a recipe would train (not in the cache), or reflow pairs it would generate."""
+
+    name: str
+    steps: int | None = None          # optimisation steps (networks)
+    batch_size: int | None = None
+    pairs: int | None = None          # pairs to generate with rk45 (reflow pairs)
+
+
+class PlanningCache(Cache):
+    """A cache that trains nothing: ``network`` returns the cached network's architecture untrained and records
+    whether the entry exists; ``tensors`` records the pairs it would generate and returns none."""
+
+    def __init__(self, root, log: Callable[[str], None] = lambda msg: None):
+        super().__init__(root, log=log)
+        self.cached: list[str] = []
+        self.to_train: list[Training] = []
+
+    def network(self, name, config, make, train, device):
+        path = self.root / "models" / f"{name}-{config_key(config)}.pt"
+        if path.exists():
+            self.cached.append(name)
+        else:
+            spec = config.get("train") if isinstance(config, dict) else None
+            spec = spec if isinstance(spec, dict) else {}
+            self.to_train.append(Training(name, spec.get("steps"), spec.get("batch_size")))
+        return make().to(device).eval()
+
+    def tensors(self, name, config, build):
+        path = self.root / "pairs" / f"{name}-{config_key(config)}.pt"
+        if not path.exists():
+            self.to_train.append(Training(name, pairs=config.get("num_pairs") if isinstance(config, dict) else None))
+        return {"z0": None, "z1": None}
+
+
+@dataclass
+class CellEstimate:
+    cell: Cell
+    kept: bool
+    nfe: float | None            # per sample: the solver's count, an earlier run's, or None (adaptive, unknown)
+
+
+@dataclass
+class ModelEstimate:
+    name: str
+    description: str
+    cells: list[CellEstimate] = field(default_factory=list)
+    training: list[Training] = field(default_factory=list)
+    seconds_per_batch_eval: float | None = None   # one model evaluation on a batch of the run's batch size
+    basis: str = ""                                # where that time came from
+    error: str | None = None                       # why it could not be loaded or probed
+
+    @property
+    def to_compute(self) -> list[CellEstimate]:
+        return [c for c in self.cells if not c.kept]
+
+
+@dataclass
+class RunEstimate:
+    plan: Plan
+    out: Path
+    device: str
+    batch_size: int
+    batches: int
+    repeats: int
+    independent: bool | None          # None: the suite has no independent row; True: kept; False: to compute
+    models: list[ModelEstimate]
+
+    def evaluations(self, model: ModelEstimate) -> float:
+        """Sample-evaluations (NFE x samples x timed runs) of the model's cells to compute whose NFE is known."""
+        return sum(c.nfe for c in model.to_compute if c.nfe is not None) * self.plan.num_samples * self.repeats
+
+    def sampling_seconds(self, model: ModelEstimate) -> float | None:
+        if model.seconds_per_batch_eval is None:
+            return None
+        return sum(c.nfe for c in model.to_compute if c.nfe is not None) * self.batches * self.repeats \
+            * model.seconds_per_batch_eval
+
+    def training_seconds(self, model: ModelEstimate) -> float | None:
+        if model.seconds_per_batch_eval is None:
+            return None
+        total = 0.0
+        for job in model.training:
+            if job.steps and job.batch_size:
+                total += job.steps * TRAIN_STEP_EVALS * model.seconds_per_batch_eval * job.batch_size \
+                    / self.batch_size
+        return total
+
+
+def _known_nfe(cell: Cell, model, stored: dict[tuple, float]) -> float | None:
+    spec = SOLVERS[cell.solver]
+    if spec.kind != "adaptive" and cell.steps is not None:
+        nfe = spec.nfe(cell.steps, model)
+        if nfe is not None:
+            return float(nfe)
+        if spec.kind == "discrete":      # one evaluation per timestep
+            return float(cell.steps)
+    return stored.get((cell.model, cell.solver, cell.steps, ",".join(f"{k}={v}" for k, v in cell.options)))
+
+
+def _probe(net, plan: Plan, batch: int, device: torch.device) -> float:
+    """Seconds of one evaluation of ``net`` on a batch of ``batch`` of the suite's samples (the fastest of a few)."""
+    x = plan.problem.initial(list(plan.seeds)[:batch]).to(device)
+    if len(x) < batch:
+        x = x.repeat(math.ceil(batch / len(x)), *([1] * (x.dim() - 1)))[:batch]
+
+    def once():
+        with torch.no_grad():
+            if is_diffusion_model(net):
+                net.eps(x, torch.full((batch,), net.num_timesteps // 2, dtype=torch.long, device=device))
+            else:
+                net(x, torch.full((batch,), 0.5, device=device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    once()
+    times = []
+    for _ in range(PROBE_EVALS):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return min(times)     # the least disturbed by other work on the machine
+
+
+def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str | Path | None,
+             resume: bool = True, probe: bool = True) -> RunEstimate:
+    """The estimate of a run of ``plan`` into ``out`` on ``device`` (see the module docstring)."""
+    out = Path(out)
+    world = World()
+    batch, slices = batch_plan(plan.num_samples, plan.batch_size, world)
+    batches = len(slices)
+    seeds = list(plan.seeds)
+    store = ResultStore(out, metric_columns(plan))
+    records = {}
+    if out.is_dir():
+        try:
+            records = {k: r for k, r in store.records().items() if r.get("status") == "ok"}
+        except Exception:
+            records = {}
+    # image suites: the extractor and reference columns are known only once the reference features are computed;
+    # the estimate takes those of the folder's cells of this suite when they agree (the run checks them)
+    evaluated = {}
+    mine = [r for r in records.values() if r.get("suite") == plan.name and r.get("suite_version") == plan.version]
+    for column in ("extractor", "reference"):
+        values = {r.get(column) for r in mine}
+        if len(values) == 1:
+            evaluated[column] = values.pop()
+    named = str(evaluated.get("extractor") or "")
+    if plan.extractor is not None and not any(named.startswith(f"{e} (") for e in
+                                              (plan.extractor, plan.fallback_extractor) if e):
+        evaluated = {}
+    base = {"suite": plan.name, "suite_version": plan.version, "n_samples": plan.num_samples, "seed": seeds[0],
+            **evaluated}
+    dev = device_name(device)
+    stored_nfe = {}
+    for rec in mine:
+        if rec.get("nfe") is not None and rec.get("n_samples") == plan.num_samples:
+            steps = rec.get("steps")
+            steps = None if steps is None or (isinstance(steps, float) and math.isnan(steps)) else int(steps)
+            stored_nfe[(rec.get("model"), rec.get("solver"), steps, rec.get("options") or "")] = float(rec["nfe"])
+    cache = PlanningCache(cache_root)
+    wanted, labels = [], {}
+    if plan.independent_row:
+        wanted.append(Wanted(INDEPENDENT, cell_key({**base, **INDEPENDENT_FIELDS, "model_id": None}),
+                             {"bootstrap": plan.bootstrap}))
+    identities = {m.name: m.source.identity(plan.suite) for m in plan.models}
+    for model in plan.models:
+        identity = identities[model.name]
+        for cell in plan.grid(model.name):
+            if not identity.resumable:
+                continue
+            equal = {"device": dev, "timing": timing_protocol(plan.repeats, world), "bootstrap": plan.bootstrap}
+            if not plan.auto_batch:
+                equal["batch_size"] = batch
+            wanted.append(Wanted(cell.label, cell_key({**base, **cell.fields(), "model_id": identity.id}), equal))
+            labels[cell.label] = cell
+    kept = finished_cells(store, wanted, metric_columns(plan), lambda msg: None) if resume and records else {}
+    models, counted, probed = [], set(), {}
+    for model in plan.models:
+        est = ModelEstimate(model.name, model.source.describe())
+        cache.to_train = []
+        net = None
+        missing = model.source.missing(model.name)
+        if missing is not None:
+            est.error = missing
+        else:
+            try:
+                net = model.source.load(LoadContext(plan.suite, cache, device, lambda msg: None))
+            except Exception as exc:
+                est.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        est.training = [job for job in cache.to_train if job.name not in counted]   # a parent is trained once
+        counted.update(job.name for job in cache.to_train)
+        for cell in plan.grid(model.name):
+            est.cells.append(CellEstimate(cell, cell.label in kept, _known_nfe(cell, net, stored_nfe)))
+        earlier = [float(r["ms_per_nfe"]) / 1000 for r in mine if r.get("model") == model.name
+                   and r.get("model_id") == identities[model.name].id and r.get("device") == dev
+                   and r.get("batch_size") == batch and r.get("ms_per_nfe") is not None
+                   and not math.isnan(float(r["ms_per_nfe"]))]
+        if earlier:
+            est.seconds_per_batch_eval = statistics.median(earlier)
+            est.basis = f"the median ms per evaluation of {len(earlier)} earlier cell(s) in {out}"
+        elif net is not None and probe and (est.to_compute or est.training):
+            arch = (type(getattr(net, "net", net)).__name__, sum(p.numel() for p in net.parameters())
+                    if isinstance(net, torch.nn.Module) else id(net))
+            try:
+                if arch not in probed:       # the same network architecture costs the same: probed once
+                    probed[arch] = _probe(net, plan, batch, device)
+                est.seconds_per_batch_eval = probed[arch]
+                est.basis = f"a probe: the fastest of {PROBE_EVALS} evaluations of a batch of {batch} on {dev}"
+            except Exception as exc:
+                est.error = f"the probe failed: {type(exc).__name__}: {exc}"
+        models.append(est)
+    independent = None if not plan.independent_row else INDEPENDENT in kept
+    return RunEstimate(plan, out, dev, batch, batches, plan.repeats, independent, models)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    return "under 1s" if seconds < 1 else duration(seconds)
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def describe(est: RunEstimate, origin: Callable[[str], str] = lambda model: "",
+             cell_origin: Callable[[str], str] = lambda solver: "") -> str:
+    """The dry run's text: the plan, then per model its cells (kept or to compute, NFE) and the estimate."""
+    plan = est.plan
+    cells = sum(len(m.cells) for m in est.models)
+    todo = sum(len(m.to_compute) for m in est.models)
+    independent = " + the independent row" if est.independent is not None else ""
+    last = plan.first_seed + plan.num_samples - 1
+    lines = [f"{plan.name} v{plan.version}: {cells} cells{independent}, {plan.num_samples} samples (seeds "
+             f"{plan.first_seed}-{last}), batch {est.batch_size}, {est.repeats} timed run(s) per cell, device "
+             f"{est.device}, output {est.out}"]
+    kept = cells - todo
+    if kept:
+        lines.append(f"resume: {kept} of {cells} cells are finished in {est.out / 'cells'} and kept (--force "
+                     f"recomputes them)")
+    if est.independent is not None:
+        lines.append(f"  independent row (the independent coupling, real data against real data): "
+                     f"{'kept' if est.independent else 'to compute'}")
+    total_evals, total_s, unknown = 0.0, 0.0, []
+    for model in est.models:
+        state = ""
+        if model.training:
+            state = "; to train: " + ", ".join(
+                f"{job.name} ({job.pairs} rk45 pairs)" if job.pairs else
+                f"{job.name} ({job.steps} steps of {job.batch_size})" if job.steps else job.name
+                for job in model.training)
+        lines.append(f"  {model.name}: {model.description}{origin(model.name)}{state}")
+        for c in model.cells:
+            nfe = "NFE ?" if c.nfe is None else f"NFE {c.nfe:g}"
+            lines.append(f"    {c.cell.label:34s} {nfe:10s} {'kept' if c.kept else 'to compute'}"
+                         f"{cell_origin(c.cell.solver)}")
+        if model.error:
+            lines.append(f"    cannot estimate: {model.error}")
+        if not model.to_compute and not model.training:
+            lines.append("    nothing to compute")
+            continue
+        evals = est.evaluations(model)
+        sampling, training = est.sampling_seconds(model), est.training_seconds(model)
+        adaptive = [c.cell.label for c in model.to_compute if c.nfe is None]
+        total_evals += evals
+        parts = [f"{len(model.to_compute)} cell(s) to compute, {_count(evals)} sample-evaluations of the model"]
+        if sampling is not None:
+            parts.append(f"sampling about {_duration(sampling)}")
+            total_s += sampling
+        if training:
+            parts.append(f"training about {_duration(training)}")
+            total_s += training
+        notes = []
+        if model.basis:
+            notes.append(f"times from {model.basis}" + (f"; a training step taken as {TRAIN_STEP_EVALS} evaluations"
+                                                        if training else ""))
+        if adaptive:
+            notes.append(f"not counted: {len(adaptive)} adaptive cell(s), whose NFE only the run tells")
+            unknown += adaptive
+        if sampling is None and not model.error:
+            unknown.append(model.name)
+        lines.append("    -> " + ", ".join(parts))
+        lines += [f"       ({note})" for note in notes]
+    left_out = "the metrics, reference solutions, reflow pairs"
+    if unknown:
+        left_out += f", and {len(unknown)} cell(s) or model(s) of unknown cost"
+    lines.append(f"total: {todo} of {cells} cells to compute, {_count(total_evals)} sample-evaluations, about "
+                 f"{_duration(total_s)} of sampling and training on {est.device} (not included: {left_out})")
+    return "\n".join(lines)
