@@ -67,6 +67,7 @@ TOY2D = register_suite(Suite(
     metrics=COUPLING_METRICS,
     num_samples=2000,
     independent_row=True,
+    repeats=3,    # sampling takes seconds here: three timed runs per cell, their median
     steps=(("fixed", FLOW_STEPS), ("discrete", DDIM_STEPS)),
 ))
 
@@ -81,5 +82,6 @@ TOY2D_TRANSFER = register_suite(Suite(
     metrics=COUPLING_METRICS,
     num_samples=2000,
     independent_row=True,
+    repeats=3,    # sampling takes seconds here: three timed runs per cell, their median
     steps=(("fixed", FLOW_STEPS),),
 ))

@@ -138,6 +138,7 @@ def execute(plan: Plan, config: RunConfig, out: str | Path, gate: Gate | None = 
     """Run the plan into ``out`` and, with a gate, compare the result with its baseline."""
     output = run_suite(plan, out, config, progress=progress, plots=plots, log=log, world=world,
                        plot_format=plot_format)
+    output.frame.attrs["timings"] = dict(output.timings)    # seconds: training, sampling, metrics, total
     if gate is None or (world is not None and not world.is_main):
         return output, None
     try:
@@ -162,9 +163,9 @@ def _models(models) -> tuple[tuple[str, ...] | None, tuple]:
 
 def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, Any] | None = None,
         solvers: Sequence[str] | None = None, steps: Sequence[int] | int | None = None,
-        grids: Sequence[str] | None = None,
+        grids: Sequence[str] | None = None, solver_options: Any = (),
         out: str | Path | None = None, device: str | torch.device | None = None, num_samples: int | None = None,
-        first_seed: int | None = None, batch_size: int | str | None = None, repeats: int = 1,
+        first_seed: int | None = None, batch_size: int | str | None = None, repeats: int | None = None,
         bootstrap: int | None = None, extractor: str | None = None, inception_weights: str | Path | None = None,
         inception_mode: str | None = None, data_dir: str | Path | None = None, ref_stats: str | Path | None = None,
         checkpoints: Mapping[str, str | Path] | None = None, cache: str | Path | None = None, resume: bool = True,
@@ -174,13 +175,17 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     """Run a suite (or part of it) and return its results, one row per cell, as the CLI writes them.
 
     Args mirror ``python benchmark.py``'s options (``grids``: time grids such as "uniform", "logsnr", "karras",
-    or timestep spacings for discrete samplers; each fixed-grid cell runs on each). ``models``: names of the suite's
+    or timestep spacings for discrete samplers; each fixed-grid cell runs on each; ``solver_options``: {"rtol": 1e-4}
+    for every solver of the run that takes it, {"unipc": {"order": 3}} for one, or "KEY=VALUE" strings).
+    ``models``: names of the suite's
     models or of registered ones (``rfbench.register_model``), or a mapping name -> model, where a model is a path
     (an rfbench, official rectified-flow / score-SDE, diffusers or TorchScript file), ``"package.module:function"``,
     a :class:`~rfbench.models.sources.ModelSource`, or an object (a flow ``model(x, t)`` or a DiffusionModel; its
     cells are never resumed). ``out=None`` keeps nothing on disk (a temporary folder, removed). ``check``: a
     baseline CSV to gate against (``fail_on``: tolerances such as "w2:+10%"); a failing gate raises
     :class:`GateFailed` carrying the frame. ``plugins``: files or modules to load first (installed ones always are).
+    The frame's ``attrs`` hold the files written, the models trained, the gate's verdict and ``timings`` (seconds of
+    training, sampling, metrics and the total).
     """
     load_plugins(plugins)
     names, added = _models(models)
@@ -188,7 +193,7 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     if options and "mode" not in options:
         options["mode"] = "clean"
     config = RunConfig(models=names, add_models=added, checkpoints=tuple((checkpoints or {}).items()),
-                       solvers=solvers, grids=grids,
+                       solvers=solvers, grids=grids, solver_options=solver_options,
                        steps=steps, num_samples=num_samples, first_seed=first_seed, batch_size=batch_size,
                        repeats=repeats, bootstrap=bootstrap, extractor=extractor,
                        extractor_options=tuple(options.items()),

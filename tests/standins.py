@@ -29,6 +29,7 @@ def standin(base: str | Suite, name: str, models: dict, cells, **changes) -> Sui
     for model_name, value in models.items():
         obj, kind = value if isinstance(value, tuple) else (value, "flow")
         entries.append(SuiteModel(model_name, factory(obj, kind)))
+    changes.setdefault("repeats", 1)     # one timed run per cell unless a test asks for more (toy2d times three)
     return dataclasses.replace(suite, name=name, models=tuple(entries), cells=tuple(cells), **changes)
 
 

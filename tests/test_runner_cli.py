@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from rfbench.cli import main
+from rfbench.models import MLP, MLPConfig
+from rfbench.models.sources import Recipe
+from rfbench.progress import ADAPTIVE_NFE_GUESS, Progress
 from rfbench.results import ResultStore
-from rfbench.suites import SUITES, Cell
+from rfbench.suites import SUITES, Cell, SuiteModel, runner
 from rfbench.suites.runner import run_suite
+from rfbench.training import TrainConfig, fit, independent_pairs, rectified_flow_loss, seeded_init
 from tests.standins import registered, standin
 
 REQUIRED_COLUMNS = ("suite", "model", "solver", "steps", "nfe", "n_samples", "seed", "wall_clock_s",
@@ -186,3 +190,219 @@ def test_cli_repeats_batch_size_and_fewer_samples_are_recorded(stand_in_suite, t
     with pytest.raises(SystemExit):
         main(["--suite", "toy2d-standin", "--repeats", "0", "--dry-run"])
     assert "--repeats must be >= 1, got 0" in capsys.readouterr().err
+
+
+def _dry_cells(text: str) -> dict[str, tuple[str, str]]:
+    """A dry run's cell lines: label -> (NFE, kept or to compute)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if line.startswith("    ") and "/" in parts[0] and parts[1] == "NFE":
+            out[parts[0]] = (parts[2], " ".join(parts[3:5]) if parts[3] == "to" else parts[3])
+    return out
+
+
+def test_dry_run_honours_resume_lists_the_independent_row_and_estimates(stand_in_suite, tmp_path, capsys):
+    out, cache = str(tmp_path / "out"), str(tmp_path / "cache")
+    common = ["--suite", "toy2d-standin", "--out", out, "--cache", cache, "--models", "shift", "--device", "cpu"]
+    assert main(common + ["--dry-run"]) == 0
+    before = capsys.readouterr().out
+    assert "independent row (the independent coupling, real data against real data): to compute" in before
+    assert _dry_cells(before) == {"shift/euler/2": ("2", "to compute"), "shift/rk45/adaptive": ("?", "to compute"),
+                                  "shift/heun/3": ("6", "to compute")}      # adaptive: unknown before a run
+    assert "3 cell(s) to compute, 2.4k sample-evaluations" in before   # (2 + 6) x 300, rk45 not counted
+    assert "sampling about" in before and "a probe" in before and "1 adaptive cell(s)" in before
+    assert not (tmp_path / "out").exists()                 # a dry run writes nothing
+    assert main(common + ["--quiet", "--no-plots"]) == 0
+    capsys.readouterr()
+    assert main(common + ["--dry-run", "--steps", "2", "5"]) == 0
+    after = capsys.readouterr().out
+    cells = _dry_cells(after)
+    assert "resume: 2 of 5 cells are finished" in after     # euler/2 and rk45 kept; euler/5, heun/2 and /5 new
+    assert "independent row (the independent coupling, real data against real data): kept" in after
+    assert cells["shift/euler/2"] == ("2", "kept") and cells["shift/euler/5"] == ("5", "to compute")
+    assert cells["shift/heun/2"] == ("4", "to compute") and cells["shift/heun/5"] == ("10", "to compute")
+    assert cells["shift/rk45/adaptive"][1] == "kept"
+    assert cells["shift/rk45/adaptive"][0] != "?"          # the earlier run's NFE
+    assert "earlier cell(s) in" in after                   # times from the run's own cells, not a probe
+    assert main(common + ["--dry-run", "--force"]) == 0
+    assert "resume:" not in capsys.readouterr().out
+
+
+def test_solver_options_and_cell_origins(stand_in_suite, tmp_path, capsys):
+    from rfbench.suites.plan import RunConfig, make_plan, parse_solver_options
+    assert parse_solver_options(["rtol=1e-4", "unipc:order=3", "rk45:atol=1e-5", "x=true", "y=abc"]) == (
+        (None, "rtol", 1e-4), ("unipc", "order", 3), ("rk45", "atol", 1e-5), (None, "x", True), (None, "y", "abc"))
+    assert parse_solver_options({"rtol": 1e-4, "unipc": {"order": 3}}) == ((None, "rtol", 1e-4),
+                                                                           ("unipc", "order", 3))
+    suite = SUITES["toy2d-standin"]
+    plan = make_plan(suite, RunConfig(models=("shift",), solver_options=("rtol=1e-4",)))
+    cells = {c.label: c for c in plan.cells}
+    assert "shift/rk45/adaptive,rtol=0.0001" in cells and "shift/euler/2" in cells
+    assert cells["shift/euler/2"].origin == "suite"
+    assert cells["shift/rk45/adaptive,rtol=0.0001"].origin == "run (--solver-option rtol=0.0001)"
+    plan = make_plan(suite, RunConfig(models=("shift",), steps=(2, 8)))
+    origins = {c.label: c.origin for c in plan.cells}
+    assert origins["shift/euler/2"] == "suite" and origins["shift/euler/8"] == "run (--steps 2 8)"
+    assert origins["shift/rk45/adaptive"] == "suite"
+    for options, message in [(("rtol=1e-4",), "no solver of this run (euler) takes 'rtol'; solvers that take 'rtol': "
+                                              "dopri5, rk45 (add one with --solvers)"),
+                             (("euler:rtol=1",), "euler takes no option 'rtol' (it takes: none)"),
+                             (("rtol",), "--solver-option takes KEY=VALUE or SOLVER:KEY=VALUE"),
+                             (("rk23:rtol=1",), "Unknown solver 'rk23'")]:
+        with pytest.raises(ValueError, match=None) as exc:
+            make_plan(suite, RunConfig(models=("shift",), solvers=("euler",), solver_options=options))
+        assert message in str(exc.value)
+    code = main(["--suite", "toy2d-standin", "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"),
+                 "--models", "shift", "--solvers", "rk45", "--solver-option", "rtol=1e-3", "--solver-option",
+                 "atol=1e-3", "--quiet", "--no-plots", "--device", "cpu"])
+    assert code == 0
+    row = pd.read_csv(tmp_path / "o" / "results.csv").set_index("model").loc["shift"]
+    assert row["options"] == "rtol=0.001,atol=0.001"
+    assert row["cell_origin"] == "run (--solvers rk45; --solver-option rtol=0.001; --solver-option atol=0.001)"
+
+
+def test_argument_errors_are_one_line_and_help_lists_subcommands(capsys, monkeypatch):
+    from rfbench.cli import program_name
+    with pytest.raises(SystemExit) as exc:
+        main(["--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["benchmark.py: error: unrecognized arguments: --bogus", "(see benchmark.py --help)"]
+    with pytest.raises(SystemExit):
+        main(["table"])
+    assert capsys.readouterr().err.splitlines()[-1] == "(see benchmark.py table --help)"
+    assert program_name("/venv/bin/rfbench") == "rfbench" and program_name("benchmark.py") == "benchmark.py"
+    monkeypatch.setattr("sys.argv", ["/venv/bin/rfbench", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    text = capsys.readouterr().out
+    assert text.startswith("usage: rfbench ") and "rfbench table RESULTS" not in text
+    for command in ("table RESULTS", "spread RUN RUN", "score SAMPLES"):
+        assert command in text
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("rfbench ")
+
+
+TINY_TRAIN = TrainConfig(steps=20, batch_size=32, lr=1e-2, seed=0)
+
+
+class TinyRecipe(Recipe):
+    """A flow rfbench trains (20 steps of an MLP 16x2) and caches, reporting its training as a recipe should."""
+
+    kind = "flow"
+
+    def spec(self) -> dict:
+        return {"family": "test-tiny", "train": dataclasses.asdict(TINY_TRAIN)}
+
+    def input_shape(self, suite) -> tuple[int, ...]:
+        return (2,)
+
+    def load(self, ctx):
+        target = torch.randn(256, 2, generator=torch.Generator().manual_seed(1)) + 2
+
+        def train():
+            net = seeded_init(lambda: MLP(MLPConfig(hidden=16, depth=2)), TINY_TRAIN.seed)
+            with ctx.cache.progress.training("tiny", TINY_TRAIN) as job:
+                net, history = fit(net, rectified_flow_loss(independent_pairs(
+                    lambda g, n: torch.randn((n, 2), generator=g), target)), TINY_TRAIN, ctx.device, progress=job)
+            return net, {"final_loss": history[-1]}
+        return ctx.cache.network("tiny", self.spec(), lambda: MLP(MLPConfig(hidden=16, depth=2)), train, ctx.device)
+
+
+class Bars:
+    """Stands in for tqdm in the runner: keeps every bar made, with its total, count and postfixes."""
+
+    def __init__(self):
+        self.made = []
+
+    def __call__(self, **kwargs):
+        bars = self
+
+        class Bar:
+            def __init__(self):
+                self.total, self.n, self.postfix, self.kwargs = kwargs["total"], 0, [], kwargs
+                bars.made.append(self)
+
+            def update(self, n):
+                self.n += n
+
+            def set_postfix_str(self, text, refresh=True):
+                self.postfix.append(text)
+
+            def close(self):
+                pass
+        return Bar()
+
+
+def test_the_sweep_bar_counts_model_evaluations_of_training_references_and_cells_but_not_resumed_ones(
+        tmp_path, monkeypatch):
+    bars = Bars()
+    monkeypatch.setattr(runner, "tqdm", bars)
+    cells = (Cell("tiny", "euler", 2), Cell("tiny", "rk45"), Cell("tiny", "heun", 3))
+    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-work", models=(SuiteModel("tiny", TinyRecipe()),),
+                                cells=cells, num_samples=40, metrics=("w2",), independent_row=False,
+                                straightness_samples=10)
+
+    def run(cells, cache: str, progress: bool = True):
+        lines: list[str] = []
+        out = run_suite(dataclasses.replace(suite, cells=cells), tmp_path / cache, device="cpu", repeats=2,
+                        cache_dir=tmp_path / cache / "cache", progress=progress, plots=False, log=lines.append)
+        return out, bars.made[-1], lines
+
+    out, bar, lines = run(cells, "a")
+    rk45 = out.frame.set_index("solver").loc["rk45", "nfe"]
+    # training: 20 steps x 3 x batch 32; the straightness trajectory (drawn, 2D): rk4 100 steps on 10 rows;
+    # euler 2 and heun 3 (6 NFE) on 40 samples, 2 timed runs each; rk45 as measured, first estimated and corrected
+    assert bar.total == pytest.approx(20 * 3 * 32 + 4 * 100 * 10 + (2 + 6 + rk45) * 40 * 2)
+    assert bar.n == pytest.approx(bar.total) and bar.kwargs["unit"] == "NFE"
+    assert "training tiny" in bar.postfix and "tiny/rk45/adaptive" in bar.postfix
+    steps = [line for line in lines if line.startswith("training tiny: step ")]
+    assert [line.split()[3] for line in steps] == [f"{2 * k}/20" for k in range(1, 11)]     # every 10%
+    assert all("loss " in line and "elapsed" in line for line in steps) and "ETA" in steps[0]
+    timings = out.timings
+    assert set(timings) == {"training", "sampling", "metrics", "total"} and min(timings.values()) >= 0
+    assert timings["training"] + timings["sampling"] + timings["metrics"] <= timings["total"]
+
+    # a rerun with one more cell: the model is loaded (not trained), the finished cells are kept, not counted
+    _, bar, lines = run(cells + (Cell("tiny", "euler", 4),), "a")
+    assert bar.total == bar.n == 4 * 100 * 10 + 4 * 40 * 2
+    assert not any(line.startswith("training tiny: step") for line in lines)
+    _, bar, _ = run(cells, "a")                   # every cell kept: the model is not even loaded
+    assert bar.total == bar.n == 0
+
+    _, _, lines = run(cells, "quiet", progress=False)     # trained, but quietly: no step lines
+    assert any(line.startswith("trained tiny") for line in lines)
+    assert not any(line.startswith("training tiny: step") for line in lines)
+
+
+def test_adaptive_work_is_estimated_then_corrected_as_it_is_measured():
+    shown = Progress()
+    shown.expect("a/euler/4", 4 * 10)
+    shown.expect("a/rk45", adaptive="rk45", rows=10)
+    shown.expect("b/rk45", adaptive="rk45", rows=20)
+    assert shown.total == 40 + ADAPTIVE_NFE_GUESS * 30 and shown.done == 0
+    shown.finish("a/rk45", 50 * 10)           # measured: 50 NFE, so b's rk45 is now expected to take 50 too
+    assert shown.total == 40 + 500 + 50 * 20 and shown.done == 500
+    shown.finish("a/euler/4", None)           # failed: its work leaves the total
+    shown.finish("b/rk45", 60 * 20)
+    assert shown.total == shown.done == 500 + 1200
+    with shown.training("net", TrainConfig(steps=10, batch_size=8)) as job:
+        job(4)                                # stopped after 4 of 10 steps (an error): the rest leaves the total
+    assert shown.total == shown.done == 1700 + 4 * 3 * 8
+
+
+def test_a_run_ends_with_a_summary_of_cells_failures_time_and_files(stand_in_suite, tmp_path, capsys):
+    argv = ["--suite", "toy2d-standin", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+            "--no-plots", "--device", "cpu"]
+    assert main(argv + ["--models", "shift", "nan"]) == 1
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("toy2d-standin: 5 cells, 3 ok, 2 failed (1 x NonFiniteError: euler (steps=4) produced "
+                              "non-finite samples")
+    assert "; 1 x " in summary and ". Time " in summary
+    assert summary.endswith(f"Results: {tmp_path / 'out' / 'results.csv'} (rfbench table {tmp_path / 'out'} for a "
+                            f"paper table).")
+    assert main(argv + ["--models", "shift"]) == 0
+    again = capsys.readouterr().out.strip().splitlines()[-1]
+    assert again.startswith("toy2d-standin: 3 cells, 3 ok (3 kept from an earlier run in this folder). Time ")

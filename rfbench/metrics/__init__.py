@@ -22,7 +22,8 @@ from rfbench.registry import Registry
 __all__ = ["METRICS", "Metric", "MetricInput", "crossing_prob", "segments_intersect", "straightness",
            "transport_cost", "w2", "GaussianStats", "StatsAccumulator", "fid", "frechet_distance",
            "frechet_distance_stats", "kid", "knn_radii", "precision_recall", "inception_score", "w2_with_se",
-           "kid_with_se", "recall_se", "interval_methods", "column_directions", "register_metric", "NEEDS", "PR_K"]
+           "kid_with_se", "recall_se", "interval_methods", "column_directions", "quality_directions",
+           "register_metric", "NEEDS", "PR_K"]
 
 
 PR_K = 3   # neighbours of the precision/recall manifolds (Kynkaanniemi et al. 2019)
@@ -74,6 +75,9 @@ class Metric:
     scope: str = "cell"
     intervals: tuple[tuple[str, str], ...] = ()    # (standard-error column, how it is estimated)
     needs: tuple[str, ...] = ()
+    # whether a better value means better samples (FID, w2, solver error); False for what describes the coupling or
+    # the flow (crossing probability, transport cost, straightness): a table marks no "best" value of those
+    quality: bool = True
 
     def __post_init__(self):
         if self.scope not in ("cell", "model"):
@@ -185,14 +189,15 @@ RESAMPLED = "(only when the suite or --bootstrap asks for replicates)"   # error
 for _metric in (
     Metric("crossing_prob", ("crossing_prob", "crossing_prob_se"), False, _crossing,
            "P(segments of two random pairs intersect), 10,000 draws; 2D only; with its standard error",
-           intervals=(("crossing_prob_se", "binomial over the 10,000 drawn pairs of pairs"),), needs=("z0",)),
+           intervals=(("crossing_prob_se", "binomial over the 10,000 drawn pairs of pairs"),), needs=("z0",),
+           quality=False),
     Metric("transport_cost", ("transport_cost", "transport_cost_se"), False,
            lambda inp: dict(zip(("transport_cost", "transport_cost_se"), transport_cost(inp.z0, inp.z1, True))),
            "E||Z1 - Z0||^2, with its standard error", intervals=(("transport_cost_se", MEAN_OVER_SEEDS),),
-           needs=("z0",)),
+           needs=("z0",), quality=False),
     Metric("straightness", ("straightness", "straightness_se"), False, _straightness,
            "integral of E||(Z1 - Z0) - v(Z_t, t)||^2 dt of the model's flow, on a fine reference trajectory",
-           scope="model", intervals=(("straightness_se", MEAN_OVER_SEEDS),), needs=("trajectory",)),
+           scope="model", intervals=(("straightness_se", MEAN_OVER_SEEDS),), needs=("trajectory",), quality=False),
     Metric("w2", ("w2", "w2_se"), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples",
            intervals=(("w2_se", "asymptotic: sd of the samples' optimal dual potentials / sqrt(n) (CLT of del Barrio "
                                 "and Loubes), delta method; reference fixed"),), needs=("reference",)),
@@ -242,6 +247,14 @@ COST_DIRECTIONS = {"nfe": "lower", "wall_clock_s": "lower", "ms_per_nfe": "lower
 def interval_methods() -> dict[str, str]:
     """Standard-error column -> how it is estimated (from each metric's registry entry), for table notes."""
     return {col: method for _, metric in METRICS.items() for col, method in metric.intervals}
+
+
+def quality_directions() -> dict[str, str]:
+    """:func:`column_directions` of the columns that rank samples (metrics registered with ``quality=True``): the
+    columns a table may mark the best value of. Costs, and coupling descriptions such as transport cost, are not."""
+    directions = column_directions()
+    return {col: directions[col] for _, metric in METRICS.items() if metric.quality for col in metric.columns
+            if col in directions}
 
 
 def column_directions() -> dict[str, str]:

@@ -55,6 +55,8 @@ SCHEMA: tuple[Column, ...] = (
     Column("error", "str", "why a failed cell failed"),
     Column("notes", "str", "why a column is empty, or what makes the row not comparable"),
     Column("options", "str", "the solver's options (k=v,...)", key=True, gate="cell"),
+    Column("cell_origin", "str", "suite: one of the suite's own cells; run (...): chosen by the run's --solvers, "
+           "--steps, --grids, --solver-option or an added model (said which)"),
     Column("batch_size", "int", "samples per sampler call (rk45's steps depend on it)", resume=True),
     Column("bootstrap", "int", "replicates of the resampled standard errors", resume=True),
     Column("solver_stats", "str", "the solver's own counts (accepted and rejected steps, batches)"),

@@ -29,6 +29,9 @@ class Cell:
     steps: int | None = None
     options: tuple[tuple[str, Any], ...] = ()
     grid: str | None = None
+    # how the run came to have it: "suite" (one of the suite's own cells) or "run (...)" (chosen by --solvers,
+    # --steps, --grids, --solver-option or an added model); not part of the cell's identity
+    origin: str = dataclasses.field(default="suite", compare=False)
 
     @property
     def label(self) -> str:
@@ -47,7 +50,8 @@ class Cell:
         gridded = SOLVERS[self.solver].kind != "adaptive"
         return {"model": self.model, "solver": self.solver, "steps": self.steps,
                 "options": ",".join(f"{k}={v}" for k, v in self.options),
-                "grid": (self.grid or SOLVERS[self.solver].default_grid) if gridded else None}
+                "grid": (self.grid or SOLVERS[self.solver].default_grid) if gridded else None,
+                "cell_origin": self.origin}
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class Suite:
     quality_metric: str = "w2"      # the column plotted against NFE
     batch_size: int | None = None   # samples per sampler call (None: all at once); rk45's NFE is then per batch
     bootstrap: int = 0              # replicates of the resampled standard errors (fid, is, recall, kid; 0: none)
+    repeats: int = 1                # timed runs per cell (wall_clock_s: their median); more where sampling is cheap
     steps: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self):

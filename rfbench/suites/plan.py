@@ -40,6 +40,51 @@ class InputError(ValueError):
         super().__init__("\n".join(self.lines))
 
 
+def _value(text: str) -> Any:
+    """An option's value from the command line: an int, a float, true/false, or the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_solver_options(options: Any) -> tuple[tuple[str | None, str, Any], ...]:
+    """``solver_options`` of a run: "KEY=VALUE" or "SOLVER:KEY=VALUE" strings (the CLI's --solver-option), a mapping
+    {key: value} (every solver that takes it) or {solver: {key: value}}, or (solver or None, key, value) triples."""
+    if isinstance(options, dict):
+        items: list = []
+        for name, value in options.items():
+            if isinstance(value, dict):
+                items += [(name, k, v) for k, v in value.items()]
+            else:
+                items.append((None, name, value))
+        options = items
+    if isinstance(options, str):
+        options = (options,)
+    out = []
+    for item in options:
+        if isinstance(item, str):
+            head, sep, text = item.partition("=")
+            solver, colon, key = head.rpartition(":")
+            if not sep or not key or not text or (colon and not solver):
+                raise ValueError(f"--solver-option takes KEY=VALUE or SOLVER:KEY=VALUE (e.g. rtol=1e-4, "
+                                 f"unipc:order=3), got {item!r}")
+            item = (solver or None, key, _value(text))
+        if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[1], str)
+                and (item[0] is None or isinstance(item[0], str))):
+            raise TypeError(f"solver_options: expected KEY=VALUE strings, a mapping or (solver, key, value) triples, "
+                            f"got {item!r}")
+        if item[0] is not None and item[0] not in SOLVERS:
+            raise ValueError(f"--solver-option {item[0]}:{item[1]}: {SOLVERS.unknown_message(item[0])}")
+        out.append(item)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A run's options; none of them is part of a suite's definition, and every one that changes numbers is
@@ -54,7 +99,8 @@ class RunConfig:
     num_samples: int | None = None
     first_seed: int | None = None
     batch_size: int | str | None = None                  # samples per sampler call, "auto", or None (the suite's)
-    repeats: int = 1                                     # timed runs per cell (wall_clock_s: their median)
+    repeats: int | None = None                           # timed runs per cell (wall_clock_s: their median; None:
+    #                                                      the suite's, 3 on the toy suites, 1 on the image suites)
     bootstrap: int | None = None
     extractor: str | None = None
     extractor_options: tuple[tuple[str, Any], ...] = ()  # inception: weights, mode
@@ -64,8 +110,11 @@ class RunConfig:
     cache_dir: str | None = None
     resume: bool = True
     save_samples: bool = False
+    # options for the run's cells: (solver or None for every solver that takes the option, option, value)
+    solver_options: tuple[tuple[str | None, str, Any], ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "solver_options", parse_solver_options(self.solver_options))
         for name in ("models", "solvers", "grids"):
             value = getattr(self, name)
             if value is not None:
@@ -81,7 +130,7 @@ class RunConfig:
             raise ValueError(f"--num-samples must be >= 2, got {self.num_samples}")
         if self.first_seed is not None and self.first_seed < 0:
             raise ValueError(f"--first-seed must be >= 0, got {self.first_seed}")
-        if self.repeats < 1:
+        if self.repeats is not None and self.repeats < 1:
             raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
         if self.bootstrap is not None and (self.bootstrap < 0 or self.bootstrap == 1):
             raise ValueError(f"--bootstrap must be 0 (off) or >= 2 replicates, got {self.bootstrap}")
@@ -200,7 +249,9 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
         asked = list(config.solvers or sorted({c.solver for c in suite.cells}))
         raise ValueError(f"suite {suite.name}: no cell has model in {[m.name for m in models]} and solver in "
                          f"{asked}; nothing to run")
+    cells = _with_options(cells, config.solver_options)
     check_cells(suite.name, cells, [m.name for m in models])
+    cells = _with_origins(suite, cells, config)
     models = tuple(m for m in models if any(c.model == m.name for c in cells))   # models left without cells: unused
     num_samples = suite.num_samples if config.num_samples is None else int(config.num_samples)
     notes: tuple[str, ...] = ()
@@ -211,7 +262,8 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
     batch = suite.batch_size if config.batch_size in (None, "auto") else int(config.batch_size)
     return Plan(suite=definition, models=models, cells=cells, metrics=suite.metrics, num_samples=num_samples,
                 first_seed=suite.first_seed if config.first_seed is None else int(config.first_seed),
-                batch_size=batch, auto_batch=auto, repeats=config.repeats,
+                batch_size=batch, auto_batch=auto,
+                repeats=suite.repeats if config.repeats is None else int(config.repeats),
                 bootstrap=suite.bootstrap if config.bootstrap is None else int(config.bootstrap),
                 extractor=extractor, fallback_extractor=fallback,
                 reference_file=None if config.reference_file is None else str(config.reference_file),
@@ -295,6 +347,58 @@ def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ..
                 stepped += [Cell(cell.model, cell.solver, n, cell.options, cell.grid) for n in config.steps]
         cells = list(dict.fromkeys(stepped))
     return tuple(cells)
+
+
+def _with_options(cells: tuple[Cell, ...], options) -> tuple[Cell, ...]:
+    """Each cell with the run's solver options that its solver takes (replacing the suite's value of an option it
+    sets); an option no cell of the run takes is an error naming the solvers that do take it."""
+    if not options:
+        return cells
+    from rfbench.samplers import solver_options
+    used = [False] * len(options)
+    out = []
+    for cell in cells:
+        merged = dict(cell.options)
+        for i, (solver, key, value) in enumerate(options):
+            if (solver is None or solver == cell.solver) and key in solver_options(cell.solver):
+                merged[key] = value
+                used[i] = True
+        out.append(dataclasses.replace(cell, options=tuple(merged.items())))
+    for (solver, key, value), ok in zip(options, used):
+        if ok:
+            continue
+        named = f"{'' if solver is None else solver + ':'}{key}={value}"
+        takers = [s for s in SOLVERS.names() if key in solver_options(s)]
+        if solver is not None and key not in solver_options(solver):
+            why = f"{solver} takes no option {key!r} (it takes: {', '.join(solver_options(solver)) or 'none'})"
+        else:
+            why = (f"no cell of this run has {solver}" if solver is not None else
+                   f"no solver of this run ({', '.join(sorted({c.solver for c in cells}))}) takes {key!r}")
+        raise ValueError(f"--solver-option {named}: {why}; solvers that take {key!r}: {', '.join(takers) or 'none'}"
+                         f"{' (add one with --solvers)' if takers else ''}")
+    return tuple(dict.fromkeys(out))
+
+
+def _with_origins(suite: Suite, cells: tuple[Cell, ...], config: RunConfig) -> tuple[Cell, ...]:
+    """Each cell marked "suite" when it is one of the suite's own cells (same model, solver, steps, options and
+    grid), else "run (...)" with the run's choices that made it: the suite's recorded baselines speak only for the
+    former."""
+    def same(cell: Cell) -> tuple:
+        return tuple((k, v) for k, v in cell.fields().items() if k != "cell_origin")
+    own = {same(c) for c in suite.cells}
+    chosen = []
+    if config.solvers is not None:
+        chosen.append("--solvers " + " ".join(config.solvers))
+    if config.steps is not None:
+        chosen.append("--steps " + " ".join(map(str, config.steps)))
+    if config.grids is not None:
+        chosen.append("--grids " + " ".join(config.grids))
+    for solver, key, value in config.solver_options:
+        chosen.append(f"--solver-option {'' if solver is None else solver + ':'}{key}={value}")
+    run = f"run ({'; '.join(chosen)})" if chosen else "run"
+    added = f"run (added model{''.join('; ' + c for c in chosen)})"
+    return tuple(c if same(c) in own else dataclasses.replace(c, origin=run if c.model in suite.model_names else added)
+                 for c in cells)
 
 
 def _gridded(cells: tuple[Cell, ...], grids: tuple[str, ...], models) -> tuple[Cell, ...]:
