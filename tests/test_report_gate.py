@@ -53,6 +53,18 @@ def test_tables_render_in_every_format(gate_suite, tmp_path, capsys):
     assert f"\\textbf{{{best_w2}}}" in tex                          # lower w2 is better: the minimum is bold
     assert tex.count("\\textbf{") >= 4 and "$W_2$" in tex
     assert "\\textbf{1}" not in tex                                   # NFE is the budget, never bold
+    # the CLI's table marks only the columns that rank samples: a coupling's transport cost describes it
+    from rfbench.metrics import quality_directions
+    marked = quality_directions()
+    assert {"fid", "w2", "solver_error", "precision", "recall", "is", "kid"} <= set(marked)
+    assert not {"transport_cost", "crossing_prob", "straightness", "nfe", "wall_clock_s"} & set(marked)
+    quality_only = render_table(frame, "latex", columns=["model", "solver", "w2", "transport_cost"],
+                                directions=marked)
+    best_cost = f"{sampled['transport_cost'].min():.3f}"
+    assert f"\\textbf{{{best_w2}}}" in quality_only and f"\\textbf{{{best_cost}}}" not in quality_only
+    assert quality_only.count("\\textbf{") == (sampled["w2"] == sampled["w2"].min()).sum()
+    assert main(["table", str(tmp_path / "run"), "--format", "latex", "--columns", "model", "transport_cost"]) == 0
+    assert "\\textbf{" not in capsys.readouterr().out
     from rfbench.results.report import _latex
     assert _latex("a\\b_c~{x}") == r"a\textbackslash{}b\_c\textasciitilde{}\{x\}"
     intervals = render_table(frame, "markdown", columns=["model", "transport_cost", "crossing_prob"], intervals=True)
