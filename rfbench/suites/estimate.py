@@ -22,13 +22,13 @@ from rfbench.device import device_name
 from rfbench.distributed import World, batch_plan
 from rfbench.models.cache import Cache, config_key
 from rfbench.models.sources import LoadContext
-from rfbench.progress import TRAIN_EVALS_PER_SAMPLE, duration
+from rfbench.progress import ADAPTIVE_NFE_GUESS, TRAIN_EVALS_PER_SAMPLE, duration
 from rfbench.protocols import is_diffusion_model
 from rfbench.results.resume import Wanted, finished_cells
 from rfbench.results.store import ResultStore, cell_key
 from rfbench.samplers import SOLVERS
 from rfbench.suites.base import Cell
-from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS
+from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, Evaluation
 from rfbench.suites.execute import timing_protocol
 from rfbench.suites.plan import Plan, metric_columns
 
@@ -88,6 +88,8 @@ class ModelEstimate:
     seconds_per_batch_eval: float | None = None   # one model evaluation on a batch of the run's batch size
     basis: str = ""                                # where that time came from
     error: str | None = None                       # why it could not be loaded or probed
+    reference_evals: float = 0.0                   # sample-evaluations of its reference trajectory and solution
+    seconds_per_train_step: dict = field(default_factory=dict)   # training batch size -> forward + backward
 
     @property
     def to_compute(self) -> list[CellEstimate]:
@@ -107,12 +109,12 @@ class RunEstimate:
 
     def evaluations(self, model: ModelEstimate) -> float:
         """Sample-evaluations (NFE x samples x timed runs) of the model's cells to compute whose NFE is known."""
-        return sum(c.nfe for c in model.to_compute if c.nfe is not None) * self.plan.num_samples * self.repeats
+        return sum(_nfe(c) for c in model.to_compute) * self.plan.num_samples * self.repeats
 
     def sampling_seconds(self, model: ModelEstimate) -> float | None:
         if model.seconds_per_batch_eval is None:
             return None
-        return sum(c.nfe for c in model.to_compute if c.nfe is not None) * self.batches * self.repeats \
+        return sum(_nfe(c) for c in model.to_compute) * self.batches * self.repeats \
             * model.seconds_per_batch_eval
 
     def training_seconds(self, model: ModelEstimate) -> float | None:
@@ -121,9 +123,29 @@ class RunEstimate:
         total = 0.0
         for job in model.training:
             if job.steps and job.batch_size:
-                total += job.steps * TRAIN_STEP_EVALS * model.seconds_per_batch_eval * job.batch_size \
-                    / self.batch_size
+                step = model.seconds_per_train_step.get(job.batch_size)
+                if step is None:     # no probe of a training step: about three evaluations of its batch
+                    step = TRAIN_STEP_EVALS * model.seconds_per_batch_eval * job.batch_size / self.batch_size
+                total += job.steps * step
         return total
+
+    def other_seconds(self, model: ModelEstimate) -> float | None:
+        """Reflow pairs and the reference trajectory and solution: adaptive solves, at rk45's usual NFE."""
+        if model.seconds_per_batch_eval is None:
+            return None
+        pairs = sum(job.pairs * ADAPTIVE_NFE_GUESS for job in model.training if job.pairs)
+        return (pairs + model.reference_evals) * model.seconds_per_batch_eval / self.batch_size
+
+
+def _nfe(cell: CellEstimate) -> float:
+    """A cell's NFE, or for an adaptive one whose NFE only the run tells, rk45's usual count."""
+    return cell.nfe if cell.nfe is not None else ADAPTIVE_NFE_GUESS
+
+
+def _ode_cell(cell: Cell) -> bool:
+    """A deterministic, non-discrete cell: its samples approximate the ODE solution (solver_error's reference)."""
+    spec = SOLVERS[cell.solver]
+    return spec.kind != "discrete" and not spec.is_stochastic(dict(cell.options))
 
 
 def _known_nfe(cell: Cell, model, stored: dict[tuple, float]) -> float | None:
@@ -137,18 +159,21 @@ def _known_nfe(cell: Cell, model, stored: dict[tuple, float]) -> float | None:
     return stored.get((cell.model, cell.solver, cell.steps, ",".join(f"{k}={v}" for k, v in cell.options)))
 
 
-def _probe(net, plan: Plan, batch: int, device: torch.device) -> float:
-    """Seconds of one evaluation of ``net`` on a batch of ``batch`` of the suite's samples (the fastest of a few)."""
+def _probe(net, plan: Plan, batch: int, device: torch.device, train: bool = False) -> float:
+    """Seconds of one evaluation of ``net`` on a batch of ``batch`` of the suite's samples (the fastest of a few);
+    ``train``: of a forward and backward pass (a training step but for the optimizer's update)."""
     x = plan.problem.initial(list(plan.seeds)[:batch]).to(device)
     if len(x) < batch:
         x = x.repeat(math.ceil(batch / len(x)), *([1] * (x.dim() - 1)))[:batch]
 
     def once():
-        with torch.no_grad():
+        with torch.set_grad_enabled(train):
             if is_diffusion_model(net):
-                net.eps(x, torch.full((batch,), net.num_timesteps // 2, dtype=torch.long, device=device))
+                out = net.eps(x, torch.full((batch,), net.num_timesteps // 2, dtype=torch.long, device=device))
             else:
-                net(x, torch.full((batch,), 0.5, device=device))
+                out = net(x, torch.full((batch,), 0.5, device=device))
+            if train and out.requires_grad:
+                out.float().square().mean().backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     once()
@@ -214,6 +239,8 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
             labels[cell.label] = cell
     kept = finished_cells(store, wanted, metric_columns(plan), lambda msg: None) if resume and records else {}
     models, counted, probed = [], set(), {}
+    evaluation = Evaluation(plan, None, None)
+    shape_only = torch.empty((plan.num_samples, *plan.problem.shape), device="meta")   # no memory
     for model in plan.models:
         est = ModelEstimate(model.name, model.source.describe())
         cache.to_train = []
@@ -227,9 +254,14 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
             except Exception as exc:
                 est.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         est.training = [job for job in cache.to_train if job.name not in counted]   # a parent is trained once
+
         counted.update(job.name for job in cache.to_train)
         for cell in plan.grid(model.name):
             est.cells.append(CellEstimate(cell, cell.label in kept, _known_nfe(cell, net, stored_nfe)))
+        if est.to_compute:      # as the run: the reference trajectory, and the reference solution for ODE cells
+            est.reference_evals = evaluation.model_scope_work(model.kind, shape_only)
+            if any(_ode_cell(c.cell) for c in est.to_compute):
+                est.reference_evals += evaluation.exact_rows(model.kind, shape_only) * ADAPTIVE_NFE_GUESS
         earlier = [float(r["ms_per_nfe"]) / 1000 for r in mine if r.get("model") == model.name
                    and r.get("model_id") == identities[model.name].id and r.get("device") == dev
                    and r.get("batch_size") == batch and r.get("ms_per_nfe") is not None
@@ -245,6 +277,12 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
                     probed[arch] = _probe(net, plan, batch, device)
                 est.seconds_per_batch_eval = probed[arch]
                 est.basis = f"a probe: the fastest of {PROBE_EVALS} evaluations of a batch of {batch} on {dev}"
+                for size in sorted({job.batch_size for job in est.training if job.steps and job.batch_size}):
+                    if (arch, size) not in probed:
+                        probed[(arch, size)] = _probe(net, plan, size, device, train=True)
+                    est.seconds_per_train_step[size] = probed[(arch, size)]
+                if est.seconds_per_train_step:
+                    est.basis += " and of forward + backward passes at the training batch"
             except Exception as exc:
                 est.error = f"the probe failed: {type(exc).__name__}: {exc}"
         models.append(est)
@@ -293,7 +331,7 @@ def describe(est: RunEstimate, origin: Callable[[str], str] = lambda model: "",
                 for job in model.training)
         lines.append(f"  {model.name}: {model.description}{origin(model.name)}{state}")
         for c in model.cells:
-            nfe = "NFE ?" if c.nfe is None else f"NFE {c.nfe:g}"
+            nfe = f"NFE ~{ADAPTIVE_NFE_GUESS}" if c.nfe is None else f"NFE {c.nfe:g}"
             lines.append(f"    {c.cell.label:34s} {nfe:10s} {'kept' if c.kept else 'to compute'}"
                          f"{cell_origin(c.cell.solver)}")
         if model.error:
@@ -312,20 +350,25 @@ def describe(est: RunEstimate, origin: Callable[[str], str] = lambda model: "",
         if training:
             parts.append(f"training about {_duration(training)}")
             total_s += training
+        other = est.other_seconds(model)
+        if other:
+            parts.append(f"reference solutions{' and reflow pairs' if any(j.pairs for j in model.training) else ''}"
+                         f" about {_duration(other)}")
+            total_s += other
         notes = []
         if model.basis:
             notes.append(f"times from {model.basis}" + (f"; a training step taken as {TRAIN_STEP_EVALS} evaluations"
-                                                        if training else ""))
+                                                        if training and not model.seconds_per_train_step else "")
+                         + (f"; a reference or pair solve as ~{ADAPTIVE_NFE_GUESS} NFE" if other else ""))
         if adaptive:
-            notes.append(f"not counted: {len(adaptive)} adaptive cell(s), whose NFE only the run tells")
-            unknown += adaptive
+            notes.append(f"{len(adaptive)} adaptive cell(s) counted at ~{ADAPTIVE_NFE_GUESS} NFE: only the run tells")
         if sampling is None and not model.error:
             unknown.append(model.name)
         lines.append("    -> " + ", ".join(parts))
         lines += [f"       ({note})" for note in notes]
-    left_out = "the metrics, reference solutions, reflow pairs"
+    left_out = "the metrics' own computation (w2, features, FID, ...)"
     if unknown:
         left_out += f", and {len(unknown)} cell(s) or model(s) of unknown cost"
     lines.append(f"total: {todo} of {cells} cells to compute, {_count(total_evals)} sample-evaluations, about "
-                 f"{_duration(total_s)} of sampling and training on {est.device} (not included: {left_out})")
+                 f"{_duration(total_s)} of model evaluations on {est.device} (not included: {left_out})")
     return "\n".join(lines)
