@@ -321,9 +321,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         _note(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
               f"rfbench's own parents), not derived from the checkpoint files given")
     out = args.out or Path("runs") / plan.name
-    if args.dry_run:
-        return _dry_run(plan, config, out)
     problems = input_problems(plan, config)
+    if args.dry_run:
+        code = _dry_run(plan, config, out)
+        if problems:    # what the run would stop on, after the plan: exit status 2, as the run
+            _note("".join(f"{parser.prog}: error: {line}\n" for line in problems).rstrip("\n"))
+            return 2
+        return code
     if problems:
         parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in problems))
     default_samples = plan.suite.num_samples
@@ -367,7 +371,7 @@ def _dry_run(plan, config: RunConfig, out: Path) -> int:
         if name in MODELS and MODELS[name] is model.source:
             return f" [{describe_origin(MODELS.origin(name))}]"
         return ""
-    text = describe(est, origin=origin, cell_origin=lambda solver: _origin(SOLVERS, solver))
+    text = describe(est, origin=origin, solver_origin=lambda solver: _origin(SOLVERS, solver))
     print(text if not scored else text.replace("\n", f"\n{scored}\n", 1))
     return 0
 
@@ -522,10 +526,6 @@ def score_main(argv: list[str], prog: str = "rfbench score") -> int:
     parser.add_argument("--data-dir", default=None, metavar="DIR")
     parser.add_argument("--ref-stats", type=Path, default=None, metavar="NPZ")
     parser.add_argument("--extractor", default=None, metavar="NAME")
-    parser.add_argument("--solver-option", action="append", default=[], metavar="[SOLVER:]KEY=VALUE",
-                        help="a solver option for the run's cells, e.g. rtol=1e-4 (every solver of the run that "
-                             "takes it: rk45, dopri5), unipc:order=3, dpm++3m:lower_order_final=17 (repeatable); rows "
-                             "record it in options, and cells the suite does not have are marked in cell_origin")
     parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH")
     parser.add_argument("--inception-mode", default=None, choices=("clean", "legacy_tensorflow"))
     parser.add_argument("--bootstrap", type=int, default=None, metavar="B")

@@ -110,9 +110,11 @@ def test_checkpoint_dir_finds_the_ddpm_folder(folders, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "cifar10 needs --data-dir" in err[0] and "no checkpoint for 1-rf" in err[1]
     assert err[2].endswith("takes inputs of shape (B, 3, 8, 8); suite cifar's samples have shape (B, 3, 32, 32)")
-    assert main(["--suite", "cifar", "--models", "ddpm", "--dry-run"]) == 0
-    cells = capsys.readouterr().out
-    assert "ddpm/ddim/10" in cells and "ddpm/ddim/100" in cells and "ddpm/ddpm/1000" in cells
+    assert main(["--suite", "cifar", "--models", "ddpm", "--dry-run"]) == 2   # the plan, then what the run lacks
+    shown = capsys.readouterr()
+    assert "ddpm/ddim/10" in shown.out and "ddpm/ddim/100" in shown.out and "ddpm/ddpm/1000" in shown.out
+    assert "cifar10 needs --data-dir" in shown.err and "no checkpoint for ddpm" in shown.err
+    assert "time unknown" in shown.out and "the time of ddpm, which could not be loaded or probed" in shown.out
 
 
 def test_weights_that_do_not_match_the_config_are_refused(folders, tmp_path):

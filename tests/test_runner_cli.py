@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pandas as pd
 import pytest
@@ -406,3 +407,60 @@ def test_a_run_ends_with_a_summary_of_cells_failures_time_and_files(stand_in_sui
     assert main(argv + ["--models", "shift"]) == 0
     again = capsys.readouterr().out.strip().splitlines()[-1]
     assert again.startswith("toy2d-standin: 3 cells, 3 ok (3 kept from an earlier run in this folder). Time ")
+
+
+def test_the_dry_run_predicts_what_the_run_trains_and_keeps(tmp_path):
+    from rfbench.suites.estimate import describe, estimate
+    from rfbench.suites.plan import RunConfig, make_plan
+    cells = (Cell("tiny", "euler", 2), Cell("tiny", "rk45"))
+    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-plan", models=(SuiteModel("tiny", TinyRecipe()),),
+                                cells=cells, num_samples=40, metrics=("w2", "solver_error"), independent_row=False,
+                                repeats=1)
+    plan = make_plan(suite, RunConfig())
+    cold = estimate(plan, tmp_path / "out", torch.device("cpu"), tmp_path / "a")
+    (model,) = cold.models
+    assert [(job.name, job.steps, job.batch_size) for job in model.training] == [("tiny", 20, 32)]
+    assert model.seconds_per_train_step[32] > 0 and "to train: tiny (20 steps of 32)" in describe(cold)
+    out = run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "a", progress=False, plots=False,
+                    log=lambda msg: None)
+    assert out.trained == ["tiny"]
+    # the same folder with an empty cache: every cell is kept, so the run would not even load (or train) the model
+    warm = estimate(plan, tmp_path / "out", torch.device("cpu"), tmp_path / "b")
+    assert all(c.kept for c in warm.models[0].cells) and warm.models[0].training == []
+    assert "nothing to compute" in describe(warm)
+    # a cell whose solver_error was left empty by a failed reference solution is computed again: not kept
+    store = ResultStore(tmp_path / "out")
+    key, record = next((k, r) for k, r in store.records().items() if r["solver"] == "rk45")
+    (tmp_path / "out" / "cells" / f"{key}.json").write_text(json.dumps({**record, "solver_error": None}))
+    again = estimate(plan, tmp_path / "out", torch.device("cpu"), tmp_path / "a")
+    assert {c.cell.label: c.kept for c in again.models[0].cells} == {"tiny/euler/2": True, "tiny/rk45/adaptive": False}
+    rerun = run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "a", progress=False, plots=False,
+                      log=lambda msg: None)
+    assert rerun.kept == ["tiny/euler/2"]
+
+
+def test_solver_options_name_one_cell_however_they_are_spelled(stand_in_suite):
+    from rfbench.suites.plan import RunConfig, make_plan
+    suite = SUITES["toy2d-standin"]
+
+    def cells(*options, solvers=("euler", "rk45")):
+        plan = make_plan(suite, RunConfig(models=("shift",), solvers=solvers, solver_options=options))
+        return {c.label: c.origin for c in plan.cells}
+
+    def labels(*options):
+        return set(cells(*options))
+    # the default value is the suite's own cell; int and float spellings of a float option are one cell
+    assert cells("rtol=1e-5")["shift/rk45/adaptive"] == "suite"
+    assert "shift/rk45/adaptive,rtol=0.0001" in labels("rtol=0.0001") and \
+        labels("rtol=1e-4") == labels("rtol=0.0001")
+    # the order of the options does not change the cell; one solver's own option wins over the same for all
+    assert labels("rk45:atol=1e-4", "rk45:rtol=1e-4") == labels("rk45:rtol=1e-4", "rk45:atol=1e-4")
+    assert "shift/rk45/adaptive,rtol=0.001,atol=0.0001" in labels("rk45:atol=1e-4", "rk45:rtol=1e-3")
+    assert "shift/rk45/adaptive,rtol=0.01" in labels("rk45:rtol=1e-2", "rtol=1e-3") == labels("rtol=1e-3",
+                                                                                               "rk45:rtol=1e-2")
+    for options, message in [(("rtol=1e-4", "rtol=1e-3"), "--solver-option rtol given twice"),
+                             (("rtol=abc",), "rk45 option rtol must be a number in (0, 1), got 'abc'"),
+                             (("rtol=nan",), "rk45 option rtol must be a number in (0, 1), got nan")]:
+        with pytest.raises(ValueError) as exc:
+            labels(*options)
+        assert message in str(exc.value)

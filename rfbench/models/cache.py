@@ -6,6 +6,7 @@ Used by every trained model's recipe, rfbench's baselines and plugins alike (``c
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -44,10 +45,16 @@ class Cache:
         self.keys: dict[str, str] = {}  # name -> checkpoint file stem, for the provenance of result rows
         self.last_key: str | None = None  # the entry of the last network() call: the model a recipe just loaded
 
+    def network_path(self, name: str, config: dict) -> Path:
+        return self.root / "models" / f"{name}-{config_key(config)}.pt"
+
+    def tensors_path(self, name: str, config: dict) -> Path:
+        return self.root / "pairs" / f"{name}-{config_key(config)}.pt"
+
     def network(self, name: str, config: dict, make: Callable[[], nn.Module],
                 train: Callable[[], tuple[nn.Module, dict]], device: str | torch.device) -> nn.Module:
         """Load the network for ``config`` from the cache, or train it with ``train()`` and store it."""
-        path = self.root / "models" / f"{name}-{config_key(config)}.pt"
+        path = self.network_path(name, config)
         self.keys[name] = self.last_key = path.stem
         if path.exists():
             net = make()
@@ -67,7 +74,7 @@ class Cache:
 
     def tensors(self, name: str, config: dict, build: Callable[[], dict[str, torch.Tensor]]) -> dict:
         """Load a dict of tensors (e.g. reflow pairs) for ``config``, or build and store it."""
-        path = self.root / "pairs" / f"{name}-{config_key(config)}.pt"
+        path = self.tensors_path(name, config)
         if path.exists():
             try:
                 return torch.load(path, map_location="cpu", weights_only=True)
@@ -76,3 +83,40 @@ class Cache:
         data = build()
         atomic_torch_save(data, path)
         return data
+
+
+@dataclass
+class Training:
+    """A network a recipe would train (not in the cache), or reflow pairs it would generate."""
+
+    name: str
+    steps: int | None = None          # optimisation steps (networks)
+    batch_size: int | None = None
+    pairs: int | None = None          # pairs to generate with rk45 (reflow pairs)
+
+
+class PlanningCache(Cache):
+    """A cache that trains nothing, for planning a run (``--dry-run``, the progress bar's up-front estimate):
+    ``network`` records whether the entry exists and, when it does not, the training it would take, and returns the
+    network's architecture untrained (it costs the same to evaluate); ``tensors`` records the pairs it would
+    generate and returns none.
+
+    The training is read from the config a recipe passes to :meth:`Cache.network`: its ``"train"`` entry's
+    ``steps`` and ``batch_size`` (a :class:`~rfbench.training.TrainConfig` as a dict, as rfbench's recipes pass it);
+    a recipe whose config says neither is listed without a cost. Pairs: the config's ``num_pairs``."""
+
+    def __init__(self, root, log: Callable[[str], None] = lambda msg: None):
+        super().__init__(root, log=log)
+        self.to_train: list[Training] = []
+
+    def network(self, name, config, make, train, device):
+        if not self.network_path(name, config).exists():
+            spec = config.get("train") if isinstance(config, dict) else None
+            spec = spec if isinstance(spec, dict) else {}
+            self.to_train.append(Training(name, spec.get("steps"), spec.get("batch_size")))
+        return make().to(device).eval()
+
+    def tensors(self, name, config, build):
+        if not self.tensors_path(name, config).exists():
+            self.to_train.append(Training(name, pairs=config.get("num_pairs") if isinstance(config, dict) else None))
+        return {"z0": None, "z1": None}

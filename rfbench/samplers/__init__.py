@@ -36,6 +36,12 @@ def solver_options(solver: str) -> list[str]:
     return [p.name for p in named if p not in positional and p.name not in _RESERVED]
 
 
+def solver_defaults(solver: str) -> dict[str, Any]:
+    """Each option of a solver with its default value (``inspect.Parameter.empty`` when it has none)."""
+    params = inspect.signature(SOLVERS[solver].fn).parameters
+    return {name: params[name].default for name in solver_options(solver)}
+
+
 def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, *, grid: Any = None,
            trajectory: bool = False, callback=None, seeds: Sequence[int] | None = None, noise=None,
            **options: Any) -> SampleResult:
@@ -141,6 +147,23 @@ def check_call(solver: str, steps: Any, options: dict, grid: Any = None) -> int 
     if unknown:
         raise TypeError(f"{solver} got unknown option(s) {', '.join(unknown)}; "
                         f"it takes: {', '.join(allowed) if allowed else 'no options'}")
+    params = inspect.signature(SOLVERS[solver].fn).parameters
+    for key, value in options.items():   # a value of another type than the option's default: refused before any work
+        if key in ("eta", "rtol", "atol"):
+            continue                     # their ranges are checked below
+        default, annotation = params[key].default, str(params[key].annotation)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, bool):     # a flag; "bool | int" also takes a count (lower_order_final)
+            if not isinstance(value, bool) and not (isinstance(value, int) and "int" in annotation):
+                also = " or an integer" if "int" in annotation else ""
+                raise ValueError(f"{solver} option {key} takes true or false{also} (default {default}), got {value!r}")
+        elif isinstance(default, (int, float)) and not number:
+            raise ValueError(f"{solver} option {key} takes a number (default {default:g}), got {value!r}")
+    for key in ("rtol", "atol"):
+        if key in options:
+            value = options[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"{solver} option {key} must be a number in (0, 1), got {value!r}")
     if "eta" in options:
         eta = options["eta"]
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:

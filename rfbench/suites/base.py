@@ -207,6 +207,13 @@ def check_cells(suite: str, cells: Sequence[Cell], models: Sequence[str]) -> Non
         raise ValueError(f"suite {suite}: duplicate cells in the grid")
 
 
+def ode_cell(cell: Cell) -> bool:
+    """A cell whose samples approximate the model's ODE solution: a deterministic, non-discrete solver (what
+    solver_error's reference solves)."""
+    spec = SOLVERS[cell.solver]
+    return spec.kind != "discrete" and not spec.is_stochastic(dict(cell.options))
+
+
 def applies(solver: str, kind: str) -> bool:
     """Whether a run adding ``solver`` gives a model of ``kind`` cells of it."""
     return SOLVERS[solver].kind in APPLIES[kind]

@@ -20,56 +20,20 @@ import torch
 
 from rfbench.device import device_name
 from rfbench.distributed import World, batch_plan
-from rfbench.models.cache import Cache, config_key
+from rfbench.models.cache import PlanningCache, Training
 from rfbench.models.sources import LoadContext
 from rfbench.progress import ADAPTIVE_NFE_GUESS, TRAIN_EVALS_PER_SAMPLE, duration
 from rfbench.protocols import is_diffusion_model
-from rfbench.results.resume import Wanted, finished_cells
-from rfbench.results.store import ResultStore, cell_key
+from rfbench.results.resume import finished_cells
+from rfbench.results.store import ResultStore
 from rfbench.samplers import SOLVERS
-from rfbench.suites.base import Cell
-from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, Evaluation
-from rfbench.suites.execute import timing_protocol
+from rfbench.suites.base import Cell, ode_cell
+from rfbench.suites.evaluate import INDEPENDENT, Evaluation
 from rfbench.suites.plan import Plan, metric_columns
+from rfbench.suites.runner import wanted_cells
 
 PROBE_EVALS = 5          # timed evaluations of a model's network at the run's batch shape (after one untimed)
 TRAIN_STEP_EVALS = TRAIN_EVALS_PER_SAMPLE     # a training step of batch B: about 3 B evaluations (forward + backward)
-
-
-@dataclass
-class Training:
-    """A network a recipe would train (not in the cache), or reflow pairs it would generate."""
-
-    name: str
-    steps: int | None = None          # optimisation steps (networks)
-    batch_size: int | None = None
-    pairs: int | None = None          # pairs to generate with rk45 (reflow pairs)
-
-
-class PlanningCache(Cache):
-    """A cache that trains nothing: ``network`` returns the cached network's architecture untrained and records
-    whether the entry exists; ``tensors`` records the pairs it would generate and returns none."""
-
-    def __init__(self, root, log: Callable[[str], None] = lambda msg: None):
-        super().__init__(root, log=log)
-        self.cached: list[str] = []
-        self.to_train: list[Training] = []
-
-    def network(self, name, config, make, train, device):
-        path = self.root / "models" / f"{name}-{config_key(config)}.pt"
-        if path.exists():
-            self.cached.append(name)
-        else:
-            spec = config.get("train") if isinstance(config, dict) else None
-            spec = spec if isinstance(spec, dict) else {}
-            self.to_train.append(Training(name, spec.get("steps"), spec.get("batch_size")))
-        return make().to(device).eval()
-
-    def tensors(self, name, config, build):
-        path = self.root / "pairs" / f"{name}-{config_key(config)}.pt"
-        if not path.exists():
-            self.to_train.append(Training(name, pairs=config.get("num_pairs") if isinstance(config, dict) else None))
-        return {"z0": None, "z1": None}
 
 
 @dataclass
@@ -140,12 +104,6 @@ class RunEstimate:
 def _nfe(cell: CellEstimate) -> float:
     """A cell's NFE, or for an adaptive one whose NFE only the run tells, rk45's usual count."""
     return cell.nfe if cell.nfe is not None else ADAPTIVE_NFE_GUESS
-
-
-def _ode_cell(cell: Cell) -> bool:
-    """A deterministic, non-discrete cell: its samples approximate the ODE solution (solver_error's reference)."""
-    spec = SOLVERS[cell.solver]
-    return spec.kind != "discrete" and not spec.is_stochastic(dict(cell.options))
 
 
 def _known_nfe(cell: Cell, model, stored: dict[tuple, float]) -> float | None:
@@ -222,21 +180,8 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
             steps = None if steps is None or (isinstance(steps, float) and math.isnan(steps)) else int(steps)
             stored_nfe[(rec.get("model"), rec.get("solver"), steps, rec.get("options") or "")] = float(rec["nfe"])
     cache = PlanningCache(cache_root)
-    wanted, labels = [], {}
-    if plan.independent_row:
-        wanted.append(Wanted(INDEPENDENT, cell_key({**base, **INDEPENDENT_FIELDS, "model_id": None}),
-                             {"bootstrap": plan.bootstrap}))
     identities = {m.name: m.source.identity(plan.suite) for m in plan.models}
-    for model in plan.models:
-        identity = identities[model.name]
-        for cell in plan.grid(model.name):
-            if not identity.resumable:
-                continue
-            equal = {"device": dev, "timing": timing_protocol(plan.repeats, world), "bootstrap": plan.bootstrap}
-            if not plan.auto_batch:
-                equal["batch_size"] = batch
-            wanted.append(Wanted(cell.label, cell_key({**base, **cell.fields(), "model_id": identity.id}), equal))
-            labels[cell.label] = cell
+    wanted = wanted_cells(plan, {**base, "device": dev}, identities, world)    # as the run decides
     kept = finished_cells(store, wanted, metric_columns(plan), lambda msg: None) if resume and records else {}
     models, counted, probed = [], set(), {}
     evaluation = Evaluation(plan, None, None)
@@ -246,7 +191,9 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
         cache.to_train = []
         net = None
         missing = model.source.missing(model.name)
-        if missing is not None:
+        if all(cell.label in kept for cell in plan.grid(model.name)):
+            pass                # as the run: a model all of whose cells are kept is not even loaded
+        elif missing is not None:
             est.error = missing
         else:
             try:
@@ -254,13 +201,12 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
             except Exception as exc:
                 est.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         est.training = [job for job in cache.to_train if job.name not in counted]   # a parent is trained once
-
         counted.update(job.name for job in cache.to_train)
         for cell in plan.grid(model.name):
             est.cells.append(CellEstimate(cell, cell.label in kept, _known_nfe(cell, net, stored_nfe)))
         if est.to_compute:      # as the run: the reference trajectory, and the reference solution for ODE cells
             est.reference_evals = evaluation.model_scope_work(model.kind, shape_only)
-            if any(_ode_cell(c.cell) for c in est.to_compute):
+            if any(ode_cell(c.cell) for c in est.to_compute):
                 est.reference_evals += evaluation.exact_rows(model.kind, shape_only) * ADAPTIVE_NFE_GUESS
         earlier = [float(r["ms_per_nfe"]) / 1000 for r in mine if r.get("model") == model.name
                    and r.get("model_id") == identities[model.name].id and r.get("device") == dev
@@ -304,7 +250,7 @@ def _count(n: float) -> str:
 
 
 def describe(est: RunEstimate, origin: Callable[[str], str] = lambda model: "",
-             cell_origin: Callable[[str], str] = lambda solver: "") -> str:
+             solver_origin: Callable[[str], str] = lambda solver: "") -> str:
     """The dry run's text: the plan, then per model its cells (kept or to compute, NFE) and the estimate."""
     plan = est.plan
     cells = sum(len(m.cells) for m in est.models)
@@ -333,7 +279,7 @@ def describe(est: RunEstimate, origin: Callable[[str], str] = lambda model: "",
         for c in model.cells:
             nfe = f"NFE ~{ADAPTIVE_NFE_GUESS}" if c.nfe is None else f"NFE {c.nfe:g}"
             lines.append(f"    {c.cell.label:34s} {nfe:10s} {'kept' if c.kept else 'to compute'}"
-                         f"{cell_origin(c.cell.solver)}")
+                         f"{solver_origin(c.cell.solver)}")
         if model.error:
             lines.append(f"    cannot estimate: {model.error}")
         if not model.to_compute and not model.training:
@@ -362,13 +308,16 @@ def describe(est: RunEstimate, origin: Callable[[str], str] = lambda model: "",
                          + (f"; a reference or pair solve as ~{ADAPTIVE_NFE_GUESS} NFE" if other else ""))
         if adaptive:
             notes.append(f"{len(adaptive)} adaptive cell(s) counted at ~{ADAPTIVE_NFE_GUESS} NFE: only the run tells")
-        if sampling is None and not model.error:
+        if sampling is None:
             unknown.append(model.name)
         lines.append("    -> " + ", ".join(parts))
         lines += [f"       ({note})" for note in notes]
     left_out = "the metrics' own computation (w2, features, FID, ...)"
+    time = f"about {_duration(total_s)} of model evaluations on {est.device}"
     if unknown:
-        left_out += f", and {len(unknown)} cell(s) or model(s) of unknown cost"
-    lines.append(f"total: {todo} of {cells} cells to compute, {_count(total_evals)} sample-evaluations, about "
-                 f"{_duration(total_s)} of model evaluations on {est.device} (not included: {left_out})")
+        left_out += f"; the time of {', '.join(unknown)}, which could not be loaded or probed"
+        if total_s == 0:
+            time = "time unknown"
+    lines.append(f"total: {todo} of {cells} cells to compute, {_count(total_evals)} sample-evaluations, {time} "
+                 f"(not included: {left_out})")
     return "\n".join(lines)

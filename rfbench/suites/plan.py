@@ -82,6 +82,12 @@ def parse_solver_options(options: Any) -> tuple[tuple[str | None, str, Any], ...
         if item[0] is not None and item[0] not in SOLVERS:
             raise ValueError(f"--solver-option {item[0]}:{item[1]}: {SOLVERS.unknown_message(item[0])}")
         out.append(item)
+    scopes = [(solver, key) for solver, key, _ in out]
+    twice = sorted({f"{'' if solver is None else solver + ':'}{key}" for solver, key in scopes
+                    if scopes.count((solver, key)) > 1})
+    if twice:
+        raise ValueError(f"--solver-option {', '.join(twice)} given twice; give each option once (SOLVER:KEY=VALUE "
+                         f"for one solver takes precedence over KEY=VALUE for all)")
     return tuple(out)
 
 
@@ -354,15 +360,29 @@ def _with_options(cells: tuple[Cell, ...], options) -> tuple[Cell, ...]:
     sets); an option no cell of the run takes is an error naming the solvers that do take it."""
     if not options:
         return cells
-    from rfbench.samplers import solver_options
+    from rfbench.samplers import solver_defaults, solver_options
     used = [False] * len(options)
     out = []
+    general = [i for i, o in enumerate(options) if o[0] is None]
+    specific = [i for i, o in enumerate(options) if o[0] is not None]
     for cell in cells:
-        merged = dict(cell.options)
-        for i, (solver, key, value) in enumerate(options):
-            if (solver is None or solver == cell.solver) and key in solver_options(cell.solver):
-                merged[key] = value
-                used[i] = True
+        allowed = solver_options(cell.solver)
+        defaults = solver_defaults(cell.solver)
+        merged, touched = dict(cell.options), False
+        for i in general + specific:      # one solver's own option wins over the same option for all
+            solver, key, value = options[i]
+            if (solver is None or solver == cell.solver) and key in allowed:
+                default = defaults[key]
+                if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)      # 0 and 0.0 name one cell
+                if type(value) is type(default) and value == default:
+                    merged.pop(key, None)     # the solver's default: the cell the suite has without the option
+                else:
+                    merged[key] = value
+                used[i] = touched = True
+        if touched:   # in the solver's own order, so that the spelling of a command does not change a cell's key
+            merged = {key: merged[key] for key in sorted(merged, key=lambda k: allowed.index(k)
+                                                         if k in allowed else len(allowed))}
         out.append(dataclasses.replace(cell, options=tuple(merged.items())))
     for (solver, key, value), ok in zip(options, used):
         if ok:

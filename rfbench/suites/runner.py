@@ -24,14 +24,14 @@ from rfbench.data.base import quantize
 from rfbench.device import device_name, resolve_device
 from rfbench.distributed import World, batch_plan, main_first, main_then_others
 from rfbench.metrics import column_directions
-from rfbench.models.cache import Cache
+from rfbench.models.cache import Cache, PlanningCache
 from rfbench.models.sources import LoadContext, ModelIdentity, Recipe
 from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_quality_vs_costs, plot_trajectories
 from rfbench.results.resume import Wanted, finished_cells
 from rfbench.samplers import SOLVERS
-from rfbench.suites.base import Suite, SuiteModel
+from rfbench.suites.base import Suite, SuiteModel, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import probed_batch_size, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
@@ -152,7 +152,7 @@ def sweep(run: Sweep) -> None:
             progress.finish(cell.label, None if sampled.error is not None else
                             sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats)
             exact, why = None, None
-            if _ode_cell(cell) and sampled.error is None:   # what deterministic ODE solvers approximate
+            if ode_cell(cell) and sampled.error is None:   # what deterministic ODE solvers approximate
                 if not reference:
                     progress.status(f"{model.name}: reference solution")
                     with run.timed("metrics"):
@@ -186,7 +186,7 @@ def expect_work(run: Sweep) -> None:
             continue
         progress.expect(_scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
         rows = run.evaluation.exact_rows(model.kind, run.x0)
-        if rows and any(_ode_cell(cell) for cell in todo):
+        if rows and any(ode_cell(cell) for cell in todo):
             progress.expect(_exact_key(model), adaptive="reference rk45", rows=rows)
         for cell in todo:
             spec = SOLVERS[cell.solver]
@@ -203,7 +203,6 @@ def expect_training(run: Sweep, cache_root) -> None:
     trains nothing) says which networks are not in the cache, with their steps and batch sizes. A job that starts
     replaces its estimate (the key is its description, ``training NAME``)."""
     from rfbench.progress import TRAIN_EVALS_PER_SAMPLE
-    from rfbench.suites.estimate import PlanningCache
     planning = PlanningCache(cache_root)
     for model in run.plan.models:
         if not isinstance(model.source, Recipe) or all(c.label in run.resumed for c in run.plan.grid(model.name)):
@@ -223,18 +222,38 @@ def expect_training(run: Sweep, cache_root) -> None:
         run.planned_training[model.name] = keys
 
 
+def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], world: World) -> list[Wanted]:
+    """What each stored cell must be to stand for a cell of this run (and the independent row): its key from the
+    rows' shared columns ``base`` and the cell, measured alike (device, timing protocol, replicates, batch plan),
+    solver_error filled where a reference solution failed before. Used by the run and by ``--dry-run``."""
+    timing = timing_protocol(plan.repeats, world)
+    planned = batch_plan(plan.num_samples, plan.batch_size, world)[0]
+    wanted = []
+    if plan.independent_row:
+        wanted.append(Wanted(INDEPENDENT, cell_key({**base, **INDEPENDENT_FIELDS, "model_id": None}),
+                             {"bootstrap": plan.bootstrap}))
+    for model in plan.models:
+        identity = identities[model.name]
+        if not identity.resumable:
+            continue
+        for cell in plan.grid(model.name):
+            equal = {"device": base["device"], "timing": timing, "bootstrap": plan.bootstrap}
+            if not plan.auto_batch:
+                equal["batch_size"] = planned   # another batch plan: rk45's steps (and NFE) would differ
+            # solver_error left empty by a failed reference solution is computed again
+            filled = ("solver_error",) if "solver_error" in plan.metrics and model.kind != "one-step" \
+                and ode_cell(cell) else ()
+            wanted.append(Wanted(cell.label, cell_key({**base, **cell.fields(), "model_id": identity.id}), equal,
+                                 filled))
+    return wanted
+
+
 def _scope_key(model: SuiteModel) -> str:
     return f"{model.name}: reference flow"
 
 
 def _exact_key(model: SuiteModel) -> str:
     return f"{model.name}: reference solution"
-
-
-def _ode_cell(cell) -> bool:
-    """A cell whose samples approximate the model's ODE solution: a deterministic, non-discrete solver."""
-    spec = SOLVERS[cell.solver]
-    return spec.kind != "discrete" and not spec.is_stochastic(dict(cell.options))
 
 
 def _score(run: Sweep, cell, sampled, scope: dict, net, exact: torch.Tensor | None) -> dict:
@@ -394,24 +413,5 @@ def _scored(store: ResultStore, plan: Plan, keys: list[str]) -> list[str]:
 
 def _resumable(run: Sweep, columns: list[str]) -> dict[str, str]:
     """The cells this run may keep from its folder: same key, measured alike (see :mod:`rfbench.results.resume`)."""
-    plan = run.plan
-    timing = timing_protocol(plan.repeats, run.world)
-    planned = batch_plan(plan.num_samples, plan.batch_size, run.world)[0]
-    wanted = []
-    if plan.independent_row:
-        wanted.append(Wanted(INDEPENDENT, cell_key({**run.base, **INDEPENDENT_FIELDS, "model_id": None}),
-                             {"bootstrap": plan.bootstrap}))
-    for model in plan.models:
-        identity = run.identities[model.name]
-        if not identity.resumable:
-            continue
-        for cell in plan.grid(model.name):
-            equal = {"device": run.base["device"], "timing": timing, "bootstrap": plan.bootstrap}
-            if not plan.auto_batch:
-                equal["batch_size"] = planned   # another batch plan: rk45's steps (and NFE) would differ
-            # solver_error left empty by a failed reference solution is computed again
-            filled = ("solver_error",) if "solver_error" in plan.metrics and model.kind != "one-step" \
-                and _ode_cell(cell) else ()
-            wanted.append(Wanted(cell.label, cell_key({**run.base, **cell.fields(), "model_id": identity.id}), equal,
-                                 filled))
+    wanted = wanted_cells(run.plan, run.base, run.identities, run.world)
     return finished_cells(run.store, wanted, columns, run.say)
