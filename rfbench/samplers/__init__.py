@@ -156,7 +156,7 @@ def check_call(solver: str, steps: Any, options: dict, grid: Any = None) -> int 
         if isinstance(default, bool):     # a flag; "bool | int" also takes a count (lower_order_final)
             if not isinstance(value, bool) and not (isinstance(value, int) and "int" in annotation):
                 also = " or an integer" if "int" in annotation else ""
-                raise ValueError(f"{solver} option {key} takes true or false{also} (default {default}), got {value!r}")
+                raise ValueError(f"{solver} option {key} must be True, False{also} (default {default}), got {value!r}")
         elif isinstance(default, (int, float)) and not number:
             raise ValueError(f"{solver} option {key} takes a number (default {default:g}), got {value!r}")
     for key in ("rtol", "atol"):
