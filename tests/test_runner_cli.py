@@ -464,3 +464,26 @@ def test_solver_options_name_one_cell_however_they_are_spelled(stand_in_suite):
         with pytest.raises(ValueError) as exc:
             labels(*options)
         assert message in str(exc.value)
+
+
+def test_the_bar_expects_a_cells_nfe_for_its_model_once_loaded(tmp_path, monkeypatch):
+    """edm-heun takes 2N + 1 evaluations on a DDPM (its path ends short of sigma = 0), 2N - 1 on a flow: the bar
+    expects the right one as soon as the model is loaded, not only when the cell has run."""
+    from rfbench.models import DiffusionModel, linear_betas
+    from rfbench.progress import Progress
+    finished: dict[str, tuple[float, float]] = {}
+
+    class Ledger(Progress):
+        def finish(self, key, work):
+            finished[key] = (self.pending.get(key, (0.0,))[0], work)
+            super().finish(key, work)
+    monkeypatch.setattr(runner, "Progress", Ledger)
+    ddpm = DiffusionModel(lambda x, t: 0.1 * x, linear_betas(100))
+    suite = standin("toy2d", "toy2d-nfe", {"ddpm": (ddpm, "diffusion"), "shift": ShiftFlow()},
+                    cells=(Cell("ddpm", "edm-heun", 3), Cell("shift", "edm-heun", 3)), num_samples=50,
+                    metrics=("w2",), independent_row=False)
+    with registered(suite):
+        out = run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "cache", progress=True,
+                        plots=False, log=lambda msg: None)
+    assert list(out.frame["nfe"]) == [7, 5]
+    assert finished["ddpm/edm-heun/3"] == (7 * 50, 7 * 50) and finished["shift/edm-heun/3"] == (5 * 50, 5 * 50)

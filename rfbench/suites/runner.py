@@ -125,6 +125,12 @@ def sweep(run: Sweep) -> None:
                     _store(run, {**cell.fields(), **empty_metrics(plan.metrics), "status": "failed",
                                  "error": f"model: {errors[0]}"}, cell.fields(), model)
             continue
+        for cell in cells:      # NFE that depend on the model (edm-heun: 2N + 1 where the path ends short of sigma 0)
+            spec = SOLVERS[cell.solver]
+            if cell.label not in run.resumed and spec.kind == "fixed" and cell.label in progress.pending:
+                nfe = spec.nfe(cell.steps, net)
+                if nfe is not None:
+                    progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats)
         with run.timed("sampling"):
             batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
                 model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
