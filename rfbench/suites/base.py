@@ -214,6 +214,17 @@ def ode_cell(cell: Cell) -> bool:
     return spec.kind != "discrete" and not spec.is_stochastic(dict(cell.options))
 
 
+def cell_nfe(cell: Cell, model: Any = None) -> int | None:
+    """The NFE per sample a cell will count, where it is known before it runs: a fixed-grid solver's declared count
+    (on ``model`` where it depends on it: edm-heun), one per timestep for a discrete sampler; None for adaptive
+    solvers and solvers that declare none."""
+    spec = SOLVERS[cell.solver]
+    if spec.kind == "adaptive" or cell.steps is None:
+        return None
+    nfe = spec.nfe(cell.steps, model)
+    return cell.steps if nfe is None and spec.kind == "discrete" else nfe
+
+
 def applies(solver: str, kind: str) -> bool:
     """Whether a run adding ``solver`` gives a model of ``kind`` cells of it."""
     return SOLVERS[solver].kind in APPLIES[kind]

@@ -26,8 +26,7 @@ from rfbench.progress import ADAPTIVE_NFE_GUESS, TRAIN_EVALS_PER_SAMPLE, duratio
 from rfbench.protocols import is_diffusion_model
 from rfbench.results.resume import finished_cells
 from rfbench.results.store import ResultStore
-from rfbench.samplers import SOLVERS
-from rfbench.suites.base import Cell, ode_cell
+from rfbench.suites.base import Cell, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, Evaluation
 from rfbench.suites.plan import Plan, metric_columns
 from rfbench.suites.runner import wanted_cells
@@ -107,14 +106,10 @@ def _nfe(cell: CellEstimate) -> float:
 
 
 def _known_nfe(cell: Cell, model, stored: dict[tuple, float]) -> float | None:
-    spec = SOLVERS[cell.solver]
-    if spec.kind != "adaptive" and cell.steps is not None:
-        nfe = spec.nfe(cell.steps, model)
-        if nfe is not None:
-            return float(nfe)
-        if spec.kind == "discrete":      # one evaluation per timestep
-            return float(cell.steps)
-    return stored.get((cell.model, cell.solver, cell.steps, ",".join(f"{k}={v}" for k, v in cell.options)))
+    """The cell's NFE per sample: known before it runs, else what an earlier run of it in the folder counted."""
+    nfe = cell_nfe(cell, model)
+    return float(nfe) if nfe is not None else stored.get((cell.model, cell.solver, cell.steps,
+                                                          cell.fields()["options"]))
 
 
 def _probe(net, plan: Plan, batch: int, device: torch.device, train: bool = False) -> float:

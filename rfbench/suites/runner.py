@@ -30,8 +30,7 @@ from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_quality_vs_costs, plot_trajectories
 from rfbench.results.resume import Wanted, finished_cells
-from rfbench.samplers import SOLVERS
-from rfbench.suites.base import Suite, SuiteModel, ode_cell
+from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import probed_batch_size, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
@@ -126,11 +125,9 @@ def sweep(run: Sweep) -> None:
                                  "error": f"model: {errors[0]}"}, cell.fields(), model)
             continue
         for cell in cells:      # NFE that depend on the model (edm-heun: 2N + 1 where the path ends short of sigma 0)
-            spec = SOLVERS[cell.solver]
-            if cell.label not in run.resumed and spec.kind == "fixed" and cell.label in progress.pending:
-                nfe = spec.nfe(cell.steps, net)
-                if nfe is not None:
-                    progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats)
+            nfe = cell_nfe(cell, net)
+            if nfe is not None and cell.label in progress.pending:
+                progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats)
         with run.timed("sampling"):
             batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
                 model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
@@ -195,8 +192,7 @@ def expect_work(run: Sweep) -> None:
         if rows and any(ode_cell(cell) for cell in todo):
             progress.expect(_exact_key(model), adaptive="reference rk45", rows=rows)
         for cell in todo:
-            spec = SOLVERS[cell.solver]
-            nfe = spec.nfe(cell.steps) if spec.kind == "fixed" else cell.steps   # discrete: one per step
+            nfe = cell_nfe(cell)
             if nfe is None:
                 progress.expect(cell.label, adaptive=cell.solver, rows=n * plan.repeats)
             else:
