@@ -231,7 +231,8 @@ def test_dry_run_honours_resume_lists_the_independent_row_and_estimates(stand_in
 
 
 def test_solver_options_and_cell_origins(stand_in_suite, tmp_path, capsys):
-    from rfbench.suites.plan import RunConfig, make_plan, parse_solver_options
+    from rfbench.suites.options import parse_solver_options
+    from rfbench.suites.plan import RunConfig, make_plan
     assert parse_solver_options(["rtol=1e-4", "unipc:order=3", "rk45:atol=1e-5", "x=true", "y=abc"]) == (
         (None, "rtol", 1e-4), ("unipc", "order", 3), ("rk45", "atol", 1e-5), (None, "x", True), (None, "y", "abc"))
     assert parse_solver_options({"rtol": 1e-4, "unipc": {"order": 3}}) == ((None, "rtol", 1e-4),
