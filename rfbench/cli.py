@@ -321,15 +321,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         _note(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
               f"rfbench's own parents), not derived from the checkpoint files given")
     out = args.out or Path("runs") / plan.name
-    problems = input_problems(plan, config)
-    if args.dry_run:
-        code = _dry_run(plan, config, out)
-        if problems:    # what the run would stop on, after the plan: exit status 2, as the run
-            _note("".join(f"{parser.prog}: error: {line}\n" for line in problems).rstrip("\n"))
-            return 2
-        return code
+    problems = "".join(f"{parser.prog}: error: {line}\n" for line in input_problems(plan, config))
+    if args.dry_run:    # the plan, then what the run would stop on (exit status 2, as the run's)
+        _dry_run(plan, config, out)
+        if problems:
+            _note(problems.rstrip("\n"))
+        return 2 if problems else 0
     if problems:
-        parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in problems))
+        parser.exit(2, problems)
     default_samples = plan.suite.num_samples
     if plan.num_samples < default_samples:
         _note(f"note: {plan.num_samples} samples per cell, fewer than the suite's default {default_samples}: the "
@@ -357,7 +356,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return _report(args, plan, result, verdict, gate, out, start)
 
 
-def _dry_run(plan, config: RunConfig, out: Path) -> int:
+def _dry_run(plan, config: RunConfig, out: Path) -> None:
     """The cells the run would compute (resume honoured), the model evaluations they need and the time they would
     take, from the folder's earlier cells or a short probe of each model; nothing is trained or written."""
     from rfbench.suites.estimate import describe, estimate
@@ -373,7 +372,6 @@ def _dry_run(plan, config: RunConfig, out: Path) -> int:
         return ""
     text = describe(est, origin=origin, solver_origin=lambda solver: _origin(SOLVERS, solver))
     print(text if not scored else text.replace("\n", f"\n{scored}\n", 1))
-    return 0
 
 
 def run_summary(name: str, result, out: Path) -> str:
