@@ -63,9 +63,25 @@ class Gate:
 def load_gate(check: str | Path, fail_on: Sequence[str] = ()) -> Gate:
     """The baseline at ``check`` with the tolerances ``fail_on`` (``METRIC:+TOL``), else its spread file, checked
     now (its suite, version, samples and columns), not after the run."""
+    from rfbench.results.report import read_csv, shown
     tolerances = [parse_tolerance(spec, column_directions()) for spec in fail_on]
     path = Path(check)
     baseline = load_results(path)
+    where = path / "results.csv" if path.is_dir() and (path / "results.csv").is_file() else path
+    missing = [c for c in ("suite", "suite_version", "n_samples", "steps") if c not in baseline]
+    if missing:
+        raise ValueError(f"--check {where}: no {', '.join(missing)} column: a baseline is a results table of an "
+                         f"rfbench run (results.csv)")
+    if baseline.empty:
+        raise ValueError(f"--check {where}: no rows; a baseline needs the cells of an rfbench run (results.csv)")
+    for col in ("suite_version", "n_samples", *column_directions()):   # gated numbers: compared after the run
+        if col in baseline:
+            values = pd.to_numeric(baseline[col], errors="coerce")
+            bad = values.isna() & baseline[col].notna()
+            if bad.any():
+                line = f"line {int(bad.to_numpy().nonzero()[0][0]) + 2}: " if where.is_file() else ""
+                raise ValueError(f"--check {where}: {line}column {col} holds {shown(baseline[col][bad].iloc[0])}; "
+                                 f"{col} must be a number (or empty)")
     gate = Gate(path, baseline, tolerances)
     if "model_id" not in baseline:
         gate.notes.append(f"{path} has no model_id column (recorded before models had identities): the models' "
@@ -75,9 +91,9 @@ def load_gate(check: str | Path, fail_on: Sequence[str] = ()) -> Gate:
         if not spread_file.is_file():
             raise ValueError(f"--check {path}: no tolerances; pass --fail-on METRIC:+TOL or record the seed-to-seed "
                              f"spread as {spread_file} (rfbench spread)")
-        try:
-            gate.spread = pd.read_csv(spread_file)
-            check_spread(gate.spread, baseline, column_directions())
+        spread = read_csv(spread_file, f"the seed-to-seed spread of {path} (rfbench spread)")
+        try:   # its numbers converted now: a bad entry is refused before the run, not after it
+            gate.spread = check_spread(spread, baseline, column_directions())
         except GateMismatch as exc:
             raise ValueError(f"{spread_file}: {exc}") from None
     return gate

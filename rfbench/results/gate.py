@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from rfbench.results.report import shown
 from rfbench.results.schema import CELL, MODEL_IDENTITY, RUN_IDENTITY
 
 # a run must match the baseline in these, or the comparison means nothing (and, per model, in MODEL_IDENTITY)
@@ -152,7 +153,7 @@ def compare(run: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str
     runs = {_key(r): r for r in run.to_dict("records")}
     sd = {}
     if spread is not None and not tolerances:
-        check_spread(spread, baseline, directions)
+        spread = check_spread(spread, baseline, directions)
         for r in spread.to_dict("records"):
             sd[(*_key(r), r["metric"])] = float(r["sd"])
     failures, skipped, checked = [], [], 0
@@ -195,13 +196,26 @@ SPREAD_COLUMNS = ("suite", "suite_version", "n_samples", "model", "solver", "ste
 # (a spread file may also have "grid"; one without it is of uniform grids)
 
 
-def check_spread(spread: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str]) -> None:
-    """A spread file must have its columns, be of the baseline's suite, version and sample count, and name only
-    metrics that still have a direction."""
+# the numeric columns of a spread file: (column, integer, may be empty, lowest value, what is allowed)
+SPREAD_NUMBERS = (("suite_version", True, False, None, "an integer"), ("n_samples", True, False, 1, "an integer >= 1"),
+                  ("steps", True, True, 0, "an integer >= 0, or empty for an adaptive solver"),
+                  ("sd", False, False, 0, "a number >= 0"), ("mean", False, True, None, "a number"),
+                  ("runs", True, True, 2, "an integer >= 2"))
+
+
+def check_spread(spread: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str]) -> pd.DataFrame:
+    """A spread file must have its columns, numbers where they are numeric (a standard deviation >= 0), be of the
+    baseline's suite, version and sample count, and name only metrics that still have a direction. Returns it with
+    its numeric columns as numbers; raises :class:`GateMismatch` (a ValueError) with one line saying what is
+    wrong (and on which line of the file)."""
     missing = [c for c in SPREAD_COLUMNS if c not in spread]
     if missing:
         raise GateMismatch(f"the spread file lacks the column(s) {', '.join(missing)}; record it again with "
                            f"rfbench spread")
+    spread = spread.reset_index(drop=True)
+    for col, integer, optional, lowest, allowed in SPREAD_NUMBERS:
+        if col in spread:
+            spread[col] = _numbers(spread[col], col, integer, optional, lowest, allowed)
     want = _identity(baseline, "the baseline")
     for col in ("suite", "suite_version", "n_samples"):
         have = spread[col].dropna().astype(str).unique()
@@ -210,7 +224,27 @@ def check_spread(spread: pd.DataFrame, baseline: pd.DataFrame, directions: dict[
                                f"record the spread again")
     unknown = sorted(set(spread["metric"]) - set(directions))
     if unknown:
-        raise GateMismatch(f"the spread file names metric(s) without a direction: {', '.join(unknown)}")
+        raise GateMismatch(f"the spread file names metric(s) without a direction: {', '.join(map(str, unknown))}")
+    return spread
+
+
+def _numbers(values: pd.Series, col: str, integer: bool, optional: bool, lowest: float | None,
+             allowed: str) -> pd.Series:
+    """``values`` (a spread file's column, numbered from 0) as numbers, nullable integers where ``integer``, or
+    GateMismatch naming the first bad entry and its line in the file (the header is line 1)."""
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    bad = (numbers.isna() & values.notna()) | numbers.isin([np.inf, -np.inf])
+    if integer:
+        bad |= numbers.notna() & (numbers % 1 != 0)
+    if lowest is not None:
+        bad |= numbers < lowest
+    if not optional:
+        bad |= values.isna()
+    if bad.any():
+        where = int(bad.to_numpy().nonzero()[0][0])
+        raise GateMismatch(f"line {where + 2}: column {col} holds {shown(values.iloc[where])}; {col} must be "
+                           f"{allowed} (record the spread again with rfbench spread)")
+    return numbers.astype("Int64") if integer else numbers
 
 
 def _num(value) -> float:

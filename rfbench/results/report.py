@@ -7,12 +7,15 @@ Torch-free: which direction is better for a column comes from the caller (``rfbe
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
+
+from rfbench.results.schema import CELL
 
 FORMATS = ("markdown", "latex", "csv")
 Z95 = 1.959963984540054        # the normal 97.5% quantile: value +- Z95 * standard error is a 95% interval
@@ -31,27 +34,112 @@ DIGITS = {"is": 2, "fid": 2, "precision": 2, "recall": 2, "kid": 4, "w2": 3, "tr
 LATEX_HEADERS = {"w2": "$W_2$"}
 
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """A run's table: ``DIR/results.csv`` (what the run reported), else every cell under ``DIR/cells``, or a CSV."""
+def read_csv(path: str | Path, expected: str = "a results table written by rfbench") -> pd.DataFrame:
+    """The CSV at ``path``, or one line (ValueError) naming the file, what is wrong with it and what was
+    ``expected``: an empty file, a binary one, one that is not CSV, one that cannot be opened."""
+    path = Path(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        why = "is empty"
+    except UnicodeDecodeError as exc:
+        why = f"is not a text CSV (byte {exc.start} is not UTF-8)"
+    except pd.errors.ParserError as exc:
+        why = f"is not a well-formed CSV ({_one_line(exc)})"
+    except OSError as exc:
+        why = f"cannot be read ({exc.strerror or _one_line(exc)})"
+    raise ValueError(f"{path} {why}; expected {expected}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def load_results(path: str | Path, say: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """A run's table: ``DIR/results.csv`` (what the run reported), else every cell under ``DIR/cells`` (one row per
+    cell: see :func:`one_row_per_cell`; what was left out is said once, by ``say``, default stderr, and kept in
+    ``frame.attrs["left_out"]``), or a CSV. Raises FileNotFoundError or ValueError, one line naming the path and
+    what was expected."""
     from rfbench.results.store import ResultStore
     path = Path(path)
+    expected = "an rfbench output folder (--out of a run: results.csv or cells/) or a results CSV"
     if path.is_dir():
         if (path / "results.csv").is_file():
-            frame = pd.read_csv(path / "results.csv")
+            path = path / "results.csv"
+            frame = read_csv(path, "the results.csv an rfbench run writes")
         elif (path / "cells").is_dir():
             frame = ResultStore(path).load()
+            if frame.empty:
+                raise ValueError(f"{path / 'cells'} holds no result cell (cells/*.json) and {path} no results.csv: "
+                                 f"no results yet; expected {expected}")
+            frame, left_out = one_row_per_cell(frame)
+            if left_out:
+                frame.attrs["left_out"] = f"{path}: {left_out}"
+                (say or _stderr)(frame.attrs["left_out"])
         else:
-            raise FileNotFoundError(f"{path} holds neither results.csv nor cells/: not an rfbench output folder")
+            raise FileNotFoundError(f"{path} holds neither results.csv nor cells/; expected {expected}")
     elif path.is_file():
-        frame = pd.read_csv(path)
+        frame = read_csv(path)
+    elif path.exists():
+        raise ValueError(f"{path} is neither a folder nor a file; expected {expected}")
     else:
         raise FileNotFoundError(f"no results at {path}: pass an output folder (--out of a run) or a results CSV")
     missing = [c for c in ("model", "solver", "status") if c not in frame]
     if missing:
-        raise ValueError(f"{path}: no {', '.join(missing)} column: not an rfbench results table")
-    if "steps" in frame:
-        frame["steps"] = frame["steps"].astype("Int64")     # adaptive solvers leave it empty; the CSV reads floats
+        raise ValueError(f"{path}: no {', '.join(missing)} column: not an rfbench results table (found the columns "
+                         f"{_listed(frame.columns)})")
+    if "steps" in frame:    # adaptive solvers leave it empty; the CSV reads floats
+        steps = pd.to_numeric(frame["steps"], errors="coerce")
+        bad = (steps.isna() & frame["steps"].notna()) | (steps.notna() & (steps.fillna(0) % 1 != 0))
+        if bad.any():
+            raise ValueError(f"{path}: column steps holds {shown(frame['steps'][bad].iloc[0])}; steps must be an "
+                             f"integer, or empty for an adaptive solver")
+        frame["steps"] = steps.astype("Int64")
     return frame
+
+
+def _listed(columns, most: int = 8) -> str:
+    names = [str(c) for c in columns][:most]
+    more = len(columns) - len(names)
+    return ", ".join(repr(n[:40]) for n in names) + (f" and {more} more" if more > 0 else "") if names else "none"
+
+
+def shown(value) -> str:
+    """A value read from a file as an error message quotes it: ``'abc'``, ``2.5``, ``an empty entry``."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "an empty entry"
+    value = value.item() if isinstance(value, np.generic) else value
+    return repr(" ".join(value.split())[:60]) if isinstance(value, str) else repr(value)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def one_row_per_cell(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """One row per cell (suite, model, solver, steps, grid, options) of records read from a folder's cells: where
+    several records are of one cell (copied from another suite version, of another sample count or model, a renamed
+    file), only those of the highest suite version among them are kept, and of those the last written. Returns the
+    rows kept (in their order) and, when some were left out, one line saying how many and why."""
+    if frame.empty:
+        return frame, ""
+    cell = [c for c in ("suite", *CELL) if c in frame]
+    names = frame[cell].astype("string").fillna("")
+    if "grid" in names:     # as the gate reads a row without a grid (recorded before grids were): uniform
+        names["grid"] = names["grid"].replace("", "uniform")
+    keys = names.agg("\x00".join, axis=1) if cell else pd.Series("", frame.index)
+    version = pd.to_numeric(frame.get("suite_version", pd.Series(np.nan, frame.index)), errors="coerce")
+    version = version.astype(float).fillna(-np.inf)          # a record without a version is the oldest
+    older = version < version.groupby(keys).transform("max")
+    again = keys[~older].duplicated(keep="last")             # the same cell again in its newest version
+    kept = frame[~older][~again.to_numpy()]
+    if len(kept) == len(frame):
+        return frame, ""
+    parts = [f"{int(older.sum())} of an older suite version than another record of the same cell"] \
+        if older.any() else []
+    parts += [f"{int(again.sum())} written before another record of the same cell"] if again.any() else []
+    return kept, (f"{len(frame) - len(kept)} cell record(s) under cells/ left out of the table ({'; '.join(parts)}); "
+                  f"one row per cell: the newest suite version, the last written")
 
 
 def table_columns(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> list[str]:

@@ -1,11 +1,15 @@
 """Resume: which cells already stored in a run's folder a rerun keeps instead of computing again.
 
-A stored cell is kept when it finished (status ok), has the cell's key (the schema's key columns: suite version,
-samples, seeds, solver, steps, options, extractor, reference, and the model's identity: its recipe's hash or its
-file's sha1), was measured alike (the schema's resume columns: batch size, device, timing protocol, replicates of
-the standard errors), and has every column the suite's metrics fill now (a cell from before a metric gained a
-column, such as a standard error, is computed again), filled where it must be (solver_error of an ODE cell, left
-empty when the model's reference solution failed). Torch-free.
+A stored cell is kept when it finished (status ok), is the cell (its key computed again from the record's own key
+columns, not taken from its file's name: suite version, samples, seeds, solver, steps, options, grid, extractor,
+reference, and the model's identity: its recipe's hash or its file's sha1), was measured alike (the schema's resume
+columns: batch size, device, timing protocol, replicates of the standard errors), and has every column the suite's
+metrics fill now (a cell from before a metric gained a column, such as a standard error, is computed again), filled
+where it must be (solver_error of an ODE cell, left empty when the model's reference solution failed).
+
+A file under a wanted cell's name whose record is of another cell (copied from another suite version, edited,
+renamed) is stale: the cell is computed again and, in a run (``set_aside``), the file is moved into
+``cells/stale/`` with one line saying which columns differ. Torch-free.
 """
 
 from __future__ import annotations
@@ -14,39 +18,85 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rfbench.results.store import ResultStore
+from rfbench.results.schema import KEY_FIELDS
+from rfbench.results.store import ResultStore, cell_key
 
 
 @dataclass(frozen=True)
 class Wanted:
-    """What a stored cell must be to stand for the cell ``label`` of this run."""
+    """What a stored cell must be to stand for the cell ``label`` of this run. ``identity``: the key columns and the
+    values this run writes (``key`` is :func:`cell_key` of them); ``own``: key columns a record holds its own value
+    of (the independent row of an image suite records the held-out split's sample count, not the run's)."""
 
     label: str
     key: str
     equal: dict = field(default_factory=dict)     # resume columns and the values this run will record
     filled: tuple[str, ...] = ()                  # columns that must hold a value (not one left empty by a failure)
+    identity: dict = field(default_factory=dict)
+    own: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, label: str, fields: dict, equal: dict | None = None, filled: tuple[str, ...] = (),
+           own: tuple[str, ...] = ()) -> Wanted:
+        """The wanted cell whose row will hold ``fields`` (the run's shared columns, the cell's, the model's id)."""
+        return cls(label, cell_key(fields), dict(equal or {}), tuple(filled),
+                   {col: fields.get(col) for col in KEY_FIELDS}, tuple(own))
 
 
 def _empty(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def recorded_key(record: dict, want: Wanted) -> str:
+    """The key of the cell ``record`` holds, from its own key columns (``want.own`` taken as wanted)."""
+    return cell_key({**record, **{col: want.identity.get(col) for col in want.own}})
+
+
+def differences(record: dict, want: Wanted) -> list[str]:
+    """The key columns in which ``record`` is not the wanted cell, as ``NAME RECORDED (this run: VALUE)``."""
+    return [f"{col} {record.get(col)!r} (this run: {want.identity.get(col)!r})" for col in KEY_FIELDS
+            if col in want.identity and col not in want.own and str(record.get(col)) != str(want.identity.get(col))]
+
+
 def finished_cells(store: ResultStore, wanted: Sequence[Wanted], columns: Sequence[str],
-                   say: Callable[[str], None] = print) -> dict[str, str]:
-    """Cell label -> stored key of every wanted cell the store already holds (see the module docstring). Whatever
-    goes wrong while deciding (an unreadable folder) keeps nothing: every cell is then computed again."""
+                   say: Callable[[str], None] = print, set_aside: bool = False) -> dict[str, str]:
+    """Cell label -> stored key of every wanted cell the store already holds (see the module docstring). A stale
+    file at a wanted cell's name is said (``say``) and, with ``set_aside`` (a run, not a dry run), moved into
+    ``cells/stale/``. Whatever goes wrong while deciding (an unreadable folder) keeps nothing: every cell is then
+    computed again."""
     try:
-        done = {key: rec for key, rec in store.records().items() if rec.get("status") == "ok"}
+        stored = store.records()
     except Exception as exc:
         say(f"resume: could not read the finished cells ({type(exc).__name__}: {exc}); computing every cell")
         return {}
     found: dict[str, str] = {}
     for want in wanted:
-        rec = done.get(want.key)
-        if rec is None or not all(col in rec for col in columns):
-            continue        # not there, or computed before a column existed
+        rec = stored.get(want.key)
+        if rec is None:
+            continue
+        if recorded_key(rec, want) != want.key:
+            _stale(store, want, rec, say, set_aside)
+            continue
+        if rec.get("status") != "ok" or not all(col in rec for col in columns):
+            continue        # failed, or computed before a column existed
         if any(_empty(rec.get(col)) for col in want.filled):
             continue
         if all(rec.get(name) == value for name, value in want.equal.items()):
             found[want.label] = want.key
     return found
+
+
+def _stale(store: ResultStore, want: Wanted, record: dict, say: Callable[[str], None], set_aside: bool) -> None:
+    """Say that ``cells/KEY.json`` records another cell, and (``set_aside``) move it into ``cells/stale/``."""
+    name = f"cells/{want.key}.json"
+    diffs = differences(record, want) or [f"key columns giving {recorded_key(record, want)}"]
+    what = f"resume: {name} records {', '.join(diffs)}: {want.label} is recomputed"
+    if not set_aside:
+        say(what)
+        return
+    try:
+        moved = store.set_aside(want.key)
+    except OSError as exc:
+        say(f"{what}; the old file could not be moved aside ({exc.strerror or exc}) and will be overwritten")
+        return
+    say(f"{what}; old file moved to {moved.relative_to(store.out_dir).as_posix()}")

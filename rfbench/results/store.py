@@ -32,6 +32,9 @@ def cell_key(record: dict) -> str:
     return f"{readable}-{digest}"
 
 
+STALE = "stale"     # cells/stale/: cell files a resumed run set aside (their record is of another cell); never read
+
+
 class ResultStore:
     """Cells under ``out_dir/cells/``; a finished cell is never lost when a later one fails or the run dies.
     ``metric_columns``: the metrics' columns, placed by :func:`rfbench.results.schema.table_columns`."""
@@ -39,6 +42,7 @@ class ResultStore:
     def __init__(self, out_dir: str | os.PathLike, metric_columns: Sequence[str] = ()):
         self.out_dir = Path(out_dir)
         self.cells_dir = self.out_dir / "cells"
+        self.stale_dir = self.cells_dir / STALE
         self.metric_columns = tuple(metric_columns)
 
     def write(self, record: dict, key: str | None = None) -> Path:
@@ -59,11 +63,30 @@ class ResultStore:
 
         return atomic_write(path, write)
 
+    def set_aside(self, key: str) -> Path:
+        """Move ``cells/KEY.json`` (and its samples, ``KEY.npz``) into ``cells/stale/``, never over a file already
+        there (then ``KEY-2.json``, ``KEY-3.json``, ...): a record that is not the cell its name says is kept for
+        a reader, and no longer read as a result. Returns where the record went."""
+        self.stale_dir.mkdir(parents=True, exist_ok=True)
+        stem, n = key, 1
+        while any((self.stale_dir / f"{stem}{ext}").exists() for ext in (".json", ".npz")):
+            n += 1
+            stem = f"{key}-{n}"
+        samples = self.cells_dir / f"{key}.npz"
+        if samples.is_file():
+            os.replace(samples, self.stale_dir / f"{stem}.npz")
+        target = self.stale_dir / f"{stem}.json"
+        os.replace(self.cells_dir / f"{key}.json", target)
+        return target
+
     def records(self) -> dict[str, dict]:
-        """Every stored record by its cell key. A file that cannot be read (a disk full at write time, a hand edit)
-        is left out with a warning: its cell is then computed again, never trusted."""
+        """Every stored record by its file's name (the cell key it was written under), from ``cells/*.json`` only
+        (never ``cells/stale/``). A file that cannot be read (a disk full at write time, a hand edit) is left out
+        with a warning: its cell is then computed again, never trusted."""
         out = {}
         for path in sorted(self.cells_dir.glob("*.json")) if self.cells_dir.exists() else []:
+            if not path.is_file():
+                continue
             try:
                 with open(path) as fh:
                     record = json.load(fh)

@@ -227,13 +227,15 @@ def expect_training(run: Sweep, cache_root) -> None:
 def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], world: World) -> list[Wanted]:
     """What each stored cell must be to stand for a cell of this run (and the independent row): its key from the
     rows' shared columns ``base`` and the cell, measured alike (device, timing protocol, replicates, batch plan),
-    solver_error filled where a reference solution failed before. Used by the run and by ``--dry-run``."""
+    solver_error filled where a reference solution failed before. Each carries the key columns this run writes, which
+    a stored record must hold to be kept (its file's name is not trusted). Used by the run and by ``--dry-run``."""
     timing = timing_protocol(plan.repeats, world)
     planned = batch_plan(plan.num_samples, plan.batch_size, world)[0]
     wanted = []
     if plan.independent_row:
-        wanted.append(Wanted(INDEPENDENT, cell_key({**base, **INDEPENDENT_FIELDS, "model_id": None}),
-                             {"bootstrap": plan.bootstrap}))
+        # an image suite's independent row records the held-out split's sample count, not the run's
+        wanted.append(Wanted.of(INDEPENDENT, {**base, **INDEPENDENT_FIELDS, "model_id": None},
+                                {"bootstrap": plan.bootstrap}, own=("n_samples",)))
     for model in plan.models:
         identity = identities[model.name]
         if not identity.resumable:
@@ -245,8 +247,7 @@ def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], w
             # solver_error left empty by a failed reference solution is computed again
             filled = ("solver_error",) if "solver_error" in plan.metrics and model.kind != "one-step" \
                 and ode_cell(cell) else ()
-            wanted.append(Wanted(cell.label, cell_key({**base, **cell.fields(), "model_id": identity.id}), equal,
-                                 filled))
+            wanted.append(Wanted.of(cell.label, {**base, **cell.fields(), "model_id": identity.id}, equal, filled))
     return wanted
 
 
@@ -416,4 +417,4 @@ def _scored(store: ResultStore, plan: Plan, keys: list[str]) -> list[str]:
 def _resumable(run: Sweep, columns: list[str]) -> dict[str, str]:
     """The cells this run may keep from its folder: same key, measured alike (see :mod:`rfbench.results.resume`)."""
     wanted = wanted_cells(run.plan, run.base, run.identities, run.world)
-    return finished_cells(run.store, wanted, columns, run.say)
+    return finished_cells(run.store, wanted, columns, run.say, set_aside=True)
