@@ -20,8 +20,9 @@ from rfbench.device import resolve_device
 from rfbench.distributed import World, env_world_size
 from rfbench.metrics import column_directions
 from rfbench.metrics.features import find_inception_weights
-from rfbench.models.cache import Cache
-from rfbench.models.sources import LoadContext, as_source
+from rfbench.files import folder_problem
+from rfbench.models.cache import Cache, default_cache_dir
+from rfbench.models.sources import LoadContext, Recipe, as_source
 from rfbench.plugins import load_plugins
 from rfbench.results.gate import (K_SIGMA, GateMismatch, GateResult, Tolerance, check_comparable, check_models,
                                   check_spread, compare, parse_tolerance, spread_path)
@@ -135,11 +136,21 @@ def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None =
     return plan, gate
 
 
-def input_problems(plan: Plan, config: RunConfig, log: Callable[[str], None] = lambda msg: None) -> list[str]:
+def input_problems(plan: Plan, config: RunConfig, log: Callable[[str], None] = lambda msg: None,
+                   out: str | Path | None = None) -> list[str]:
     """One line per input the run cannot start without, or model that does not fit the suite; nothing is run.
+    ``out``: the run's folder, which must be writable (and the model cache, when a model is trained).
     Under torchrun no model is loaded for the check (every process would, before the processes are set up, and
     all must reach the same verdict): a model whose shape only loading tells fails in its cells instead."""
     missing = missing_inputs(plan)
+    if out is not None:
+        missing += [line for line in [folder_problem(out, "--out", "the run's results")] if line]
+    if any(isinstance(m.source, Recipe) for m in plan.models):
+        cache_dir = config.cache_dir if config.cache_dir is not None else default_cache_dir()
+        line = folder_problem(cache_dir, "--cache", "the trained models")
+        if line is not None:
+            missing.append(line if config.cache_dir is not None else f"{line} (the default cache: set "
+                           f"$RFBENCH_CACHE or pass --cache)")
     device = resolve_device(config.device)
     cache = Cache(config.cache_dir, log=log)
 
@@ -187,7 +198,7 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
         checkpoints: Mapping[str, str | Path] | None = None, cache: str | Path | None = None, resume: bool = True,
         save_samples: bool = False, check: str | Path | None = None, fail_on: Sequence[str] = (),
         plugins: Sequence[str] = (), progress: bool = False, plots: bool | None = None,
-        log: Callable[[str], None] | None = None) -> pd.DataFrame:
+        log: Callable[[str], None] | None = None, threads: int | None = None) -> pd.DataFrame:
     """Run a suite (or part of it) and return its results, one row per cell, as the CLI writes them.
 
     Args mirror ``python benchmark.py``'s options (``grids``: time grids such as "uniform", "logsnr", "karras",
@@ -200,6 +211,7 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     cells are never resumed). ``out=None`` keeps nothing on disk (a temporary folder, removed). ``check``: a
     baseline CSV to gate against (``fail_on``: tolerances such as "w2:+10%"); a failing gate raises
     :class:`GateFailed` carrying the frame. ``plugins``: files or modules to load first (installed ones always are).
+    ``threads``: torch's CPU threads (default: one for models under 5M parameters, see :mod:`rfbench.threads`).
     The frame's ``attrs`` hold the files written, the models trained, the gate's verdict and ``timings`` (seconds of
     training, sampling, metrics and the total).
     """
@@ -216,9 +228,10 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
                        data_dir=None if data_dir is None else str(data_dir),
                        reference_file=None if ref_stats is None else str(ref_stats),
                        device=None if device is None else str(device),
-                       cache_dir=None if cache is None else str(cache), resume=resume, save_samples=save_samples)
+                       cache_dir=None if cache is None else str(cache), resume=resume, save_samples=save_samples,
+                       threads=threads)
     plan, gate = prepare(suite, config, check=check, fail_on=fail_on)
-    problems = input_problems(plan, config, log or (lambda msg: None))
+    problems = input_problems(plan, config, log or (lambda msg: None), out=out)
     if problems:
         raise InputError(problems)
     quiet = log or (lambda msg: None)

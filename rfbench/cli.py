@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from rfbench.progress import duration
 from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
 from rfbench.results.gate import GateMismatch, spread_table
+from rfbench.results.store import StoreWriteError
 from rfbench.results.report import FORMATS, load_results, render_table
 from rfbench.samplers import GRIDS, SOLVERS
 from rfbench.suites.base import SUITES
@@ -86,7 +89,7 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default=DEFAULT_SUITE, metavar="NAME",
                         help=f"suite to run (default: {DEFAULT_SUITE}); one of: {', '.join(SUITES.names())}")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--out", default=None, metavar="DIR",
                         help="output folder for results.csv, results.md, plots and cells/ (default: runs/SUITE)")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE",
                         help="a .py file or module that registers solvers, models, metrics, datasets, extractors or "
@@ -157,6 +160,10 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                              "are installed)")
     parser.add_argument("--inception-mode", default=None, choices=("clean", "legacy_tensorflow"),
                         help="inception preprocessing: clean-fid's clean resize, or legacy_tensorflow (default: clean)")
+    parser.add_argument("--threads", default=None, metavar="N|auto",
+                        help="torch's CPU threads (default: auto, one for models under 5M parameters, which stays fast "
+                             "on a shared machine, torch's default for larger ones); recorded in every row's threads "
+                             "column")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the cells already finished in --out (same suite version, samples, seeds, extractor, "
                              "reference, batch size, model recipe or file) and compute only the missing or failed ones "
@@ -179,6 +186,8 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                         help="list suites, models, solvers, metrics, datasets and extractors (with where each came "
                              "from), then exit")
     parser.add_argument("--dry-run", action="store_true", help="print the cells the run would compute, then exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (default: one line; also $RFBENCH_DEBUG=1)")
     parser.add_argument("--version", action="version", version=f"rfbench {__version__}")
     return parser
 
@@ -250,16 +259,17 @@ def _note(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def _batch_size_arg(value: str | None) -> int | str | None:
+def _count_or_auto(flag: str, value: str | None) -> int | str | None:
+    """An integer >= 1, or "auto" (or None, not given) as it is."""
     if value is None or value == "auto":
         return value
     try:
-        size = int(value)
+        count = int(value)
     except ValueError:
-        size = 0
-    if size < 1:
-        raise ValueError(f"--batch-size takes an integer >= 1 or auto, got {value!r}")
-    return size
+        count = 0
+    if count < 1:
+        raise ValueError(f"{flag} takes an integer >= 1 or auto, got {value!r}")
+    return count
 
 
 def config_from_args(args) -> RunConfig:
@@ -272,11 +282,13 @@ def config_from_args(args) -> RunConfig:
                      steps=tuple(args.steps) if args.steps else None, grids=args.grids,
                      solver_options=tuple(args.solver_option),
                      num_samples=args.num_samples,
-                     first_seed=args.first_seed, batch_size=_batch_size_arg(args.batch_size), repeats=args.repeats,
+                     first_seed=args.first_seed, batch_size=_count_or_auto("--batch-size", args.batch_size),
+                     repeats=args.repeats,
                      bootstrap=args.bootstrap, extractor=args.extractor, extractor_options=tuple(options.items()),
                      data_dir=args.data_dir, reference_file=None if args.ref_stats is None else str(args.ref_stats),
                      device=args.device, cache_dir=None if args.cache is None else str(args.cache),
-                     resume=args.resume and not args.force, save_samples=args.save_samples)
+                     resume=args.resume and not args.force, save_samples=args.save_samples,
+                     threads=_count_or_auto("--threads", args.threads))
 
 
 def _plugins(argv: list[str], prog: str) -> None:
@@ -295,11 +307,47 @@ def _plugins(argv: list[str], prog: str) -> None:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``prog``: the name in usage and errors (default: benchmark.py when called with ``argv``, else what the user
-    ran: benchmark.py or the rfbench console script)."""
+    ran: benchmark.py or the rfbench console script).
+
+    Exit status: 0 done, 1 the run failed (cells failed, a file could not be written, an unexpected error), 2 bad
+    input (found before any work), 3 the regression gate failed, 130 interrupted. Every error is one line on stderr;
+    ``--debug`` (or $RFBENCH_DEBUG=1) shows the traceback of an unexpected one instead."""
     prog = prog or (program_name() if argv is None else "benchmark.py")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ... / rfbench score ...
-        return COMMANDS[argv[0]](argv[1:], prog=f"{prog} {argv[0]}")
+    debug = "--debug" in argv or os.environ.get("RFBENCH_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ... / rfbench score ...
+            return COMMANDS[argv[0]](argv[1:], prog=f"{prog} {argv[0]}")
+        return _main(argv, prog)
+    except KeyboardInterrupt:
+        _note(f"{prog}: interrupted; the cells finished so far are kept in the run's cells/ folder: rerun the same "
+              f"command to resume")
+        return 130
+    except Exception as exc:    # one line, never a traceback (unless --debug): what went wrong and where
+        if debug:
+            raise
+        _note(f"{prog}: error: {_unexpected(exc)}")
+        return 1
+
+
+def _unexpected(exc: BaseException) -> str:
+    """An error nobody checked for, on one line: a file that could not be written says which and how to resume;
+    anything else says its type, its message and how to see the traceback."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno in (
+            errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG):
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        if isinstance(exc, StoreWriteError):
+            return str(exc)
+        return (f"writing{where} failed: {exc.strerror or exc}; finished cells are kept in the run's cells/ "
+                f"folder: free space (or make the folder writable) and rerun the same command to resume")
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text} (unexpected: rerun with --debug for the traceback, and please report it)"
+
+
+def _main(argv: list[str], prog: str) -> int:
     _plugins(argv, prog)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
@@ -320,8 +368,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if trained and given:
         _note(f"note: {', '.join(trained)} are trained by rfbench's recipes (reflows and distillations from "
               f"rfbench's own parents), not derived from the checkpoint files given")
-    out = args.out or Path("runs") / plan.name
-    problems = "".join(f"{parser.prog}: error: {line}\n" for line in input_problems(plan, config))
+    out = Path(args.out) if args.out is not None else Path("runs") / plan.name
+    problems = "".join(f"{parser.prog}: error: {line}\n" for line in input_problems(
+        plan, config, out=args.out if args.out is not None else out))
     if args.dry_run:    # the plan, then what the run would stop on (exit status 2, as the run's)
         _dry_run(plan, config, out)
         if problems:
@@ -516,7 +565,7 @@ def score_main(argv: list[str], prog: str = "rfbench score") -> int:
                         help="the row's solver column (default: external)")
     parser.add_argument("--nfe", type=float, default=None, metavar="N", help="model evaluations per sample, as known")
     parser.add_argument("--steps", type=int, default=None, metavar="N", help="the row's steps column")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--out", default=None, metavar="DIR",
                         help="a run's folder: the row joins its cells/ and results.csv (default: runs/SUITE)")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE")
     parser.add_argument("--device", default="auto")

@@ -23,10 +23,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """The ``device`` column: the GPU's name, or the CPU with its thread count."""
+    """The ``device`` column: the GPU's name, or the CPU (the threads a cell used are in its own column)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,7 +1,13 @@
 """Test-wide settings: the installed plugins (rfbench's baselines among them) are loaded as the CLI loads them;
-GPU tests skip where there is no CUDA; nothing here touches the network."""
+GPU tests skip where there is no CUDA; nothing here touches the network; and the tests write only inside temporary
+folders: $HOME and $RFBENCH_CACHE point into one for the whole session (child processes inherit them), and the
+session fails if the user's own cache or the repository gained a file."""
 
+import atexit
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,7 +15,45 @@ import torch
 
 from rfbench.plugins import load_entry_points
 
+REPO = Path(__file__).resolve().parent.parent
+_REAL_CACHE = Path(os.environ.get("RFBENCH_CACHE") or Path.home() / ".cache" / "rfbench")
+_HOME = tempfile.mkdtemp(prefix="rfbench-test-home-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+os.environ["HOME"] = _HOME
+os.environ["RFBENCH_CACHE"] = str(Path(_HOME) / ".cache" / "rfbench")
+os.environ.setdefault("MPLCONFIGDIR", str(Path(_HOME) / ".config" / "matplotlib"))
+
 load_entry_points()
+
+
+def _untracked() -> set[str] | None:
+    """The repository's untracked files that git does not ignore (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line[3:] for line in out.splitlines() if line.startswith("?? ")}
+
+
+def _listing(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*")} if root.is_dir() else set()
+
+
+def pytest_sessionstart(session):
+    session.config._rfbench_before = (_untracked(), _listing(_REAL_CACHE))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when a test wrote outside its temporary folders: into the repository (a run without --out
+    writes runs/SUITE in the working folder) or into the user's model cache."""
+    untracked, cached = session.config._rfbench_before
+    now_untracked = _untracked()
+    new = sorted((now_untracked or set()) - (untracked or set())) if untracked is not None else []
+    new += sorted(_listing(_REAL_CACHE) - cached)
+    if new:
+        print(f"\ntests wrote outside their temporary folders: {', '.join(new[:10])}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

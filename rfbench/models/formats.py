@@ -91,6 +91,11 @@ def _rfbench_config(path: Path) -> dict:
     return config
 
 
+def file_config(path: str | Path) -> dict:
+    """The config recorded in an rfbench checkpoint (what built and trained it: model name, problem, network)."""
+    return _rfbench_config(Path(path))
+
+
 def _net_config(path: Path, config: dict):
     spec = config["net"]
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "arch"}

@@ -34,7 +34,7 @@ from rfbench.files import sha1_files
 from rfbench.models.cache import TRAINING_CODE_VERSION, Cache
 from rfbench.models.checkpoint import config_hash, jsonable
 from rfbench.models.diffusers_folder import folder_sha1
-from rfbench.models.formats import FLAVORS, FORMATS, file_input_shape, file_kind, load_model_file, sniff
+from rfbench.models.formats import FLAVORS, FORMATS, file_config, file_input_shape, file_kind, load_model_file, sniff
 from rfbench.protocols import is_diffusion_model
 from rfbench.registry import Registry
 
@@ -144,6 +144,12 @@ class ModelFile(ModelSource):
         self._kind, self.flavor, self.network = kind, flavor, network
         self._sha1: str | None = None
         self.probe = True
+        self.claimed: str | None = None    # the suite model this file is loaded as (--checkpoint MODEL=PATH)
+
+    def claiming(self, name: str) -> "ModelFile":
+        """This file, loaded as the suite's model ``name``: a file that says it is another model is refused."""
+        self.claimed = name
+        return self
 
     def __repr__(self) -> str:
         return f"ModelFile({str(self.path)!r}, kind={self._kind!r}, flavor={self.flavor!r})"
@@ -180,14 +186,34 @@ class ModelFile(ModelSource):
             return f"checkpoint for {name} not found: {self.path} (--checkpoint or --model {name}=PATH)"
         return None
 
-    def check(self) -> None:
-        """The file's own kind must be the one asked for (an rfbench checkpoint and a diffusers folder say what they
-        are; an official or TorchScript file does not)."""
+    def check(self, suite=None) -> None:
+        """The file must be what it is loaded as: its own kind the one asked for (an rfbench checkpoint and a
+        diffusers folder say what they are; an official or TorchScript file does not) and, for an rfbench checkpoint
+        loaded as a suite's model, its recorded model name that model's and its recorded problem the suite's."""
         fmt = sniff(self.path)
+        as_what = f" loaded as {self.claimed}" if self.claimed else ""
         if self._kind is not None and fmt in ("rfbench", "diffusers"):
             own = file_kind(self.path)
             if own != self._kind:
-                raise ValueError(f"{self.path} ({FORMATS[fmt]}) holds a {own} model, not a {self._kind} one")
+                raise ValueError(f"{self.path} ({FORMATS[fmt]}) holds a {own} model, not a {self._kind} "
+                                 f"one{as_what}")
+        if fmt != "rfbench" or self.claimed is None:
+            return
+        config = file_config(self.path)
+        recorded = config.get("model") if isinstance(config.get("model"), str) else None
+        if recorded is not None and recorded != self.claimed:
+            raise ValueError(f"{self.path} is an rfbench checkpoint of model {recorded!r}, not of {self.claimed!r}; "
+                             f"give {self.claimed}'s own file, or add it as another model with --model "
+                             f"{recorded}-file={self.path}")
+        problem = getattr(getattr(suite, "problem", None), "to_dict", None)
+        if recorded is not None and isinstance(config.get("problem"), dict) and callable(problem):
+            expected = jsonable(problem())
+            if jsonable(config["problem"]) != expected:
+                differing = sorted(k for k in set(expected) | set(config["problem"])
+                                   if config["problem"].get(k) != expected.get(k))
+                raise ValueError(f"{self.path} is {recorded} trained on another problem than suite "
+                                 f"{suite.name}'s (differing: {', '.join(differing)}); give the checkpoint trained "
+                                 f"on this suite's data")
 
     def load(self, ctx: LoadContext) -> Any:
         return load_model_file(self.path, ctx.device, flavor=self.flavor, network=self.network)

@@ -35,6 +35,22 @@ def cell_key(record: dict) -> str:
 STALE = "stale"     # cells/stale/: cell files a resumed run set aside (their record is of another cell); never read
 
 
+class StoreWriteError(OSError):
+    """A cell (or its samples) could not be written: a full disk, a folder made read-only mid-run. The message
+    says which file, why, how many finished cells are safe and how to resume; ``errno`` is the system's."""
+
+    def __init__(self, store: "ResultStore", path: Path, exc: OSError):
+        safe = len(list(store.cells_dir.glob("*.json"))) if store.cells_dir.is_dir() else 0
+        reason = exc.strerror or str(exc)
+        super().__init__(exc.errno, f"writing {path} failed: {reason}; the {safe} finished cell(s) before it are "
+                                    f"safe in {store.cells_dir}; free space (or make the folder writable) and rerun "
+                                    f"the same command: finished cells are kept, the rest are computed")
+        self.path, self.safe = path, safe
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 class ResultStore:
     """Cells under ``out_dir/cells/``; a finished cell is never lost when a later one fails or the run dies.
     ``metric_columns``: the metrics' columns, placed by :func:`rfbench.results.schema.table_columns`."""
@@ -48,7 +64,11 @@ class ResultStore:
     def write(self, record: dict, key: str | None = None) -> Path:
         """Store one record as ``cells/KEY.json`` (default key: :func:`cell_key` of the record)."""
         path = self.cells_dir / f"{key or cell_key(record)}.json"
-        atomic_write_text(path, json.dumps(_clean(record), indent=1, sort_keys=True, allow_nan=False))
+        text = json.dumps(_clean(record), indent=1, sort_keys=True, allow_nan=False)
+        try:
+            atomic_write_text(path, text)
+        except OSError as exc:
+            raise StoreWriteError(self, path, exc) from exc
         return path
 
     def write_samples(self, key: str, arrays: dict[str, np.ndarray]) -> Path:
@@ -61,7 +81,10 @@ class ResultStore:
             np.savez(buffer, **arrays)
             fh.write(buffer.getvalue())
 
-        return atomic_write(path, write)
+        try:
+            return atomic_write(path, write)
+        except OSError as exc:
+            raise StoreWriteError(self, path, exc) from exc
 
     def set_aside(self, key: str) -> Path:
         """Move ``cells/KEY.json`` (and its samples, ``KEY.npz``) into ``cells/stale/``, never over a file already

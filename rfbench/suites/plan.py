@@ -31,6 +31,7 @@ from rfbench.samplers import SOLVERS
 from rfbench.samplers.grids import GRIDS, SPACINGS, check_grid
 from rfbench.suites.base import Cell, Suite, SuiteModel, applies, check_cells
 from rfbench.suites.options import parse_solver_options, with_options
+from rfbench.threads import check_threads
 
 
 class InputError(ValueError):
@@ -69,9 +70,11 @@ class RunConfig:
     save_samples: bool = False
     # options for the run's cells: (solver or None for every solver that takes the option, option, value)
     solver_options: tuple[tuple[str | None, str, Any], ...] = ()
+    threads: int | None = None                           # CPU threads of torch; None: rfbench.threads decides
 
     def __post_init__(self):
         object.__setattr__(self, "solver_options", parse_solver_options(self.solver_options))
+        object.__setattr__(self, "threads", check_threads(self.threads))
         for name in ("models", "solvers", "grids"):
             value = getattr(self, name)
             if value is not None:
@@ -250,11 +253,12 @@ def _models(suite: Suite, config: RunConfig) -> tuple[SuiteModel, ...]:
         if name in added:
             source = added[name]
             if name in suite.model_names and isinstance(source, ModelFile) and source.explicit_kind is None:
-                source = suite.model(name).source.with_file(source.path)    # the suite's flavor and network
+                source = _claiming(suite.model(name).source.with_file(source.path), name)   # its flavor, network
             out.append(SuiteModel(name, source))
         elif name in suite.model_names:
             model = suite.model(name)
-            out.append(SuiteModel(name, model.source.with_file(checkpoints[name])) if name in checkpoints else model)
+            out.append(SuiteModel(name, _claiming(model.source.with_file(checkpoints[name]), name))
+                       if name in checkpoints else model)
         elif name in MODELS:
             out.append(SuiteModel(name, MODELS[name]))
         else:
@@ -263,6 +267,11 @@ def _models(suite: Suite, config: RunConfig) -> tuple[SuiteModel, ...]:
                              f"models are: {', '.join(suite.model_names)}{registered} (or give a file with --model "
                              f"{name}=PATH)")
     return tuple(out)
+
+
+def _claiming(source, name: str):
+    """A file given for the suite's model ``name`` is checked to be that model (:meth:`ModelFile.check`)."""
+    return source.claiming(name) if isinstance(source, ModelFile) else source
 
 
 def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ...]:
@@ -402,7 +411,7 @@ def model_problems(plan: Plan, load=None, device: torch.device | str = "cpu") ->
             continue          # missing_inputs says so
         try:
             if hasattr(source, "check"):
-                source.check()
+                source.check(plan.suite)
             expected = source.input_shape(plan.suite)
         except Exception as exc:
             problems.append(f"model {model.name} ({source.describe()}): {type(exc).__name__}: {_line(exc)}")

@@ -34,6 +34,7 @@ from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import probed_batch_size, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
+from rfbench.threads import DEFAULT_THREADS, busy_note, load_average, threads_for, using_threads
 
 GRID_SAMPLES = 16  # images per row of samples_MODEL.png
 GRID_ROWS = 4      # rows (distinct NFEs) per model in samples_MODEL.png
@@ -79,6 +80,7 @@ class Sweep:
     grid: dict = field(default_factory=dict)                 # cell label -> (model, NFE, first images)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
     planned_training: dict[str, list[str]] = field(default_factory=dict)   # model -> its training jobs on the bar
+    threads: int | None = None          # --threads (None: rfbench.threads.threads_for decides per model)
 
     def timed(self, part: str):
         """A block whose seconds count towards ``timings[part]``."""
@@ -99,6 +101,7 @@ def sweep(run: Sweep) -> None:
     A model that cannot be loaded, and a cell that fails (NaN samples, a solver that cannot proceed), are rows with
     their error; the sweep goes on. The bar counts model evaluations (:func:`expect_work`)."""
     plan, main, progress = run.plan, run.world.is_main, run.progress
+    loading_threads = torch.get_num_threads()
     if plan.independent_row and main and not _keep(run, INDEPENDENT):
         with run.timed("metrics"):
             record = run.evaluation.independent_record(run.x0.cpu(), list(plan.seeds), run.base.get("notes"))
@@ -110,6 +113,7 @@ def sweep(run: Sweep) -> None:
                 _keep(run, cell.label)
             continue
         progress.status(f"{model.name}: loading")
+        torch.set_num_threads(loading_threads)
         with run.timed("training"):
             net, errors = run.load(model)
         for key in run.planned_training.pop(model.name, []):   # expected, but not reported as a job: off the bar
@@ -128,6 +132,8 @@ def sweep(run: Sweep) -> None:
             nfe = cell_nfe(cell, net)
             if nfe is not None and cell.label in progress.pending:
                 progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats)
+        threads = threads_for(net, run.threads, run.device)
+        torch.set_num_threads(threads)     # for this model's cells, reference flow and solution (restored by run_suite)
         with run.timed("sampling"):
             batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
                 model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
@@ -147,11 +153,13 @@ def sweep(run: Sweep) -> None:
                 continue
             progress.status(cell.label)
             images = run.evaluation.images
+            load_start = load_average()
             with run.timed("sampling"):
                 sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
                                       run.world, extract=images.extract if images is not None else None)
             if not main:
                 continue
+            sampled.fields.update(threads=threads, load_start=load_start, load_end=load_average())
             progress.finish(cell.label, None if sampled.error is not None else
                             sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats)
             exact, why = None, None
@@ -165,8 +173,10 @@ def sweep(run: Sweep) -> None:
                 exact, why = reference[0]
             with run.timed("metrics"):
                 record = _score(run, cell, sampled, scope, net, exact)
-            if why is not None and record["status"] == "ok":
-                record["notes"] = "; ".join(filter(None, [record.get("notes", run.base.get("notes")), why]))
+            busy = busy_note(load_start, sampled.fields.get("load_end"))
+            for note in (why, busy) if record["status"] == "ok" else ():
+                if note is not None:
+                    record["notes"] = "; ".join(filter(None, [record.get("notes", run.base.get("notes")), note]))
             key = _store(run, record, cell.fields(), model)
             if record["status"] == "ok" and images is not None:
                 run.grid[cell.label] = (model.name, float(record["nfe"]), sampled.x[:GRID_SAMPLES].numpy())
@@ -323,9 +333,18 @@ def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None
     processes of a torchrun run; each samples its share of every cell, rank 0 trains (the others then load from the
     cache), computes the metrics and writes; the others return an empty frame.
     """
+    config = dataclasses.replace(config or RunConfig(), **options)
+    device = resolve_device(config.device)
+    # training and setting up on one CPU thread unless told otherwise; each model then samples on threads_for(...)
+    with using_threads(config.threads or (1 if device.type == "cpu" else DEFAULT_THREADS)):
+        return _run_suite(suite, out_dir, config, progress=progress, plots=plots, log=log, world=world,
+                          plot_format=plot_format)
+
+
+def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, progress: bool, plots: bool,
+               log: Callable[[str], None] | None, world: World | None, plot_format: str) -> RunOutput:
     started = time.perf_counter()
     timings = dict.fromkeys(TIMINGS, 0.0)
-    config = dataclasses.replace(config or RunConfig(), **options)
     plan = suite if isinstance(suite, Plan) else make_plan(suite, config)
     world = world or World()
     main = world.is_main
@@ -374,7 +393,8 @@ def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None
             return net, None
         return main_then_others(world, step, "load")
 
-    run = Sweep(plan, x0, base, identities, store, evaluation, load, device, world, say, shown, timings=timings)
+    run = Sweep(plan, x0, base, identities, store, evaluation, load, device, world, say, shown, timings=timings,
+                threads=config.threads)
     if config.resume:
         run.resumed = world.all_objects(_resumable(run, columns=metric_columns(plan)) if main else {})[0]
         if run.resumed:
