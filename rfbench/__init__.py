@@ -18,13 +18,14 @@ from rfbench.models.diffusion import DiffusionModel
 from rfbench.models.sources import Factory, ModelFile, ModelSource, Recipe, register_model
 from rfbench.noise import initial
 from rfbench.plugins import PluginError, load_plugin
-from rfbench.samplers import (GRIDS, SOLVERS, NonFiniteError, SampleResult, SamplerError, Trajectory, register_grid,
-                              register_solver, sample)
+from rfbench.samplers import (GRIDS, SOLVERS, BudgetExceeded, NonFiniteError, SampleResult, SamplerError, Trajectory,
+                              register_grid, register_solver, sample)
 from rfbench.suites import Cell, Suite, SuiteModel, register_suite
 from rfbench.version import __version__
 
 __all__ = ["sample", "initial", "run", "SOLVERS", "GRIDS", "SampleResult", "Trajectory", "SamplerError",
-           "NonFiniteError", "DiffusionModel", "register_solver", "register_grid", "register_model", "register_metric",
+           "NonFiniteError", "BudgetExceeded", "DiffusionModel", "register_solver", "register_grid", "register_model",
+           "register_metric",
            "register_dataset", "register_extractor", "register_suite", "load_plugin", "PluginError", "InputError",
            "GateFailed", "Metric", "MetricInput", "FeatureExtractor", "Dataset", "ModelSource", "Recipe", "ModelFile",
            "Factory", "Suite", "SuiteModel", "Cell", "__version__"]

@@ -41,6 +41,8 @@ def make_files(root: Path) -> dict[str, Path]:
     save_checkpoint(files["2-rf"], net, {"family": "rectified_flow", "model": "2-rf", "net": network_spec(TOY_NET)})
     files["truncated"] = root / "truncated.pt"
     files["truncated"].write_bytes(files["2-rf"].read_bytes()[:300])
+    files["pickled"] = root / "pickled.pt"     # a whole module pickled (torch.save(model)), not a state_dict
+    torch.save(net, files["pickled"])
     files["zip"] = root / "other.pt"        # a zip archive that is not a torch file
     with zipfile.ZipFile(files["zip"], "w") as archive:
         archive.writestr("readme.txt", "hello")
@@ -104,6 +106,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("checkpoint empty", ["--checkpoint", "1-rf={empty}"], "empty.pt"),
     ("checkpoint truncated", ["--checkpoint", "1-rf={truncated}"], "truncated.pt"),
     ("checkpoint a zip", ["--checkpoint", "1-rf={zip}"], "other.pt"),
+    ("checkpoint of pickled objects", ["--checkpoint", "1-rf={pickled}"], "pickled Python objects"),
+    ("cifar checkpoint garbage, dry run", ["--suite", "cifar", "--data-dir", "{image}", "--models", "1-rf",
+                                           "--checkpoint", "1-rf={garbage}", "--dry-run"], "garbage.pt"),
     ("checkpoint of another kind", ["--checkpoint", "1-rf={ddpm}"], "ddpm"),
     ("checkpoint of another model", ["--checkpoint", "1-rf={2-rf}"], "2-rf"),
     ("checkpoint of a model the suite lacks", ["--checkpoint", "4-rf={2-rf}"], "4-rf"),
@@ -151,7 +156,7 @@ CASES: list[tuple[str, list[str], str]] = [
 
 
 # cases with several problems, each reported on its own line, all at once
-MANY = {"cifar without data or checkpoints"}
+MANY = {"cifar without data or checkpoints", "cifar checkpoint garbage, dry run"}
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str, float]:
@@ -192,6 +197,8 @@ def judge(name: str, argv: list[str], word: str, files: dict[str, Path], root: P
         problems.append(f"exit status {code}")
     if "Traceback" in err:
         problems.append("a traceback")
+    if "weights_only=False" in err:
+        problems.append("torch's advice to unpickle code")
     others = [ln for ln in lines if ": error: " not in ln and not ln.startswith(("note:", "(see "))]
     if others or not errors or (len(errors) > 1 and name not in MANY):
         problems.append(f"{len(errors)} error lines and {len(others)} other lines on stderr")

@@ -15,6 +15,7 @@ Every error names the file and what was expected.
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -56,15 +57,16 @@ def sniff(path: str | Path) -> str:
             return "torchscript"
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty; expected {EXPECTED}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:   # the pre-1.6 format cannot be memory-mapped: read it whole
+    with warnings.catch_warnings():     # torch's advice on pickle protocols is not the user's business here
+        warnings.simplefilter("ignore")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise CheckpointError(f"{path} is not a model file rfbench can read ({type(exc).__name__}: "
-                                  f"{first[:160]}); expected {EXPECTED}") from None
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:   # the pre-1.6 format cannot be memory-mapped: read it whole
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"{path} is not a model file rfbench can read ({_why_unreadable(exc)}); "
+                                      f"expected {EXPECTED}") from None
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         return "rfbench"
     if isinstance(payload, dict) and "model" in payload:
@@ -72,6 +74,17 @@ def sniff(path: str | Path) -> str:
     found = f"a dict with keys {', '.join(map(str, list(payload)[:6]))}" if isinstance(payload, dict) else \
         type(payload).__name__
     raise CheckpointError(f"{path} holds {found}, not a model rfbench knows; expected {EXPECTED}")
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """What torch.load's failure means, in a few words. Its advice to retry with weights_only=False is never right
+    here: rfbench reads weights only, never pickled code (which would run on loading)."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        return ("it holds pickled Python objects, not only tensors; rfbench loads weights only (torch.load with "
+                "weights_only=True), never code: save the model's state_dict")
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:160]}"
 
 
 def file_identity(path: str | Path) -> str:

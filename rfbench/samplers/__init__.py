@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import reprlib
 from typing import Any, Sequence
 
 import torch
@@ -17,12 +18,13 @@ from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model
 from rfbench.samplers import discrete, exponential, ode  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
-from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, CountingModel, NonFiniteError, SamplerError, SampleResult,
-                                   SolverSpec, Trajectory, TrajectoryRecorder, register_solver)
+from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, BudgetExceeded, CountingModel, NonFiniteError, SamplerError,
+                                   SampleResult, SolverSpec, Trajectory, TrajectoryRecorder, register_solver)
 
 __all__ = ["sample", "check_call", "solver_options", "register_solver", "register_grid", "GRIDS", "SOLVER_KINDS",
            "SOLVERS", "SampleResult",
-           "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError", "CountingModel", "is_diffusion_model"]
+           "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError", "BudgetExceeded", "CountingModel",
+           "is_diffusion_model"]
 
 _RESERVED = {"steps", "times", "timesteps", "callback", "noise"}
 
@@ -64,12 +66,17 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         callback: ``callback(i, t, x, v)`` at every step point.
         seeds: one seed per row of x0, for the per-step noise of stochastic samplers (or pass ``noise``, a callable
             ``noise(i) -> tensor like x0`` for step i).
-        **options: solver options (rk45/dopri5: rtol, atol; ddim: eta). Unknown options are an error.
+        **options: solver options (rk45/dopri5: rtol, atol, max_nfe; ddim: eta). Unknown options are an error.
 
     Returns:
         SampleResult with ``.x`` (shaped like x0) and ``.nfe`` counted by wrapping the model.
     """
+    _check_solver_name(solver)
     spec = SOLVERS[solver]
+    if model is None or not callable(model):
+        raise TypeError(f"model must be a flow model, a callable model(x, t) -> v, or a "
+                        f"rfbench.models.DiffusionModel; got "
+                        f"{'None' if model is None else f'{type(model).__name__} {reprlib.repr(model)}'}")
     _check_x0(model, x0)
     steps = check_call(solver, steps, options, grid)
     if spec.kind == "discrete" and is_diffusion_model(model) and steps > model.num_timesteps:
@@ -99,7 +106,7 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     else:
         kwargs["callback"] = recorder or callback
 
-    counted = CountingModel(model)
+    counted = CountingModel(model, solver, steps)
     with torch.no_grad():
         x, stats = spec.fn(counted, x0, **kwargs)
         traj = None
@@ -117,7 +124,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         raise AssertionError(f"{solver}: counted {counted.nfe} evaluations, expected {expected}")
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if bool(bad.any()):
-        raise NonFiniteError(f"{solver} (steps={steps}) produced non-finite samples: {int(bad.sum())} of "
+        run = solver if steps is None else f"{solver} (steps={steps})"
+        raise NonFiniteError(f"{run} produced non-finite samples: {int(bad.sum())} of "
                              f"{x.shape[0]} rows contain NaN or inf after {counted.nfe} model evaluations")
     return SampleResult(x=x, nfe=counted.nfe, solver=solver, steps=steps, stats=stats, trajectory=traj)
 
@@ -133,6 +141,26 @@ def _check_x0(model: Any, x0: Any) -> None:
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(x0.shape[1:]) != tuple(expected):
         raise ValueError(f"x0 has shape {tuple(x0.shape)} but the model takes (B, {', '.join(map(str, expected))})")
+    dtype = _parameter_dtype(model)
+    if dtype is not None and x0.dtype != dtype:
+        raise TypeError(f"x0 is {x0.dtype} but the model's parameters are {dtype}; pass x0.to({dtype}) "
+                        f"(or convert the model with .to({x0.dtype}))")
+
+
+def _parameter_dtype(model: Any) -> torch.dtype | None:
+    """The floating dtype of a torch module's parameters (a DiffusionModel's net's), None where there is no single
+    one (not a module, no floating parameters, or mixed precision)."""
+    net = getattr(model, "net", None) if is_diffusion_model(model) else model
+    if not isinstance(net, torch.nn.Module):
+        return None
+    dtypes = {p.dtype for p in net.parameters() if p.dtype.is_floating_point}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def _check_solver_name(solver: Any) -> None:
+    if not isinstance(solver, str):
+        raise TypeError(f"solver must be a solver name (a string), one of: {', '.join(SOLVERS.names())}; "
+                        f"got {solver!r}")
 
 
 def check_call(solver: str, steps: Any, options: dict, grid: Any = None) -> int | None:
@@ -140,6 +168,7 @@ def check_call(solver: str, steps: Any, options: dict, grid: Any = None) -> int 
     suites). Returns steps as an int (None for adaptive solvers; a grid sequence fixes it). Unknown options are an
     error, never a warning.
     """
+    _check_solver_name(solver)
     spec = SOLVERS[solver]
     steps = check_grid(spec.kind, grid, steps)
     allowed = solver_options(solver)
@@ -149,7 +178,7 @@ def check_call(solver: str, steps: Any, options: dict, grid: Any = None) -> int 
                         f"it takes: {', '.join(allowed) if allowed else 'no options'}")
     params = inspect.signature(SOLVERS[solver].fn).parameters
     for key, value in options.items():   # a value of another type than the option's default: refused before any work
-        if key in ("eta", "rtol", "atol"):
+        if key in ("eta", "rtol", "atol", "max_nfe"):
             continue                     # their ranges are checked below
         default, annotation = params[key].default, str(params[key].annotation)
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -164,6 +193,15 @@ def check_call(solver: str, steps: Any, options: dict, grid: Any = None) -> int 
             value = options[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise ValueError(f"{solver} option {key} must be a number in (0, 1), got {value!r}")
+    if "max_nfe" in options:
+        value = options["max_nfe"]
+        try:
+            ok = not isinstance(value, bool) and operator.index(value) >= 1   # int and numpy integers, not 1e5
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{solver} option max_nfe must be an integer >= 1 (the most model evaluations it may "
+                             f"make), got {value!r}")
     if "eta" in options:
         eta = options["eta"]
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:

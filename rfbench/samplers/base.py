@@ -23,6 +23,10 @@ class NonFiniteError(SamplerError):
     """The samples (or a model evaluation) contain NaN or inf."""
 
 
+class BudgetExceeded(SamplerError):
+    """An adaptive solver spent its ``max_nfe`` model evaluations before reaching t=1."""
+
+
 @dataclass(frozen=True)
 class SolverSpec:
     """A registered solver.
@@ -121,32 +125,51 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
 
 
 class CountingModel:
-    """Wraps a model and counts its evaluations (one call on a batch is one NFE).
+    """Wraps a model, counts its evaluations (one call on a batch is one NFE) and checks every output.
 
     ``model(x, t)`` accepts t as a float or a (B,) tensor and always passes the model a (B,) tensor of x's dtype.
-    ``model.eps(x, timesteps)`` is counted too, for DDPM-style models. The first output's shape is checked.
+    ``model.eps(x, timesteps)`` and ``model.denoise(x, t)`` are counted too. Every output must be a tensor shaped
+    like the input (else :class:`SamplerError`) and finite (else :class:`NonFiniteError`); both errors name the
+    call number and the time. ``solver`` and ``steps`` (what :func:`rfbench.sample` runs) lead the messages.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, solver: str | None = None, steps: int | None = None):
         self.model = model
         self.nfe = 0
+        self._solver, self._steps = solver, steps     # private: the model's own attributes pass through
 
-    def _check(self, out: Any, x: torch.Tensor, what: str) -> torch.Tensor:
-        if self.nfe == 1 and (not isinstance(out, torch.Tensor) or out.shape != x.shape):
+    def _check(self, out: Any, x: torch.Tensor, t: torch.Tensor, what: str) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise SamplerError(f"the model's {what} returned {got} for an input of shape {tuple(x.shape)}; "
-                               f"it must return a tensor shaped like its input")
+            raise SamplerError(f"{self._lead()}the model's {what} at call {self.nfe} ({_time_label(t, what)}) "
+                               f"returned {got} for an input of shape {tuple(x.shape)}; it must return a tensor "
+                               f"shaped like its input")
+        if not bool(torch.isfinite(out).all()):       # one reduction per call; the counts only on failure
+            finite = torch.isfinite(out)
+            rows = int((~finite.reshape(out.shape[0], -1).all(dim=1)).sum())
+            # runs with steps keep the words of sample()'s final check: a results table sees one kind of failure
+            lead = (f"{self._solver} (steps={self._steps}) produced non-finite samples: " if self._steps is not None
+                    else self._lead())
+            plural = "velocities" if what == "velocity" else what + "s"
+            raise NonFiniteError(f"{lead}the model returned non-finite {plural} at call {self.nfe} "
+                                 f"({_time_label(t, what)}): {rows} of {out.shape[0]} rows contain NaN or inf "
+                                 f"({int((~finite).sum())} of {out.numel()} values)")
         return out
+
+    def _lead(self) -> str:
+        if self._solver is None:
+            return ""
+        return f"{self._solver}{'' if self._steps is None else f' (steps={self._steps})'}: "
 
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         if not isinstance(t, torch.Tensor) or t.ndim == 0:
             t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         self.nfe += 1
-        return self._check(self.model(x, t), x, "velocity")
+        return self._check(self.model(x, t), x, t, "velocity")
 
     def eps(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        return self._check(self.model.eps(x, timesteps), x, "eps prediction")
+        return self._check(self.model.eps(x, timesteps), x, timesteps, "eps prediction")
 
     def __getattr__(self, name: str) -> Any:
         if name == "denoise":        # the data prediction, counted (absent when the model has none)
@@ -154,9 +177,20 @@ class CountingModel:
 
             def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 self.nfe += 1
-                return self._check(denoise(x, t), x, "data prediction")
+                return self._check(denoise(x, t), x, t, "data prediction")
             return counted
         return getattr(self.model, name)
+
+
+def _time_label(t: Any, what: str) -> str:
+    """The time of a model call in an error message: t=0.5 (flow time) or timestep 750 (a DDPM timestep); the
+    range where rows differ."""
+    name = "timestep " if what == "eps prediction" else "t="
+    values = torch.as_tensor(t).detach().reshape(-1).to(torch.float64).cpu()
+    if values.numel() == 0:
+        return f"{name}?"
+    lo, hi = float(values.min()), float(values.max())
+    return f"{name}{lo:.6g}" if lo == hi else f"{name}{lo:.6g}..{hi:.6g}"
 
 
 @dataclass

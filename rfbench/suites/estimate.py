@@ -21,7 +21,7 @@ import torch
 from rfbench.device import device_name
 from rfbench.distributed import World, batch_plan
 from rfbench.models.cache import PlanningCache, Training
-from rfbench.models.sources import LoadContext
+from rfbench.models.sources import LoadContext, ModelIdentity
 from rfbench.progress import ADAPTIVE_NFE_GUESS, TRAIN_EVALS_PER_SAMPLE, duration
 from rfbench.protocols import is_diffusion_model
 from rfbench.results.resume import finished_cells
@@ -138,6 +138,15 @@ def _probe(net, plan: Plan, batch: int, device: torch.device, train: bool = Fals
     return min(times)     # the least disturbed by other work on the machine
 
 
+def _identity(model, suite) -> ModelIdentity:
+    """The model's identity; a file that cannot be read is not resumable (the run refuses it: the dry run lists the
+    problem after its plan)."""
+    try:
+        return model.source.identity(suite)
+    except Exception:
+        return ModelIdentity("unreadable", "unreadable", resumable=False)
+
+
 def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str | Path | None,
              resume: bool = True, probe: bool = True) -> RunEstimate:
     """The estimate of a run of ``plan`` into ``out`` on ``device`` (see the module docstring)."""
@@ -175,7 +184,7 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
             steps = None if steps is None or (isinstance(steps, float) and math.isnan(steps)) else int(steps)
             stored_nfe[(rec.get("model"), rec.get("solver"), steps, rec.get("options") or "")] = float(rec["nfe"])
     cache = PlanningCache(cache_root)
-    identities = {m.name: m.source.identity(plan.suite) for m in plan.models}
+    identities = {m.name: _identity(m, plan.suite) for m in plan.models}
     wanted = wanted_cells(plan, {**base, "device": dev}, identities, world)    # as the run decides
     kept = finished_cells(store, wanted, metric_columns(plan), lambda msg: None) if resume and records else {}
     models, counted, probed = [], set(), {}
