@@ -39,6 +39,9 @@ def make_files(root: Path) -> dict[str, Path]:
                                          "problem": problem})
     files["2-rf"] = root / "2-rf.pt"
     save_checkpoint(files["2-rf"], net, {"family": "rectified_flow", "model": "2-rf", "net": network_spec(TOY_NET)})
+    files["misfit"] = root / "misfit.pt"       # its config says hidden=16, its weights are of hidden=8
+    save_checkpoint(files["misfit"], MLP(MLPConfig(dim=2, hidden=8, depth=2, time_features=4)),
+                    {"family": "rectified_flow", "model": "1-rf", "net": network_spec(TOY_NET)})
     files["truncated"] = root / "truncated.pt"
     files["truncated"].write_bytes(files["2-rf"].read_bytes()[:300])
     files["pickled"] = root / "pickled.pt"     # a whole module pickled (torch.save(model)), not a state_dict
@@ -106,6 +109,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("checkpoint empty", ["--checkpoint", "1-rf={empty}"], "empty.pt"),
     ("checkpoint truncated", ["--checkpoint", "1-rf={truncated}"], "truncated.pt"),
     ("checkpoint a zip", ["--checkpoint", "1-rf={zip}"], "other.pt"),
+    ("checkpoint whose weights are not its network's", ["--checkpoint", "1-rf={misfit}"], "misfit.pt"),
     ("checkpoint of pickled objects", ["--checkpoint", "1-rf={pickled}"], "pickled Python objects"),
     ("cifar checkpoint garbage, dry run", ["--suite", "cifar", "--data-dir", "{image}", "--models", "1-rf",
                                            "--checkpoint", "1-rf={garbage}", "--dry-run"], "garbage.pt"),

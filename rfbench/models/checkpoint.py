@@ -90,6 +90,15 @@ def _first_difference(stored: Any, expected: Any, prefix: str = "") -> tuple[str
 
 def load_state_dict_strict(net: nn.Module, state: dict, source: str) -> None:
     """``load_state_dict(strict=True)`` with one error that names the first missing, unexpected or misshapen key."""
+    check_state_dict(net, state, source)
+    net.load_state_dict(state, strict=True)
+
+
+def check_state_dict(net: nn.Module, state: dict, source: str) -> None:
+    """That ``state`` fits ``net`` key for key and shape for shape (``net`` may live on the meta device: nothing is
+    read or allocated); one CheckpointError naming the first missing, unexpected or misshapen key."""
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise CheckpointError(f"{source}: its state_dict is not a mapping of names to tensors")
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -104,4 +113,3 @@ def load_state_dict_strict(net: nn.Module, state: dict, source: str) -> None:
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(f"{source} does not fit {type(net).__name__}: key {key!r} has shape "
                                   f"{tuple(state[key].shape)} in the file, the model expects {tuple(value.shape)}")
-    net.load_state_dict(state, strict=True)

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from rfbench.files import sha1_files
-from rfbench.models.checkpoint import FORMAT, CheckpointError, load_state_dict_strict, read_checkpoint
+from rfbench.models.checkpoint import (FORMAT, CheckpointError, check_state_dict, load_state_dict_strict,
+                                      read_checkpoint)
 from rfbench.models.diffusers_folder import (folder_identity, folder_input_shape, is_diffusers_folder,
                                              load_diffusers_ddpm)
 from rfbench.models.diffusion import DiffusionModel, linear_betas
@@ -102,6 +103,20 @@ def _rfbench_config(path: Path) -> dict:
         raise CheckpointError(f"{path}: an rfbench checkpoint without a network spec ('config.net.arch' one of "
                               f"{', '.join(CONFIG_TYPES)}); was it written by rfbench's model cache?")
     return config
+
+
+def check_rfbench_weights(path: str | Path) -> None:
+    """That an rfbench checkpoint's weights are its network's: the network its config describes, built on the meta
+    device (no memory), against the file's tensors, memory-mapped (read lazily: only their shapes are looked at).
+    A damaged or hand-edited file is refused before any work, naming the first key that does not fit."""
+    path = Path(path)
+    config = _rfbench_config(path)
+    with torch.device("meta"):
+        net = build_network(_net_config(path, config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    check_state_dict(net, payload.get("state_dict"), str(path))
 
 
 def file_config(path: str | Path) -> dict:

@@ -34,7 +34,8 @@ from rfbench.files import sha1_files
 from rfbench.models.cache import TRAINING_CODE_VERSION, Cache
 from rfbench.models.checkpoint import config_hash, jsonable
 from rfbench.models.diffusers_folder import folder_sha1
-from rfbench.models.formats import FLAVORS, FORMATS, file_config, file_input_shape, file_kind, load_model_file, sniff
+from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
+                                    load_model_file, sniff)
 from rfbench.protocols import is_diffusion_model
 from rfbench.registry import Registry
 
@@ -197,7 +198,10 @@ class ModelFile(ModelSource):
             if own != self._kind:
                 raise ValueError(f"{self.path} ({FORMATS[fmt]}) holds a {own} model, not a {self._kind} "
                                  f"one{as_what}")
-        if fmt != "rfbench" or self.claimed is None:
+        if fmt != "rfbench":
+            return
+        check_rfbench_weights(self.path)
+        if self.claimed is None:
             return
         config = file_config(self.path)
         recorded = config.get("model") if isinstance(config.get("model"), str) else None
