@@ -24,6 +24,7 @@ from rfbench.files import folder_problem
 from rfbench.models.cache import Cache, default_cache_dir
 from rfbench.models.sources import LoadContext, Recipe, as_source
 from rfbench.plugins import load_plugins
+from rfbench.registry import UnknownNameError
 from rfbench.results.gate import (K_SIGMA, GateMismatch, GateResult, Tolerance, check_comparable, check_models,
                                   check_spread, compare, parse_tolerance, spread_path)
 from rfbench.results.report import load_results
@@ -115,8 +116,23 @@ def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None =
     if options and config.extractor is None and "inception" in suite.extractors:
         # inception options ask for inception: no silent fallback to another extractor
         config = replace(config, extractor="inception")
-    gate = load_gate(check, fail_on) if check is not None else None
-    plan = make_plan(suite, config)
+    # the gate's files and the plan are checked independently: a mistake in each is said at once
+    errors: list[Exception] = []
+    gate = plan = None
+    for job in (lambda: load_gate(check, fail_on) if check is not None else None, lambda: make_plan(suite, config)):
+        try:
+            result = job()
+        except (ValueError, TypeError, UnknownNameError) as exc:
+            errors.append(exc)
+            continue
+        if isinstance(result, Gate) or result is None:
+            gate = result
+        else:
+            plan = result
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise InputError([str(exc) for exc in errors])
     if options and plan.extractor != "inception":
         raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
                          f"extractor; suite {suite.name} uses {plan.extractor or 'no extractor'}")

@@ -359,6 +359,8 @@ def _main(argv: list[str], prog: str) -> int:
         plan, gate = prepare(args.suite, config, check=args.check, fail_on=args.fail_on)
     except GateMismatch as exc:
         parser.error(f"gate: {exc}")
+    except InputError as exc:     # several problems: one line each
+        parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in exc.lines))
     except (UnknownNameError, ValueError, TypeError, InceptionWeightsError, FileNotFoundError) as exc:
         parser.error(str(exc))
     definition = SUITES[args.suite]

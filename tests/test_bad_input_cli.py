@@ -131,6 +131,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("gate baseline missing", ["--check", "/nowhere/base.csv"], "/nowhere/base.csv"),
     ("gate baseline garbage", ["--check", "{csv_garbage}"], "base.csv"),
     ("gate baseline empty", ["--check", "{csv_empty}"], "empty.csv"),
+    ("gate baseline garbage and an unknown solver", ["--check", "{csv_garbage}", "--solvers", "eulr"], "eulr"),
     ("gate tolerance garbage", ["--check", "results/toy2d.csv", "--fail-on", "w2:lots"], "w2:lots"),
     ("gate tolerance unknown metric", ["--check", "results/toy2d.csv", "--fail-on", "nope:+1"], "nope"),
     ("gate tolerance without baseline", ["--fail-on", "w2:+10%"], "--check"),
@@ -160,7 +161,8 @@ CASES: list[tuple[str, list[str], str]] = [
 
 
 # cases with several problems, each reported on its own line, all at once
-MANY = {"cifar without data or checkpoints", "cifar checkpoint garbage, dry run"}
+MANY = {"cifar without data or checkpoints", "cifar checkpoint garbage, dry run",
+        "gate baseline garbage and an unknown solver"}
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str, float]:
@@ -212,6 +214,17 @@ def judge(name: str, argv: list[str], word: str, files: dict[str, Path], root: P
     if written:
         problems.append(f"wrote {written}")
     return not problems, "; ".join(problems) + (f" [{err.strip()[:300]}]" if problems else "")
+
+
+def test_independent_mistakes_are_said_at_once(catalogue):
+    files, root = catalogue
+    code, err, _, _ = run_cli(["--check", str(files["csv_garbage"]), "--solvers", "eulr", "--dry-run"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and "base.csv" in lines[0] and "eulr" in lines[1], err
+    code, err, _, _ = run_cli(["--suite", "cifar", "--data-dir", str(files["image"]), "--checkpoint-dir",
+                               str(root / "files"), "--dry-run"])
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert code == 2 and len(errors) >= 2 and any("cifar" in line for line in errors), err
 
 
 @pytest.fixture(scope="module")
