@@ -54,7 +54,7 @@ def reflows(recipe: FlowRecipe) -> tuple[SuiteModel, ...]:
 
 TOY2D = register_suite(Suite(
     name="toy2d",
-    version=2,    # v2: the fast solvers (dpm++2m/3m, unipc, edm-heun) and solver_error; the v1 cells are unchanged
+    version=3,    # v3: crossing_prob_se as a U-statistic (v2: the fast solvers and solver_error)
     description="N(0, I) -> 8 Gaussians on a circle (radius 4, std 0.3) in 2D; 1/2/3-RF, distilled 2-RF, DDPM",
     problem=ToyProblem(StandardNormal(2), circle_mixture(8, radius=4.0, std=0.3)),
     models=reflows(TOY_RECIPE) + (SuiteModel("2-rf-distill", RectifiedFlow(2, TOY_RECIPE, distilled=True)),
@@ -73,7 +73,7 @@ TOY2D = register_suite(Suite(
 
 TOY2D_TRANSFER = register_suite(Suite(
     name="toy2d-transfer",
-    version=2,    # v2: the fast solvers and solver_error
+    version=3,    # v3: crossing_prob_se as a U-statistic (v2: the fast solvers and solver_error)
     description="data to data in 2D: 3 Gaussians on the left -> 2 Gaussians on the right; 1/2/3-RF",
     problem=ToyProblem(GaussianMixture(((-4.0, -3.0), (-4.0, 0.0), (-4.0, 3.0)), std=0.4),
                        GaussianMixture(((4.0, -2.0), (4.0, 2.0)), std=0.4)),

@@ -78,6 +78,7 @@ SUBCOMMANDS = """subcommands (PROG SUBCOMMAND --help for each):
   table RESULTS        a run's results as a paper table (markdown, latex, csv) and its plots
   spread RUN RUN ...   per cell and metric, the sd over runs with other seeds: the gate's default tolerances
   score SAMPLES        samples made elsewhere (.npz, .npy, image folder), scored as a suite scores its own cells
+  compare RUN          two cells of a run: each metric's paired difference and its standard error (resolved or not)
 """
 
 
@@ -602,7 +603,39 @@ def score_main(argv: list[str], prog: str = "rfbench score") -> int:
     return 0
 
 
-COMMANDS = {"table": table_main, "spread": spread_main, "score": score_main}
+def compare_main(argv: list[str], prog: str = "rfbench compare") -> int:
+    """``rfbench compare RUN --a MODEL/SOLVER/STEPS --b ...``: paired differences between two cells of a run."""
+    from rfbench.suites.compare import DRAWS, RESOLVED_SE, compare_cells
+    _plugins(argv, prog)
+    parser = _Parser(prog=prog, description="Paired differences between two cells of one run (the same seeds, so the "
+                     "same x0): per metric a - b and its paired standard error, resolved when at least "
+                     f"{RESOLVED_SE:g} standard errors from zero. Needs the cells' samples (--save-samples).",
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="examples:\n  rfbench --suite toy2d --save-samples --out runs/toy2d\n"
+                            "  rfbench compare runs/toy2d --a 1-rf/euler/1 --b 2-rf/euler/1\n"
+                            "  rfbench compare runs/toy2d --a independent --b 1-rf/rk45\n")
+    parser.add_argument("run", type=Path, help="a run's --out folder, run with --save-samples")
+    parser.add_argument("--a", required=True, metavar="CELL",
+                        help="MODEL/SOLVER/STEPS[/GRID], MODEL/SOLVER (adaptive) or independent")
+    parser.add_argument("--b", required=True, metavar="CELL")
+    parser.add_argument("--draws", type=int, default=DRAWS, metavar="N",
+                        help=f"pairs of pairs drawn for crossing_prob (default: {DRAWS:,})")
+    parser.add_argument("--format", default="markdown", choices=("markdown", "csv"))
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE")
+    args = parser.parse_args(argv)
+    try:
+        table, suite = compare_cells(args.run, args.a, args.b, draws=args.draws)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if args.format == "csv":
+        sys.stdout.write(table.to_csv(index=False))
+    else:
+        print(f"{suite}: a = {args.a}, b = {args.b} (paired over the same seeds)")
+        print(markdown_table(table, list(table.columns)) if len(table) else "no metric to compare")
+    return 0
+
+
+COMMANDS = {"table": table_main, "spread": spread_main, "score": score_main, "compare": compare_main}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,11 +53,23 @@ def test_crossing_prob_of_a_translation_is_zero_and_of_a_reflection_is_high():
 
 
 def test_crossing_prob_standard_error_and_determinism():
+    """Its standard error is the spread of the estimate over independent sample sets (the samples' share of the
+    error included, which the binomial error sqrt(p (1 - p) / draws) leaves out), and it is deterministic."""
     gen = torch.Generator().manual_seed(1)
-    z0, z1 = torch.randn(500, 2, generator=gen), torch.randn(500, 2, generator=gen)
-    p, se = crossing_prob(z0, z1, num_draws=4000, seed=3)
-    assert 0 < p < 1 and se == pytest.approx(math.sqrt(p * (1 - p) / 4000))
-    assert crossing_prob(z0, z1, num_draws=4000, seed=3) == (p, se)
+    estimates, errors, binomial = [], [], []
+    for _ in range(40):
+        z0 = torch.randn(500, 2, generator=gen)
+        angle = 1.5 * z0.norm(dim=1)       # a swirl: segments cross often, and more for some points than others
+        z1 = torch.stack([angle.cos() * z0[:, 0] - angle.sin() * z0[:, 1],
+                          angle.sin() * z0[:, 0] + angle.cos() * z0[:, 1]], dim=1)
+        p, se = crossing_prob(z0, z1, num_draws=20_000, seed=3)
+        estimates.append(p)
+        errors.append(se)
+        binomial.append(math.sqrt(p * (1 - p) / 20_000))
+    spread = float(torch.tensor(estimates).std())
+    assert float(torch.tensor(errors).mean()) == pytest.approx(spread, rel=0.3)
+    assert float(torch.tensor(binomial).mean()) < 0.5 * spread       # what the binomial error would have said
+    assert crossing_prob(z0, z1, num_draws=4000, seed=3) == crossing_prob(z0, z1, num_draws=4000, seed=3)
 
 
 def test_crossing_prob_only_in_2d():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 
@@ -45,7 +46,11 @@ def crossing_prob(z0: torch.Tensor, z1: torch.Tensor, num_draws: int = 10_000, s
     """Probability that the segments of two random pairs of the coupling (z0[i], z1[i]) intersect.
 
     Pairs (i, j), i != j, are drawn uniformly with a generator seeded by ``seed``. Returns the estimate and its
-    standard error sqrt(p (1 - p) / num_draws). Only defined in 2D.
+    standard error as an incomplete U-statistic of the n pairs (:func:`pair_draws_se`): the binomial error
+    sqrt(p (1 - p) / num_draws) alone leaves out that the n pairs are themselves a sample, and understated the error
+    2x at 10,000 draws and 5.6x at 100,000 on 2,000 pairs (a swirling coupling with p = 0.32; the spread over 40
+    independent sample sets: 0.0091 and 0.0083). More draws do not shrink the samples' share: more samples do.
+    Only defined in 2D.
     """
     _check_pairs(z0, z1)
     if z0.ndim != 2 or z0.shape[1] != 2:
@@ -60,9 +65,27 @@ def crossing_prob(z0: torch.Tensor, z1: torch.Tensor, num_draws: int = 10_000, s
     j = torch.randint(n - 1, (num_draws,), generator=gen)
     j = j + (j >= i).long()  # uniform over j != i
     z0, z1 = z0.detach().cpu(), z1.detach().cpu()
-    hits = segments_intersect(z0[i], z1[i], z0[j], z1[j])
-    p = hits.double().mean().item()
-    return p, math.sqrt(p * (1 - p) / num_draws)
+    hits = segments_intersect(z0[i], z1[i], z0[j], z1[j]).double().numpy()
+    return float(hits.mean()), pair_draws_se(hits, i, j, n)
+
+
+def pair_draws_se(d: np.ndarray, i: torch.Tensor, j: torch.Tensor, n: int) -> float:
+    """The standard error of the mean of ``d`` over random pairs (i, j) of n samples: an incomplete U-statistic
+    of order 2, whose variance is 4 zeta1 / n (the samples are a random draw) + Var(d) / draws (the pairs are).
+    zeta1, the variance of g(k) = E[d | sample k in the pair], is estimated from each sample's mean over the draws
+    that hold it, less the noise of those means. (Checked against the spread over independent sample sets in
+    tests/test_compare.py and tests/test_metrics.py.)"""
+    draws = len(d)
+    if draws < 2:
+        return float("nan")
+    counts = np.bincount(i.numpy(), minlength=n) + np.bincount(j.numpy(), minlength=n)
+    sums = np.bincount(i.numpy(), weights=d, minlength=n) + np.bincount(j.numpy(), weights=d, minlength=n)
+    seen = counts > 0
+    means = sums[seen] / counts[seen]
+    var_d = float(np.var(d, ddof=1))
+    zeta1 = max(float(np.var(means, ddof=1)) - var_d * float(np.mean(1.0 / counts[seen])), 0.0) \
+        if seen.sum() > 1 else 0.0
+    return math.sqrt(4 * zeta1 / n + var_d / draws)
 
 
 def transport_cost(z0: torch.Tensor, z1: torch.Tensor, with_se: bool = False) -> float | tuple[float, float]:

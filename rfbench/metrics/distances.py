@@ -34,6 +34,16 @@ def w2_with_se(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> tu
     300 points (an 8-Gaussian target; a wrong model and a perfect one) its mean came within 1%
     (tests/test_intervals.py, which allows 25%), at no cost beyond the solve. None for one point or W2 = 0.
     """
+    distance, u = w2_duals(x, y)
+    if len(u) < 2 or distance == 0.0:
+        return distance, None
+    return distance, float(np.std(u, ddof=1)) / math.sqrt(len(u)) / (2 * distance)
+
+
+def w2_duals(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> tuple[float, np.ndarray]:
+    """The exact empirical W2 between ``x`` and ``y`` (as :func:`w2_with_se`) and the optimal dual potential at
+    each point of ``x``: W2^2 is the mean of ``u`` plus a constant, so two sample sets of the same seeds against one
+    reference compare with the paired standard error sd(u_a - u_b) / sqrt(N) (:mod:`rfbench.suites.compare`)."""
     x = _as_2d(x, "x")
     y = _as_2d(y, "y")
     if x.shape != y.shape:
@@ -46,10 +56,7 @@ def w2_with_se(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> tu
     value, log = ot.emd2(uniform, uniform, cost, numItermax=100 * x.shape[0] ** 2, log=True)
     if log["warning"] is not None:
         raise RuntimeError(f"w2: the exact transport solver did not converge: {log['warning']}")
-    distance = math.sqrt(max(float(value), 0.0))
-    if x.shape[0] < 2 or distance == 0.0:
-        return distance, None
-    return distance, float(np.std(log["u"], ddof=1)) / math.sqrt(x.shape[0]) / (2 * distance)
+    return math.sqrt(max(float(value), 0.0)), np.asarray(log["u"], dtype=np.float64)
 
 
 def _as_2d(a, name: str) -> np.ndarray:

@@ -29,7 +29,7 @@ from rfbench.results.store import ResultStore
 from rfbench.suites.base import Cell, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, Evaluation
 from rfbench.suites.plan import Plan, metric_columns
-from rfbench.suites.runner import wanted_cells
+from rfbench.suites.runner import wanted_cells, with_samples
 
 PROBE_EVALS = 5          # timed evaluations of a model's network at the run's batch shape (after one untimed)
 TRAIN_STEP_EVALS = TRAIN_EVALS_PER_SAMPLE     # a training step of batch B: about 3 B evaluations (forward + backward)
@@ -186,7 +186,8 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
     cache = PlanningCache(cache_root)
     identities = {m.name: _identity(m, plan.suite) for m in plan.models}
     wanted = wanted_cells(plan, {**base, "device": dev}, identities, world)    # as the run decides
-    kept = finished_cells(store, wanted, metric_columns(plan), lambda msg: None) if resume and records else {}
+    kept = with_samples(plan, store, finished_cells(store, wanted, metric_columns(plan), lambda msg: None)) \
+        if resume and records else {}
     models, counted, probed = [], set(), {}
     evaluation = Evaluation(plan, None, None)
     shape_only = torch.empty((plan.num_samples, *plan.problem.shape), device="meta")   # no memory

@@ -437,4 +437,13 @@ def _scored(store: ResultStore, plan: Plan, keys: list[str]) -> list[str]:
 def _resumable(run: Sweep, columns: list[str]) -> dict[str, str]:
     """The cells this run may keep from its folder: same key, measured alike (see :mod:`rfbench.results.resume`)."""
     wanted = wanted_cells(run.plan, run.base, run.identities, run.world)
-    return finished_cells(run.store, wanted, columns, run.say, set_aside=True)
+    return with_samples(run.plan, run.store, finished_cells(run.store, wanted, columns, run.say, set_aside=True))
+
+
+def with_samples(plan: Plan, store: ResultStore, kept: dict[str, str]) -> dict[str, str]:
+    """The kept cells a run with ``--save-samples`` may keep: those whose samples are saved (the others are sampled
+    again, so that every cell of the folder has them)."""
+    if not plan.save_samples:
+        return kept
+    return {label: key for label, key in kept.items()
+            if label == INDEPENDENT or (store.cells_dir / f"{key}.npz").is_file()}
