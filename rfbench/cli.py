@@ -19,7 +19,7 @@ from rfbench.api import InputError, execute, input_problems, prepare
 from rfbench.data.base import DatasetNotFoundError
 from rfbench.data.registry import DATASETS
 from rfbench.device import resolve_device
-from rfbench.files import atomic_write_text
+from rfbench.files import atomic_write_text, folder_problem
 from rfbench.metrics import METRICS, column_directions, interval_methods, quality_directions
 from rfbench.metrics.features import EXTRACTORS, InceptionWeightsError
 from rfbench.metrics.reference import ReferenceFileError
@@ -335,13 +335,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 def _unexpected(exc: BaseException) -> str:
     """An error nobody checked for, on one line: a file that could not be written says which and how to resume;
     anything else says its type, its message and how to see the traceback."""
-    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno in (
-            errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG):
+    if isinstance(exc, StoreWriteError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        if isinstance(exc, StoreWriteError):
-            return str(exc)
         return (f"writing{where} failed: {exc.strerror or exc}; finished cells are kept in the run's cells/ "
                 f"folder: free space (or make the folder writable) and rerun the same command to resume")
+    if isinstance(exc, OSError) and exc.strerror:      # a file that could not be opened, read or written
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror}"
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     if len(text) > 300:
         text = text[:297] + "..."
@@ -581,6 +583,9 @@ def score_main(argv: list[str], prog: str = "rfbench score") -> int:
     parser.add_argument("--bootstrap", type=int, default=None, metavar="B")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    problem = folder_problem(args.out, "--out", "the run's results") if args.out is not None else None
+    if problem is not None:
+        parser.exit(2, f"{parser.prog}: error: {problem}\n")
     try:
         options = {}
         if args.inception_weights is not None or args.inception_mode is not None:
@@ -590,7 +595,8 @@ def score_main(argv: list[str], prog: str = "rfbench score") -> int:
                            reference_file=None if args.ref_stats is None else str(args.ref_stats),
                            device=args.device, cache_dir=None if args.cache is None else str(args.cache))
         row, path = score_samples(args.samples, args.suite, args.label, config,
-                                  out=args.out or Path("runs") / args.suite, nfe=args.nfe, solver=args.solver,
+                                  out=Path(args.out) if args.out is not None else Path("runs") / args.suite,
+                                  nfe=args.nfe, solver=args.solver,
                                   steps=args.steps,
                                   log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)))
     except InputError as exc:

@@ -56,20 +56,25 @@ def folder_problem(path: str | os.PathLike, flag: str, what: str) -> str | None:
     """Why ``path`` cannot be the folder ``flag`` names (``what``: what rfbench writes there), in one line, or None.
     An existing folder is probed by creating and removing a file in it (permission bits say nothing to root, nor
     about a read-only mount); a folder still to be made needs its nearest existing parent to be a folder that can
-    be written. Nothing is left behind."""
+    be written. Nothing is left behind. The path is taken as the run will take it (no ``~`` expansion)."""
     text = os.fspath(path)
     if not text.strip():
         return f"{flag} is empty; give the folder for {what} (e.g. {flag} runs/mine)"
-    target = Path(text).expanduser()
-    if target.exists() and not target.is_dir():
-        return f"{flag} {target} is a file, not a folder; give a folder for {what}"
-    probe_in = target
-    while not probe_in.exists():
-        if probe_in.parent == probe_in:
-            break
-        probe_in = probe_in.parent
-    if not probe_in.is_dir():
-        return f"{flag} {target}: {probe_in} is a file, so the folder for {what} cannot be made there"
+    target = Path(text)
+    try:
+        if target.is_symlink() and not target.exists():
+            return f"{flag} {target} is a link to {os.readlink(target)}, which does not exist"
+        if target.exists() and not target.is_dir():
+            return f"{flag} {target} is a file, not a folder; give a folder for {what}"
+        probe_in = target
+        while not probe_in.exists():
+            if probe_in.parent == probe_in:
+                break
+            probe_in = probe_in.parent
+        if not probe_in.is_dir():
+            return f"{flag} {target}: {probe_in} is a file, so the folder for {what} cannot be made there"
+    except OSError as exc:      # a parent that may not be looked into
+        return f"{flag} {target} cannot be reached: {exc.strerror or exc}; give a folder you can write for {what}"
     try:
         fd, name = tempfile.mkstemp(prefix=".rfbench-probe-", dir=probe_in)
         os.close(fd)

@@ -362,3 +362,71 @@ def test_busy_machine_note():
     assert busy_note(0.5, 0.7) is None
     note = busy_note(cores() + 3.0, 1.0)
     assert note is not None and f"on {cores()} cores" in note
+
+
+def test_folders_are_judged_as_the_run_will_use_them(tmp_path):
+    from rfbench.files import folder_problem
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "gone")
+    assert "does not exist" in folder_problem(link, "--out", "results")
+    assert folder_problem(tmp_path / "new" / "deeper", "--out", "results") is None
+    assert not (tmp_path / "new").exists()                       # the probe made nothing
+    assert list(tmp_path.iterdir()) == [link]
+
+
+def test_a_missing_baseline_and_a_bad_solver_are_said_at_once(tmp_path):
+    code, err, _, _ = run_cli(["--check", str(tmp_path / "none.csv"), "--solvers", "eulr", "--dry-run"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and "none.csv" in lines[0] and "eulr" in lines[1], err
+
+
+def test_score_refuses_an_empty_out(tmp_path):
+    np.savez(tmp_path / "s.npz", arr_0=np.zeros((4, 2), dtype=np.float32))
+    code, err, _, _ = run_cli(["score", str(tmp_path / "s.npz"), "--suite", "toy2d", "--label", "x", "--out", ""])
+    assert code == 2 and "--out is empty" in err and err.count("\n") == 1, err
+
+
+def test_threads_asked_for_are_part_of_what_a_resumed_cell_must_match(shift_suite, tmp_path):
+    import pandas as pd
+    argv = ["--suite", "toy2d-shift", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--quiet",
+            "--no-plots", "--models", "shift", "--steps", "1"]
+    timed = []
+    for threads in ("1", "2", "2"):
+        code, err, _, _ = run_cli(argv + ["--threads", threads])
+        assert code == 0, err
+        frame = pd.read_csv(tmp_path / "out" / "results.csv")
+        assert (frame.loc[frame["model"] == "shift", "threads"] == int(threads)).all()
+        timed.append(frame.loc[frame["model"] == "shift", "wall_clock_s"].tolist())
+    # the second run (2 threads) times its cell again; the third keeps the second's
+    assert timed[1] != timed[0] and timed[2] == timed[1]
+
+
+class CachedRecipe(Recipe):
+    """A recipe that trains a tiny network into the cache (instantly)."""
+
+    def spec(self) -> dict:
+        return {"family": "test", "model": "cached"}
+
+    def input_shape(self, suite):
+        return (2,)
+
+    def load(self, ctx):
+        config = {"model": "cached", "train": {"steps": 1, "batch_size": 1}}
+        return ctx.cache.network("cached", config, lambda: MLP(TOY_NET), lambda: (MLP(TOY_NET), {}), ctx.device)
+
+
+def test_a_cache_that_holds_every_model_need_not_be_writable(tmp_path):
+    import dataclasses
+
+    from rfbench.api import _trains
+    from rfbench.models.cache import Cache
+    from rfbench.models.sources import LoadContext
+    from rfbench.suites import SUITES, SuiteModel
+    from rfbench.suites.plan import RunConfig, make_plan
+    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-cached", models=(SuiteModel("1-rf", CachedRecipe()),),
+                                cells=tuple(c for c in SUITES["toy2d"].cells if c.model == "1-rf")[:1])
+    plan = make_plan(suite, RunConfig())
+    assert _trains(plan, tmp_path / "cache")
+    CachedRecipe().load(LoadContext(suite, Cache(tmp_path / "cache", log=lambda m: None), torch.device("cpu"),
+                                    lambda m: None))
+    assert not _trains(plan, tmp_path / "cache")

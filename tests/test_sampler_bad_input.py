@@ -100,17 +100,47 @@ class LinearFlow(torch.nn.Module):
 
 
 def test_x0_of_another_dtype_than_the_model_parameters(x0):
+    """A model that fails on an x0 of another dtype than its parameters is told so (on failure only: a model may
+    convert its input itself)."""
     net = LinearFlow()
     with pytest.raises(TypeError) as info:
         sample(net, x0, "euler", 2)
-    assert one_line(info) == ("x0 is torch.float64 but the model's parameters are torch.float32; pass "
-                              "x0.to(torch.float32) (or convert the model with .to(torch.float64))")
-    assert net.calls == 0                                    # before any evaluation
+    message = one_line(info)
+    assert message.startswith("the model failed on its first evaluation (RuntimeError: ")
+    assert message.endswith("x0 is torch.float64 but the model's parameters are torch.float32; pass "
+                            "x0.to(torch.float32) (or convert the model with .to(torch.float64))")
+    assert net.calls == 1
     with pytest.raises(TypeError, match=r"x0 is torch.float64 but the model's parameters are torch.float32"):
         sample(DiffusionModel(net, linear_betas(10)), x0, "ddim", 2)   # a DiffusionModel's network
     assert sample(net, x0.float(), "euler", 2).nfe == 2
     assert sample(net.double(), x0, "euler", 2).nfe == 2
     assert sample(GaussianFlow(MU, 0.5), x0.float(), "euler", 2).nfe == 2   # no parameters: no check
+    assert sample(Converting(), x0.float(), "euler", 2).nfe == 2            # converts its input: not refused
+
+
+class Converting(torch.nn.Module):
+    """float64 parameters, float32 input converted inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+
+    def forward(self, x, t):
+        return (x.double() * self.w).to(x.dtype)
+
+
+class EpsOnly:
+    """A DDPM-style model by the protocol alone (eps, alphas_cumprod, num_timesteps), not callable."""
+
+    num_timesteps = 10
+    alphas_cumprod = torch.cumprod(1 - linear_betas(10), 0)
+
+    def eps(self, x, timesteps):
+        return torch.zeros_like(x)
+
+
+def test_a_ddpm_style_model_need_not_be_callable(x0):
+    assert sample(EpsOnly(), x0, "ddim", 5).nfe == 5
 
 
 # -- the solver and model arguments -------------------------------------------------------------------------------

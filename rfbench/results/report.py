@@ -63,6 +63,10 @@ def load_results(path: str | Path, say: Callable[[str], None] | None = None) -> 
     from rfbench.results.store import ResultStore
     path = Path(path)
     expected = "an rfbench output folder (--out of a run: results.csv or cells/) or a results CSV"
+    try:
+        path.exists()
+    except OSError as exc:      # a parent that may not be looked into
+        raise ValueError(f"{path} cannot be reached: {exc.strerror or exc}; expected {expected}") from None
     if path.is_dir():
         if (path / "results.csv").is_file():
             path = path / "results.csv"

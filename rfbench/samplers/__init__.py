@@ -73,7 +73,7 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     """
     _check_solver_name(solver)
     spec = SOLVERS[solver]
-    if model is None or not callable(model):
+    if model is None or not (callable(model) or is_diffusion_model(model)):
         raise TypeError(f"model must be a flow model, a callable model(x, t) -> v, or a "
                         f"rfbench.models.DiffusionModel; got "
                         f"{'None' if model is None else f'{type(model).__name__} {reprlib.repr(model)}'}")
@@ -108,7 +108,13 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
 
     counted = CountingModel(model, solver, steps)
     with torch.no_grad():
-        x, stats = spec.fn(counted, x0, **kwargs)
+        try:
+            x, stats = spec.fn(counted, x0, **kwargs)
+        except RuntimeError as exc:
+            hint = _dtype_hint(model, x0, exc) if counted.nfe <= 1 else None
+            if hint is None:
+                raise
+            raise hint from None
         traj = None
         if recorder is not None:
             velocity_fn = None
@@ -141,10 +147,18 @@ def _check_x0(model: Any, x0: Any) -> None:
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(x0.shape[1:]) != tuple(expected):
         raise ValueError(f"x0 has shape {tuple(x0.shape)} but the model takes (B, {', '.join(map(str, expected))})")
+
+
+def _dtype_hint(model: Any, x0: torch.Tensor, exc: Exception) -> TypeError | None:
+    """When the model's first evaluation fails and x0's dtype is not its parameters' (a model may convert its
+    input itself, so this is said only on failure), an error that says so."""
     dtype = _parameter_dtype(model)
-    if dtype is not None and x0.dtype != dtype:
-        raise TypeError(f"x0 is {x0.dtype} but the model's parameters are {dtype}; pass x0.to({dtype}) "
-                        f"(or convert the model with .to({x0.dtype}))")
+    if dtype is None or x0.dtype == dtype:
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TypeError(f"the model failed on its first evaluation ({type(exc).__name__}: {first[:160]}): x0 is "
+                     f"{x0.dtype} but the model's parameters are {dtype}; pass x0.to({dtype}) (or convert the model "
+                     f"with .to({x0.dtype}))")
 
 
 def _parameter_dtype(model: Any) -> torch.dtype | None:

@@ -119,6 +119,7 @@ class Plan:
     reference_file: str | None
     save_samples: bool = False
     notes: tuple[str, ...] = ()
+    threads: int | None = None   # --threads (None: rfbench.threads decides per model)
 
     @property
     def name(self) -> str:
@@ -227,7 +228,7 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                 bootstrap=suite.bootstrap if config.bootstrap is None else int(config.bootstrap),
                 extractor=extractor, fallback_extractor=fallback,
                 reference_file=None if config.reference_file is None else str(config.reference_file),
-                save_samples=config.save_samples, notes=notes)
+                save_samples=config.save_samples, notes=notes, threads=config.threads)
 
 
 def models_kind(models, name: str) -> str:

@@ -252,6 +252,8 @@ def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], w
             continue
         for cell in plan.grid(model.name):
             equal = {"device": base["device"], "timing": timing, "bootstrap": plan.bootstrap}
+            if plan.threads is not None:   # asked for: a cell timed on other threads is timed again
+                equal["threads"] = plan.threads
             if not plan.auto_batch:
                 equal["batch_size"] = planned   # another batch plan: rk45's steps (and NFE) would differ
             # solver_error left empty by a failed reference solution is computed again
