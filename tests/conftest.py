@@ -22,18 +22,25 @@ atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["HOME"] = _HOME
 os.environ["RFBENCH_CACHE"] = str(Path(_HOME) / ".cache" / "rfbench")
 os.environ.setdefault("MPLCONFIGDIR", str(Path(_HOME) / ".config" / "matplotlib"))
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(Path(_HOME) / ".hypothesis")   # not ./.hypothesis in the repo
 
 load_entry_points()
 
 
+# what tools other than the tests leave in a checkout (bytecode, the install, linters, the virtual environment)
+_TOOLS = ("__pycache__", ".egg-info", ".ruff_cache", ".mypy_cache", ".venv", ".pytest_cache")
+
+
 def _untracked() -> set[str] | None:
-    """The repository's untracked files that git does not ignore (None outside a git checkout)."""
+    """The repository's untracked files, ignored ones included but for the tools' own (None outside a git
+    checkout)."""
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all"],
+        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--ignored", "--untracked-files=all"],
                              capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return {line[3:] for line in out.splitlines() if line.startswith("?? ")}
+    return {line[3:] for line in out.splitlines()
+            if line.startswith(("?? ", "!! ")) and not any(tool in line for tool in _TOOLS)}
 
 
 def _listing(root: Path) -> set[str]:
