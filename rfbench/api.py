@@ -29,7 +29,8 @@ from rfbench.results.gate import (K_SIGMA, GateMismatch, GateResult, Tolerance, 
                                   check_spread, compare, parse_tolerance, spread_path)
 from rfbench.results.report import load_results
 from rfbench.suites.base import SUITES, Suite
-from rfbench.suites.plan import InputError, Plan, RunConfig, make_plan, missing_inputs, model_problems
+from rfbench.suites.inputs import missing_inputs, model_problems
+from rfbench.suites.plan import InputError, Plan, RunConfig, make_plan
 from rfbench.suites.runner import RunOutput, run_suite
 
 

@@ -1,6 +1,7 @@
-"""Command line: ``python benchmark.py [--suite NAME] [--out DIR] ...`` and the subcommands ``table``, ``spread`` and
-``score``. Arguments become a :class:`~rfbench.suites.plan.RunConfig`; the run goes through the same
-:func:`rfbench.api.prepare` and :func:`rfbench.api.execute` as ``rfbench.run``."""
+"""Command line: ``python benchmark.py [--suite NAME] [--out DIR] ...`` and the subcommands ``table``, ``spread``,
+``score`` and ``compare`` (:mod:`rfbench.subcommands`). Arguments become a :class:`~rfbench.suites.plan.RunConfig`
+(:mod:`rfbench.cli_parsing`); the run goes through the same :func:`rfbench.api.prepare` and
+:func:`rfbench.api.execute` as ``rfbench.run``."""
 
 from __future__ import annotations
 
@@ -12,27 +13,24 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from rfbench import distributed
 from rfbench.api import InputError, execute, input_problems, prepare
+from rfbench.cli_parsing import Parser, config_from_args, plugins_first
 from rfbench.data.base import DatasetNotFoundError
 from rfbench.data.registry import DATASETS
 from rfbench.device import resolve_device
-from rfbench.files import atomic_write_text, folder_problem
-from rfbench.metrics import METRICS, column_directions, interval_methods, quality_directions
+from rfbench.metrics import METRICS
 from rfbench.metrics.features import EXTRACTORS, InceptionWeightsError
 from rfbench.metrics.reference import ReferenceFileError
 from rfbench.models.cache import default_cache_dir
-from rfbench.models.sources import KINDS, MODELS, Recipe, as_source
-from rfbench.plugins import PluginError, load_plugins
+from rfbench.models.sources import MODELS, Recipe
 from rfbench.progress import duration
 from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
-from rfbench.results.gate import GateMismatch, spread_table
+from rfbench.results.gate import GateMismatch
 from rfbench.results.store import StoreWriteError
-from rfbench.results.report import FORMATS, load_results, render_table
 from rfbench.samplers import GRIDS, SOLVERS
+from rfbench.subcommands import COMMANDS
 from rfbench.suites.base import SUITES
 from rfbench.suites.plan import RunConfig
 from rfbench.version import __version__
@@ -56,18 +54,6 @@ EPILOG = """examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """Under torchrun only rank 0 prints usage and errors (every rank parses the same arguments). An argument error
-    is one line and a pointer to --help, not the usage block."""
-
-    def _print_message(self, message, file=None):
-        if distributed.env_rank() == 0:
-            super()._print_message(message, file)
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
-
-
 def program_name(argv0: str | None = None) -> str:
     """What the user typed: benchmark.py, or rfbench for the console script (and python -m rfbench.cli)."""
     name = Path(argv0 if argv0 is not None else (sys.argv[0] if sys.argv and sys.argv[0] else "rfbench")).name
@@ -83,7 +69,7 @@ SUBCOMMANDS = """subcommands (PROG SUBCOMMAND --help for each):
 
 
 def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=prog, description="rfbench: benchmark samplers of rectified-flow and diffusion models.\n\n"
         + SUBCOMMANDS.replace("PROG", prog),
         epilog=EPILOG.replace("python benchmark.py", prog if prog != "benchmark.py" else "python benchmark.py"),
@@ -221,89 +207,10 @@ def _list() -> str:
     return "\n".join(lines)
 
 
-def _checkpoints(args, suite) -> dict[str, str]:
-    """--checkpoint-dir's MODEL.pth / MODEL.pt files for the suite's models, then --checkpoint MODEL=PATH."""
-    found: dict[str, str] = {}
-    if args.checkpoint_dir is not None:
-        if not args.checkpoint_dir.is_dir():
-            raise ValueError(f"--checkpoint-dir {args.checkpoint_dir} is not a folder")
-        for model in suite.model_names:
-            for name in (f"{model}.pth", f"{model}.pt", model):   # a folder: diffusers' UNet2DModel (ddpm)
-                candidate = args.checkpoint_dir / name
-                if candidate.is_file() or (candidate.is_dir() and name == model):
-                    found[model] = str(candidate)
-                    break
-    for item in args.checkpoint:
-        model, sep, path = item.partition("=")
-        if not sep or not model or not path:
-            raise ValueError(f"--checkpoint takes MODEL=PATH, got {item!r}")
-        found[model] = path
-    return found
-
-
-def parse_model(item: str):
-    """``--model NAME[:KIND]=PATH|package.module:factory`` -> (name, source)."""
-    head, sep, spec = item.partition("=")
-    name, _, kind = head.partition(":")
-    if not sep or not name or not spec:
-        raise ValueError(f"--model takes NAME=PATH or NAME=package.module:factory (NAME:KIND=... to say its kind), "
-                         f"got {item!r}")
-    allowed = KINDS + ("vp", "subvp")
-    if kind and kind not in allowed:
-        raise ValueError(f"--model {item}: KIND must be one of {', '.join(allowed)}, got {kind!r}")
-    return name, as_source(spec, kind or None, what=f"--model {item}")
-
-
 def _note(message: str) -> None:
     """A note on stderr, from rank 0 only under torchrun."""
     if distributed.env_rank() == 0:
         print(message, file=sys.stderr)
-
-
-def _count_or_auto(flag: str, value: str | None) -> int | str | None:
-    """An integer >= 1, or "auto" (or None, not given) as it is."""
-    if value is None or value == "auto":
-        return value
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ValueError(f"{flag} takes an integer >= 1 or auto, got {value!r}")
-    return count
-
-
-def config_from_args(args) -> RunConfig:
-    suite = SUITES[args.suite]
-    options = {}
-    if args.inception_weights is not None or args.inception_mode is not None:
-        options = {"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
-    return RunConfig(models=args.models, add_models=tuple(parse_model(m) for m in args.model),
-                     checkpoints=tuple(_checkpoints(args, suite).items()), solvers=args.solvers,
-                     steps=tuple(args.steps) if args.steps else None, grids=args.grids,
-                     solver_options=tuple(args.solver_option),
-                     num_samples=args.num_samples,
-                     first_seed=args.first_seed, batch_size=_count_or_auto("--batch-size", args.batch_size),
-                     repeats=args.repeats,
-                     bootstrap=args.bootstrap, extractor=args.extractor, extractor_options=tuple(options.items()),
-                     data_dir=args.data_dir, reference_file=None if args.ref_stats is None else str(args.ref_stats),
-                     device=args.device, cache_dir=None if args.cache is None else str(args.cache),
-                     resume=args.resume and not args.force, save_samples=args.save_samples,
-                     threads=_count_or_auto("--threads", args.threads))
-
-
-def _plugins(argv: list[str], prog: str) -> None:
-    """Load the installed plugins and those named by --plugin (before the arguments are parsed: they add suites,
-    models and solvers); a plugin that fails is one line and exit status 2."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--plugin", action="append", default=[])
-    known, _ = pre.parse_known_args(argv)
-    try:
-        load_plugins(known.plugin)
-    except PluginError as exc:
-        if distributed.env_rank() == 0:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -351,7 +258,7 @@ def _unexpected(exc: BaseException) -> str:
 
 
 def _main(argv: list[str], prog: str) -> int:
-    _plugins(argv, prog)
+    plugins_first(argv, prog)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.list:
@@ -489,159 +396,6 @@ def _report(args, plan, result, verdict, gate, out: Path, start: float) -> int:
     return 1 if len(failed) else 0
 
 
-def table_main(argv: list[str], prog: str = "rfbench table") -> int:
-    """``rfbench table RESULTS --format markdown|latex|csv``: a run's results as a paper table."""
-    parser = _Parser(prog=prog, description="A run's results as a paper table (Table 1's layout: "
-                     "method, solver, NFE, IS, FID, precision, recall, then the coupling columns).")
-    parser.add_argument("results", type=Path, help="an output folder (--out of a run) or a results CSV")
-    parser.add_argument("--format", default="markdown", choices=FORMATS)
-    parser.add_argument("--columns", nargs="+", default=None, metavar="COL",
-                        help="columns in this order (default: those of Table 1 that have values)")
-    parser.add_argument("--intervals", action="store_true",
-                        help="value +- 1.96 standard errors (95%%) where the results hold one (COLUMN_se), with a "
-                             "note under the table saying how each was estimated")
-    parser.add_argument("--include-failed", action="store_true", help="keep failed cells (left out by default)")
-    parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
-    parser.add_argument("--plots", default=None, choices=("png", "pdf", "none"),
-                        help="quality against NFE and against wall-clock (Pareto front marked), written beside "
-                             "the table: beside --output (png unless told otherwise), else in the results folder "
-                             "(only when asked for); none: no plots")
-    args = parser.parse_args(argv)
-    try:
-        frame = load_results(args.results)
-        text = render_table(frame, args.format, args.columns, quality_directions(), intervals=args.intervals,
-                            include_failed=args.include_failed, methods=interval_methods())
-    except (FileNotFoundError, ValueError) as exc:
-        parser.error(str(exc))
-    if args.output is not None:
-        atomic_write_text(args.output, text)
-    else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    plots = args.plots or ("png" if args.output is not None and args.format != "csv" else "none")
-    if plots != "none":
-        from rfbench.results.plots import plot_quality_vs_costs
-        quality = next((m for m in ("fid", "w2") if m in frame and frame[m].notna().any()), None)
-        if quality is None:
-            if args.plots:
-                parser.error("--plots: these results have neither fid nor w2 to plot")
-            print("no plots: these results have neither fid nor w2", file=sys.stderr)
-            return 0
-        folder = args.output.parent if args.output is not None else (
-            args.results if args.results.is_dir() else args.results.parent)
-        stem = f"{args.output.stem}_" if args.output is not None else ""
-        lower = column_directions()[quality] == "lower"
-        for path in plot_quality_vs_costs(frame, folder, quality, lower, plots, prefix=stem):
-            print(f"wrote {path}", file=sys.stderr)
-    return 0
-
-
-def spread_main(argv: list[str], prog: str = "rfbench spread") -> int:
-    """``rfbench spread RUN RUN ... --out results/toy2d-spread.csv``: the gate's default tolerances."""
-    parser = _Parser(prog=prog, description="Per cell and metric, the standard deviation over runs that "
-                     "differ only in their seeds (--first-seed): the gate's default tolerances.")
-    parser.add_argument("runs", type=Path, nargs="+", help="output folders or results CSVs of runs with other seeds")
-    parser.add_argument("--out", type=Path, required=True, metavar="CSV")
-    args = parser.parse_args(argv)
-    try:
-        table = spread_table([load_results(p) for p in args.runs], column_directions())
-    except (FileNotFoundError, ValueError) as exc:
-        parser.error(str(exc))
-    atomic_write_text(args.out, table.to_csv(index=False))
-    print(f"wrote {args.out}: {len(table)} cell metrics over {len(args.runs)} runs")
-    return 0
-
-
-def score_main(argv: list[str], prog: str = "rfbench score") -> int:
-    """``rfbench score SAMPLES --suite NAME --label NAME``: samples made elsewhere, scored as the suite's cells."""
-    from rfbench.suites.score import SamplesError, score_samples
-    _plugins(argv, prog)
-    parser = _Parser(prog=prog, description="Score samples made elsewhere exactly as a suite scores its "
-                     "own cells (the same extractor, reference and standard errors) and add them as a row of a "
-                     "run's table.", formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="examples:\n  rfbench score samples.npz --suite cifar --label edm-heun --nfe 35 "
-                            "--data-dir DATA --out runs/cifar\n  rfbench score runs/toy2d/cells/KEY.npz --suite toy2d "
-                            "--label again --out runs/toy2d\n")
-    parser.add_argument("samples", type=Path, help=".npz (arr_0 or samples: uint8 NHWC images as clean-fid and ADM "
-                        "write them, float NCHW in [-1, 1], or (N, D) points; optionally z0, the source points) or "
-                        "a folder of PNG/JPEG images")
-    parser.add_argument("--suite", required=True, metavar="NAME", help="score as this suite's cells are scored")
-    parser.add_argument("--label", required=True, metavar="NAME", help="the row's model column")
-    parser.add_argument("--solver", default="external", metavar="NAME",
-                        help="the row's solver column (default: external)")
-    parser.add_argument("--nfe", type=float, default=None, metavar="N", help="model evaluations per sample, as known")
-    parser.add_argument("--steps", type=int, default=None, metavar="N", help="the row's steps column")
-    parser.add_argument("--out", default=None, metavar="DIR",
-                        help="a run's folder: the row joins its cells/ and results.csv (default: runs/SUITE)")
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--cache", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--data-dir", default=None, metavar="DIR")
-    parser.add_argument("--ref-stats", type=Path, default=None, metavar="NPZ")
-    parser.add_argument("--extractor", default=None, metavar="NAME")
-    parser.add_argument("--inception-weights", type=Path, default=None, metavar="PATH")
-    parser.add_argument("--inception-mode", default=None, choices=("clean", "legacy_tensorflow"))
-    parser.add_argument("--bootstrap", type=int, default=None, metavar="B")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    problem = folder_problem(args.out, "--out", "the run's results") if args.out is not None else None
-    if problem is not None:
-        parser.exit(2, f"{parser.prog}: error: {problem}\n")
-    try:
-        options = {}
-        if args.inception_weights is not None or args.inception_mode is not None:
-            options = {"weights": args.inception_weights, "mode": args.inception_mode or "clean"}
-        config = RunConfig(bootstrap=args.bootstrap, extractor=args.extractor,
-                           extractor_options=tuple(options.items()), data_dir=args.data_dir,
-                           reference_file=None if args.ref_stats is None else str(args.ref_stats),
-                           device=args.device, cache_dir=None if args.cache is None else str(args.cache))
-        row, path = score_samples(args.samples, args.suite, args.label, config,
-                                  out=Path(args.out) if args.out is not None else Path("runs") / args.suite,
-                                  nfe=args.nfe, solver=args.solver,
-                                  steps=args.steps,
-                                  log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)))
-    except InputError as exc:
-        parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in exc.lines))
-    except (SamplesError, UnknownNameError, ValueError, TypeError, FileNotFoundError, InceptionWeightsError) as exc:
-        parser.error(str(exc))
-    if not args.quiet:
-        print(markdown_table(pd.DataFrame([row])))
-        print(f"wrote {path}")
-    return 0
-
-
-def compare_main(argv: list[str], prog: str = "rfbench compare") -> int:
-    """``rfbench compare RUN --a MODEL/SOLVER/STEPS --b ...``: paired differences between two cells of a run."""
-    from rfbench.suites.compare import DRAWS, RESOLVED_SE, compare_cells
-    _plugins(argv, prog)
-    parser = _Parser(prog=prog, description="Paired differences between two cells of one run (the same seeds, so the "
-                     "same x0): per metric a - b and its paired standard error, resolved when at least "
-                     f"{RESOLVED_SE:g} standard errors from zero. Needs the cells' samples (--save-samples).",
-                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                     epilog="examples:\n  rfbench --suite toy2d --save-samples --out runs/toy2d\n"
-                            "  rfbench compare runs/toy2d --a 1-rf/euler/1 --b 2-rf/euler/1\n"
-                            "  rfbench compare runs/toy2d --a independent --b 1-rf/rk45\n")
-    parser.add_argument("run", type=Path, help="a run's --out folder, run with --save-samples")
-    parser.add_argument("--a", required=True, metavar="CELL",
-                        help="MODEL/SOLVER/STEPS[/GRID], MODEL/SOLVER (adaptive) or independent")
-    parser.add_argument("--b", required=True, metavar="CELL")
-    parser.add_argument("--draws", type=int, default=DRAWS, metavar="N",
-                        help=f"pairs of pairs drawn for crossing_prob (default: {DRAWS:,})")
-    parser.add_argument("--format", default="markdown", choices=("markdown", "csv"))
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE")
-    args = parser.parse_args(argv)
-    try:
-        table, suite = compare_cells(args.run, args.a, args.b, draws=args.draws)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    if args.format == "csv":
-        sys.stdout.write(table.to_csv(index=False))
-    else:
-        print(f"{suite}: a = {args.a}, b = {args.b} (paired over the same seeds)")
-        print(markdown_table(table, list(table.columns)) if len(table) else "no metric to compare")
-    return 0
-
-
-COMMANDS = {"table": table_main, "spread": spread_main, "score": score_main, "compare": compare_main}
 
 
 if __name__ == "__main__":  # pragma: no cover

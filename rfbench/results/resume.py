@@ -100,3 +100,11 @@ def _stale(store: ResultStore, want: Wanted, record: dict, say: Callable[[str], 
         say(f"{what}; the old file could not be moved aside ({exc.strerror or exc}) and will be overwritten")
         return
     say(f"{what}; old file moved to {moved.relative_to(store.out_dir).as_posix()}")
+
+
+def with_samples(store: ResultStore, kept: dict[str, str], exempt: Sequence[str] = ()) -> dict[str, str]:
+    """The kept cells a run with ``--save-samples`` may keep: those whose samples (``cells/KEY.npz``) are saved, and
+    the ``exempt`` labels (rows without samples); the others are sampled again, so that every cell of the folder
+    has them."""
+    return {label: key for label, key in kept.items()
+            if label in exempt or (store.cells_dir / f"{key}.npz").is_file()}

@@ -24,12 +24,12 @@ from rfbench.models.cache import PlanningCache, Training
 from rfbench.models.sources import LoadContext, ModelIdentity
 from rfbench.progress import ADAPTIVE_NFE_GUESS, TRAIN_EVALS_PER_SAMPLE, duration
 from rfbench.protocols import is_diffusion_model
-from rfbench.results.resume import finished_cells
+from rfbench.results.resume import finished_cells, with_samples
 from rfbench.results.store import ResultStore
 from rfbench.suites.base import Cell, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, Evaluation
 from rfbench.suites.plan import Plan, metric_columns
-from rfbench.suites.runner import wanted_cells, with_samples
+from rfbench.suites.runner import wanted_cells
 
 PROBE_EVALS = 5          # timed evaluations of a model's network at the run's batch shape (after one untimed)
 TRAIN_STEP_EVALS = TRAIN_EVALS_PER_SAMPLE     # a training step of batch B: about 3 B evaluations (forward + backward)
@@ -186,8 +186,9 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
     cache = PlanningCache(cache_root)
     identities = {m.name: _identity(m, plan.suite) for m in plan.models}
     wanted = wanted_cells(plan, {**base, "device": dev}, identities, world)    # as the run decides
-    kept = with_samples(plan, store, finished_cells(store, wanted, metric_columns(plan), lambda msg: None)) \
-        if resume and records else {}
+    kept = finished_cells(store, wanted, metric_columns(plan), lambda msg: None) if resume and records else {}
+    if plan.save_samples:     # as the run: a kept cell without its samples is sampled again
+        kept = with_samples(store, kept, exempt=(INDEPENDENT,))
     models, counted, probed = [], set(), {}
     evaluation = Evaluation(plan, None, None)
     shape_only = torch.empty((plan.num_samples, *plan.problem.shape), device="meta")   # no memory

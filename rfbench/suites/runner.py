@@ -29,7 +29,7 @@ from rfbench.models.sources import LoadContext, ModelIdentity, Recipe
 from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_quality_vs_costs, plot_trajectories
-from rfbench.results.resume import Wanted, finished_cells
+from rfbench.results.resume import Wanted, finished_cells, with_samples
 from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import probed_batch_size, sample_cell, timing_protocol
@@ -439,13 +439,6 @@ def _scored(store: ResultStore, plan: Plan, keys: list[str]) -> list[str]:
 def _resumable(run: Sweep, columns: list[str]) -> dict[str, str]:
     """The cells this run may keep from its folder: same key, measured alike (see :mod:`rfbench.results.resume`)."""
     wanted = wanted_cells(run.plan, run.base, run.identities, run.world)
-    return with_samples(run.plan, run.store, finished_cells(run.store, wanted, columns, run.say, set_aside=True))
+    kept = finished_cells(run.store, wanted, columns, run.say, set_aside=True)
+    return with_samples(run.store, kept, exempt=(INDEPENDENT,)) if run.plan.save_samples else kept
 
-
-def with_samples(plan: Plan, store: ResultStore, kept: dict[str, str]) -> dict[str, str]:
-    """The kept cells a run with ``--save-samples`` may keep: those whose samples are saved (the others are sampled
-    again, so that every cell of the folder has them)."""
-    if not plan.save_samples:
-        return kept
-    return {label: key for label, key in kept.items()
-            if label == INDEPENDENT or (store.cells_dir / f"{key}.npz").is_file()}
