@@ -118,18 +118,9 @@ def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None =
         # inception options ask for inception: no silent fallback to another extractor
         config = replace(config, extractor="inception")
     # the gate's files and the plan are checked independently: a mistake in each is said at once
-    errors: list[Exception] = []
-    gate = plan = None
-    for job in (lambda: load_gate(check, fail_on) if check is not None else None, lambda: make_plan(suite, config)):
-        try:
-            result = job()
-        except (ValueError, TypeError, UnknownNameError, FileNotFoundError) as exc:
-            errors.append(exc)
-            continue
-        if isinstance(result, Gate) or result is None:
-            gate = result
-        else:
-            plan = result
+    gate, gate_error = _attempt(lambda: load_gate(check, fail_on) if check is not None else None)
+    plan, plan_error = _attempt(lambda: make_plan(suite, config))
+    errors = [exc for exc in (gate_error, plan_error) if exc is not None]
     if len(errors) == 1:
         raise errors[0]
     if errors:
@@ -151,6 +142,14 @@ def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None =
     if options.get("weights") is not None:
         find_inception_weights(options["weights"])  # a missing explicit file: say so before any work
     return plan, gate
+
+
+def _attempt(job: Callable[[], Any]) -> tuple[Any, Exception | None]:
+    """``job()``'s result, or the bad-input error it raised (returned, to be said beside the others)."""
+    try:
+        return job(), None
+    except (ValueError, TypeError, UnknownNameError, FileNotFoundError) as exc:
+        return None, exc
 
 
 def input_problems(plan: Plan, config: RunConfig, log: Callable[[str], None] = lambda msg: None,

@@ -60,13 +60,19 @@ def crossing_prob(z0: torch.Tensor, z1: torch.Tensor, num_draws: int = 10_000, s
         raise ValueError(f"crossing_prob needs at least 2 pairs, got {n}")
     if num_draws < 1:
         raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-    gen = torch.Generator().manual_seed(seed)
-    i = torch.randint(n, (num_draws,), generator=gen)
-    j = torch.randint(n - 1, (num_draws,), generator=gen)
-    j = j + (j >= i).long()  # uniform over j != i
+    i, j = draw_pairs(n, num_draws, seed)
     z0, z1 = z0.detach().cpu(), z1.detach().cpu()
     hits = segments_intersect(z0[i], z1[i], z0[j], z1[j]).double().numpy()
     return float(hits.mean()), pair_draws_se(hits, i, j, n)
+
+
+def draw_pairs(n: int, num_draws: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_draws`` index pairs (i, j), i != j, uniform over n samples, from a generator seeded by ``seed``: the
+    draws of :func:`crossing_prob` (and of a paired comparison, which uses the same ones for both couplings)."""
+    gen = torch.Generator().manual_seed(seed)
+    i = torch.randint(n, (num_draws,), generator=gen)
+    j = torch.randint(n - 1, (num_draws,), generator=gen)
+    return i, j + (j >= i).long()  # uniform over j != i
 
 
 def pair_draws_se(d: np.ndarray, i: torch.Tensor, j: torch.Tensor, n: int) -> float:

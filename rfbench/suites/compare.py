@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from rfbench.metrics import column_directions
-from rfbench.metrics.coupling import pair_draws_se, segments_intersect
+from rfbench.metrics.coupling import draw_pairs, pair_draws_se, segments_intersect
 from rfbench.metrics.distances import w2_duals
 from rfbench.results import ResultStore
 from rfbench.suites.base import SUITES
@@ -169,10 +169,7 @@ def compare_couplings(a: Coupling, b: Coupling, metrics: tuple[str, ...], refere
         rows.append(_row("transport_cost", float(ca.mean()), float(cb.mean()), d,
                          float(np.std(d, ddof=1)) / math.sqrt(n), n))
     if "crossing_prob" in metrics and a.z0.shape[1:] == (2,):
-        gen = torch.Generator().manual_seed(seed)
-        i = torch.randint(n, (draws,), generator=gen)
-        j = torch.randint(n - 1, (draws,), generator=gen)
-        j = j + (j >= i).long()
+        i, j = draw_pairs(n, draws, seed)
         ha = segments_intersect(a.z0[i], a.z1[i], a.z0[j], a.z1[j]).double().numpy()
         hb = segments_intersect(b.z0[i], b.z1[i], b.z0[j], b.z1[j]).double().numpy()
         d = ha - hb
