@@ -25,8 +25,8 @@ from rfbench.models.cache import Cache, PlanningCache, default_cache_dir
 from rfbench.models.sources import LoadContext, Recipe, as_source
 from rfbench.plugins import load_plugins
 from rfbench.registry import UnknownNameError
-from rfbench.results.gate import (K_SIGMA, GateMismatch, GateResult, Tolerance, check_comparable, check_models,
-                                  check_spread, compare, parse_tolerance, spread_path)
+from rfbench.results.gate import (K_SIGMA, RETRAIN_FLOOR, GateMismatch, GateResult, Tolerance, check_comparable,
+                                  check_models, check_spread, compare, parse_tolerance, spread_path)
 from rfbench.results.report import load_results
 from rfbench.suites.base import SUITES, Suite
 from rfbench.suites.inputs import missing_inputs, model_problems
@@ -57,7 +57,9 @@ class Gate:
     def describe(self) -> str:
         if self.tolerances:
             return ", ".join(map(str, self.tolerances))
-        return f"{K_SIGMA:g} sd of {spread_path(self.path)}"
+        retrain = self.spread is not None and "nuisance" in self.spread and (self.spread["nuisance"] == "retrain").all()
+        return (f"{K_SIGMA:g} sd of the retrain spread {spread_path(self.path)}, at least {100 * RETRAIN_FLOOR:g}% of "
+                f"each value" if retrain else f"{K_SIGMA:g} sd of {spread_path(self.path)}")
 
     def verdict(self, frame: pd.DataFrame) -> GateResult:
         return compare(frame, self.baseline, column_directions(), self.tolerances, self.spread)

@@ -17,7 +17,7 @@ from rfbench.metrics import column_directions, interval_methods, quality_directi
 from rfbench.metrics.features import InceptionWeightsError
 from rfbench.registry import UnknownNameError
 from rfbench.results import markdown_table
-from rfbench.results.gate import spread_table
+from rfbench.results.gate import NUISANCES, spread_table
 from rfbench.results.report import FORMATS, load_results, render_table
 from rfbench.suites.plan import RunConfig
 
@@ -34,12 +34,21 @@ def table_main(argv: list[str], prog: str = "rfbench table") -> int:
                         help="value +- 1.96 standard errors (95%%) where the results hold one (COLUMN_se), with a "
                              "note under the table saying how each was estimated")
     parser.add_argument("--include-failed", action="store_true", help="keep failed cells (left out by default)")
+    parser.add_argument("--paired-with", default=None, metavar="CELL",
+                        help="every cell against this one (MODEL/SOLVER/STEPS[/GRID], MODEL/SOLVER or independent), "
+                             "paired over the same seeds as rfbench compare: per metric the difference, its paired "
+                             "standard error and z (a run folder with --save-samples; markdown or csv)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE",
+                        help="a plugin that registers the run's suite (with --paired-with)")
     parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--plots", default=None, choices=("png", "pdf", "none"),
                         help="quality against NFE and against wall-clock (Pareto front marked), written beside "
                              "the table: beside --output (png unless told otherwise), else in the results folder "
                              "(only when asked for); none: no plots")
     args = parser.parse_args(argv)
+    if args.paired_with is not None:
+        plugins_first(argv, prog)          # the run's suite, for its problem and metrics
+        return _paired_table(parser, args)
     try:
         frame = load_results(args.results)
         text = render_table(frame, args.format, args.columns, quality_directions(), intervals=args.intervals,
@@ -68,19 +77,52 @@ def table_main(argv: list[str], prog: str = "rfbench table") -> int:
     return 0
 
 
+def _paired_table(parser: Parser, args) -> int:
+    """``rfbench table RUN --paired-with CELL``: each cell's paired differences from CELL."""
+    from rfbench.suites.compare import RESOLVED_SE, paired_table
+    if args.format == "latex":
+        parser.error("--paired-with writes markdown or csv")
+    try:
+        table, unsaved = paired_table(args.results, args.paired_with)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.format == "csv":
+        text = table.to_csv(index=False)
+    else:
+        shown = table[["cell", "nfe"]].copy()
+        for metric in [c[:-len("_minus_base")] for c in table.columns if c.endswith("_minus_base")]:
+            shown[metric] = table[metric].map(lambda v: f"{v:.4g}")
+            shown[f"{metric} - base"] = [
+                f"{d:+.3g} ± {se:.2g}" + (" *" if abs(z) >= RESOLVED_SE else "")
+                for d, se, z in zip(table[f"{metric}_minus_base"], table[f"{metric}_paired_se"], table[f"{metric}_z"])]
+        text = (f"each cell - {args.paired_with}, paired over the same seeds (± one paired standard error; * at least "
+                f"{RESOLVED_SE:g} from zero)\n\n" + markdown_table(shown, list(shown.columns)))
+        if unsaved:
+            text += f"\n\nleft out (samples not saved): {', '.join(unsaved)}"
+    if args.output is not None:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
 def spread_main(argv: list[str], prog: str = "rfbench spread") -> int:
     """``rfbench spread RUN RUN ... --out results/toy2d-spread.csv``: the gate's default tolerances."""
-    parser = Parser(prog=prog, description="Per cell and metric, the standard deviation over runs that "
-                     "differ only in their seeds (--first-seed): the gate's default tolerances.")
-    parser.add_argument("runs", type=Path, nargs="+", help="output folders or results CSVs of runs with other seeds")
+    parser = Parser(prog=prog, description="Per cell and metric, the standard deviation over runs that differ only "
+                     "in a nuisance the gate must tolerate: the gate's default tolerances.")
+    parser.add_argument("runs", type=Path, nargs="+", help="output folders or results CSVs of the runs")
     parser.add_argument("--out", type=Path, required=True, metavar="CSV")
+    parser.add_argument("--nuisance", choices=NUISANCES, default="retrain",
+                        help="retrain (default): runs of the same seeds whose models were trained again, each from an "
+                             "empty cache, with another --threads or ATEN_CPU_CAPABILITY (tolerances get a relative "
+                             "floor); seeds: runs that differ only in --first-seed")
     args = parser.parse_args(argv)
     try:
-        table = spread_table([load_results(p) for p in args.runs], column_directions())
+        table = spread_table([load_results(p) for p in args.runs], column_directions(), args.nuisance)
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     atomic_write_text(args.out, table.to_csv(index=False))
-    print(f"wrote {args.out}: {len(table)} cell metrics over {len(args.runs)} runs")
+    print(f"wrote {args.out}: {len(table)} cell metrics over {len(args.runs)} runs ({args.nuisance})")
     return 0
 
 

@@ -127,6 +127,55 @@ def test_w2_bad_input():
         w2(np.array([[0.0, np.nan], [1.0, 1.0]]), np.zeros((2, 2)))
 
 
+def test_energy_distance_is_the_unbiased_statistic_with_a_leave_one_out_jackknife():
+    import scipy.stats
+
+    from rfbench.metrics.distances import energy_distance, energy_terms
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(40, 1)), rng.normal(0.3, 1.2, size=(55, 1))
+    a, b, c = np.abs(x - y.T), np.abs(x - x.T), np.abs(y - y.T)
+    n, m = len(x), len(y)
+    value, loo_x, loo_y = energy_terms(x, y)
+    assert value == pytest.approx(2 * a.mean() - b.sum() / (n * (n - 1)) - c.sum() / (m * (m - 1)), abs=1e-13)
+    # the plug-in (V-statistic) form of the same distances is scipy's 1D energy distance, squared
+    assert 2 * a.mean() - b.mean() - c.mean() == pytest.approx(scipy.stats.energy_distance(x[:, 0], y[:, 0]) ** 2,
+                                                               abs=1e-13)
+    # the closed-form leave-one-out estimates are the statistic recomputed without each point
+    assert loo_x == pytest.approx([energy_terms(np.delete(x, i, 0), y)[0] for i in range(n)], abs=1e-12)
+    assert loo_y == pytest.approx([energy_terms(x, np.delete(y, j, 0))[0] for j in range(m)], abs=1e-12)
+    # in 2D, the reference's own term (kept per reference tensor) gives what a fresh computation gives
+    ref = torch.randn((500, 2), generator=torch.Generator().manual_seed(0))
+    pts = torch.randn((300, 2), generator=torch.Generator().manual_seed(1)) * 1.1
+    first, again, fresh = energy_distance(pts, ref), energy_distance(pts, ref), energy_distance(pts, ref.clone())
+    assert first == again and first[0] == pytest.approx(fresh[0], abs=1e-12)
+    with pytest.raises(ValueError, match="rows of x are not finite"):
+        energy_distance(np.array([[np.inf, 0.0], [1.0, 1.0]]), ref)
+    with pytest.raises(ValueError, match="one dimension"):
+        energy_distance(np.zeros((5, 3)), ref)
+
+
+def test_energy_distance_is_zero_for_the_target_itself_and_its_error_covers_the_spread():
+    """Over 40 independent sets: samples of the target score 0 within their error (no floor, unlike w2), a 10%
+    dilation scores above 0, and the jackknife error is near the spread of the estimate (conservative where the
+    statistic is degenerate, at 0)."""
+    from rfbench.data.toy import circle_mixture
+    from rfbench.metrics.distances import energy_distance
+    target = circle_mixture(8, 4.0, 0.3)
+    for dilation, low, high in ((1.0, 0.9, 1.8), (1.1, 0.8, 1.5)):
+        values, errors = [], []
+        for s in range(40):
+            x = target.sample(400, torch.Generator().manual_seed(100 + s)) * dilation
+            value, se = energy_distance(x, target.sample(1000, torch.Generator().manual_seed(5000 + s)))
+            values.append(value)
+            errors.append(se)
+        spread, mean_se = float(np.std(values, ddof=1)), float(np.mean(errors))
+        assert low * spread < mean_se < high * spread, (dilation, mean_se, spread)
+        if dilation == 1.0:
+            assert abs(np.mean(values)) < 3 * spread / math.sqrt(40)       # unbiased: 0 on average
+        else:
+            assert np.mean(values) > 5 * spread / math.sqrt(40)
+
+
 def test_metric_registry_says_direction_and_columns():
     assert not METRICS["w2"].higher_is_better and METRICS["crossing_prob"].columns == ("crossing_prob",
                                                                                       "crossing_prob_se")

@@ -117,3 +117,15 @@ def test_quality_vs_costs_writes_both_files(tmp_path):
     assert paths == [tmp_path / "toy_w2_vs_nfe.png", tmp_path / "toy_w2_vs_time.png"]
     assert all(p.stat().st_size > 0 for p in paths)
     assert plot_quality_vs_costs(_frame(), tmp_path, "fid", True, "png") == []   # no such metric: no file
+
+
+def test_coupling_plot_marks_where_segments_cross(tmp_path):
+    from rfbench.results.plots import _crossings, plot_coupling
+    p1, p2 = np.array([[0.0, 0.0], [0.0, 1.0]]), np.array([[2.0, 2.0], [4.0, 1.0]])
+    q1, q2 = np.array([[0.0, 2.0], [2.0, 0.0]]), np.array([[2.0, 0.0], [2.0, 3.0]])
+    assert _crossings(p1, p2, q1, q2) == pytest.approx(np.array([[1.0, 1.0], [2.0, 1.0]]))
+    z0 = np.array([[0.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
+    z1 = np.array([[2.0, 2.0], [2.0, 0.0], [6.0, 5.0]])                 # the first two cross, the third is apart
+    path = plot_coupling({"made": ("by hand", z0, z1)}, tmp_path / "coupling.png")
+    assert path.stat().st_size > 0
+    assert plot_coupling({}, tmp_path / "none.png") is None

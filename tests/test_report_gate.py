@@ -170,7 +170,7 @@ def test_default_tolerances_come_from_the_seed_spread(gate_suite, tmp_path, caps
     nfe = spread[(spread["metric"] == "nfe") & (spread["solver"] == "euler")]
     assert (nfe["sd"] == 0).all()                                      # fixed grids: any change in NFE fails
     assert main(["spread", str(tmp_path / "s0"), str(tmp_path / "s1000"), str(tmp_path / "s2000"),
-                 "--out", str(tmp_path / "baseline-spread.csv")]) == 0
+                 "--out", str(tmp_path / "baseline-spread.csv"), "--nuisance", "seeds"]) == 0
     runs[0].to_csv(tmp_path / "baseline.csv", index=False)
     code, _ = _run(tmp_path, "check", "--check", str(tmp_path / "baseline.csv"))
     assert code == 0 and "3 sd of" in capsys.readouterr().err
@@ -183,6 +183,34 @@ def test_default_tolerances_come_from_the_seed_spread(gate_suite, tmp_path, caps
     assert f"the spread file is for suite_version 99, the baseline for {gate_suite.version}" in capsys.readouterr().err
 
 
+def test_retrain_spread_needs_the_same_seeds_and_another_setup(gate_suite, tmp_path, capsys):
+    code, one = _run(tmp_path, "t1", "--threads", "1")
+    code2, two = _run(tmp_path, "t2", "--threads", "2")
+    assert code == code2 == 0
+    spread = spread_table([one, two], column_directions(), "retrain")
+    assert (spread["nuisance"] == "retrain").all() and (spread["sd"] == 0).all()   # same seeds, same code: identical
+    with pytest.raises(ValueError, match="all made alike"):
+        spread_table([one, one], column_directions(), "retrain")
+    _, other_seeds = _run(tmp_path, "s5", "--first-seed", "5000", "--threads", "2")
+    with pytest.raises(ValueError, match="same seeds"):
+        spread_table([one, other_seeds], column_directions(), "retrain")
+    with pytest.raises(ValueError, match="nuisance must be one of"):
+        spread_table([one, two], column_directions(), "weather")
+    # a zero retrain spread still tolerates RETRAIN_FLOOR of each value, and says so
+    from rfbench.results.gate import RETRAIN_FLOOR
+    spread.to_csv(tmp_path / "baseline-spread.csv", index=False)
+    one.to_csv(tmp_path / "baseline.csv", index=False)
+    code, _ = _run(tmp_path, "check", "--threads", "1", "--check", str(tmp_path / "baseline.csv"))
+    assert code == 0 and f"at least {100 * RETRAIN_FLOOR:g}% of each value" in capsys.readouterr().err
+    worse = one.copy()
+    worse.loc[worse["model"] == "pull", "w2"] *= 1 + 1.5 * RETRAIN_FLOOR
+    verdict = compare(worse, one, column_directions(), spread=spread)
+    assert len(verdict.failures) == 3 and all("retrain floor" in f for f in verdict.failures)
+    bad = spread.assign(nuisance="sunspots")
+    with pytest.raises(GateMismatch, match="column nuisance holds 'sunspots'"):
+        compare(one, one, column_directions(), spread=bad)
+
+
 def test_sample_grid_rows_spread_over_distinct_nfes():
     from rfbench.results.plots import grid_rows
     nfes = [1, 2, 4, 8, 16, 2, 3, 6, 12, 24, 127]        # euler 1..16, heun (2 NFE per step), rk45
@@ -192,3 +220,25 @@ def test_sample_grid_rows_spread_over_distinct_nfes():
     assert [nfes[i] for i in grid_rows(nfes, 1)] == [1]
     with pytest.raises(ValueError, match="rows must be >= 1"):
         grid_rows(nfes, 0)
+
+
+def test_the_toy2d_gate_fails_a_ten_percent_regression_of_one_model():
+    """results/toy2d.csv against itself passes with its recorded retrain spread; the same table with one model's w2
+    (or energy) 10% worse in every cell fails on exactly those cells. (That a retrain on 1 thread with ATen's default
+    kernels passes is .ci/run's last step.)"""
+    from pathlib import Path
+
+    from rfbench.results.gate import spread_path
+    baseline_path = Path(__file__).resolve().parents[1] / "results" / "toy2d.csv"
+    baseline, spread = pd.read_csv(baseline_path), pd.read_csv(spread_path(baseline_path))
+    assert (spread["nuisance"] == "retrain").all() and spread["runs"].min() >= 4
+    directions = column_directions()
+    assert compare(baseline, baseline, directions, spread=spread).passed
+    for metric in ("w2", "energy"):
+        for model in ("1-rf", "2-rf", "2-rf-distill", "ddpm"):
+            doctored = baseline.copy()
+            rows = (doctored["model"] == model) & doctored[metric].notna()
+            doctored.loc[rows, metric] += 0.1 * doctored.loc[rows, metric].abs()      # 10% worse (lower is better)
+            verdict = compare(doctored, baseline, directions, spread=spread)
+            failed = [f for f in verdict.failures if f" {metric}: " in f]
+            assert len(failed) == len(verdict.failures) == rows.sum() > 0, (metric, model, verdict.failures)

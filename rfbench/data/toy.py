@@ -51,10 +51,12 @@ class GaussianMixture:
         return noise.per_seed(seeds, lambda g: self.sample(1, g)[0], stream=stream)
 
 
-def circle_mixture(num_modes: int, radius: float, std: float) -> GaussianMixture:
-    """``num_modes`` Gaussians evenly spaced on a circle (the classic "8 Gaussians" when num_modes=8)."""
-    means = tuple((round(radius * math.cos(2 * math.pi * k / num_modes), 12),
-                   round(radius * math.sin(2 * math.pi * k / num_modes), 12)) for k in range(num_modes))
+def circle_mixture(num_modes: int, radius: float, std: float, offset_deg: float = 0.0) -> GaussianMixture:
+    """``num_modes`` Gaussians evenly spaced on a circle (the classic "8 Gaussians" when num_modes=8), the first at
+    ``offset_deg`` degrees."""
+    angle = lambda k: 2 * math.pi * k / num_modes + math.radians(offset_deg)   # noqa: E731
+    means = tuple((round(radius * math.cos(angle(k)), 12), round(radius * math.sin(angle(k)), 12))
+                  for k in range(num_modes))
     return GaussianMixture(means, std)
 
 
@@ -62,7 +64,7 @@ def circle_mixture(num_modes: int, radius: float, std: float) -> GaussianMixture
 class ToyProblem:
     """A source pi0 and a target pi1, with a fixed training set and a disjoint held-out reference set.
 
-    Training data is drawn once from ``data_seed``; the reference set (for w2) from ``data_seed + 1``, so
+    Training data is drawn once from ``data_seed``; the reference set (for w2 and energy) from ``data_seed + 1``, so
     they never overlap. Evaluation x0 comes from seeds via :meth:`initial`.
     """
 
@@ -70,6 +72,7 @@ class ToyProblem:
     target: GaussianMixture
     num_train: int = 20_000
     data_seed: int = 1234
+    reference_size: int = 10_000      # held-out target points the metrics score samples against (w2: the first n)
 
     def __post_init__(self):
         if self.source.dim != self.target.dim:
@@ -89,7 +92,10 @@ class ToyProblem:
         return self.source.sample(self.num_train, torch.Generator().manual_seed(self.data_seed + 2))
 
     def reference(self, n: int) -> torch.Tensor:
-        return self.target.sample(n, torch.Generator().manual_seed(self.data_seed + 1))
+        """The held-out target set for n samples: max(n, ``reference_size``) points (seed ``data_seed + 1``). The
+        energy distance uses all of them; w2, which matches equal-size sets, the first n."""
+        size = max(n, self.reference_size)
+        return self.target.sample(size, torch.Generator().manual_seed(self.data_seed + 1))
 
     def initial(self, seeds: Sequence[int]) -> torch.Tensor:
         """x0 for evaluation: one draw of the source per seed (stream 0, the same for every model)."""

@@ -42,7 +42,7 @@ def segments_intersect(p1: torch.Tensor, p2: torch.Tensor, q1: torch.Tensor, q2:
     return proper | touch
 
 
-def crossing_prob(z0: torch.Tensor, z1: torch.Tensor, num_draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
+def crossing_prob(z0: torch.Tensor, z1: torch.Tensor, num_draws: int = 100_000, seed: int = 0) -> tuple[float, float]:
     """Probability that the segments of two random pairs of the coupling (z0[i], z1[i]) intersect.
 
     Pairs (i, j), i != j, are drawn uniformly with a generator seeded by ``seed``. Returns the estimate and its

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import ot
@@ -64,3 +65,89 @@ def _as_2d(a, name: str) -> np.ndarray:
     if a.ndim < 2 or a.shape[0] < 1:
         raise ValueError(f"{name} must have shape (N, ...), got {a.shape}")
     return a.reshape(a.shape[0], -1).astype(np.float64)
+
+
+# rows of x (or y) per block of pairwise distances: 500 x 10,000 float64 distances are 40 MB
+_BLOCK = 500
+_SELF_TERMS: dict[int, tuple[float, np.ndarray]] = {}   # id(reference) -> its within-set sum and row sums
+
+
+def energy_distance(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> tuple[float, float | None]:
+    """The energy distance D = 2 E||X - Y|| - E||X - X'|| - E||Y - Y'|| between the distributions of the samples ``x``
+    (n points) and the reference ``y`` (m points, any m), with its standard error.
+
+    D >= 0, and D = 0 only for equal distributions (Szekely and Rizzo 2013). The estimate is the unbiased one
+    (each within-set mean over distinct pairs, a U-statistic), so samples of the target itself score 0 within their
+    error, whatever n and m: unlike w2, whose plug-in estimate between two finite samples sits at a floor (0.41 for
+    two sets of 2,000 points of toy2d's target) that the model cells cannot be told apart below. The standard error
+    is the two-sample delete-one jackknife (Arvesen 1969) over both x and y, from the same row sums
+    (:func:`energy_terms`); the Efron-Stein inequality makes it conservative where the statistic is degenerate
+    (a perfect model). None for fewer than 3 points on either side.
+    """
+    value, loo_x, loo_y = energy_terms(x, y)
+    if loo_x is None:
+        return value, None
+    return value, jackknife_se(loo_x, loo_y)
+
+
+def jackknife_se(loo_x: np.ndarray, loo_y: np.ndarray | None = None) -> float:
+    """The two-sample delete-one jackknife standard error from the leave-one-out estimates over each sample (for a
+    paired difference: the differences of the two statistics' leave-one-out estimates, seed by seed)."""
+    var = (len(loo_x) - 1) / len(loo_x) * float(np.sum((loo_x - loo_x.mean()) ** 2))
+    if loo_y is not None:
+        var += (len(loo_y) - 1) / len(loo_y) * float(np.sum((loo_y - loo_y.mean()) ** 2))
+    return math.sqrt(var)
+
+
+def energy_terms(x, y) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """The unbiased energy distance of :func:`energy_distance` and its leave-one-out estimates without each point
+    of x and without each point of y (None for fewer than 3 points). The reference's own term is computed once per
+    reference tensor and kept while that tensor lives (a run scores every cell against one reference)."""
+    xt, yt = _as_points(x, "x"), _as_points(y, "y")
+    if xt.shape[1] != yt.shape[1]:
+        raise ValueError(f"energy distance needs points of one dimension, got {tuple(xt.shape)} and {tuple(yt.shape)}")
+    n, m = len(xt), len(yt)
+    if n < 2 or m < 2:
+        raise ValueError(f"energy distance needs at least 2 points on each side, got {n} and {m}")
+    cross_x = torch.zeros(n, dtype=torch.float64)     # row sums of ||x_i - y_j||
+    cross_y = torch.zeros(m, dtype=torch.float64)     # column sums
+    for start in range(0, n, _BLOCK):
+        d = torch.cdist(xt[start:start + _BLOCK], yt)
+        cross_x[start:start + _BLOCK] = d.sum(1)
+        cross_y += d.sum(0)
+    within_x = _within(xt)
+    key = id(y)
+    if isinstance(y, torch.Tensor) and key in _SELF_TERMS and _SELF_TERMS[key][1].shape == (m,):
+        total_y, within_y = _SELF_TERMS[key]
+    else:
+        within_y = _within(yt).numpy()
+        total_y = float(within_y.sum())
+        if isinstance(y, torch.Tensor):
+            _SELF_TERMS[key] = (total_y, within_y)
+            weakref.finalize(y, _SELF_TERMS.pop, key, None)
+    cx, cy, wx = cross_x.numpy(), cross_y.numpy(), within_x.numpy()
+    total_c, total_x = float(cx.sum()), float(wx.sum())
+    value = 2 * total_c / (n * m) - total_x / (n * (n - 1)) - total_y / (m * (m - 1))
+    if n < 3 or m < 3:
+        return value, None, None
+    loo_x = (2 * (total_c - cx) / ((n - 1) * m) - (total_x - 2 * wx) / ((n - 1) * (n - 2))
+             - total_y / (m * (m - 1)))
+    loo_y = (2 * (total_c - cy) / (n * (m - 1)) - total_x / (n * (n - 1))
+             - (total_y - 2 * within_y) / ((m - 1) * (m - 2)))
+    return value, loo_x, loo_y
+
+
+def _within(p: torch.Tensor) -> torch.Tensor:
+    """Row sums of the distances between the points of ``p`` (the diagonal is zero)."""
+    out = torch.empty(len(p), dtype=torch.float64)
+    for start in range(0, len(p), _BLOCK):
+        out[start:start + _BLOCK] = torch.cdist(p[start:start + _BLOCK], p).sum(1)
+    return out
+
+
+def _as_points(a, name: str) -> torch.Tensor:
+    points = torch.as_tensor(_as_2d(a, name))
+    if not torch.isfinite(points).all():
+        bad = int((~torch.isfinite(points)).any(1).sum())
+        raise ValueError(f"energy distance: {bad} rows of {name} are not finite")
+    return points

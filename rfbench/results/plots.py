@@ -206,10 +206,7 @@ def plot_trajectories(trajectories: dict[str, tuple[str, np.ndarray]], target: n
     """
     if not trajectories:
         return None
-    n = len(trajectories)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    fig, axes = _panels(len(trajectories), 3, 4.0)
     for ax, (model, (label, states)) in zip(axes.flat, trajectories.items()):
         states = np.asarray(states)[:, :max_paths]
         ax.scatter(target[:, 0], target[:, 1], s=2, c="#e0c080", alpha=0.4, label="target")
@@ -218,14 +215,8 @@ def plot_trajectories(trajectories: dict[str, tuple[str, np.ndarray]], target: n
         ax.scatter(states[-1, :, 0], states[-1, :, 1], s=3, c="tab:red", label="sample")
         ax.set_title(f"{model} ({label})", fontsize=9)
         ax.set_aspect("equal")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left", markerscale=3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _save(fig, axes, len(trajectories), path)
 
 
 def grid_rows(nfes: list[float], rows: int = 4) -> list[int]:
@@ -287,3 +278,77 @@ def plot_sample_grid(samples: dict[str, np.ndarray], path: str | Path, per_row: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_coupling(couplings: dict[str, tuple[str, np.ndarray, np.ndarray]], path: str | Path,
+                  max_segments: int = 60) -> Path | None:
+    """One panel per coupling: the segments from z0 to z1 of its first ``max_segments`` pairs, those that cross
+    another drawn segment in red with each crossing marked (x), the rest grey; the title gives how many of the drawn
+    pairs of segments cross (the crossing probability's estimate on this sample).
+
+    couplings: name -> (label, z0 (N, 2), z1 (N, 2)); the segment tests are :func:`segments_intersect`'s.
+    """
+    import torch                                               # this module is torch-free until a coupling is drawn
+
+    from rfbench.metrics.coupling import segments_intersect
+
+    if not couplings:
+        return None
+    fig, axes = _panels(len(couplings), 4, 3.6)
+    for ax, (name, (label, z0, z1)) in zip(axes.flat, couplings.items()):
+        z0, z1 = np.asarray(z0, dtype=np.float64)[:max_segments], np.asarray(z1, dtype=np.float64)[:max_segments]
+        i, j = np.triu_indices(len(z0), k=1)
+        hit = segments_intersect(*(torch.as_tensor(v) for v in (z0[i], z1[i], z0[j], z1[j]))).numpy()
+        crossed = np.zeros(len(z0), dtype=bool)
+        crossed[i[hit]] = crossed[j[hit]] = True
+        for k in np.argsort(crossed):        # the crossing segments on top
+            ax.plot(*np.stack([z0[k], z1[k]]).T, lw=0.9 if crossed[k] else 0.5,
+                    color="tab:red" if crossed[k] else "0.6", alpha=0.9 if crossed[k] else 0.5)
+        points = _crossings(z0[i[hit]], z1[i[hit]], z0[j[hit]], z1[j[hit]])
+        ax.scatter(points[:, 0], points[:, 1], marker="x", s=14, c="k", lw=0.8, zorder=3)
+        ax.scatter(z0[:, 0], z0[:, 1], s=4, c="tab:blue", zorder=2)
+        ax.scatter(z1[:, 0], z1[:, 1], s=4, c="tab:orange", zorder=2)
+        ax.set_title(f"{name} ({label})\n{int(hit.sum())} of {len(hit)} segment pairs cross "
+                     f"({hit.mean():.4f})", fontsize=8)
+        ax.set_aspect("equal")
+    return _save(fig, axes, len(couplings), path)
+
+
+def _panels(n: int, most: int, size: float):
+    """A figure of n square panels, at most ``most`` per row."""
+    cols = min(n, most)
+    rows = math.ceil(n / cols)
+    return plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+
+
+def _save(fig, axes, used: int, path: str | Path) -> Path:
+    """Blank the unused panels, write the figure and close it."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def _crossings(p1: np.ndarray, p2: np.ndarray, q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
+    """Where the segments p1p2 and q1q2 (known to intersect) meet; collinear overlaps at p1."""
+    r, s = p2 - p1, q2 - q1
+    denom = r[:, 0] * s[:, 1] - r[:, 1] * s[:, 0]
+    t = np.divide((q1 - p1)[:, 0] * s[:, 1] - (q1 - p1)[:, 1] * s[:, 0], denom,
+                  out=np.zeros(len(denom)), where=denom != 0)
+    return p1 + t[:, None] * r
+
+
+def plot_paths(trajectories: dict[str, tuple[str, np.ndarray]], reference: np.ndarray,
+               independent: tuple[np.ndarray, np.ndarray] | None, folder: str | Path, ext: str = "png",
+               max_paths: int = 300) -> list[Path]:
+    """The 2D suites' path figures: ``trajectories.EXT`` (each model's paths over the target) and ``coupling.EXT``
+    (each model's coupling and, when given, the independent one, with their crossings)."""
+    folder = Path(folder)
+    couplings = {} if independent is None else {"independent": ("X0, X1 drawn apart", *independent)}
+    couplings.update({model: (label, states[0], states[-1]) for model, (label, states) in trajectories.items()})
+    files = [plot_trajectories(trajectories, reference, folder / f"trajectories.{ext}", max_paths=max_paths),
+             plot_coupling(couplings if trajectories else {}, folder / f"coupling.{ext}")]
+    return [f for f in files if f is not None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def provenance(device_name: str, dtype: str) -> dict:
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {
         "device": device_name,
+        "cpu_kernels": _cpu_kernels(),
         "dtype": dtype,
         "torch_version": _version("torch"),
         "numpy_version": _version("numpy"),
@@ -43,3 +45,9 @@ def provenance(device_name: str, dtype: str) -> dict:
         "git_dirty": None if status is None else bool(status),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _cpu_kernels() -> str | None:
+    """ATen's CPU kernel level of this process (``default``, ``avx2``, ``avx512``, ...), where torch is loaded."""
+    torch = sys.modules.get("torch")
+    return torch.backends.cpu.get_cpu_capability() if torch is not None else None

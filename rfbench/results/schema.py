@@ -72,6 +72,8 @@ SCHEMA: tuple[Column, ...] = (
            gate="model"),
     Column("model_checkpoint", "str", "the trained model's cache entry, or the file's name and sha1"),
     Column("device", "str", "what the cell ran on", resume=True),
+    Column("cpu_kernels", "str", "ATen's CPU kernels (torch.backends.cpu.get_cpu_capability(); ATEN_CPU_CAPABILITY "
+                                 "chooses them): round-off differs between them"),
     Column("dtype", "str", "the samples' dtype"),
     Column("torch_version", "str", "library versions"),
     Column("numpy_version", "str", ""),

@@ -11,7 +11,9 @@ numbers with their own errors hides differences that are plainly resolved. From 
   (:func:`pair_draws_se`: the samples' share, which the binomial error leaves out, and the draws');
 * ``w2``: both against the suite's held-out reference; W2^2 is, to first order, the mean of the optimal dual
   potential u over the samples (:func:`rfbench.metrics.distances.w2_duals`), so by the delta method
-  W2_a - W2_b has se = sd(u_a / (2 W2_a) - u_b / (2 W2_b)) / sqrt(N) over the paired seeds.
+  W2_a - W2_b has se = sd(u_a / (2 W2_a) - u_b / (2 W2_b)) / sqrt(N) over the paired seeds;
+* ``energy``: both against the suite's held-out reference; the two-sample delete-one jackknife of the difference,
+  leaving out one seed from both cells at once (and one reference point from both).
 
 A difference is *resolved* when it is at least 3 standard errors from zero. ``independent`` names the suite's
 independent coupling (X0 and X1 drawn separately), rebuilt from the seeds. The image metrics (FID, IS,
@@ -30,14 +32,14 @@ import torch
 
 from rfbench.metrics import column_directions
 from rfbench.metrics.coupling import draw_pairs, pair_draws_se, segments_intersect
-from rfbench.metrics.distances import w2_duals
+from rfbench.metrics.distances import energy_terms, jackknife_se, w2_duals
 from rfbench.results import ResultStore
 from rfbench.suites.base import SUITES
 from rfbench.suites.score import read_samples
 
 RESOLVED_SE = 3.0                 # |difference| / se at which a difference counts as resolved
 DRAWS = 100_000                   # crossing draws: beyond this the samples' share of the error dominates
-COMPARED = ("w2", "transport_cost", "crossing_prob")
+COMPARED = ("w2", "energy", "transport_cost", "crossing_prob")
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,11 @@ def compare_couplings(a: Coupling, b: Coupling, metrics: tuple[str, ...], refere
         if wa > 0 and wb > 0:
             grad = ua / (2 * wa) - ub / (2 * wb)
             rows.append(_row("w2", wa, wb, wa - wb, float(np.std(grad, ddof=1)) / math.sqrt(n), n))
+    if "energy" in metrics and reference is not None:
+        ea, xa, ya = energy_terms(a.z1, reference)
+        eb, xb, yb = energy_terms(b.z1, reference)
+        if xa is not None:
+            rows.append(_row("energy", ea, eb, ea - eb, jackknife_se(xa - xb, ya - yb), n))
     if "transport_cost" in metrics:
         ca = (a.z1 - a.z0).to(torch.float64).reshape(n, -1).pow(2).sum(1).numpy()
         cb = (b.z1 - b.z0).to(torch.float64).reshape(n, -1).pow(2).sum(1).numpy()
@@ -177,29 +184,64 @@ def compare_couplings(a: Coupling, b: Coupling, metrics: tuple[str, ...], refere
     return pd.DataFrame(rows)
 
 
-def compare_cells(run: str | Path, a: str, b: str, draws: int = DRAWS) -> tuple[pd.DataFrame, str]:
-    """The paired differences between the cells ``a`` and ``b`` of the run folder ``run``, and the suite's name."""
+def _open(run: str | Path, spec: str):
+    """The run's store, the suite of the cell ``spec`` (registered, same version) and the metrics compare pairs."""
     store = ResultStore(run)
     if not store.cells_dir.is_dir():
         raise ValueError(f"{run}: no cells/ folder; compare takes the --out folder of a run (with --save-samples)")
-    if draws < 2:
-        raise ValueError(f"--draws takes an integer >= 2, got {draws}")
-    _, rec = find_cell(store, a)
+    _, rec = find_cell(store, spec)
     name = str(rec.get("suite"))
     if name not in SUITES:
         raise ValueError(f"{run}: suite {name!r} is not registered (load its plugin with --plugin)")
     suite = SUITES[name]
     if rec.get("suite_version") != suite.version:
         raise ValueError(f"{run} holds suite {name} v{rec.get('suite_version')}, this rfbench has v{suite.version}")
+    metrics = tuple(m for m in COMPARED if m in suite.metrics)
+    if not metrics:
+        raise ValueError(f"suite {name} has none of the metrics compare pairs ({', '.join(COMPARED)}); its image "
+                         f"metrics are not compared yet")
+    return store, suite, metrics
+
+
+def compare_cells(run: str | Path, a: str, b: str, draws: int = DRAWS) -> tuple[pd.DataFrame, str]:
+    """The paired differences between the cells ``a`` and ``b`` of the run folder ``run``, and the suite's name."""
+    if draws < 2:
+        raise ValueError(f"--draws takes an integer >= 2, got {draws}")
+    store, suite, metrics = _open(run, a)
     problem = suite.problem
     ca, ra = load_coupling(store, a, problem)
     cb, rb = load_coupling(store, b, problem)
     if (ra.get("suite"), ra.get("suite_version")) != (rb.get("suite"), rb.get("suite_version")):
         raise ValueError(f"{a} and {b} are cells of different suites or versions")
-    metrics = tuple(m for m in COMPARED if m in suite.metrics)
-    if not metrics:
-        raise ValueError(f"suite {name} has none of the metrics compare pairs ({', '.join(COMPARED)}); its image "
-                         f"metrics are not compared yet")
     n = min(len(ca.seeds), len(cb.seeds))
-    reference = problem.reference(n) if "w2" in metrics else None
-    return compare_couplings(ca, cb, metrics, reference, draws), name
+    reference = problem.reference(n) if {"w2", "energy"} & set(metrics) else None
+    return compare_couplings(ca, cb, metrics, reference, draws), suite.name
+
+
+def paired_table(run: str | Path, base: str, draws: int = DRAWS) -> tuple[pd.DataFrame, list[str]]:
+    """Every finished cell of the run's suite against the cell ``base``, paired: one row per cell, per metric its
+    value, the difference cell - base, its paired standard error and z (``rfbench table RUN --paired-with CELL``).
+    Also the cells left out because their samples are not saved."""
+    store, suite, metrics = _open(run, base)
+    problem = suite.problem
+    cb, rb = load_coupling(store, base, problem)
+    reference = problem.reference(len(cb.seeds)) if {"w2", "energy"} & set(metrics) else None
+    rows, unsaved = [], []
+    for key, rec in store.records().items():
+        if rec.get("status") != "ok" or (rec.get("suite"), rec.get("suite_version")) != (rb.get("suite"),
+                                                                                        rb.get("suite_version")):
+            continue
+        if rec.get("model") != "independent" and not (store.cells_dir / f"{key}.npz").is_file():
+            unsaved.append(_label(rec))
+            continue
+        ca, _ = load_coupling(store, "independent" if rec.get("model") == "independent" else _label(rec), problem)
+        order = (suite.model_names.index(rec["model"]) if rec.get("model") in suite.model_names else -1,
+                 str(rec.get("solver")), float(rec.get("nfe") or 0))
+        row = {"cell": ca.label.removesuffix("/uniform"), "nfe": rec.get("nfe"), "order": order}
+        for r in compare_couplings(ca, cb, metrics, reference, draws).to_dict("records"):
+            m = r["metric"]
+            row.update({m: r["a"], f"{m}_minus_base": r["a_minus_b"], f"{m}_paired_se": r["paired_se"],
+                        f"{m}_z": r["z"]})
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values("order", kind="stable").drop(columns="order").reset_index(drop=True)
+    return table, sorted(unsaved)

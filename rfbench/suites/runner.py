@@ -28,7 +28,7 @@ from rfbench.models.cache import Cache, PlanningCache
 from rfbench.models.sources import LoadContext, ModelIdentity, Recipe
 from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
-from rfbench.results.plots import plot_model_grids, plot_quality_vs_costs, plot_trajectories
+from rfbench.results.plots import plot_model_grids, plot_paths, plot_quality_vs_costs
 from rfbench.results.resume import Wanted, finished_cells, with_samples
 from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
@@ -417,9 +417,9 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
         files += plot_quality_vs_costs(frame, Path(out_dir), quality, lower, plot_format)
         if "solver_error" in frame and frame["solver_error"].notna().any():   # log-log: the slope is the order
             files += plot_quality_vs_costs(frame, Path(out_dir), "solver_error", True, plot_format)
-        path = plot_trajectories(run.trajectories, reference.numpy(), Path(out_dir) / f"trajectories.{plot_format}",
-                                 max_paths=PLOT_PATHS)
-        files += [path] if path is not None else []
+        apart = ((x0[:PLOT_PATHS].cpu().numpy(), plan.problem.independent_target(seeds[:PLOT_PATHS]).numpy())
+                 if plan.suite.independent_row and run.trajectories else None)
+        files += plot_paths(run.trajectories, reference.numpy(), apart, out_dir, plot_format, max_paths=PLOT_PATHS)
         files += plot_model_grids(run.grid, Path(out_dir), plot_format, rows=GRID_ROWS, per_row=GRID_SAMPLES)
     return RunOutput(frame=frame, files=files, trained=list(cache.trained), timings=_total(timings, started),
                      kept=list(run.resumed))
