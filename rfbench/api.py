@@ -94,9 +94,9 @@ def load_gate(check: str | Path, fail_on: Sequence[str] = ()) -> Gate:
     if not tolerances:
         spread_file = spread_path(path)
         if not spread_file.is_file():
-            raise ValueError(f"--check {path}: no tolerances; pass --fail-on METRIC:+TOL or record the seed-to-seed "
-                             f"spread as {spread_file} (rfbench spread)")
-        spread = read_csv(spread_file, f"the seed-to-seed spread of {path} (rfbench spread)")
+            raise ValueError(f"--check {path}: no tolerances; pass --fail-on METRIC:+TOL or record the spread of "
+                             f"retrains (or of seeds) as {spread_file} (rfbench spread)")
+        spread = read_csv(spread_file, f"the spread of {path} (rfbench spread)")
         try:   # its numbers converted now: a bad entry is refused before the run, not after it
             gate.spread = check_spread(spread, baseline, column_directions())
         except GateMismatch as exc:

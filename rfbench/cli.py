@@ -164,8 +164,8 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                              "cell by cell; exit status 3 when a metric got worse than its tolerance")
     parser.add_argument("--fail-on", action="append", default=[], metavar="METRIC:+TOL",
                         help="a gate tolerance, e.g. w2:+10%% (relative) or nfe:+0 (repeatable); default: 3 standard "
-                             "deviations of each cell's seed-to-seed spread recorded beside the baseline "
-                             "(BASELINE-spread.csv)")
+                             "deviations of each cell's spread recorded beside the baseline (BASELINE-spread.csv: over "
+                             "retrains, with a 3%% floor, or over seeds)")
     parser.add_argument("--plot-format", default="png", choices=("png", "pdf"), help="plot files (default: png)")
     parser.add_argument("--no-plots", action="store_true", help="write tables only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")

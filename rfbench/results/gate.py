@@ -161,11 +161,12 @@ def compare(run: pd.DataFrame, baseline: pd.DataFrame, directions: dict[str, str
             tolerances: Sequence[Tolerance] = (), spread: pd.DataFrame | None = None,
             k_sigma: float = K_SIGMA) -> GateResult:
     """Each baseline cell's gated metrics against the run's. Explicit ``tolerances`` gate their metrics; without
-    them every metric of ``spread`` is gated at ``k_sigma`` of its per-cell seed-to-seed standard deviation.
+    them every metric of ``spread`` is gated at ``k_sigma`` of its per-cell standard deviation (over retrains, never
+    below ``RETRAIN_FLOOR`` of the baseline value, or over seeds).
     A baseline cell that failed in the run is a failure; one the run did not compute is skipped (and listed)."""
     check_comparable(run, baseline)
     if not tolerances and spread is None:
-        raise ValueError("no tolerances: pass --fail-on METRIC:+AMOUNT, or record the seed-to-seed spread beside the "
+        raise ValueError("no tolerances: pass --fail-on METRIC:+AMOUNT, or record the spread beside the "
                          "baseline (rfbench spread)")
     runs = {_key(r): r for r in run.to_dict("records")}
     sd, floors = {}, {}
