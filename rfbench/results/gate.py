@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from rfbench.results.report import shown
-from rfbench.results.schema import CELL, MODEL_IDENTITY, RUN_IDENTITY
+from rfbench.results.schema import CELL, MODEL_IDENTITY, RUN_IDENTITY, record_steps
 
 # a run must match the baseline in these, or the comparison means nothing (and, per model, in MODEL_IDENTITY)
 IDENTITY = RUN_IDENTITY
@@ -88,7 +88,7 @@ def _key(row) -> tuple:
     """The cell a row is (the schema's CELL columns: model, solver, steps, options, grid). A row without a grid
     (an adaptive solver, or a table from before grids were recorded, when every grid was uniform) is uniform."""
     assert CELL == ("model", "solver", "steps", "grid", "options")
-    steps = None if _missing(row.get("steps")) else int(row.get("steps"))
+    steps = record_steps(row)
     options = "" if _missing(row.get("options")) else str(row.get("options"))
     grid = "uniform" if _missing(row.get("grid")) else str(row.get("grid"))
     return (str(row["model"]), str(row["solver"]), steps, options, grid)

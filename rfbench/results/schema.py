@@ -103,3 +103,12 @@ def table_columns(metric_columns: Sequence[str] = ()) -> tuple[str, ...]:
     at = NAMES.index(METRICS_AFTER) + 1
     metric_columns = tuple(c for c in metric_columns if c not in NAMES)
     return NAMES[:at] + metric_columns + NAMES[at:]
+
+
+def record_steps(record) -> int | None:
+    """A record's (or table row's) step count as an int, None for an adaptive solver or the independent row: a
+    missing value, None or NaN (what a table's empty integer cell reads back as)."""
+    try:
+        return int(record.get("steps"))
+    except (TypeError, ValueError):      # None, NaN, pandas' NA
+        return None

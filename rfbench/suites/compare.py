@@ -34,6 +34,7 @@ from rfbench.metrics import column_directions
 from rfbench.metrics.coupling import draw_pairs, pair_draws_se, segments_intersect
 from rfbench.metrics.distances import energy_terms, jackknife_se, w2_duals
 from rfbench.results import ResultStore
+from rfbench.results.schema import record_steps
 from rfbench.suites.base import SUITES
 from rfbench.suites.score import read_samples
 
@@ -81,9 +82,7 @@ def find_cell(store: ResultStore, spec: str) -> tuple[str, dict]:
     def matches(rec: dict) -> bool:
         if rec.get("model") != want["model"] or ("solver" in want and rec.get("solver") != want["solver"]):
             return False
-        steps = rec.get("steps")
-        steps = None if steps is None or (isinstance(steps, float) and math.isnan(steps)) else int(steps)
-        if steps != want.get("steps"):
+        if record_steps(rec) != want.get("steps"):
             return False
         return "grid" not in want or rec.get("grid") == want["grid"]
     found = [(k, r) for k, r in records.items() if matches(r)]
@@ -100,11 +99,9 @@ def find_cell(store: ResultStore, spec: str) -> tuple[str, dict]:
 def _label(rec: dict) -> str:
     if rec.get("model") == "independent":
         return "independent"
-    steps = rec.get("steps")
-    has_steps = steps is not None and not (isinstance(steps, float) and math.isnan(steps))
-    grid = rec.get("grid")
-    return "/".join([str(rec.get("model")), str(rec.get("solver"))] + ([str(int(steps))] if has_steps else [])
-                    + ([str(grid)] if has_steps and isinstance(grid, str) and grid else []))
+    steps, grid = record_steps(rec), rec.get("grid")
+    return "/".join([str(rec.get("model")), str(rec.get("solver"))] + ([str(steps)] if steps is not None else [])
+                    + ([str(grid)] if steps is not None and isinstance(grid, str) and grid else []))
 
 
 def load_coupling(store: ResultStore, spec: str, problem) -> tuple[Coupling, dict]:

@@ -25,6 +25,7 @@ from rfbench.models.sources import LoadContext, ModelIdentity
 from rfbench.progress import ADAPTIVE_NFE_GUESS, TRAIN_EVALS_PER_SAMPLE, duration
 from rfbench.protocols import is_diffusion_model
 from rfbench.results.resume import finished_cells, with_samples
+from rfbench.results.schema import record_steps
 from rfbench.results.store import ResultStore
 from rfbench.suites.base import Cell, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, Evaluation
@@ -180,9 +181,8 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
     stored_nfe = {}
     for rec in mine:
         if rec.get("nfe") is not None and rec.get("n_samples") == plan.num_samples:
-            steps = rec.get("steps")
-            steps = None if steps is None or (isinstance(steps, float) and math.isnan(steps)) else int(steps)
-            stored_nfe[(rec.get("model"), rec.get("solver"), steps, rec.get("options") or "")] = float(rec["nfe"])
+            stored_nfe[(rec.get("model"), rec.get("solver"), record_steps(rec), rec.get("options") or "")] = \
+                float(rec["nfe"])
     cache = PlanningCache(cache_root)
     identities = {m.name: _identity(m, plan.suite) for m in plan.models}
     wanted = wanted_cells(plan, {**base, "device": dev}, identities, world)    # as the run decides
