@@ -307,7 +307,8 @@ def spread_table(frames: Sequence[pd.DataFrame], directions: dict[str, str], nui
         raise ValueError(f"the runs must use different seeds (--first-seed); got {seeds}")
     if nuisance == "retrain":
         if len(set(seeds)) != 1:
-            raise ValueError(f"a retrain spread needs runs of the same seeds; got {seeds}")
+            raise ValueError(f"a retrain spread needs runs of the same seeds; got {seeds} (runs of other seeds: "
+                             f"--nuisance seeds)")
         setups = [_setup(f) for f in frames]
         if len(set(setups)) < 2:
             raise ValueError(f"the runs were all made alike ({setups[0]}); a retrain spread needs runs trained on "
