@@ -131,6 +131,60 @@ def test_precision_recall_equals_the_full_matrix_definition_at_any_block_size():
         precision_recall(real, fake, k=3, device="cpu", real_radii=radii[:-1])
 
 
+def _large_offset_sets(dtype):
+    """Features far from the origin and close to each other (norms about 1e4 times the distances): float32
+    products alone get most distances wrong here, so every answer rests on the exact re-checks. Rounded to
+    multiples of 1/8 with duplicates: exact ties between distances and radii, which a flip of rounding would break."""
+    rng = np.random.default_rng(21)
+    real = np.round(8 * rng.standard_normal((240, 16))) / 8
+    fake = np.round(8 * (1.2 * rng.standard_normal((200, 16)) + 0.1)) / 8
+    fake[:40] = real[:40]                       # shared points
+    real[100:110] = real[110:120]               # duplicates within a set
+    return (real + 300.0).astype(dtype), (fake + 300.0).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_precision_recall_is_exact_where_float32_products_are_not(dtype):
+    from rfbench.metrics import knn
+
+    real, fake = _large_offset_sets(dtype)
+    real_copy, fake_copy = real.copy(), fake.copy()
+    r64, f64 = real.astype(np.float64), fake.astype(np.float64)
+    expected = _direct_precision_recall(r64, f64, 3)
+    assert 0 < expected[0] < 1 and 0 < expected[1] < 1
+    for block in (128 * 2**20, 4 * 240 * 6 * 5):    # one block, blocks of 5 rows
+        assert precision_recall(real, fake, k=3, max_block_bytes=block, device="cpu") == expected
+    np.testing.assert_allclose(knn_radii(real, 3, device="cpu").numpy(),
+                               np.sort(((r64[:, None] - r64[None]) ** 2).sum(-1), axis=1)[:, 3], rtol=1e-13)
+    np.testing.assert_array_equal(real, real_copy)  # the inputs are left as they were
+    np.testing.assert_array_equal(fake, fake_copy)
+    # the float32 distances really are wrong here, and within the bound the module relies on
+    x = torch.from_numpy(real.astype(np.float32))
+    approx = (x * x).sum(1, keepdim=True) + (x * x).sum(1) - 2 * x @ x.T
+    exact = torch.from_numpy(((r64[:, None] - r64[None]) ** 2).sum(-1))
+    norms = torch.from_numpy((r64 ** 2).sum(1))
+    error = (approx.double() - exact).abs()
+    assert error.max() > 0.1 * exact[exact > 0].min()
+    assert (error <= knn.error_coefficient(16, dtype == np.float32) * (norms[:, None] + norms[None])).all()
+
+
+def test_precision_recall_agrees_with_a_float64_full_matrix_on_inception_sized_features():
+    from tests.feature_sets import inception_like
+
+    real = inception_like(400, 1, np.full(10, 0.1))
+    fake = inception_like(300, 2, np.r_[np.full(5, 0.15), np.full(5, 0.05)])
+    r64, f64 = real.astype(np.float64), fake.astype(np.float64)
+
+    def sq(a, b):
+        return (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
+
+    r_real, r_fake = np.sort(sq(r64, r64), 1)[:, 3], np.sort(sq(f64, f64), 1)[:, 3]
+    d = sq(f64, r64)
+    expected = float((d <= r_real[None]).any(1).mean()), float((d <= r_fake[:, None]).any(0).mean())
+    assert 0.2 < expected[0] < 0.95 and 0.2 < expected[1] < 0.95
+    assert precision_recall(real, fake, k=3, device="cpu", max_block_bytes=2**20) == expected
+
+
 def test_precision_recall_of_a_set_against_itself_is_one():
     x = _features(200, 8, 14)
     assert precision_recall(x, x, device="cpu") == (1.0, 1.0)
@@ -200,3 +254,45 @@ def test_bootstrap_standard_errors():
     assert 0 < METRICS["inception_score"](MetricInput(**inputs, bootstrap=50))["is_se"] < 1
     pr = METRICS["precision_recall"](MetricInput(**inputs))
     assert pr["precision_se"] == pytest.approx(math.sqrt(pr["precision"] * (1 - pr["precision"]) / 300))
+
+
+def _knn_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from rfbench.distributed import World
+    from rfbench.metrics.image import recall_se
+    from tests.feature_sets import inception_like
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    world = World(rank=rank, size=2, backend="gloo")
+    real, fake = inception_like(300, 1, np.full(10, 0.1)), inception_like(250, 2, np.full(10, 0.1))
+    values = {"pr": precision_recall(real, fake, k=3, device="cpu", max_block_bytes=2**20, world=world),
+              "radii": knn_radii(real, 3, device="cpu", world=world).numpy(),
+              "recall_se": recall_se(real, fake, k=3, replicates=6, device="cpu", world=world)}
+    torch.save(values, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_precision_recall_split_over_two_processes_gives_the_numbers_of_one(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from rfbench.metrics.image import recall_se
+    from tests.feature_sets import inception_like
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_knn_worker, args=(port, str(tmp_path / "out")), nprocs=2)
+    real, fake = inception_like(300, 1, np.full(10, 0.1)), inception_like(250, 2, np.full(10, 0.1))
+    one = {"pr": precision_recall(real, fake, k=3, device="cpu"), "radii": knn_radii(real, 3, device="cpu").numpy(),
+           "recall_se": recall_se(real, fake, k=3, replicates=6, device="cpu")}
+    assert 0 < one["pr"][0] < 1 and 0 < one["pr"][1] < 1 and one["recall_se"] > 0
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"out.{rank}", weights_only=False)
+        assert got["pr"] == one["pr"] and got["recall_se"] == one["recall_se"]
+        np.testing.assert_array_equal(got["radii"], one["radii"])

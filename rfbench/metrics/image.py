@@ -16,6 +16,7 @@ import torch
 
 from rfbench.device import resolve_device
 from rfbench.files import atomic_write
+from rfbench.metrics import knn
 
 
 def _as_features(x, name: str) -> np.ndarray:
@@ -266,6 +267,10 @@ def _kernel_row_sums(a: np.ndarray, b: np.ndarray, d: int, max_bytes: int = 256 
     return torch.cat(within).cpu().numpy(), torch.cat(across).cpu().numpy()
 
 
+def _block_rows(n_cols: int, max_bytes: int, itemsize: int) -> int:
+    return max(1, min(n_cols, max_bytes // (itemsize * max(n_cols, 1))))
+
+
 # Up to this many rows per set, kid() builds the full kernel matrices once (at most 8 * 5000^2 B = 200 MB each)
 # and sums each subset's blocks as w^T K w with indicator vectors w: the same subsets and the same sums as the
 # per-subset loop, 50x faster for 100 subsets of 1000 (7.5 s -> 0.15 s at 1000 x 1437 rows, 128-d, 2 cores).
@@ -285,112 +290,97 @@ def _kid_from_full_kernels(kaa: np.ndarray, kbb: np.ndarray, kab: np.ndarray, su
     return (within_a + within_b) / (m * (m - 1)) - 2 * across / (m * m)
 
 
-# -- precision and recall ------------------------------------------------------------------------------------------
+# -- precision and recall (the k-NN work: rfbench/metrics/knn.py) ----------------------------------------------------
 
-def _block_rows(n_cols: int, max_bytes: int, itemsize: int) -> int:
-    return max(1, min(n_cols, max_bytes // (itemsize * max(n_cols, 1))))
-
-
-def _sq_dists(x: torch.Tensor, y: torch.Tensor, y_sq: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (rows of x) x (rows of y), via ||x||^2 + ||y||^2 - 2 x.y, clamped at 0."""
-    return ((x * x).sum(1, keepdim=True) + y_sq.unsqueeze(0) - 2 * x @ y.T).clamp_(min=0)
-
-
-def _knn_radii(x: torch.Tensor, k: int, max_bytes: int) -> torch.Tensor:
-    """Squared distance from each row to its k-th nearest other row (itself excluded)."""
-    x_sq = (x * x).sum(1)
-    rows = _block_rows(x.shape[0], max_bytes, x.element_size())
-    out = []
-    for start in range(0, x.shape[0], rows):
-        d = _sq_dists(x[start:start + rows], x, x_sq)
-        # index k of the sorted row: position 0 is the point itself (distance 0)
-        out.append(torch.topk(d, k + 1, dim=1, largest=False).values[:, k])
-    return torch.cat(out)
+def _feature_tensor(x, name: str) -> torch.Tensor:
+    """(N, D) tensor, float32 kept as float32 (no float64 copy of 50,000 x 2,048 features), anything else as
+    float64; non-finite rows are an error that says how many."""
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if t.ndim != 2 or t.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (N, D), got {tuple(t.shape)}")
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float64)
+    bad = sum(int((~torch.isfinite(t[i:i + 4096]).all(1)).sum()) for i in range(0, t.shape[0], 4096))
+    if bad:
+        raise ValueError(f"{name} has {bad} of {t.shape[0]} rows with NaN or inf features")
+    return t
 
 
-def _cross_coverage(fake: torch.Tensor, real: torch.Tensor, r_real: torch.Tensor, r_fake: torch.Tensor,
-                    max_bytes: int) -> tuple[float, float]:
-    """One pass over the fake x real distances, in blocks of fake rows, gives both coverages: a fake row is
-    inside the real manifold if within some real radius (precision); a real column is inside the fake manifold
-    if some fake row has it within its own radius (recall)."""
-    real_sq = (real * real).sum(1)
-    rows = _block_rows(real.shape[0], max_bytes, real.element_size())
-    fake_inside = 0
-    real_inside = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
-    for start in range(0, fake.shape[0], rows):
-        d = _sq_dists(fake[start:start + rows], real, real_sq)
-        fake_inside += int((d <= r_real.unsqueeze(0)).any(dim=1).sum())
-        real_inside |= (d <= r_fake[start:start + rows].unsqueeze(1)).any(dim=0)
-    return fake_inside / fake.shape[0], int(real_inside.sum()) / real.shape[0]
+def _check_k(k: int, n: int, what: str) -> None:
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}] for {what}, got {k}")
 
 
-def knn_radii(features, k: int = 3, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float64,
-              max_block_bytes: int = 512 * 2**20) -> torch.Tensor:
-    """Squared distance from each row of ``features`` to its k-th nearest other row, as :func:`precision_recall`
-    uses for the real manifold: compute it once for a reference set and pass it as ``real_radii`` to every cell
-    (for 60,000 reference rows it is most of the metric's cost)."""
-    x = _as_features(features, "features")
-    if not 1 <= k < x.shape[0]:
-        raise ValueError(f"k must be in [1, {x.shape[0] - 1}] for {x.shape[0]} rows, got {k}")
-    device = resolve_device(device)
-    return _knn_radii(torch.as_tensor(x, dtype=dtype, device=device), k, max_block_bytes).cpu()
+def knn_radii(features, k: int = 3, *, device: str | torch.device | None = None,
+              max_block_bytes: int = 128 * 2**20, world=None) -> torch.Tensor:
+    """Exact squared distance (float64, on the CPU) from each row of ``features`` (N, D) to its k-th nearest other
+    row, as :func:`precision_recall` uses for the real manifold: compute it once for a reference set and pass it as
+    ``real_radii`` to every cell (for 60,000 reference rows it is most of the metric's cost). ``world``: split the
+    rows over the processes of a torchrun (each must pass the same features)."""
+    x = _feature_tensor(features, "features")
+    _check_k(k, x.shape[0], f"{x.shape[0]} rows")
+    with knn.full_float32_products():
+        return knn.knn_radii_exact(knn.Features(x, resolve_device(device)), k, max_block_bytes, world).cpu()
 
 
-def precision_recall(real_features, fake_features, k: int = 3, *, device: str | torch.device | None = None,
-                     dtype: torch.dtype = torch.float64, max_block_bytes: int = 512 * 2**20,
-                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-nearest-neighbour manifolds.
-
-    precision: the fraction of fake samples inside the real manifold (within the k-NN radius of some real
-    sample); recall: the fraction of real samples inside the fake manifold. Distances are computed in row blocks
-    of at most ``max_block_bytes`` (512 MiB by default, so 50,000 x 50,000 never holds the full matrix), on
-    ``device`` (default: CUDA when available, else CPU), in float64 unless ``dtype`` says otherwise.
-    ``real_radii``: :func:`knn_radii` of ``real_features`` with the same ``k``, when already computed.
-    """
-    real = _as_features(real_features, "real_features")
-    fake = _as_features(fake_features, "fake_features")
+def _prepared(real_features, fake_features, k: int, real_radii, device):
+    real = _feature_tensor(real_features, "real_features")
+    fake = _feature_tensor(fake_features, "fake_features")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature dimensions differ: {real.shape[1]} and {fake.shape[1]}")
-    if not 1 <= k < min(real.shape[0], fake.shape[0]):
-        raise ValueError(f"k must be in [1, {min(real.shape[0], fake.shape[0]) - 1}] for sets of "
-                         f"{real.shape[0]} and {fake.shape[0]} rows, got {k}")
     if real_radii is not None and tuple(real_radii.shape) != (real.shape[0],):
         raise ValueError(f"real_radii must have one radius per real row, shape ({real.shape[0]},); got "
                          f"{tuple(real_radii.shape)}")
     device = resolve_device(device)
-    r = torch.as_tensor(real, dtype=dtype, device=device)
-    f = torch.as_tensor(fake, dtype=dtype, device=device)
-    r_real = (_knn_radii(r, k, max_block_bytes) if real_radii is None
-              else torch.as_tensor(real_radii, dtype=dtype, device=device))
-    return _cross_coverage(f, r, r_real, _knn_radii(f, k, max_block_bytes), max_block_bytes)
+    return knn.Features(real, device), knn.Features(fake, device), device
+
+
+def precision_recall(real_features, fake_features, k: int = 3, *, device: str | torch.device | None = None,
+                     max_block_bytes: int = 128 * 2**20, real_radii: torch.Tensor | None = None,
+                     world=None) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-nearest-neighbour manifolds.
+
+    precision: the fraction of fake samples inside the real manifold (within the k-NN radius of some real
+    sample); recall: the fraction of real samples inside the fake manifold. ``real_features`` (N, D) and
+    ``fake_features`` (M, D), float32 or float64. The answer is that of exact float64 distances, computed as float32
+    products in row blocks of at most ``max_block_bytes`` with an exact re-check wherever rounding could flip a
+    comparison (:mod:`rfbench.metrics.knn`), on ``device`` (default: CUDA when available, else CPU).
+    ``real_radii``: :func:`knn_radii` of ``real_features`` with the same ``k``, when already computed.
+    ``world``: split the work over the processes of a torchrun; each passes the same features and gets the answer.
+    """
+    _check_k(k, min(len(real_features), len(fake_features)),
+             f"sets of {len(real_features)} and {len(fake_features)} rows")
+    real, fake, device = _prepared(real_features, fake_features, k, real_radii, device)
+    with knn.full_float32_products():
+        r_real = knn.radii(real, k, max_block_bytes, world, exact=real_radii)
+        r_fake = knn.radii(fake, k, max_block_bytes, world)
+        return knn.coverages(fake, real, r_fake, r_real, max_block_bytes, world)
 
 
 def recall_se(real_features, fake_features, k: int = 3, replicates: int = 100, seed: int = 0, *,
-              device: str | torch.device | None = None, dtype: torch.dtype = torch.float64,
-              max_block_bytes: int = 512 * 2**20, real_radii: torch.Tensor | None = None) -> float | None:
+              device: str | torch.device | None = None, max_block_bytes: int = 128 * 2**20,
+              real_radii: torch.Tensor | None = None, world=None) -> float | None:
     """Standard error of :func:`precision_recall`'s recall over the fake samples, the real set fixed: the
     half-sampling estimate (:func:`half_sample_values`), each half with its own k-NN radii. Recall's per-real indicators
     share the fake set, so there is no closed form; a bootstrap would repeat fake rows, and a repeated row is its
     own nearest neighbour, which shrinks the radii. Against the spread of recall over 100 independent fake sets
     (400 x 8-d Gaussians, recall 0.54 and 0.93) its mean came within 7% (tests/test_intervals.py, which allows 25%).
     None when every half gives the same recall (typically 0 or 1): no spread is resolved, and 0 would claim
-    certainty."""
-    real = _as_features(real_features, "real_features")
-    fake = _as_features(fake_features, "fake_features")
-    if not 1 <= k < fake.shape[0] // 2:
-        raise ValueError(f"recall_se: k must be in [1, {fake.shape[0] // 2 - 1}] for halves of {fake.shape[0]} "
+    certainty. ``world``: each half's work split over the processes of a torchrun."""
+    n_fake = len(fake_features)
+    if not 1 <= k < n_fake // 2:
+        raise ValueError(f"recall_se: k must be in [1, {n_fake // 2 - 1}] for halves of {n_fake} "
                          f"fake rows, got {k}")
-    device = resolve_device(device)
-    r = torch.as_tensor(real, dtype=dtype, device=device)
-    f = torch.as_tensor(fake, dtype=dtype, device=device)
-    r_real = (_knn_radii(r, k, max_block_bytes) if real_radii is None
-              else torch.as_tensor(real_radii, dtype=dtype, device=device))
+    real, fake, device = _prepared(real_features, fake_features, k, real_radii, device)
+    with knn.full_float32_products():
+        r_real = knn.radii(real, k, max_block_bytes, world, exact=real_radii)
 
-    def recall(rows: np.ndarray) -> float:
-        half = f[torch.as_tensor(rows, device=device)]
-        return _cross_coverage(half, r, r_real, _knn_radii(half, k, max_block_bytes), max_block_bytes)[1]
+        def recall(rows: np.ndarray) -> float:
+            half = knn.Features(fake.exact[torch.as_tensor(rows)], device)
+            r_half = knn.radii(half, k, max_block_bytes, world)
+            return knn.coverages(half, real, r_half, r_real, max_block_bytes, world)[1]
 
-    values = half_sample_values(recall, np.arange(fake.shape[0]), replicates, seed)
+        values = half_sample_values(recall, np.arange(n_fake), replicates, seed)
     return None if values.min() == values.max() else float(np.std(values, ddof=1))
 
 
