@@ -233,7 +233,8 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
         checkpoints: Mapping[str, str | Path] | None = None, cache: str | Path | None = None, resume: bool = True,
         save_samples: bool = False, check: str | Path | None = None, fail_on: Sequence[str] = (),
         plugins: Sequence[str] = (), progress: bool = False, plots: bool | None = None,
-        log: Callable[[str], None] | None = None, threads: int | None = None) -> pd.DataFrame:
+        log: Callable[[str], None] | None = None, threads: int | None = None, dtype: str = "fp32",
+        compile: str | None = None, channels_last: bool = False) -> pd.DataFrame:
     """Run a suite (or part of it) and return its results, one row per cell, as the CLI writes them.
 
     Args mirror ``python benchmark.py``'s options (``grids``: time grids such as "uniform", "logsnr", "karras",
@@ -247,6 +248,8 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     baseline CSV to gate against (``fail_on``: tolerances such as "w2:+10%"); a failing gate raises
     :class:`GateFailed` carrying the frame. ``plugins``: files or modules to load first (installed ones always are).
     ``threads``: torch's CPU threads (default: one for models under 5M parameters, see :mod:`rfbench.threads`).
+    ``dtype``, ``compile``, ``channels_last``: how the networks are evaluated (``--dtype``, ``--compile``,
+    ``--channels-last``).
     The frame's ``attrs`` hold the files written, the models trained, the gate's verdict and ``timings`` (seconds of
     training, sampling, metrics and the total).
     """
@@ -264,7 +267,7 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
                        reference_file=None if ref_stats is None else str(ref_stats),
                        device=None if device is None else str(device),
                        cache_dir=None if cache is None else str(cache), resume=resume, save_samples=save_samples,
-                       threads=threads)
+                       threads=threads, precision=dtype, compile=compile, channels_last=channels_last)
     plan, gate = prepare(suite, config, check=check, fail_on=fail_on)
     problems = input_problems(plan, config, log or (lambda msg: None), out=out)
     if problems:

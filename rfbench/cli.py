@@ -24,12 +24,13 @@ from rfbench.metrics.features import EXTRACTORS, InceptionWeightsError
 from rfbench.metrics.reference import ReferenceFileError
 from rfbench.models.cache import default_cache_dir
 from rfbench.models.sources import MODELS, Recipe
+from rfbench.models.speed import COMPILE_MODES
 from rfbench.progress import duration
 from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
 from rfbench.results.gate import GateMismatch
 from rfbench.results.store import StoreWriteError
-from rfbench.samplers import GRIDS, SOLVERS
+from rfbench.samplers import GRIDS, PRECISIONS, SOLVERS
 from rfbench.subcommands import COMMANDS
 from rfbench.suites.base import SUITES
 from rfbench.suites.plan import RunConfig
@@ -151,6 +152,16 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                         help="torch's CPU threads (default: auto, one for models under 5M parameters, which stays fast "
                              "on a shared machine, torch's default for larger ones); recorded in every row's threads "
                              "column")
+    parser.add_argument("--dtype", default="fp32", choices=PRECISIONS,
+                        help="arithmetic of the network evaluations: fp32; tf32 (CUDA's TensorFloat-32 products and "
+                             "convolutions); bf16 or fp16 (autocast). The solver's state stays float32. Numbers "
+                             "change with it: recorded in every row's precision column and in the cell key")
+    parser.add_argument("--compile", default=None, nargs="?", const="default", choices=COMPILE_MODES,
+                        help="torch.compile the networks (mode: default; reduce-overhead adds CUDA graphs). "
+                             "Compilation happens in each cell's untimed warm-up (its seconds: compile_s), never in "
+                             "wall_clock_s")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="the networks in channels-last memory (faster convolutions on recent GPUs)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the cells already finished in --out (same suite version, samples, seeds, extractor, "
                              "reference, batch size, model recipe or file) and compute only the missing or failed ones "

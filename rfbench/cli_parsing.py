@@ -102,4 +102,5 @@ def config_from_args(args) -> RunConfig:
                      data_dir=args.data_dir, reference_file=None if args.ref_stats is None else str(args.ref_stats),
                      device=args.device, cache_dir=None if args.cache is None else str(args.cache),
                      resume=args.resume and not args.force, save_samples=args.save_samples,
-                     threads=_count_or_auto("--threads", args.threads))
+                     threads=_count_or_auto("--threads", args.threads), precision=args.dtype,
+                     compile=args.compile, channels_last=args.channels_last)

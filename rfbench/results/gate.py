@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from rfbench.results.report import shown
-from rfbench.results.schema import CELL, MODEL_IDENTITY, RUN_IDENTITY, record_steps
+from rfbench.results.schema import CELL, DEFAULTS, MODEL_IDENTITY, RUN_IDENTITY, record_steps
 
 # a run must match the baseline in these, or the comparison means nothing (and, per model, in MODEL_IDENTITY)
 IDENTITY = RUN_IDENTITY
@@ -105,7 +105,7 @@ def _identity(frame: pd.DataFrame, name: str) -> dict:
             values = sampled[col].dropna().astype(str).unique() if col in sampled else []
         if len(values) > 1:
             raise GateMismatch(f"{name} mixes several {col} values ({', '.join(values)}); compare one run at a time")
-        out[col] = values[0] if len(values) else None
+        out[col] = values[0] if len(values) else DEFAULTS.get(col)   # a table from before the column: its default
     return out
 
 

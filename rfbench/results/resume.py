@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rfbench.results.schema import KEY_FIELDS
+from rfbench.results.schema import KEY_FIELDS, value_of
 from rfbench.results.store import ResultStore, cell_key
 
 
@@ -54,8 +54,9 @@ def recorded_key(record: dict, want: Wanted) -> str:
 
 def differences(record: dict, want: Wanted) -> list[str]:
     """The key columns in which ``record`` is not the wanted cell, as ``NAME RECORDED (this run: VALUE)``."""
-    return [f"{col} {record.get(col)!r} (this run: {want.identity.get(col)!r})" for col in KEY_FIELDS
-            if col in want.identity and col not in want.own and str(record.get(col)) != str(want.identity.get(col))]
+    return [f"{col} {value_of(record, col)!r} (this run: {want.identity.get(col)!r})" for col in KEY_FIELDS
+            if col in want.identity and col not in want.own
+            and str(value_of(record, col)) != str(value_of(want.identity, col))]
 
 
 def finished_cells(store: ResultStore, wanted: Sequence[Wanted], columns: Sequence[str],

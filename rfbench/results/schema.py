@@ -23,7 +23,9 @@ from typing import Literal, Sequence
 class Column:
     """A result column. ``key``: identifies the cell (part of the cell key). ``gate``: "run" (must be equal between
     a run and the baseline it is checked against), "model" (must be equal for each model), "cell" (names the cell
-    the gate compares). ``resume``: a resumed cell is kept only when equal."""
+    the gate compares). ``resume``: a resumed cell is kept only when equal. ``default``: the value of a record that
+    lacks the column (written before it existed); a key column at its default is left out of the cell key, so
+    adding one keeps the keys of every cell stored before."""
 
     name: str
     dtype: Literal["str", "int", "number", "bool"]
@@ -31,6 +33,7 @@ class Column:
     key: bool = False
     gate: Literal["run", "model", "cell"] | None = None
     resume: bool = False
+    default: str | None = None
 
 
 SCHEMA: tuple[Column, ...] = (
@@ -55,6 +58,13 @@ SCHEMA: tuple[Column, ...] = (
     Column("error", "str", "why a failed cell failed"),
     Column("notes", "str", "why a column is empty, or what makes the row not comparable"),
     Column("options", "str", "the solver's options (k=v,...)", key=True, gate="cell"),
+    Column("net_dtype", "str", "the network evaluations' arithmetic (--dtype): fp32, tf32, bf16 or fp16 autocast; "
+           "the solver's state stays float32", key=True, gate="run", default="fp32"),
+    Column("compile", "str", "torch.compile mode of the network (--compile), off: eager", key=True, gate="run",
+           default="off"),
+    Column("memory_format", "str", "the network's memory format (--channels-last)", key=True, gate="run",
+           default="contiguous"),
+    Column("compile_s", "number", "untimed warm-up of the cell's first batch shape, compilation included (--compile)"),
     Column("cell_origin", "str", "suite: one of the suite's own cells; run (...): chosen by the run's --solvers, "
            "--steps, --grids, --solver-option or an added model (said which)"),
     Column("batch_size", "int", "samples per sampler call (rk45's steps depend on it)", resume=True),
@@ -90,6 +100,7 @@ NAMES = tuple(c.name for c in SCHEMA)
 # the parts of a cell key, in the schema's order (the first five also name its file): reordering the key columns
 # above changes every key, and a resumed run then finds none of the cells stored before
 KEY_FIELDS = tuple(c.name for c in SCHEMA if c.key)
+DEFAULTS = {c.name: c.default for c in SCHEMA if c.default is not None}
 RUN_IDENTITY = tuple(c.name for c in SCHEMA if c.gate == "run")
 MODEL_IDENTITY = tuple(c.name for c in SCHEMA if c.gate == "model")
 CELL = tuple(c.name for c in SCHEMA if c.gate == "cell")
@@ -112,3 +123,18 @@ def record_steps(record) -> int | None:
         return int(record.get("steps"))
     except (TypeError, ValueError):      # None, NaN, pandas' NA
         return None
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def value_of(record, column: str):
+    """A record's value of ``column``, its default where the record lacks it or left it empty."""
+    value = record.get(column)
+    return DEFAULTS.get(column) if _empty(value) else value
+
+
+def at_default(record, column: str) -> bool:
+    """Whether ``column`` has a default (:attr:`Column.default`) and the record holds it (or lacks the column)."""
+    return column in DEFAULTS and str(value_of(record, column)) == DEFAULTS[column]

@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 
 from rfbench.files import atomic_write, atomic_write_text
-from rfbench.results.schema import INTEGER, KEY_FIELDS, table_columns
+from rfbench.results.schema import INTEGER, KEY_FIELDS, at_default, table_columns
 
 
 def cell_key(record: dict) -> str:
     """A file-name-safe key identifying a record's cell: the schema's key columns (suite, version, model, solver,
     steps, sample count, first seed, options, and for image suites the extractor and the reference, and the model's
     identity: a run scored another way, or of a changed model, is another cell)."""
-    parts = [str(record.get(k)) for k in KEY_FIELDS]
+    parts = [str(record.get(k)) for k in KEY_FIELDS if not at_default(record, k)]
     readable = re.sub(r"[^A-Za-z0-9.=-]+", "_", "_".join(parts[:5]))[:80]
     digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:10]
     return f"{readable}-{digest}"

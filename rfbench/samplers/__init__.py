@@ -18,13 +18,14 @@ from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model
 from rfbench.samplers import discrete, exponential, ode  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
+from rfbench.samplers.precision import PRECISIONS, check_precision, float32_mode
 from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, BudgetExceeded, CountingModel, NonFiniteError, SamplerError,
                                    SampleResult, SolverSpec, Trajectory, TrajectoryRecorder, register_solver)
 
 __all__ = ["sample", "check_call", "solver_options", "register_solver", "register_grid", "GRIDS", "SOLVER_KINDS",
            "SOLVERS", "SampleResult",
            "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError", "BudgetExceeded", "CountingModel",
-           "is_diffusion_model"]
+           "is_diffusion_model", "PRECISIONS"]
 
 _RESERVED = {"steps", "times", "timesteps", "callback", "noise"}
 
@@ -46,7 +47,7 @@ def solver_defaults(solver: str) -> dict[str, Any]:
 
 def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, *, grid: Any = None,
            trajectory: bool = False, callback=None, seeds: Sequence[int] | None = None, noise=None,
-           **options: Any) -> SampleResult:
+           precision: str = "fp32", **options: Any) -> SampleResult:
     """Integrate from x0 (t=0, the source) to t=1 (data) with a registered solver.
 
     Args:
@@ -66,12 +67,15 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         callback: ``callback(i, t, x, v)`` at every step point.
         seeds: one seed per row of x0, for the per-step noise of stochastic samplers (or pass ``noise``, a callable
             ``noise(i) -> tensor like x0`` for step i).
+        precision: the network evaluations' arithmetic: fp32, tf32 (CUDA's TensorFloat-32), bf16 or fp16 (autocast);
+            the solver's state and steps stay in x0's dtype (:mod:`rfbench.samplers.precision`).
         **options: solver options (rk45/dopri5: rtol, atol, max_nfe; ddim: eta). Unknown options are an error.
 
     Returns:
         SampleResult with ``.x`` (shaped like x0) and ``.nfe`` counted by wrapping the model.
     """
     _check_solver_name(solver)
+    check_precision(precision)
     spec = SOLVERS[solver]
     if model is None or not (callable(model) or is_diffusion_model(model)):
         raise TypeError(f"model must be a flow model, a callable model(x, t) -> v, or a "
@@ -106,8 +110,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     else:
         kwargs["callback"] = recorder or callback
 
-    counted = CountingModel(model, solver, steps)
-    with torch.no_grad():
+    counted = CountingModel(model, solver, steps, precision)
+    with torch.no_grad(), float32_mode(precision):
         try:
             x, stats = spec.fn(counted, x0, **kwargs)
         except RuntimeError as exc:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 
 from rfbench.registry import Registry
+from rfbench.samplers.precision import evaluation
 
 # callback(i, t, x, v): called at step i, flow time t, state x; v is the model's velocity at (x, t) when the solver
 # has it (ODE solvers), else None.
@@ -133,10 +134,19 @@ class CountingModel:
     call number and the time. ``solver`` and ``steps`` (what :func:`rfbench.sample` runs) lead the messages.
     """
 
-    def __init__(self, model: Any, solver: str | None = None, steps: int | None = None):
+    def __init__(self, model: Any, solver: str | None = None, steps: int | None = None, precision: str = "fp32"):
         self.model = model
         self.nfe = 0
         self._solver, self._steps = solver, steps     # private: the model's own attributes pass through
+        self._precision = precision
+
+    def _evaluate(self, fn, x: torch.Tensor, t: torch.Tensor) -> Any:
+        """``fn(x, t)`` in the run's precision (:mod:`rfbench.samplers.precision`), returned in x's dtype."""
+        if self._precision in ("fp32", "tf32"):
+            return fn(x, t)
+        with evaluation(self._precision, x.device):
+            out = fn(x, t)
+        return out.to(x.dtype) if isinstance(out, torch.Tensor) else out
 
     def _check(self, out: Any, x: torch.Tensor, t: torch.Tensor, what: str) -> torch.Tensor:
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -165,11 +175,11 @@ class CountingModel:
         if not isinstance(t, torch.Tensor) or t.ndim == 0:
             t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
         self.nfe += 1
-        return self._check(self.model(x, t), x, t, "velocity")
+        return self._check(self._evaluate(self.model, x, t), x, t, "velocity")
 
     def eps(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        return self._check(self.model.eps(x, timesteps), x, timesteps, "eps prediction")
+        return self._check(self._evaluate(self.model.eps, x, timesteps), x, timesteps, "eps prediction")
 
     def __getattr__(self, name: str) -> Any:
         if name == "denoise":        # the data prediction, counted (absent when the model has none)
@@ -177,7 +187,7 @@ class CountingModel:
 
             def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 self.nfe += 1
-                return self._check(denoise(x, t), x, t, "data prediction")
+                return self._check(self._evaluate(denoise, x, t), x, t, "data prediction")
             return counted
         return getattr(self.model, name)
 

@@ -17,11 +17,19 @@ import torch
 
 from rfbench.device import synchronize
 from rfbench.distributed import World, batch_plan
-from rfbench.samplers import SOLVERS, sample
+from rfbench.samplers import SOLVERS, CountingModel, sample
+from rfbench.samplers.precision import float32_mode
 from rfbench.suites.base import Cell
 from rfbench.suites.batching import FRACTION, LIMIT, auto_batch_size
 
 WARMUP_EVALS = 2   # untimed model evaluations at a cell's batch shape before its timed runs (kernels, allocator)
+
+
+def network_fields(config) -> dict:
+    """The rows' columns of how the networks were evaluated (a :class:`rfbench.suites.plan.RunConfig`'s --dtype,
+    --compile and --channels-last)."""
+    return {"net_dtype": config.precision, "compile": config.compile or "off",
+            "memory_format": "channels_last" if config.channels_last else "contiguous"}
 
 
 def timing_protocol(repeats: int, world: World) -> str:
@@ -34,6 +42,7 @@ class Share:
     """One process's part of a cell: its samples (first run), per-batch NFE and stats, and its timings."""
 
     x: torch.Tensor | None = None
+    warmup_s: float | None = None      # the untimed warm-up (compilation, when the network is compiled)
     nfes: list = field(default_factory=list)
     weights: list = field(default_factory=list)
     stats: list = field(default_factory=list)
@@ -43,7 +52,7 @@ class Share:
 
     def summary(self) -> dict:
         return {"nfes": self.nfes, "weights": self.weights, "stats": self.stats, "run_times": self.run_times,
-                "ms_per_nfe": self.ms_per_nfe}
+                "ms_per_nfe": self.ms_per_nfe, "warmup_s": self.warmup_s}
 
 
 @dataclass
@@ -58,22 +67,25 @@ class Sampled:
 
 
 def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, batches: list[tuple[int, int]],
-                 device: torch.device, repeats: int = 1, world: World | None = None) -> Share:
+                 device: torch.device, repeats: int = 1, world: World | None = None, precision: str = "fp32") -> Share:
     """Sample the rows of ``batches`` ``repeats`` times, timing each run and each batch (synchronised with the
-    device) after ``WARMUP_EVALS`` untimed model evaluations at the batch shape; the samples of the first run are
-    kept. All processes start each run together; an error stops the sampling, not the taking part in the
-    collectives, so the other processes never wait for this one."""
+    device) after ``WARMUP_EVALS`` untimed model evaluations at each batch shape, in the run's ``precision`` (a
+    compiled network compiles there, once per shape); the samples of the first run are kept. All processes start
+    each run together; an error stops the sampling, not the taking part in the collectives, so the other processes
+    never wait for this one."""
     world = world or World()
     share = Share()
     xs = []
     try:
-        if batches:
-            a, b = batches[0]
-            t = torch.full((b - a,), 0.5, dtype=x0.dtype, device=x0.device)
-            with torch.no_grad():
+        start = time.perf_counter()
+        counted = CountingModel(model, precision=precision)
+        with torch.no_grad(), float32_mode(precision):
+            for a, b in {b - a: (a, b) for a, b in batches}.values():     # each batch shape once
+                t = torch.full((b - a,), 0.5, dtype=x0.dtype, device=x0.device)
                 for _ in range(WARMUP_EVALS):
-                    model(x0[a:b], t)
-            synchronize(device)
+                    counted(x0[a:b], t)
+        synchronize(device)
+        share.warmup_s = time.perf_counter() - start
     except Exception:   # left for the timed run, whose sampler checks its input and reports the cause
         pass
     for run in range(repeats):
@@ -86,7 +98,8 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
             for a, b in batches:
                 begin = time.perf_counter()
                 result = sample(model, x0[a:b], cell.solver, cell.steps, grid=cell.grid,
-                                seeds=seeds[a:b] if seeds is not None else None, **dict(cell.options))
+                                seeds=seeds[a:b] if seeds is not None else None, precision=precision,
+                                **dict(cell.options))
                 synchronize(device)
                 share.ms_per_nfe.append(1000 * (time.perf_counter() - begin) / max(result.nfe, 1))
                 if run == 0:
@@ -131,14 +144,15 @@ def combine(shares: list[dict], size: int) -> tuple[float, dict]:
 
 def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_size: int | None, repeats: int,
                 device: torch.device, world: World,
-                extract: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> Sampled:
+                extract: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+                precision: str = "fp32", compiled: bool = False) -> Sampled:
     """Sample a cell on every process (each its block of batches); with ``extract`` (image suites) each process
     also extracts its samples' features. Rank 0 gets the samples (and features) of every process in seed order
     and the cell's nfe, batch_size, wall_clock_s, samples_per_s, ms_per_nfe, solver_stats and timing; the others
     get an empty :class:`Sampled`. A failure on any process is the cell's error, on rank 0."""
     stochastic = SOLVERS[cell.solver].is_stochastic(dict(cell.options))
     size, mine = batch_plan(x0.shape[0], batch_size, world)
-    share = sample_share(model, x0, cell, seeds if stochastic else None, mine, device, repeats, world)
+    share = sample_share(model, x0, cell, seeds if stochastic else None, mine, device, repeats, world, precision)
     errors = world.check(share.error, "sample")
     if errors:
         return Sampled(error=errors[0])
@@ -165,6 +179,9 @@ def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_siz
     fields = {"batch_size": size, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
               "ms_per_nfe": ms_per_nfe, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
               "timing": timing_protocol(repeats, world)}
+    warmups = [s["warmup_s"] for s in shares if s["warmup_s"] is not None]
+    if compiled and warmups:
+        fields["compile_s"] = max(warmups)
     return Sampled(x=x, features=features, logits=logits, fields=fields)
 
 

@@ -23,8 +23,10 @@ from typing import Any
 from rfbench.data.registry import DATASETS
 from rfbench.metrics import METRICS
 from rfbench.models.sources import MODELS, ModelFile, ModelSource
+from rfbench.models.speed import check_compile_mode
 from rfbench.samplers import SOLVERS
 from rfbench.samplers.grids import GRIDS, SPACINGS, check_grid
+from rfbench.samplers.precision import check_precision
 from rfbench.suites.base import Cell, Suite, SuiteModel, applies, check_cells
 from rfbench.suites.options import parse_solver_options, with_options
 from rfbench.threads import check_threads
@@ -67,8 +69,13 @@ class RunConfig:
     # options for the run's cells: (solver or None for every solver that takes the option, option, value)
     solver_options: tuple[tuple[str | None, str, Any], ...] = ()
     threads: int | None = None                           # CPU threads of torch; None: rfbench.threads decides
+    precision: str = "fp32"                              # network evaluations: fp32, tf32, bf16, fp16 (--dtype)
+    compile: str | None = None                           # torch.compile mode of the networks (--compile)
+    channels_last: bool = False                          # networks in channels-last memory (--channels-last)
 
     def __post_init__(self):
+        check_precision(self.precision)
+        check_compile_mode(self.compile)
         object.__setattr__(self, "solver_options", parse_solver_options(self.solver_options))
         object.__setattr__(self, "threads", check_threads(self.threads))
         for name in ("models", "solvers", "grids"):
@@ -116,6 +123,7 @@ class Plan:
     save_samples: bool = False
     notes: tuple[str, ...] = ()
     threads: int | None = None   # --threads (None: rfbench.threads decides per model)
+    precision: str = "fp32"      # --dtype: the network evaluations' arithmetic
 
     @property
     def name(self) -> str:
@@ -224,7 +232,8 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                 bootstrap=suite.bootstrap if config.bootstrap is None else int(config.bootstrap),
                 extractor=extractor, fallback_extractor=fallback,
                 reference_file=None if config.reference_file is None else str(config.reference_file),
-                save_samples=config.save_samples, notes=notes, threads=config.threads)
+                save_samples=config.save_samples, notes=notes, threads=config.threads,
+                precision=config.precision)
 
 
 def models_kind(models, name: str) -> str:

@@ -26,13 +26,14 @@ from rfbench.distributed import World, batch_plan, main_first, main_then_others
 from rfbench.metrics import column_directions
 from rfbench.models.cache import Cache, PlanningCache
 from rfbench.models.sources import LoadContext, ModelIdentity, Recipe
+from rfbench.models.speed import prepare
 from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_paths, plot_quality_vs_costs
 from rfbench.results.resume import Wanted, finished_cells, with_samples
 from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
-from rfbench.suites.execute import probed_batch_size, sample_cell, timing_protocol
+from rfbench.suites.execute import network_fields, probed_batch_size, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
 from rfbench.threads import DEFAULT_THREADS, busy_note, load_average, threads_for, using_threads
 
@@ -156,7 +157,8 @@ def sweep(run: Sweep) -> None:
             load_start = load_average()
             with run.timed("sampling"):
                 sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
-                                      run.world, extract=images.extract if images is not None else None)
+                                      run.world, extract=images.extract if images is not None else None,
+                                      precision=plan.precision, compiled=run.base.get("compile", "off") != "off")
             if not main:
                 continue
             sampled.fields.update(threads=threads, load_start=load_start, load_end=load_average())
@@ -378,7 +380,7 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
     identities = {m.name: m.source.identity(plan.suite) for m in plan.models}
     base = {"suite": plan.name, "suite_version": plan.version, "n_samples": plan.num_samples, "seed": seeds[0],
             "seeds": f"{seeds[0]}-{seeds[-1]}", **evaluation.fields,
-            **provenance(device_name(device), str(x0.dtype).replace("torch.", ""))}
+            **provenance(device_name(device), str(x0.dtype).replace("torch.", "")), **network_fields(config)}
     notes = list(plan.notes) + evaluation.notes
     if notes:
         base["notes"] = "; ".join(notes)
@@ -388,6 +390,7 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
             cache.last_key = None
             try:
                 net = model.source.load(LoadContext(plan.suite, cache, device, say))
+                net = prepare(net, compile_mode=config.compile, channels_last=config.channels_last)
             except Exception as exc:
                 return None, f"{type(exc).__name__}: {exc}"
             if cache.last_key is not None:      # a trained model: the cache entry it came from
