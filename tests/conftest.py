@@ -63,16 +63,22 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# The toy2d cells the tests need: every model trained from a cold cache, and its claims' cells (Euler at every step
+# count, rk45). The other 132 cells (Heun and the fast solvers) add two minutes of sampling and metrics to the test
+# run; `bash .ci/run` gates every cell of a full retrain against results/toy2d.csv after the tests.
+TOY2D_TEST_SOLVERS = ("euler", "rk45")
+
+
 @pytest.fixture(scope="session")
 def toy2d(tmp_path_factory):
-    """The toy2d suite from a cold cache (about 2 minutes on 2 CPU cores), shared by the tests of its claims and of
-    the examples that run beside its models."""
+    """The toy2d suite's models from a cold cache (about 70 s on 2 CPU cores) and its Euler and rk45 cells (15 s),
+    shared by the tests of its claims and of the examples that run beside its models."""
     from rfbench.suites import SUITES
     from rfbench.suites.runner import run_suite
     root = tmp_path_factory.mktemp("toy2d")
     cache = root / "cache"
     out = run_suite(SUITES["toy2d"], root / "out", device="cpu", cache_dir=cache, progress=False,
-                    log=lambda msg: None)
+                    log=lambda msg: None, solvers=TOY2D_TEST_SOLVERS)
     return out, root, cache
 
 

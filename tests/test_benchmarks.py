@@ -5,6 +5,7 @@ w2 on 2,000 points: POT's network simplex against scipy's linear_sum_assignment,
 origin as a one-step 1-RF produces them (the case where the assignment solver is slow), same optimum.
 """
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import scipy.spatial.distance
+import torch
 
 from rfbench.metrics import w2
 from rfbench.suites import SUITES
@@ -172,3 +174,63 @@ def test_precision_recall_needs_at_most_half_of_prdcs_memory(request):
           f"{theirs_peak / 2**20:.0f} MiB)")
     assert ours_value == theirs_value
     assert ours <= theirs / 2
+
+
+# -- the harness against a bare loop: rfbench.sample's counting, checks and grids cost next to nothing ----------------
+
+def _bare(net, x0, solver: str, steps: int):
+    """Euler or Heun on the uniform grid, written out as a user would, with nothing else."""
+    with torch.no_grad():
+        x, h = x0.clone(), 1.0 / steps
+        for i in range(steps):
+            t = torch.full((x.shape[0],), i * h)
+            d = net(x, t)
+            if solver == "euler":
+                x = x + h * d
+            else:
+                d2 = net(x + h * d, torch.full((x.shape[0],), (i + 1) * h))
+                x = x + h * (0.5 * d + 0.5 * d2)
+    return x
+
+
+@pytest.fixture(scope="module")
+def harness_models():
+    """The toy suites' MLP at batch 2,000 and the digits U-Net at batch 64, on one thread (the runner's choice for
+    models this small)."""
+    from rfbench.models import MLP, MLPConfig, UNet, UNetConfig
+
+    torch.manual_seed(0)
+    mlp = MLP(MLPConfig(hidden=128, depth=4)).eval()
+    unet = UNet(UNetConfig()).eval()
+    g = torch.Generator().manual_seed(0)
+    return {"mlp": (mlp, torch.randn(2000, 2, generator=g)), "unet": (unet, torch.randn(64, 1, 8, 8, generator=g))}
+
+
+HARNESS = [("mlp", "euler", 16), ("mlp", "heun", 8), ("unet", "euler", 8)]
+
+
+@pytest.mark.parametrize("model, solver, steps", HARNESS)
+def test_bench_harness_bare_loop_reference(benchmark, harness_models, model, solver, steps):
+    net, x0 = harness_models[model]
+    with one_thread():
+        benchmark(_bare, net, x0, solver, steps)
+
+
+@pytest.mark.parametrize("model, solver, steps", HARNESS)
+def test_bench_harness_rfbench_sample(benchmark, harness_models, model, solver, steps):
+    from rfbench.samplers import sample
+
+    net, x0 = harness_models[model]
+    with one_thread():
+        result = benchmark(lambda: sample(net, x0, solver, steps))
+    assert torch.equal(result.x, _bare(net, x0, solver, steps))    # the same arithmetic, step for step
+
+
+@contextlib.contextmanager
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
