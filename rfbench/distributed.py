@@ -91,6 +91,22 @@ class World:
             return None
         return torch.cat([p[:n].cpu() for p, n in zip(parts, rows)])
 
+    def broadcast_rows(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """Rank 0's ``tensor`` on every process (on the CPU): what the others need to share a metric's work
+        (the samples' features, the reference's). None when rank 0 passes None."""
+        if not self.active:
+            return tensor
+        meta = self.all_objects(None if not self.is_main or tensor is None
+                                else (tuple(tensor.shape), str(tensor.dtype)))[0]
+        if meta is None:
+            return None
+        device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        dtype = getattr(torch, meta[1].replace("torch.", ""))
+        buffer = (tensor.to(device=device).contiguous() if self.is_main
+                  else torch.empty(meta[0], dtype=dtype, device=device))
+        dist.broadcast(buffer, src=0)
+        return buffer.cpu()
+
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()

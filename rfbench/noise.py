@@ -98,3 +98,23 @@ class StepNoise:
             draws = [torch.randn((self.chunk, *self.shape), generator=g) for g in self._gens]
             self._buffer = torch.stack(draws, dim=1).to(device=self.device, dtype=self.dtype)
         return self._buffer[step - self._start]
+
+
+class SeedRows:
+    """The x0 of a seed range, made on demand: ``rows[a:b]`` is ``make(seeds[a:b])``, exactly the rows the full
+    tensor holds there (one generator per seed, :func:`initial`). Under torchrun every process but rank 0 (which
+    scores each cell on the full x0) holds this instead of the full x0 (614 MB for 50,000 CIFAR-10 seeds) and makes
+    only the rows of its own batches. Shaped like the full tensor: ``shape``, ``ndim``, ``dtype``, ``device``."""
+
+    def __init__(self, make, seeds: Sequence[int], device: str | torch.device = "cpu"):
+        self._make, self._seeds, self.device = make, list(seeds), torch.device(device)
+        first = make(self._seeds[:1])
+        self.dtype = first.dtype
+        self.shape = torch.Size((len(self._seeds), *first.shape[1:]))
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError(f"SeedRows takes a slice of rows (rows[a:b]), got {index!r}")
+        start, stop, _ = index.indices(len(self._seeds))
+        return self._make(self._seeds[start:stop]).to(self.device)

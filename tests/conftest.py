@@ -71,7 +71,7 @@ TOY2D_TEST_SOLVERS = ("euler", "rk45")
 
 @pytest.fixture(scope="session")
 def toy2d(tmp_path_factory):
-    """The toy2d suite's models from a cold cache (about 70 s on 2 CPU cores) and its Euler and rk45 cells (15 s),
+    """The toy2d suite's models from a cold cache (about 2 minutes on 2 CPU cores) and its Euler and rk45 cells (15 s),
     shared by the tests of its claims and of the examples that run beside its models."""
     from rfbench.suites import SUITES
     from rfbench.suites.runner import run_suite

@@ -1,5 +1,8 @@
 """torchrun: two CPU processes on the gloo backend give the metrics of one process, and write one table.
 
+Precision/recall (and recall_se's half-samples, and the reference's k-NN radii) are computed by both processes
+together, each taking a block of rows (rfbench/metrics/knn.py); the other metrics by rank 0.
+
 The child runs the CLI on tests/cli_child.py's stand-in suite (analytic models on sklearn's digits, the
 real digits extractor): the same seeds must give the same numbers whether one process samples all of them or two
 processes each sample half and rank 0 gathers samples and features.
@@ -19,7 +22,8 @@ import torch
 from rfbench.distributed import World, batch_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-METRIC_COLUMNS = ("nfe", "fid", "is", "is_10", "precision", "recall", "kid", "transport_cost", "straightness")
+METRIC_COLUMNS = ("nfe", "fid", "is", "is_10", "precision", "recall", "recall_se", "kid", "transport_cost",
+                  "straightness")
 
 
 def _run(launcher: list[str], out: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
@@ -91,3 +95,16 @@ def test_a_failure_on_rank_0_stops_every_process_with_one_message(tmp_path, cach
     assert len(lines) == 1 and "bad.npz is not a readable .npz" in lines[0], run.stderr[-3000:]
     assert "Traceback (most recent call last):\n  File \"/" not in run.stderr.split("ChildFailedError")[0]
     assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_seed_rows_make_exactly_the_rows_of_the_full_x0():
+    from rfbench.noise import SeedRows
+    from rfbench.suites import SUITES
+
+    problem, seeds = SUITES["toy2d"].problem, list(range(100, 400))
+    full, rows = problem.initial(seeds), SeedRows(problem.initial, seeds)
+    assert rows.shape == full.shape and rows.ndim == 2 and rows.dtype == full.dtype
+    for a, b in [(0, 300), (17, 50), (250, 300), (299, 400)]:
+        assert torch.equal(rows[a:b], full[a:b])
+    with pytest.raises(TypeError, match="SeedRows takes a slice of rows"):
+        rows[3]

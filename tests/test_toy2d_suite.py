@@ -1,8 +1,9 @@
 """The toy2d suites end to end from a cold cache, and the rectified-flow paper's claims on them.
 
-These train every model (about 70 s on 2 CPU cores for toy2d; its Euler and rk45 cells only) and check the claims on the table the
-suite writes. Thresholds are the claims themselves, not fitted to a run: "falls", "far below" (less than half),
-"no worse", and "does not rise beyond its sampling error" (two combined standard errors).
+These train every model (about 2 minutes on 2 CPU cores for toy2d, which then samples only its Euler and rk45
+cells) and check the claims on the table the suite writes. Thresholds are the claims themselves, not fitted to a
+run: "falls", "far below" (less than half), "no worse", and "does not rise beyond its sampling error" (two combined
+standard errors).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def test_the_run_passes_the_recorded_regression_gate(toy2d):
     baseline = pd.read_csv(BASELINE)
     verdict = compare(toy2d[0].frame, baseline, column_directions(), spread=pd.read_csv(spread_path(BASELINE)))
     assert verdict.passed, "\n".join(verdict.failures)
-    computed = baseline["solver"].isin(TOY2D_TEST_SOLVERS + ("none",))      # the fixture's cells and the independent row
+    computed = baseline["solver"].isin(TOY2D_TEST_SOLVERS + ("none",))     # the fixture's cells, the independent row
     assert verdict.checked >= 5 * (computed.sum() - 1) and len(verdict.skipped) == (~computed).sum()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ class MetricInput:
     # replicates of the resampling standard errors: bootstrap for fid and is, half-sampling for recall (0: those
     # and kid's jackknife are not computed; the closed-form ones, such as w2's and precision's, always are)
     bootstrap: int = 0
+    world: Any = None   # the processes of a torchrun that share a metric's work (Metric.shared); None: this one
 
 
 NEEDS = ("z0", "reference", "features", "logits", "reference_features", "reference_radii", "trajectory", "exact")
@@ -78,6 +79,9 @@ class Metric:
     # whether a better value means better samples (FID, w2, solver error); False for what describes the coupling or
     # the flow (crossing probability, transport cost, straightness): a table marks no "best" value of those
     quality: bool = True
+    # computed by every process of a torchrun together (its fn splits the work over inputs.world; every process
+    # passes the same features and gets the same values), not by rank 0 alone
+    shared: bool = False
 
     def __post_init__(self):
         if self.scope not in ("cell", "model"):
@@ -169,12 +173,14 @@ def _kid(inp: MetricInput) -> dict:
 
 def _precision_recall(inp: MetricInput) -> dict:
     _need_features(inp, "precision_recall")
-    precision, recall = precision_recall(inp.reference_features, inp.features, k=PR_K, real_radii=inp.reference_radii)
+    precision, recall = precision_recall(inp.reference_features, inp.features, k=PR_K, real_radii=inp.reference_radii,
+                                         world=inp.world)
     # precision is a mean of independent per-sample indicators (the reference fixed): its binomial standard error.
     # recall's indicators share the generated set, so they are not independent: half-sampling (when asked for).
     n = len(inp.features)
     recall_error = (recall_se(inp.reference_features, inp.features, k=PR_K, replicates=inp.bootstrap,
-                              real_radii=inp.reference_radii) if inp.bootstrap and n // 2 > PR_K else None)
+                              real_radii=inp.reference_radii, world=inp.world)
+                    if inp.bootstrap and n // 2 > PR_K else None)
     return {"precision": precision, "precision_se": math.sqrt(precision * (1 - precision) / n), "recall": recall,
             "recall_se": recall_error}
 
@@ -232,7 +238,7 @@ for _metric in (
            intervals=(("precision_se", "binomial over the samples, reference fixed"),
                       ("recall_se", f"half-sampling (delete-n/2 jackknife) over the samples, reference fixed "
                                     f"{RESAMPLED}")),
-           needs=("features", "reference_features", "reference_radii")),
+           needs=("features", "reference_features", "reference_radii"), shared=True),
     Metric("inception_score", ("is", "is_se", "is_10", "is_10_std"), True, _inception_score,
            "exp E KL(p(y|x) || p(y)) on the extractor's logits: 'is' with 1 split (the rectified-flow paper), "
            "'is_10' mean and std over 10 splits",

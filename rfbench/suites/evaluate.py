@@ -58,9 +58,10 @@ class ImageEval:
 
 
 def image_eval(plan, cache_root: Path, device: torch.device, options: dict | None, say: Callable[[str], None],
-               images: torch.Tensor | None = None, reference: bool = True) -> ImageEval | None:
+               images: torch.Tensor | None = None, reference: bool = True, radii: bool = True) -> ImageEval | None:
     """The extractor and the reference set's features; ``images``: the reference images when already loaded.
-    ``reference=False`` (ranks other than 0, which only extract their samples' features): the extractor only."""
+    ``reference=False`` (ranks other than 0, which only extract their samples' features): the extractor only.
+    ``radii=False``: the reference's k-NN radii are left to :meth:`Evaluation.share_reference` (several processes)."""
     if plan.extractor is None:
         return None
     problem = plan.problem
@@ -94,7 +95,7 @@ def image_eval(plan, cache_root: Path, device: torch.device, options: dict | Non
     fields = {"extractor": f"{extractor.name} ({extractor.checkpoint}, {extractor.resize_mode})",
               "reference": described}
     radii = (knn_radii(features, PR_K, device=device)
-             if features is not None and needs(plan.metrics, "reference_radii") else None)
+             if radii and features is not None and needs(plan.metrics, "reference_radii") else None)
     return ImageEval(extractor, features, stats, fields, radii)
 
 
@@ -117,6 +118,7 @@ class Evaluation:
         self.reference = reference
         self.images = images
         self.metrics = tuple(plan.metrics)
+        self.sharing: tuple[str, ...] = ()
         self.notes: list[str] = []
         self.empty: dict = {}
         if images is not None and images.extractor.num_classes is None and needs(self.metrics, "logits"):
@@ -141,18 +143,53 @@ class Evaluation:
             inputs = self.images.inputs(z0, z1, features, logits, bootstrap=self.plan.bootstrap)
         return dataclasses.replace(inputs, exact=exact) if exact is not None else inputs
 
-    def cell_metrics(self, inputs: MetricInput) -> dict:
+    def cell_metrics(self, inputs: MetricInput, shared: dict | None = None) -> dict:
         """The cell-scope metrics on one coupling; model-scope columns (straightness) stay empty here and are filled
         per model by :meth:`model_scope` (the independent coupling has no flow, so they stay empty). Coupling
-        metrics of samples without their source points (z0 None: samples made elsewhere) stay empty."""
+        metrics of samples without their source points (z0 None: samples made elsewhere) stay empty. ``shared``:
+        the values of the metrics all processes computed together (:meth:`shared_metrics`)."""
         values: dict = dict(self.empty)
         for name in self.metrics:
             metric = METRICS[name]
-            if metric.scope != "cell" or (inputs.z0 is None and "z0" in metric.needs):
+            if shared is not None and name in self.sharing:
+                values.update({col: shared[col] for col in metric.columns})
+            elif metric.scope != "cell" or (inputs.z0 is None and "z0" in metric.needs):
                 values.update(dict.fromkeys(metric.columns))
             else:
                 values.update(metric(inputs))
         return values
+
+    @property
+    def shared(self) -> tuple[str, ...]:
+        """The metrics of this run that several processes compute together (:attr:`Metric.shared`): image metrics
+        on the reference's features (precision/recall's k-NN work)."""
+        if self.images is None or self.images.extractor is None:
+            return ()
+        return tuple(name for name in self.metrics if METRICS[name].shared and METRICS[name].scope == "cell")
+
+    def share_reference(self, world, device: torch.device, names: tuple[str, ...]) -> None:
+        """Before the cells of a torchrun: the reference features on every process (rank 0 loaded them) and their
+        k-NN radii computed by all together. ``names``: rank 0's :attr:`shared`, which every process adopts."""
+        self.metrics = tuple(dict.fromkeys(self.metrics + names)) if not world.is_main else self.metrics
+        self.sharing = names
+        features = world.broadcast_rows(self.images.reference_features)
+        self.images.reference_features = features
+        if features is not None and needs(names, "reference_radii"):
+            self.images.reference_radii = knn_radii(features, PR_K, device=device, world=world)
+
+    def shared_metrics(self, features: torch.Tensor | None, world) -> tuple[dict, str | None]:
+        """The shared metrics of one cell, computed by every process on rank 0's ``features`` (the others pass
+        None), each taking its block of rows: (their values, None), or ({}, why they failed on some process)."""
+        features = world.broadcast_rows(features)
+        error = None
+        try:
+            inputs = dataclasses.replace(self.images.inputs(None, features, features, None, self.plan.bootstrap),
+                                         world=world)
+            values = {col: value for name in self.sharing for col, value in METRICS[name](inputs).items()}
+        except Exception as exc:
+            values, error = {}, f"{type(exc).__name__}: {exc}"
+        errors = world.check(error, "shared metrics")
+        return (values, None) if not errors else ({}, errors[0])
 
     def independent_record(self, x0: torch.Tensor, seeds: list[int], notes: str | None) -> dict:
         """The independent coupling (X0, X1 drawn separately): the reference row of the coupling metrics, and for

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
+from rfbench.data.base import quantize
 from rfbench.device import synchronize
 from rfbench.distributed import World, batch_plan
 from rfbench.samplers import SOLVERS, CountingModel, sample
@@ -152,7 +154,11 @@ def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_siz
     get an empty :class:`Sampled`. A failure on any process is the cell's error, on rank 0."""
     stochastic = SOLVERS[cell.solver].is_stochastic(dict(cell.options))
     size, mine = batch_plan(x0.shape[0], batch_size, world)
-    share = sample_share(model, x0, cell, seeds if stochastic else None, mine, device, repeats, world, precision)
+    # this process's rows only, made before anything is timed (x0 may be a SeedRows that makes them on demand)
+    lo, hi = (mine[0][0], mine[-1][1]) if mine else (0, 0)
+    rows, batches = x0[lo:hi], [(a - lo, b - lo) for a, b in mine]
+    share = sample_share(model, rows, cell, seeds[lo:hi] if stochastic else None, batches, device, repeats, world,
+                         precision)
     errors = world.check(share.error, "sample")
     if errors:
         return Sampled(error=errors[0])
@@ -219,3 +225,11 @@ def probed_batch_size(model_name: str, model, x0: torch.Tensor, batch_size: int 
     say(f"{model_name}: batch size {size} (auto: the largest power of two whose evaluation needs at most "
         f"{FRACTION:.0%} of the free GPU memory)")
     return size
+
+
+def sample_arrays(x: torch.Tensor, seeds, images: bool) -> dict[str, np.ndarray]:
+    """A cell's samples as ``rfbench score`` reads them back: ``arr_0`` (images as saved: uint8 NHWC, the layout of
+    clean-fid's and ADM's sample files; else the float samples) and ``seeds``, from which the suite's source points
+    are drawn again (storing them would cost 614 MB per 50,000 CIFAR samples)."""
+    arr = quantize(x).permute(0, 2, 3, 1).numpy() if images else x.float().numpy()
+    return {"arr_0": arr, "seeds": np.asarray(list(seeds), dtype=np.int64)}

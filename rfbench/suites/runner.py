@@ -15,16 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rfbench.data.base import quantize
 from rfbench.device import device_name, resolve_device
 from rfbench.distributed import World, batch_plan, main_first, main_then_others
 from rfbench.metrics import column_directions
 from rfbench.models.cache import Cache, PlanningCache
+from rfbench.noise import SeedRows
 from rfbench.models.sources import LoadContext, ModelIdentity, Recipe
 from rfbench.models.speed import prepare
 from rfbench.progress import Progress
@@ -33,7 +32,7 @@ from rfbench.results.plots import plot_model_grids, plot_paths, plot_quality_vs_
 from rfbench.results.resume import Wanted, finished_cells, with_samples
 from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
-from rfbench.suites.execute import network_fields, probed_batch_size, sample_cell, timing_protocol
+from rfbench.suites.execute import network_fields, probed_batch_size, sample_arrays, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
 from rfbench.threads import DEFAULT_THREADS, busy_note, load_average, threads_for, using_threads
 
@@ -159,8 +158,13 @@ def sweep(run: Sweep) -> None:
                 sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
                                       run.world, extract=images.extract if images is not None else None,
                                       precision=plan.precision, compiled=run.base.get("compile", "off") != "off")
+            shared, shared_error = None, None
+            if run.evaluation.sharing and sampled.error is None:   # every process takes a share of the k-NN work
+                with run.timed("metrics"):
+                    shared, shared_error = run.evaluation.shared_metrics(sampled.features, run.world)
             if not main:
                 continue
+            sampled.error = sampled.error or shared_error
             sampled.fields.update(threads=threads, load_start=load_start, load_end=load_average())
             progress.finish(cell.label, None if sampled.error is not None else
                             sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats)
@@ -174,7 +178,7 @@ def sweep(run: Sweep) -> None:
                     progress.finish(_exact_key(model), work)
                 exact, why = reference[0]
             with run.timed("metrics"):
-                record = _score(run, cell, sampled, scope, net, exact)
+                record = _score(run, cell, sampled, scope, net, exact, shared)
             busy = busy_note(load_start, sampled.fields.get("load_end"))
             for note in (why, busy) if record["status"] == "ok" else ():
                 if note is not None:
@@ -273,13 +277,14 @@ def _exact_key(model: SuiteModel) -> str:
     return f"{model.name}: reference solution"
 
 
-def _score(run: Sweep, cell, sampled, scope: dict, net, exact: torch.Tensor | None) -> dict:
-    """The cell's record: its sampling columns and metrics, or its error."""
+def _score(run: Sweep, cell, sampled, scope: dict, net, exact: torch.Tensor | None, shared: dict | None) -> dict:
+    """The cell's record: its sampling columns and metrics (``shared``: those all processes computed), or its
+    error."""
     error = sampled.error
     if error is None:
         try:
             values = run.evaluation.cell_metrics(run.evaluation.inputs(run.x0.cpu(), sampled.x, sampled.features,
-                                                                        sampled.logits, exact))
+                                                                        sampled.logits, exact), shared)
         except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
             error = f"{type(exc).__name__}: {exc}"
     if error is not None:
@@ -315,14 +320,6 @@ def _keep(run: Sweep, label: str) -> bool:
         return False
     run.keys.append(run.resumed[label])
     return True
-
-
-def sample_arrays(x: torch.Tensor, seeds, images: bool) -> dict[str, np.ndarray]:
-    """A cell's samples as ``rfbench score`` reads them back: ``arr_0`` (images as saved: uint8 NHWC, the layout of
-    clean-fid's and ADM's sample files; else the float samples) and ``seeds``, from which the suite's source points
-    are drawn again (storing them would cost 614 MB per 50,000 CIFAR samples)."""
-    arr = quantize(x).permute(0, 2, 3, 1).numpy() if images else x.float().numpy()
-    return {"arr_0": arr, "seeds": np.asarray(list(seeds), dtype=np.int64)}
 
 
 def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None = None, *, progress: bool = True,
@@ -363,7 +360,8 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
     shown.status("setting up")
     cache = Cache(config.cache_dir, log=say, progress=shown)
     seeds = list(plan.seeds)
-    x0 = plan.problem.initial(seeds).to(device)
+    # rank 0 scores every cell on the full x0; the others make the rows of their own batches (SeedRows)
+    x0 = plan.problem.initial(seeds).to(device) if main else SeedRows(plan.problem.initial, seeds, device)
     with _timed(timings, "metrics"):
         reference = plan.problem.reference(plan.num_samples) if main else None
 
@@ -372,11 +370,14 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
         scored = plan if first or chosen is None else dataclasses.replace(plan, extractor=chosen,
                                                                           fallback_extractor=None)
         return image_eval(scored, cache.root, device, dict(config.extractor_options), say, images=reference,
-                          reference=first)
+                          reference=first, radii=not world.active)
 
     with _timed(timings, "metrics"):
         images = main_first(world, build, share=lambda ev: ev.extractor.name if ev is not None else None)
-    evaluation = Evaluation(plan, reference, images)
+        evaluation = Evaluation(plan, reference, images)
+        shared = world.all_objects(evaluation.shared if main else None)[0] if world.active else ()
+        if shared:      # precision/recall's k-NN work split over the processes, reference radii included
+            evaluation.share_reference(world, device, shared)
     identities = {m.name: m.source.identity(plan.suite) for m in plan.models}
     base = {"suite": plan.name, "suite_version": plan.version, "n_samples": plan.num_samples, "seed": seeds[0],
             "seeds": f"{seeds[0]}-{seeds[-1]}", **evaluation.fields,
