@@ -300,7 +300,7 @@ def _feature_tensor(x, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (N, D), got {tuple(t.shape)}")
     if t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float64)
-    bad = sum(int((~torch.isfinite(t[i:i + 4096]).all(1)).sum()) for i in range(0, t.shape[0], 4096))
+    bad = sum(int((~torch.isfinite(t[i:i + 1024]).all(1)).sum()) for i in range(0, t.shape[0], 1024))
     if bad:
         raise ValueError(f"{name} has {bad} of {t.shape[0]} rows with NaN or inf features")
     return t

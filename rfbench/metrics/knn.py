@@ -32,7 +32,7 @@ import torch
 
 U32 = 2.0 ** -24            # unit roundoff of float32
 SYMMETRIC_SIDE = {False: 1024, True: 8192}   # rows per square block of a set's own distances: CPU, CUDA
-PAIR_BYTES = 16 * 2 ** 20   # float64 memory for the exact re-check of candidate pairs, per chunk and operand
+PAIR_BYTES = 4 * 2 ** 20    # float64 memory for the exact re-check of candidate pairs, per chunk and operand
 
 
 def error_coefficient(dim: int, float32_input: bool) -> float:
@@ -76,7 +76,7 @@ class Features:
         return self.exact[index.to(self.exact.device)].to(device=self.f32.device, dtype=torch.float64)
 
 
-def _blocked_sq_norms(x: torch.Tensor, device: torch.device, rows: int = 1024) -> torch.Tensor:
+def _blocked_sq_norms(x: torch.Tensor, device: torch.device, rows: int = 256) -> torch.Tensor:
     """Exact squared norms (float64) without a float64 copy of the whole set."""
     return torch.cat([x[i:i + rows].to(device=device, dtype=torch.float64).square().sum(1)
                       for i in range(0, x.shape[0], rows)])
