@@ -26,6 +26,14 @@ os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(Path(_HOME) / ".hypothesis")   
 
 load_entry_points()
 
+# The test command runs two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadscope: a module's tests, and
+# its module-scoped fixtures, on one worker): one torch thread each, inherited by the child processes the tests
+# start, so that the workers never oversubscribe two cores (a tiny model beside one other CPU-bound process ran 47x
+# slower with torch's default threads)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 # what tools other than the tests leave in a checkout (bytecode, the install, linters, the virtual environment)
 _TOOLS = ("__pycache__", ".egg-info", ".ruff_cache", ".mypy_cache", ".venv", ".pytest_cache")
@@ -63,23 +71,36 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-# The toy2d cells the tests need: every model trained from a cold cache, and its claims' cells (Euler at every step
-# count, rk45). The other 132 cells (Heun and the fast solvers) add two minutes of sampling and metrics to the test
-# run; `bash .ci/run` gates every cell of a full retrain against results/toy2d.csv after the tests.
+# The toy2d models and cells the tests need: the rectified flows trained from a cold cache (the reflow chain and the
+# distillation) and the claims' cells (Euler at every step count, rk45). The toy DDPM (20 s of training) and the
+# other 132 cells (Heun and the fast solvers: two minutes of sampling and metrics) are left to `bash .ci/run`, which
+# gates every cell of a full retrain against results/toy2d.csv after the tests.
+TOY2D_TEST_MODELS = ("1-rf", "2-rf", "3-rf", "2-rf-distill")
 TOY2D_TEST_SOLVERS = ("euler", "rk45")
 
 
 @pytest.fixture(scope="session")
 def toy2d(tmp_path_factory):
-    """The toy2d suite's models from a cold cache (about 2 minutes on 2 CPU cores) and its Euler and rk45 cells (15 s),
-    shared by the tests of its claims and of the examples that run beside its models."""
+    """The toy2d suite's flows from a cold cache (about 100 s on 2 CPU cores) and their Euler and rk45 cells (15 s),
+    shared by the tests of its claims and of the examples that run beside its models. Under pytest-xdist the workers
+    share one model cache: the first to get here trains, a later one waits for it (a file lock) and only samples."""
+    import dataclasses
+    import json
+
+    from filelock import FileLock
+
     from rfbench.suites import SUITES
     from rfbench.suites.runner import run_suite
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "toy2d-models"
     root = tmp_path_factory.mktemp("toy2d")
-    cache = root / "cache"
-    out = run_suite(SUITES["toy2d"], root / "out", device="cpu", cache_dir=cache, progress=False,
-                    log=lambda msg: None, solvers=TOY2D_TEST_SOLVERS)
-    return out, root, cache
+    cache, trained = shared / "cache", shared / "trained.json"
+    with FileLock(f"{shared}.lock"):
+        out = run_suite(SUITES["toy2d"], root / "out", device="cpu", cache_dir=cache, progress=False,
+                        log=lambda msg: None, models=TOY2D_TEST_MODELS, solvers=TOY2D_TEST_SOLVERS)
+        if not trained.exists():      # the cold run: what it trained, for the tests on a later worker
+            trained.write_text(json.dumps(out.trained))
+    return dataclasses.replace(out, trained=json.loads(trained.read_text())), root, cache
 
 
 def pytest_collection_modifyitems(config, items):
@@ -89,3 +110,4 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
