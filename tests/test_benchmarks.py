@@ -238,3 +238,41 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# -- on a GPU: DDPM++ (the published CIFAR-10 network, 61.8M parameters) per evaluation, in each mode ------------------
+
+DDPMPP_MODES = [("fp32", None, False), ("tf32", None, False), ("bf16", None, True), ("fp16", None, True),
+                ("bf16", "default", True), ("bf16", "reduce-overhead", True)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [256, 1024, 2048])
+@pytest.mark.parametrize("precision, compile_mode, channels_last", DDPMPP_MODES)
+def test_bench_ddpmpp_evaluation_on_gpu(benchmark, batch, precision, compile_mode, channels_last):
+    """One network evaluation of DDPM++ at ``batch`` 32x32 images: samples/s = batch / the time. Compilation (and
+    the CUDA graphs of reduce-overhead) happen in the untimed warm-up, as in a run's."""
+    from rfbench.models.ncsnpp import NCSNpp, NCSNppConfig
+    from rfbench.models.speed import prepare
+    from rfbench.samplers import CountingModel
+    from rfbench.samplers.precision import float32_mode
+
+    torch.manual_seed(0)
+    net = prepare(NCSNpp(NCSNppConfig()).cuda().eval(), compile_mode=compile_mode, channels_last=channels_last)
+    model = CountingModel(net, precision=precision)
+    x = torch.randn(batch, 3, 32, 32, device="cuda")
+    t = torch.full((batch,), 0.5, device="cuda")
+
+    def evaluate():
+        out = model(x, t)
+        torch.cuda.synchronize()
+        return out
+
+    with torch.no_grad(), float32_mode(precision):
+        for _ in range(3):
+            evaluate()
+        benchmark.extra_info["samples_per_s"] = None
+        out = benchmark(evaluate)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    if benchmark.stats is not None:
+        benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.median

@@ -47,3 +47,31 @@ def test_auto_batch_size_probes_the_gpu():
     assert auto_batch_size(flow, example, torch.device("cuda"), limit=24) in (8, 16, 24)
     # a tiny share of the memory gives a smaller batch than a large share
     assert auto_batch_size(flow, example, torch.device("cuda"), limit=4096, fraction=0.001) <= size
+
+
+@pytest.mark.parametrize("dtype", ["tf32", "bf16", "fp16"])
+def test_reduced_precision_on_gpu_stays_close_to_fp32(dtype):
+    from rfbench.models import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(image_size=16, channels=32)).cuda().eval()
+    x0 = rfbench.initial(range(64), (1, 16, 16), device="cuda")
+    exact = rfbench.sample(unet, x0, "heun", 4)
+    low = rfbench.sample(unet, x0, "heun", 4, precision=dtype)
+    assert low.x.dtype == torch.float32 and low.nfe == exact.nfe
+    assert 0 < (low.x - exact.x).abs().max() < 0.05 * exact.x.abs().max()
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_network_on_gpu_agrees_with_eager(mode):
+    from rfbench.models import UNet, UNetConfig
+    from rfbench.models.speed import prepare
+
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(image_size=16, channels=32)).cuda().eval()
+    x0 = rfbench.initial(range(64), (1, 16, 16), device="cuda")
+    eager = rfbench.sample(unet, x0, "euler", 4).x
+    fast = prepare(unet, compile_mode=mode, channels_last=True)
+    for _ in range(2):      # compiled (and CUDA graphs recorded) on the first call
+        compiled = rfbench.sample(fast, x0, "euler", 4).x
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
