@@ -106,3 +106,11 @@ def test_precision_and_compile_are_in_every_row_and_the_cell_key(tmp_path):
     for col in ("net_dtype", "compile", "memory_format"):
         old.pop(col)
     assert cell_key(old) == cell_key(new) != cell_key({**new, "net_dtype": "bf16"})
+
+
+def test_trajectory_velocities_of_adaptive_solvers_are_evaluated_in_the_runs_precision():
+    net = Watch()
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    result = sample(net, x0, "dopri5", precision="bf16", trajectory=True, rtol=1e-3, atol=1e-3)
+    assert result.stats["trajectory_evals"] > 0 and len(net.seen) == result.nfe + result.stats["trajectory_evals"]
+    assert {inner for _, inner in net.seen} == {torch.bfloat16}    # the solve's and the trajectory's evaluations

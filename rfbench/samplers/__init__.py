@@ -123,8 +123,9 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         if recorder is not None:
             velocity_fn = None
             if spec.kind != "discrete":  # fill velocities an adaptive solver did not expose (uncounted)
-                def velocity_fn(s, t):
-                    return model(s.to(x0.device), torch.full((s.shape[0],), t, dtype=x0.dtype, device=x0.device))
+                def velocity_fn(s, t):    # in the run's precision, as the solver's own evaluations
+                    return counted._evaluate(model, s.to(x0.device),
+                                             torch.full((s.shape[0],), t, dtype=x0.dtype, device=x0.device))
             traj, extra = recorder.build(velocity_fn)
             if extra:
                 stats["trajectory_evals"] = extra

@@ -141,7 +141,8 @@ class CountingModel:
         self._precision = precision
 
     def _evaluate(self, fn, x: torch.Tensor, t: torch.Tensor) -> Any:
-        """``fn(x, t)`` in the run's precision (:mod:`rfbench.samplers.precision`), returned in x's dtype."""
+        """``fn(x, t)`` in the run's precision (:mod:`rfbench.samplers.precision`), returned in x's dtype; not
+        counted (the trajectory's extra velocities use it too)."""
         if self._precision in ("fp32", "tf32"):
             return fn(x, t)
         with evaluation(self._precision, x.device):
