@@ -255,3 +255,18 @@ def test_bootstrap_standard_errors():
     pr = METRICS["precision_recall"](MetricInput(**inputs))
     assert pr["precision_se"] == pytest.approx(math.sqrt(pr["precision"] * (1 - pr["precision"]) / 300))
 
+
+
+def test_a_failure_of_another_process_in_the_shared_knn_work_is_raised_here():
+    """Under torchrun every process exchanges its result or its error before going on, so that a process whose
+    peer failed raises too instead of waiting in the next collective (the exchange stands in for gloo here)."""
+    from rfbench.distributed import World
+    from rfbench.metrics import knn
+
+    class TwoProcesses(World):
+        def all_objects(self, obj):
+            return [obj, (None, "OutOfMemoryError: CUDA out of memory")]
+
+    real, fake = _features(60, 4, 31), _features(50, 4, 32)
+    with pytest.raises(knn.PeerError, match="rank 1: OutOfMemoryError: CUDA out of memory"):
+        precision_recall(real, fake, k=3, device="cpu", world=TwoProcesses(rank=0, size=2))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-import numpy as np
 import torch
 
 U32 = 2.0 ** -24            # unit roundoff of float32
@@ -142,22 +141,21 @@ def approx_radii(x: Features, k: int, max_bytes: int, world=None) -> tuple[torch
     blocks = [(i, j) for i in range(len(edges) - 1) for j in range(i, len(edges) - 1)]
     if world is not None and world.active:
         blocks = blocks[world.rank::world.size]
-    table = torch.full((x.n, k + 1), float("inf"), dtype=torch.float32, device=x.f32.device)
 
-    def merge(rows: slice, new: torch.Tensor) -> None:
-        table[rows] = _smallest(torch.cat([table[rows], new], 1), k + 1, 1)
+    def local() -> torch.Tensor:
+        table = torch.full((x.n, k + 1), float("inf"), dtype=torch.float32, device=x.f32.device)
+        for i, j in blocks:
+            rows, cols = slice(edges[i], edges[i + 1]), slice(edges[j], edges[j + 1])
+            d = torch.mm(x.f32[rows], x.f32[cols].T).mul_(-2).add_(x.sq32[cols].unsqueeze(0)).add_(
+                x.sq32[rows].unsqueeze(1))
+            table[rows] = _smallest(torch.cat([table[rows], _smallest(d, k + 1, 1)], 1), k + 1, 1)
+            if i != j:
+                table[cols] = _smallest(torch.cat([table[cols], _smallest(d, k + 1, 0).T], 1), k + 1, 1)
+            del d
+        return table
 
-    for i, j in blocks:
-        rows, cols = slice(edges[i], edges[i + 1]), slice(edges[j], edges[j + 1])
-        d = torch.mm(x.f32[rows], x.f32[cols].T).mul_(-2).add_(x.sq32[cols].unsqueeze(0)).add_(
-            x.sq32[rows].unsqueeze(1))
-        merge(rows, _smallest(d, k + 1, 1))
-        if i != j:
-            merge(cols, _smallest(d, k + 1, 0).T)
-        del d
-    if world is not None and world.active:
-        parts = world.all_objects(table.cpu().numpy())
-        table = _smallest(torch.from_numpy(np.concatenate(parts, 1)).to(table.device), k + 1, 1)
+    parts = _everyone(world, local)
+    table = _smallest(torch.cat([p.to(x.f32.device) for p in parts], 1), k + 1, 1) if len(parts) > 1 else parts[0]
     value = table[:, k].double()
     return value, _coef(x, x) * (x.sq + float(x.sq.max())) + 2 * U32 * value.abs()
 
@@ -246,19 +244,33 @@ def share(n: int, world) -> tuple[int, int]:
     return n * world.rank // world.size, n * (world.rank + 1) // world.size
 
 
-def _gather(world, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Each process's rows, concatenated in rank order, on every process."""
+class PeerError(RuntimeError):
+    """A process of a torchrun failed in the shared k-NN work: raised on every process, naming the ranks and why."""
+
+
+def _everyone(world, compute) -> list:
+    """``compute()`` on this process, and the results of every process (tensors moved to the CPU), in rank order, on
+    all of them. An error on any process is raised on every one (:class:`PeerError`), so that none waits in a
+    collective for a process that stopped. A single process: ``[compute()]``."""
     if world is None or not world.active:
-        return tensors
-    parts = world.all_objects(tuple(t.cpu().numpy() for t in tensors))
-    return tuple(torch.from_numpy(np.concatenate([p[i] for p in parts])).to(tensors[i].device)
-                 for i in range(len(tensors)))
+        return [compute()]
+    try:
+        local = compute()
+        local, error = (tuple(t.cpu() for t in local) if isinstance(local, tuple) else local.cpu()), None
+    except Exception as exc:
+        local, error = None, f"{type(exc).__name__}: {exc}"
+    parts = world.all_objects((local, error))
+    errors = [f"rank {rank}: {e}" for rank, (_, e) in enumerate(parts) if e is not None]
+    if errors:
+        raise PeerError("precision/recall's shared k-NN work failed: " + "; ".join(errors))
+    return [part for part, _ in parts]
 
 
 def knn_radii_exact(x: Features, k: int, max_bytes: int, world=None) -> torch.Tensor:
     """Every row's exact squared k-NN radius; under several processes each computes its block and all get all."""
     start, stop = share(x.n, world)
-    return _gather(world, (exact_radii(x, k, torch.arange(start, stop, device=x.f32.device), max_bytes),))[0]
+    parts = _everyone(world, lambda: exact_radii(x, k, torch.arange(start, stop, device=x.f32.device), max_bytes))
+    return torch.cat([p.to(x.f32.device) for p in parts])
 
 
 def radii(x: Features, k: int, max_bytes: int, world=None, exact: torch.Tensor | None = None) -> Radii:
@@ -273,9 +285,12 @@ def coverages(fake: Features, real: Features, r_fake: Radii, r_real: Radii, max_
               world=None) -> tuple[float, float]:
     """(precision, recall); under several processes each takes a block of fake rows and all get the totals."""
     start, stop = share(fake.n, world)
-    inside, real_inside = coverage_rows(fake, real, r_fake, r_real, start, stop, max_bytes)
-    if world is not None and world.active:
-        parts = world.all_objects((inside, real_inside.cpu().numpy()))
-        inside = sum(p[0] for p in parts)
-        real_inside = torch.from_numpy(np.logical_or.reduce([p[1] for p in parts]))
+    parts = _everyone(world, lambda: _coverage_tensors(fake, real, r_fake, r_real, start, stop, max_bytes))
+    inside = sum(int(p[0]) for p in parts)
+    real_inside = torch.stack([p[1].cpu() for p in parts]).any(0)
     return inside / fake.n, int(real_inside.sum()) / real.n
+
+
+def _coverage_tensors(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    inside, real_inside = coverage_rows(*args)
+    return torch.tensor(inside), real_inside
