@@ -170,7 +170,6 @@ class Evaluation:
     def share_reference(self, world, device: torch.device, names: tuple[str, ...]) -> None:
         """Before the cells of a torchrun: the reference features on every process (rank 0 loaded them) and their
         k-NN radii computed by all together. ``names``: rank 0's :attr:`shared`, which every process adopts."""
-        self.metrics = tuple(dict.fromkeys(self.metrics + names)) if not world.is_main else self.metrics
         self.sharing = names
         features = world.broadcast_rows(self.images.reference_features)
         self.images.reference_features = features
