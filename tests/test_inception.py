@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rfbench.metrics import fid, inception_score
-from rfbench.metrics import features as feat
+from rfbench.metrics import inception as feat   # where the weights are looked up
 from rfbench.metrics.features import (EXTRACTORS, InceptionExtractor, InceptionWeights, InceptionWeightsError,
                                       MissingLogitsError, find_inception_weights, quantize)
 

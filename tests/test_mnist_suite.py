@@ -16,7 +16,7 @@ from baselines import images as image_suites
 from baselines import rectified_flow
 from rfbench.cli import main
 from rfbench.data.images import ImageProblem
-from rfbench.metrics import features as features_mod
+from rfbench.metrics import inception as inception_mod   # where the weights are looked up
 from rfbench.metrics.features import EXTRACTORS, ClassifierConfig, quantize
 from rfbench.models import UNetConfig
 from rfbench.suites import SUITES, RunConfig, make_plan
@@ -44,8 +44,8 @@ def data_dir(tmp_path_factory):
 
 
 def _no_inception_weights(mp):
-    mp.setattr(features_mod, "clean_fid_weights_path", lambda: features_mod.Path("/nonexistent/inception.pt"))
-    mp.setattr(features_mod, "fid_helper_weights_path", lambda: None)
+    mp.setattr(inception_mod, "clean_fid_weights_path", lambda: inception_mod.Path("/nonexistent/inception.pt"))
+    mp.setattr(inception_mod, "fid_helper_weights_path", lambda: None)
 
 
 # fashion-mnist with tiny recipes for its models (a suite is its recipes too: another suite name)
