@@ -155,7 +155,7 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="fp32", choices=PRECISIONS,
                         help="arithmetic of the network evaluations: fp32; tf32 (CUDA's TensorFloat-32 products and "
                              "convolutions); bf16 or fp16 (autocast). The solver's state stays float32. Numbers "
-                             "change with it: recorded in every row's precision column and in the cell key")
+                             "change with it: recorded in every row's net_dtype column and in the cell key")
     parser.add_argument("--compile", default=None, nargs="?", const="default", choices=COMPILE_MODES,
                         help="torch.compile the networks (mode: default; reduce-overhead adds CUDA graphs). "
                              "Compilation happens in each cell's untimed warm-up (its seconds: compile_s), never in "

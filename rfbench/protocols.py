@@ -29,3 +29,10 @@ class DiscreteDiffusion(Protocol):
 def is_diffusion_model(model: Any) -> bool:
     """True for DDPM-style models (anything with ``eps(x, timesteps)`` and a discrete schedule)."""
     return callable(getattr(model, "eps", None)) and hasattr(model, "alphas_cumprod")
+
+
+def network_module(model: Any) -> torch.nn.Module | None:
+    """The torch module that does a model's evaluations: the model itself, or a DiffusionModel's ``net``; None where
+    that is not a module (a plain callable)."""
+    net = getattr(model, "net", None) if is_diffusion_model(model) else model
+    return net if isinstance(net, torch.nn.Module) else None

@@ -323,7 +323,7 @@ def knn_radii(features, k: int = 3, *, device: str | torch.device | None = None,
         return knn.knn_radii_exact(knn.Features(x, resolve_device(device)), k, max_block_bytes, world).cpu()
 
 
-def _prepared(real_features, fake_features, k: int, real_radii, device):
+def _prepared(real_features, fake_features, real_radii, device):
     real = _feature_tensor(real_features, "real_features")
     fake = _feature_tensor(fake_features, "fake_features")
     if real.shape[1] != fake.shape[1]:
@@ -350,7 +350,7 @@ def precision_recall(real_features, fake_features, k: int = 3, *, device: str | 
     """
     _check_k(k, min(len(real_features), len(fake_features)),
              f"sets of {len(real_features)} and {len(fake_features)} rows")
-    real, fake, device = _prepared(real_features, fake_features, k, real_radii, device)
+    real, fake, device = _prepared(real_features, fake_features, real_radii, device)
     with knn.full_float32_products():
         r_real = knn.radii(real, k, max_block_bytes, world, exact=real_radii)
         r_fake = knn.radii(fake, k, max_block_bytes, world)
@@ -371,7 +371,7 @@ def recall_se(real_features, fake_features, k: int = 3, replicates: int = 100, s
     if not 1 <= k < n_fake // 2:
         raise ValueError(f"recall_se: k must be in [1, {n_fake // 2 - 1}] for halves of {n_fake} "
                          f"fake rows, got {k}")
-    real, fake, device = _prepared(real_features, fake_features, k, real_radii, device)
+    real, fake, device = _prepared(real_features, fake_features, real_radii, device)
     with knn.full_float32_products():
         r_real = knn.radii(real, k, max_block_bytes, world, exact=real_radii)
 

@@ -1,6 +1,6 @@
 """Faster network evaluations for sampling: ``torch.compile`` of the network and channels-last memory for the
 convolutional ones. Neither changes what the network computes beyond float round-off (tests/test_precision.py
-states by how much); both are recorded in the rows (``compile``, ``channels_last``).
+states by how much); both are recorded in the rows (``compile``, ``memory_format``).
 
 The model a suite loads is a flow module ``v(x, t)`` or a :class:`rfbench.models.DiffusionModel` around an
 eps/x0/v network; what is compiled or converted is the network module, so everything a sampler reaches through
@@ -14,16 +14,10 @@ from typing import Any
 
 import torch
 
-from rfbench.protocols import is_diffusion_model
+from rfbench.protocols import is_diffusion_model, network_module
 
 # torch.compile's modes: "reduce-overhead" adds CUDA graphs (fixed shapes; on CUDA, where launch overhead pays)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-
-
-def network(model: Any) -> torch.nn.Module | None:
-    """The module that does a model's evaluations: the model itself, or a DiffusionModel's ``net``."""
-    net = model.net if is_diffusion_model(model) else model
-    return net if isinstance(net, torch.nn.Module) else None
 
 
 def _with_network(model: Any, net: torch.nn.Module) -> Any:
@@ -48,7 +42,7 @@ def prepare(model: Any, *, compile_mode: str | None = None, channels_last: bool 
     check_compile_mode(compile_mode)
     if compile_mode is None and not channels_last:
         return model
-    net = network(model)
+    net = network_module(model)
     if net is None:
         wanted = " and ".join(w for w, on in (("--compile", compile_mode), ("--channels-last", channels_last)) if on)
         raise TypeError(f"{wanted} needs a torch.nn.Module network; this model is a {type(model).__name__}")

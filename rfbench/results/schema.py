@@ -64,7 +64,7 @@ SCHEMA: tuple[Column, ...] = (
            default="off"),
     Column("memory_format", "str", "the network's memory format (--channels-last)", key=True, gate="run",
            default="contiguous"),
-    Column("compile_s", "number", "untimed warm-up of the cell's first batch shape, compilation included (--compile)"),
+    Column("compile_s", "number", "the cell's untimed warm-up, once per batch shape, compilation included (--compile)"),
     Column("cell_origin", "str", "suite: one of the suite's own cells; run (...): chosen by the run's --solvers, "
            "--steps, --grids, --solver-option or an added model (said which)"),
     Column("batch_size", "int", "samples per sampler call (rk45's steps depend on it)", resume=True),

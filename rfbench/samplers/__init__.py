@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from rfbench.noise import StepNoise
-from rfbench.protocols import is_diffusion_model
+from rfbench.protocols import is_diffusion_model, network_module
 from rfbench.samplers import discrete, exponential, ode  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
 from rfbench.samplers.precision import PRECISIONS, check_precision, float32_mode
@@ -169,8 +169,8 @@ def _dtype_hint(model: Any, x0: torch.Tensor, exc: Exception) -> TypeError | Non
 def _parameter_dtype(model: Any) -> torch.dtype | None:
     """The floating dtype of a torch module's parameters (a DiffusionModel's net's), None where there is no single
     one (not a module, no floating parameters, or mixed precision)."""
-    net = getattr(model, "net", None) if is_diffusion_model(model) else model
-    if not isinstance(net, torch.nn.Module):
+    net = network_module(model)
+    if net is None:
         return None
     dtypes = {p.dtype for p in net.parameters() if p.dtype.is_floating_point}
     return dtypes.pop() if len(dtypes) == 1 else None

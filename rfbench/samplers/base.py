@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 
 from rfbench.registry import Registry
-from rfbench.samplers.precision import evaluation
+from rfbench.samplers.precision import AUTOCAST, evaluation
 
 # callback(i, t, x, v): called at step i, flow time t, state x; v is the model's velocity at (x, t) when the solver
 # has it (ODE solvers), else None.
@@ -143,7 +143,7 @@ class CountingModel:
     def _evaluate(self, fn, x: torch.Tensor, t: torch.Tensor) -> Any:
         """``fn(x, t)`` in the run's precision (:mod:`rfbench.samplers.precision`), returned in x's dtype; not
         counted (the trajectory's extra velocities use it too)."""
-        if self._precision in ("fp32", "tf32"):
+        if self._precision not in AUTOCAST:     # fp32, tf32: float32 arithmetic, nothing to cast back
             return fn(x, t)
         with evaluation(self._precision, x.device):
             out = fn(x, t)
