@@ -74,6 +74,12 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def spare_core() -> bool:
+    """Whether a core is left beside torch's intra-op threads (they use at most half of the cores): a worker thread
+    can compute beside them without slowing them."""
+    return cores() >= 2 * torch.get_num_threads()
+
+
 def busy_note(start: float | None, end: float | None) -> str | None:
     """A note for a cell timed while more processes wanted to run than there are cores (its times then measure the
     contention as well as the sampler), else None."""

@@ -6,7 +6,8 @@ in pyproject); for timings, on one process: `python -m pytest tests/test_benchma
   origin as a one-step 1-RF produces them (the case where the assignment solver is slow), same optimum;
 - the Frechet distance at d=2,048 against clean-fid's sqrtm route;
 - precision/recall at 6,000 x 6,000 x 2,048 against prdc, time and peak memory;
-- rfbench.sample against a bare Euler/Heun loop (the harness's overhead).
+- rfbench.sample against a bare Euler/Heun loop (the harness's overhead);
+- a toy2d cell's metrics with w2's exact solve in a worker thread beside the others, against one after another.
 """
 
 import contextlib
@@ -21,6 +22,7 @@ import torch
 
 from rfbench.metrics import w2
 from rfbench.suites import SUITES
+from rfbench.threads import cores
 from tests.feature_sets import inception_like, prdc_precision_recall
 
 
@@ -276,3 +278,40 @@ def test_bench_ddpmpp_evaluation_on_gpu(benchmark, batch, precision, compile_mod
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     if benchmark.stats is not None:
         benchmark.extra_info["samples_per_s"] = batch / benchmark.stats.stats.median
+
+
+# -- a toy2d cell's metrics: w2's exact solve in a worker thread beside the others, against one after another ---------
+
+@pytest.fixture(scope="module")
+def toy_cell(request):
+    """A toy2d cell's samples (2,000 when timed, 300 in the test run), their source points and an exact solution."""
+    from rfbench.suites.evaluate import Evaluation
+    from rfbench.suites.plan import RunConfig, make_plan
+
+    n = 2000 if timed(request.config) else 300
+    plan = make_plan(SUITES["toy2d"], RunConfig(num_samples=n))
+    evaluation = Evaluation(plan, plan.problem.reference(n), None)
+    gen = torch.Generator().manual_seed(0)
+    z1 = plan.problem.reference(n)[5000:5000 + n] + 0.1 * torch.randn(n, 2, generator=gen)
+    inputs = evaluation.inputs(torch.randn(n, 2, generator=gen), z1, exact=z1 + 0.01 * torch.randn(n, 2, generator=gen))
+    return evaluation, inputs, {}
+
+
+def test_bench_cell_metrics_one_after_another_reference(benchmark, toy_cell, monkeypatch):
+    import rfbench.suites.evaluate as evaluate
+
+    evaluation, inputs, answer = toy_cell
+    monkeypatch.setattr(evaluate, "spare_core", lambda: False)
+    with one_thread():
+        answer["serial"] = benchmark(evaluation.cell_metrics, inputs)
+
+
+@pytest.mark.skipif(cores() < 2, reason="needs a spare core")
+def test_bench_cell_metrics_w2_beside_the_others(benchmark, toy_cell, monkeypatch):
+    import rfbench.suites.evaluate as evaluate
+
+    evaluation, inputs, answer = toy_cell
+    monkeypatch.setattr(evaluate, "spare_core", lambda: True)
+    with one_thread():
+        values = benchmark(evaluation.cell_metrics, inputs)
+    assert values == answer.get("serial", values) and values["w2"] > 0

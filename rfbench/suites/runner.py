@@ -22,25 +22,27 @@ from tqdm.auto import tqdm
 from rfbench.device import device_name, resolve_device
 from rfbench.distributed import World, batch_plan, main_first, main_then_others
 from rfbench.metrics import column_directions
-from rfbench.models.cache import Cache, PlanningCache
+from rfbench.models.cache import Cache
 from rfbench.noise import SeedRows
-from rfbench.models.sources import LoadContext, ModelIdentity, Recipe
+from rfbench.models.sources import LoadContext, ModelIdentity
 from rfbench.models.speed import prepare
 from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_paths, plot_quality_vs_costs
 from rfbench.results.resume import Wanted, finished_cells, with_samples
 from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
+from rfbench.suites.behind import Behind, held_bytes
+from rfbench.suites.work import exact_key, scope_key, expect_training, expect_work
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import network_fields, probed_batch_size, sample_arrays, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
-from rfbench.threads import DEFAULT_THREADS, busy_note, load_average, threads_for, using_threads
+from rfbench.threads import DEFAULT_THREADS, busy_note, cores, load_average, threads_for, using_threads
 
 GRID_SAMPLES = 16  # images per row of samples_MODEL.png
 GRID_ROWS = 4      # rows (distinct NFEs) per model in samples_MODEL.png
 
 
-TIMINGS = ("training", "sampling", "metrics", "total")
+TIMINGS = ("training", "sampling", "metrics", "metrics_beside", "total")
 
 
 @dataclass
@@ -48,8 +50,9 @@ class RunOutput:
     """A run's table (``frame``), the files written, the models trained (not loaded), and ``timings``: seconds spent
     in "training" (loading models: training them and their reflow pairs when not cached), "sampling" (the cells'
     timed runs, their warm-up and feature extraction, the batch size probe), "metrics" (scoring, the reference
-    solutions and trajectories, setting up the reference features) and "total" (the whole run, tables and plots
-    included, so at least the sum of the others)."""
+    solutions and trajectories, setting up the reference features: the part the run waited for), "metrics_beside"
+    (scoring that ran on a spare core beside the loading of the next model, not counted in the run's time) and
+    "total" (the whole run, tables and plots included, so at least the sum of training, sampling and metrics)."""
 
     frame: pd.DataFrame
     files: list[Path] = field(default_factory=list)
@@ -99,7 +102,15 @@ def _timed(timings: dict[str, float], part: str):
 def sweep(run: Sweep) -> None:
     """Every cell of every model: kept from an earlier run, or sampled, scored and stored as soon as it finishes.
     A model that cannot be loaded, and a cell that fails (NaN samples, a solver that cannot proceed), are rows with
-    their error; the sweep goes on. The bar counts model evaluations (:func:`expect_work`)."""
+    their error; the sweep goes on. The bar counts model evaluations (:func:`expect_work`). Each model's cells are
+    scored on a spare core while the next model loads (:mod:`rfbench.suites.behind`), never while a cell is timed."""
+    with Behind(run.world.is_main and not run.world.active and cores() >= 2) as behind:
+        _sweep(run, behind)
+    run.timings["metrics"] += behind.inline_s + behind.waited_s
+    run.timings["metrics_beside"] += max(0.0, behind.busy_s - behind.waited_s)
+
+
+def _sweep(run: Sweep, behind: Behind) -> None:
     plan, main, progress = run.plan, run.world.is_main, run.progress
     loading_threads = torch.get_num_threads()
     if plan.independent_row and main and not _keep(run, INDEPENDENT):
@@ -110,7 +121,7 @@ def sweep(run: Sweep) -> None:
         cells = plan.grid(model.name)
         if all(cell.label in run.resumed for cell in cells):
             for cell in cells if main else ():
-                _keep(run, cell.label)
+                behind.add(None, lambda _, label=cell.label: _keep(run, label))
             continue
         progress.status(f"{model.name}: loading")
         torch.set_num_threads(loading_threads)
@@ -121,12 +132,12 @@ def sweep(run: Sweep) -> None:
                 progress.finish(key, None)
         if errors:   # a failure for each of its cells, and on with the next model
             run.say(f"{model.name}: could not load or train: {errors[0]}")
-            for key in [_scope_key(model), _exact_key(model)] + [cell.label for cell in cells]:
+            for key in [scope_key(model), exact_key(model)] + [cell.label for cell in cells]:
                 progress.finish(key, None)
             for cell in cells if main else ():
-                if not _keep(run, cell.label):
-                    _store(run, {**cell.fields(), **empty_metrics(plan.metrics), "status": "failed",
-                                 "error": f"model: {errors[0]}"}, cell.fields(), model)
+                behind.add(None, lambda _, cell=cell, error=errors[0], model=model: _keep(run, cell.label) or _store(
+                    run, {**cell.fields(), **empty_metrics(plan.metrics), "status": "failed",
+                          "error": f"model: {error}"}, cell.fields(), model))
             continue
         for cell in cells:      # NFE that depend on the model (edm-heun: 2N + 1 where the path ends short of sigma 0)
             nfe = cell_nfe(cell, net)
@@ -143,16 +154,17 @@ def sweep(run: Sweep) -> None:
             progress.status(f"{model.name}: reference flow")
             with run.timed("metrics"):
                 scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say)
-            progress.finish(_scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
+            progress.finish(scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
             if plot is not None:
                 run.trajectories[model.name] = plot
         for cell in cells:
             if cell.label in run.resumed:
                 if main:
-                    _keep(run, cell.label)
+                    behind.add(None, lambda _, label=cell.label: _keep(run, label))
                 continue
             progress.status(cell.label)
             images = run.evaluation.images
+            behind.wait()        # the previous model's scoring ends before this model's first timed run
             load_start = load_average()
             with run.timed("sampling"):
                 sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
@@ -175,69 +187,25 @@ def sweep(run: Sweep) -> None:
                     with run.timed("metrics"):
                         exact, why, work = run.evaluation.exact(model.kind, net, run.x0, batch, run.say)
                     reference.append((exact, why))
-                    progress.finish(_exact_key(model), work)
+                    progress.finish(exact_key(model), work)
                 exact, why = reference[0]
-            with run.timed("metrics"):
-                record = _score(run, cell, sampled, scope, net, exact, shared)
-            busy = busy_note(load_start, sampled.fields.get("load_end"))
-            for note in (why, busy) if record["status"] == "ok" else ():
-                if note is not None:
-                    record["notes"] = "; ".join(filter(None, [record.get("notes", run.base.get("notes")), note]))
-            key = _store(run, record, cell.fields(), model)
-            if record["status"] == "ok" and images is not None:
-                run.grid[cell.label] = (model.name, float(record["nfe"]), sampled.x[:GRID_SAMPLES].numpy())
-            if record["status"] == "ok" and plan.save_samples:
-                run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
-        progress.finish(_exact_key(model), None)    # no cell needed the reference solution after all
 
+            def finish(record: dict, cell=cell, sampled=sampled, why=why, model=model, images=images):
+                busy = busy_note(sampled.fields.get("load_start"), sampled.fields.get("load_end"))
+                for note in (why, busy) if record["status"] == "ok" else ():
+                    if note is not None:
+                        record["notes"] = "; ".join(filter(None, [record.get("notes", run.base.get("notes")), note]))
+                key = _store(run, record, cell.fields(), model)
+                if record["status"] == "ok" and images is not None:
+                    run.grid[cell.label] = (model.name, float(record["nfe"]), sampled.x[:GRID_SAMPLES].numpy())
+                if record["status"] == "ok" and plan.save_samples:
+                    run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
 
-def expect_work(run: Sweep) -> None:
-    """Put the sweep's known work on the bar, in model evaluations on one sample each: per cell to compute its NFE
-    x samples x timed runs (the untimed warm-up, a few evaluations of one batch, is not counted); per
-    model to load its reference trajectory and, when a cell needs it, its reference solution. Adaptive solvers
-    are estimated (:meth:`Progress.expect`) and corrected as they are measured; training and reflow pairs are put
-    on the bar when they start (a cached model costs nothing). Resumed cells, and models all of whose cells are
-    resumed, count nothing."""
-    plan, progress, n = run.plan, run.progress, run.x0.shape[0]
-    for model in plan.models:
-        todo = [cell for cell in plan.grid(model.name) if cell.label not in run.resumed]
-        if not todo:
-            continue
-        progress.expect(_scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
-        rows = run.evaluation.exact_rows(model.kind, run.x0)
-        if rows and any(ode_cell(cell) for cell in todo):
-            progress.expect(_exact_key(model), adaptive="reference rk45", rows=rows)
-        for cell in todo:
-            nfe = cell_nfe(cell)
-            if nfe is None:
-                progress.expect(cell.label, adaptive=cell.solver, rows=n * plan.repeats)
-            else:
-                progress.expect(cell.label, nfe * n * plan.repeats)
-
-
-def expect_training(run: Sweep, cache_root) -> None:
-    """Put the training of every recipe model the run will load on the bar before it starts, so that the ETA
-    includes it from the first second: a planning pass (:class:`~rfbench.suites.estimate.PlanningCache`, which
-    trains nothing) says which networks are not in the cache, with their steps and batch sizes. A job that starts
-    replaces its estimate (the key is its description, ``training NAME``)."""
-    from rfbench.progress import TRAIN_EVALS_PER_SAMPLE
-    planning = PlanningCache(cache_root)
-    for model in run.plan.models:
-        if not isinstance(model.source, Recipe) or all(c.label in run.resumed for c in run.plan.grid(model.name)):
-            continue
-        planning.to_train = []
-        try:
-            model.source.load(LoadContext(run.plan.suite, planning, torch.device("cpu"), lambda msg: None))
-        except Exception:       # the real load says what is wrong, in the model's rows
-            continue
-        keys = []
-        for job in planning.to_train:
-            if job.steps and job.batch_size:
-                key = f"training {job.name}"
-                if key not in run.progress.pending:
-                    run.progress.expect(key, job.steps * TRAIN_EVALS_PER_SAMPLE * job.batch_size)
-                keys.append(key)
-        run.planned_training[model.name] = keys
+            behind.add(lambda cell=cell, sampled=sampled, scope=scope, net=net, exact=exact, shared=shared: _score(
+                run, cell, sampled, scope, net, exact, shared), finish,
+                held_bytes(sampled.x, sampled.features, sampled.logits, exact))
+        behind.start()        # scored beside the next model's loading
+        progress.finish(exact_key(model), None)    # no cell needed the reference solution after all
 
 
 def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], world: World) -> list[Wanted]:
@@ -267,14 +235,6 @@ def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], w
                 and ode_cell(cell) else ()
             wanted.append(Wanted.of(cell.label, {**base, **cell.fields(), "model_id": identity.id}, equal, filled))
     return wanted
-
-
-def _scope_key(model: SuiteModel) -> str:
-    return f"{model.name}: reference flow"
-
-
-def _exact_key(model: SuiteModel) -> str:
-    return f"{model.name}: reference solution"
 
 
 def _score(run: Sweep, cell, sampled, scope: dict, net, exact: torch.Tensor | None, shared: dict | None) -> dict:
