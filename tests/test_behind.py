@@ -41,6 +41,14 @@ def test_jobs_wait_for_start_and_follow_in_order():
     assert idents and idents[0] != threading.get_ident() and on.busy_s > 0
 
 
+def test_a_job_not_deferred_runs_now_after_what_is_pending():
+    out, idents = [], []
+    with Behind(enabled=True) as on:
+        on.add(lambda: 1, out.append)
+        on.add(lambda: (idents.append(threading.get_ident()), 2)[1], out.append, defer=False)   # the last model's
+        assert out == [1, 2] and idents == [threading.get_ident()]
+
+
 def test_a_failing_sweep_stores_what_was_scored_before_the_error_propagates():
     out = []
     with pytest.raises(RuntimeError, match="training failed"):
@@ -107,7 +115,8 @@ def test_a_sweep_scores_beside_the_next_load_never_beside_a_timed_cell(tmp_path,
     assert len(samples) == 6 and len(scores) == 6
     for _, _, start, end in scores:      # nothing scored while a sampler was timed
         assert all(end <= s_start or start >= s_end for _, _, s_start, s_end in samples)
-    first = [e for e in scores[:3]]
+    first, last = scores[:3], scores[3:]
     assert all(thread != main for _, thread, _, _ in first)
+    assert all(thread == main for _, thread, _, _ in last)      # the last model's: stored as each finishes
     assert any(start < load[3] and end > load[2] for _, _, start, end in first)   # beside the second model's load
     assert beside.timings["metrics_beside"] > 0 and alone.timings["metrics_beside"] == 0

@@ -6,7 +6,9 @@ other core idle. So the sweep queues each cell's scoring while it samples the mo
 one worker thread once the last of them is sampled, and settles it (waits, then stores the rows in their order)
 before it times anything again: nothing is scored while a sampler is timed, and the rows, their order and their
 values are those of scoring each cell as it finishes. Queued samples are held in memory up to
-:data:`PENDING_BYTES`; past that the queue is scored at once.
+:data:`PENDING_BYTES`; past that the queue is scored at once. The last model to load has nothing to be scored
+beside, so its cells are scored and stored as each finishes; a run killed (SIGKILL) while it samples an earlier
+model loses that model's sampled but unscored cells, never a stored row.
 """
 
 from __future__ import annotations
@@ -47,10 +49,14 @@ class Behind:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
 
-    def add(self, job: Callable[[], object] | None, then: Callable, size: int = 0) -> None:
-        """Queue ``job`` (None: nothing to compute) and ``then(result)`` after it; with nothing queued or started
-        and the queue off, both run now."""
-        if not self.enabled or (job is None and not self.queued and not self.started):
+    def add(self, job: Callable[[], object] | None, then: Callable, size: int = 0, defer: bool = True) -> None:
+        """Queue ``job`` (None: nothing to compute) and ``then(result)`` after it. They run now, in the caller's
+        thread, with the queue off, with nothing queued or started before a ``job`` of None, and with ``defer``
+        False (after what is pending): the last model's cells, which no loading follows, are stored as they
+        finish."""
+        if not defer:
+            self.settle()
+        if not self.enabled or not defer or (job is None and not self.queued and not self.started):
             start = time.perf_counter()
             result = job() if job is not None else None
             self.inline_s += time.perf_counter() - start

@@ -117,6 +117,7 @@ def _sweep(run: Sweep, behind: Behind) -> None:
         with run.timed("metrics"):
             record = run.evaluation.independent_record(run.x0.cpu(), list(plan.seeds), run.base.get("notes"))
         _store(run, record, INDEPENDENT_FIELDS)
+    to_load = [m.name for m in plan.models if not all(c.label in run.resumed for c in plan.grid(m.name))]
     for model in plan.models:
         cells = plan.grid(model.name)
         if all(cell.label in run.resumed for cell in cells):
@@ -203,7 +204,7 @@ def _sweep(run: Sweep, behind: Behind) -> None:
 
             behind.add(lambda cell=cell, sampled=sampled, scope=scope, net=net, exact=exact, shared=shared: _score(
                 run, cell, sampled, scope, net, exact, shared), finish,
-                held_bytes(sampled.x, sampled.features, sampled.logits, exact))
+                held_bytes(sampled.x, sampled.features, sampled.logits, exact), defer=model.name != to_load[-1])
         behind.start()        # scored beside the next model's loading
         progress.finish(exact_key(model), None)    # no cell needed the reference solution after all
 
