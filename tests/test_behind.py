@@ -60,6 +60,27 @@ def test_a_failing_sweep_stores_what_was_scored_before_the_error_propagates():
     assert out == [5, 6]
 
 
+def test_ctrl_c_lets_the_running_job_store_its_row_and_drops_the_rest():
+    out = []
+    with pytest.raises(KeyboardInterrupt):
+        with Behind(enabled=True) as on:
+            on.add(lambda: (time.sleep(0.5), 1)[1], out.append)
+            on.add(lambda: 2, out.append)
+            on.start()
+            on.add(lambda: 3, out.append)                # queued, never started
+            raise KeyboardInterrupt
+    assert out == [1]
+
+
+def test_the_worker_scores_on_one_thread_without_a_worker_of_its_own():
+    from rfbench.suites.behind import in_worker
+
+    seen = []
+    with Behind(enabled=True) as on:
+        on.add(lambda: (in_worker(), torch.get_num_threads()), seen.append)
+    assert seen == [(True, 1)] and not in_worker()
+
+
 def test_the_queue_is_scored_at_once_past_its_memory_bound(monkeypatch):
     monkeypatch.setattr(behind_module, "PENDING_BYTES", 100)
     out = []
@@ -91,6 +112,7 @@ def test_a_sweep_scores_beside_the_next_load_never_beside_a_timed_cell(tmp_path,
     cells = [Cell(m, s, n) for m in ("a", "b") for s, n in (("euler", 1), ("euler", 4), ("heun", 2))]
     monkeypatch.setattr(runner, "sample_cell", recorded("sample", runner.sample_cell))
     monkeypatch.setattr(runner, "_score", recorded("score", runner._score))
+    monkeypatch.setattr(runner, "_store", recorded("store", runner._store))
 
     def run(out: str, spare: bool):
         monkeypatch.setattr(runner, "cores", lambda: 2 if spare else 1)
@@ -119,4 +141,6 @@ def test_a_sweep_scores_beside_the_next_load_never_beside_a_timed_cell(tmp_path,
     assert all(thread != main for _, thread, _, _ in first)
     assert all(thread == main for _, thread, _, _ in last)      # the last model's: stored as each finishes
     assert any(start < load[3] and end > load[2] for _, _, start, end in first)   # beside the second model's load
+    stored = [e for e in seen if e[0] == "store"]
+    assert len(stored) == 7 and all(end < load[3] for _, _, _, end in stored[:4])   # on disk before it ends
     assert beside.timings["metrics_beside"] > 0 and alone.timings["metrics_beside"] == 0

@@ -3,16 +3,22 @@
 A cell's metrics are not timed, and on a CPU suite they cost more than its sampling (toy2d: w2's exact solve,
 0.4-0.6 s a cell, against 0.1-0.3 s for three timed runs of the sampler), while training the next model leaves the
 other core idle. So the sweep queues each cell's scoring while it samples the model's cells, starts the queue in
-one worker thread once the last of them is sampled, and settles it (waits, then stores the rows in their order)
-before it times anything again: nothing is scored while a sampler is timed, and the rows, their order and their
-values are those of scoring each cell as it finishes. Queued samples are held in memory up to
-:data:`PENDING_BYTES`; past that the queue is scored at once. The last model to load has nothing to be scored
-beside, so its cells are scored and stored as each finishes; a run killed (SIGKILL) while it samples an earlier
-model loses that model's sampled but unscored cells, never a stored row.
+one worker thread once the last of them is sampled, and waits for it before it times anything again (or probes
+the GPU's memory for a batch size): nothing is scored while a sampler is timed, and the rows, their order and their
+values are those of scoring each cell as it finishes. The worker stores each row as soon as it is scored (the
+main thread stores nothing while jobs are pending), so a run killed (SIGKILL) while the next model trains keeps
+every row scored so far; killed while it samples a model, it loses that model's sampled but unscored cells.
+Ctrl-C lets the job in progress finish and store its row, and drops the queue. Queued samples are held in memory
+up to :data:`PENDING_BYTES`; past that the queue is scored at once. The last model to load has nothing to be
+scored beside, so its cells are scored and stored as each finishes.
+
+The worker runs torch on one intra-op thread and computes a cell's metrics one after another (no second worker
+for w2: :func:`in_worker`): the cores are the main thread's and its.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
@@ -20,20 +26,31 @@ from typing import Callable
 import torch
 
 PENDING_BYTES = 256 * 2 ** 20      # samples, features and reference solutions held for queued cells
+_WORKER = threading.local()
+
+
+def in_worker() -> bool:
+    """Whether this thread is the worker that scores behind the sweep."""
+    return getattr(_WORKER, "active", False)
+
+
+def _worker_start() -> None:
+    _WORKER.active = True
+    torch.set_num_threads(1)
 
 
 class Behind:
     """The queue of scoring jobs and of what follows each (storing its row), in the sweep's order.
 
-    ``enabled`` False (one core, or a torchrun whose processes score together): every job runs at once, in the
-    caller's thread, as the sweep did before. ``inline_s``: the seconds of jobs run so; ``busy_s``: the seconds the
-    worker spent scoring, of which ``waited_s`` (and the rows' storing) kept the sweep waiting: the rest ran beside
-    its other work."""
+    ``enabled`` False (one core; a torchrun, whose processes score together; TF32 sampling, whose process-wide
+    matmul precision the worker's exact k-NN products would race with): every job runs at once, in the caller's
+    thread, as the sweep did before. ``inline_s``: the seconds of jobs run so; ``busy_s``: the seconds the worker
+    spent scoring and storing, of which ``waited_s`` kept the sweep waiting: the rest ran beside its other work."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.queued: list[tuple[Callable[[], object] | None, Callable, int]] = []
-        self.started: list[tuple[Future | None, Callable]] = []
+        self.started: list[Future] = []
         self.pool: ThreadPoolExecutor | None = None
         self.busy_s = 0.0
         self.waited_s = 0.0
@@ -42,12 +59,16 @@ class Behind:
     def __enter__(self) -> Behind:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, exc, tb) -> None:
+        interrupted = kind is not None and not issubclass(kind, Exception)   # Ctrl-C: no more scoring
         try:
-            self.settle()         # on an error too: the rows already computed are stored before it propagates
+            if interrupted:
+                self.queued.clear()
+            else:
+                self.settle()     # on an error too: the rows of what was sampled are stored before it propagates
         finally:
             if self.pool is not None:
-                self.pool.shutdown(wait=True)
+                self.pool.shutdown(wait=True, cancel_futures=interrupted)
 
     def add(self, job: Callable[[], object] | None, then: Callable, size: int = 0, defer: bool = True) -> None:
         """Queue ``job`` (None: nothing to compute) and ``then(result)`` after it. They run now, in the caller's
@@ -64,39 +85,35 @@ class Behind:
             return
         self.queued.append((job, then, size))
         if sum(s for _, _, s in self.queued) > PENDING_BYTES:
-            self.start()
             self.settle()
 
     def start(self) -> None:
-        """Hand every queued job to the worker (they run one after another, in order)."""
+        """Hand every queued job to the worker: it runs them one after another, each followed by its ``then``."""
         if not self.queued:
             return
         if self.pool is None:
-            self.pool = ThreadPoolExecutor(1, thread_name_prefix="rfbench-score")
-        for job, then, _ in self.queued:
-            self.started.append((self.pool.submit(self._timed, job) if job is not None else None, then))
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="rfbench-score", initializer=_worker_start)
+        self.started += [self.pool.submit(self._run, job, then) for job, then, _ in self.queued]
         self.queued.clear()
 
     def settle(self) -> None:
-        """Start the queued jobs, wait for every job and run what follows each, in order."""
+        """Start the queued jobs and wait for every job."""
         self.start()
         self.wait()
 
     def wait(self) -> None:
-        """Wait for the started jobs (not the queued ones) and run what follows each, in order: before anything is
-        timed."""
+        """Wait for the started jobs (not the queued ones), raising the first error: before anything is timed."""
         start = time.perf_counter()
         try:
             while self.started:
-                future, then = self.started.pop(0)
-                then(future.result() if future is not None else None)
+                self.started.pop(0).result()
         finally:
             self.waited_s += time.perf_counter() - start
 
-    def _timed(self, job: Callable[[], object]) -> object:
+    def _run(self, job: Callable[[], object] | None, then: Callable) -> None:
         start = time.perf_counter()
         try:
-            return job()
+            then(job() if job is not None else None)
         finally:
             self.busy_s += time.perf_counter() - start
 

@@ -25,6 +25,7 @@ from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
 from rfbench.samplers import SOLVERS, sample
+from rfbench.suites.behind import in_worker
 from rfbench.threads import spare_core
 
 PLOT_PATHS = 300  # trajectories drawn per model
@@ -153,7 +154,8 @@ class Evaluation:
         the values of the metrics all processes computed together (:meth:`shared_metrics`).
 
         Where a core is spare (the run's torch threads use at most half of them), the metrics marked
-        :attr:`~rfbench.metrics.Metric.concurrent` (w2's exact solve) run in a worker thread beside the others: the
+        :attr:`~rfbench.metrics.Metric.concurrent` (w2's exact solve) run in a worker thread beside the others (not
+        inside the worker that scores behind the sweep, :mod:`rfbench.suites.behind`, which has a core already): the
         same values, and on toy2d's 2,000 points each cell's metrics take w2's time instead of the sum. A failure
         is raised as the first failing metric in the suite's order, as when they run one after another."""
         results: dict[str, dict | Exception] = {}
@@ -166,7 +168,8 @@ class Evaluation:
                 results[name] = dict.fromkeys(metric.columns)
             else:
                 todo.append(name)
-        aside = [name for name in todo if METRICS[name].concurrent] if len(todo) > 1 and spare_core() else []
+        aside = ([name for name in todo if METRICS[name].concurrent]
+                 if len(todo) > 1 and spare_core() and not in_worker() else [])
         with ThreadPoolExecutor(len(aside)) if aside else contextlib.nullcontext() as pool:
             futures = {name: pool.submit(METRICS[name], inputs) for name in aside}
             for name in todo:
@@ -176,7 +179,7 @@ class Evaluation:
                 results[name] = future.exception() or future.result()
         values: dict = dict(self.empty)
         for name in self.metrics:
-            if isinstance(results[name], Exception):
+            if isinstance(results[name], BaseException):
                 raise results[name]
             values.update(results[name])
         return values
@@ -297,7 +300,7 @@ class Evaluation:
         return values, ((f"rk4, {steps} steps", traj.states[:, :PLOT_PATHS].numpy()) if plottable else None)
 
 
-def _attempt(metric, inputs: MetricInput) -> dict | Exception:
+def _attempt(metric, inputs: MetricInput) -> dict | BaseException:
     """A metric's values, or the exception it raised (raised by the caller in the suite's order)."""
     try:
         return metric(inputs)

@@ -104,7 +104,7 @@ def sweep(run: Sweep) -> None:
     A model that cannot be loaded, and a cell that fails (NaN samples, a solver that cannot proceed), are rows with
     their error; the sweep goes on. The bar counts model evaluations (:func:`expect_work`). Each model's cells are
     scored on a spare core while the next model loads (:mod:`rfbench.suites.behind`), never while a cell is timed."""
-    with Behind(run.world.is_main and not run.world.active and cores() >= 2) as behind:
+    with Behind(run.world.is_main and not run.world.active and cores() >= 2 and run.plan.precision != "tf32") as behind:
         _sweep(run, behind)
     run.timings["metrics"] += behind.inline_s + behind.waited_s
     run.timings["metrics_beside"] += max(0.0, behind.busy_s - behind.waited_s)
@@ -146,11 +146,14 @@ def _sweep(run: Sweep, behind: Behind) -> None:
                 progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats)
         threads = threads_for(net, run.threads, run.device)
         torch.set_num_threads(threads)     # for this model's cells, reference flow and solution (restored by run_suite)
+        if plan.auto_batch:
+            behind.wait()    # the probe reads the device's free and peak memory, which scoring would move
         with run.timed("sampling"):
             batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
                 model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
         scope: dict = {}
         reference: list = []      # the model's own ODE solution for solver_error, made when a cell first needs it
+        exact_held = False        # the reference solution, one tensor for all the model's cells: counted once
         if main:
             progress.status(f"{model.name}: reference flow")
             with run.timed("metrics"):
@@ -202,9 +205,11 @@ def _sweep(run: Sweep, behind: Behind) -> None:
                 if record["status"] == "ok" and plan.save_samples:
                     run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
 
-            behind.add(lambda cell=cell, sampled=sampled, scope=scope, net=net, exact=exact, shared=shared: _score(
-                run, cell, sampled, scope, net, exact, shared), finish,
-                held_bytes(sampled.x, sampled.features, sampled.logits, exact), defer=model.name != to_load[-1])
+            held = held_bytes(sampled.x, sampled.features, sampled.logits, None if exact_held else exact)
+            exact_held = exact_held or exact is not None
+            behind.add(lambda cell=cell, sampled=sampled, scope=scope, notes=getattr(net, "notes", None), exact=exact,
+                       shared=shared: _score(run, cell, sampled, scope, notes, exact, shared),
+                       finish, held, defer=model.name != to_load[-1])
         behind.start()        # scored beside the next model's loading
         progress.finish(exact_key(model), None)    # no cell needed the reference solution after all
 
@@ -238,9 +243,10 @@ def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], w
     return wanted
 
 
-def _score(run: Sweep, cell, sampled, scope: dict, net, exact: torch.Tensor | None, shared: dict | None) -> dict:
+def _score(run: Sweep, cell, sampled, scope: dict, notes: str | None, exact: torch.Tensor | None,
+           shared: dict | None) -> dict:
     """The cell's record: its sampling columns and metrics (``shared``: those all processes computed), or its
-    error."""
+    error; ``notes``: what the model's loader wants each of its rows to say."""
     error = sampled.error
     if error is None:
         try:
@@ -254,8 +260,8 @@ def _score(run: Sweep, cell, sampled, scope: dict, net, exact: torch.Tensor | No
     else:
         record = {**cell.fields(), **sampled.fields, **values, **scope, "bootstrap": run.plan.bootstrap,
                   "status": "ok", "error": None}
-    if getattr(net, "notes", None):     # what the loader wants every row of the model to say
-        record["notes"] = "; ".join(filter(None, [run.base.get("notes"), net.notes]))
+    if notes:
+        record["notes"] = "; ".join(filter(None, [run.base.get("notes"), notes]))
     return record
 
 
