@@ -144,3 +144,25 @@ def test_a_sweep_scores_beside_the_next_load_never_beside_a_timed_cell(tmp_path,
     stored = [e for e in seen if e[0] == "store"]
     assert len(stored) == 7 and all(end < load[3] for _, _, _, end in stored[:4])   # on disk before it ends
     assert beside.timings["metrics_beside"] > 0 and alone.timings["metrics_beside"] == 0
+
+
+def test_a_failed_model_between_two_scores_its_rows_in_order(tmp_path, monkeypatch):
+    def broken():
+        raise RuntimeError("no weights here")
+
+    cells = [Cell(m, s, n) for m in ("a", "broken", "b") for s, n in (("euler", 1), ("heun", 2))]
+
+    def run(out: str, spare: bool):
+        monkeypatch.setattr(runner, "cores", lambda: 2 if spare else 1)
+        suite = standin("toy2d", "toy2d-behind-failed", {"a": GaussianFlow(torch.tensor([2.0, 0.0]), 0.7),
+                                                         "broken": lambda: broken(),
+                                                         "b": GaussianFlow(torch.tensor([1.0, -1.0]), 0.5)},
+                        cells, num_samples=300, metrics=("w2", "transport_cost"))
+        return runner.run_suite(suite, tmp_path / out, device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                                plots=False, log=lambda msg: None).frame
+
+    alone, beside = run("alone", False), run("beside", True)
+    columns = ["model", "solver", "steps", "status", "error", "w2", "transport_cost"]
+    assert alone[columns].equals(beside[columns])
+    assert list(beside["model"]) == ["independent", "a", "a", "broken", "broken", "b", "b"]
+    assert list(beside["status"]) == ["ok", "ok", "ok", "failed", "failed", "ok", "ok"]
