@@ -120,7 +120,7 @@ def _sweep(run: Sweep, behind: Behind) -> None:
     to_load = [m.name for m in plan.models if not all(c.label in run.resumed for c in plan.grid(m.name))]
     for model in plan.models:
         cells = plan.grid(model.name)
-        if all(cell.label in run.resumed for cell in cells):
+        if model.name not in to_load:       # every cell kept from an earlier run
             for cell in cells if main else ():
                 behind.add(None, lambda _, label=cell.label: _keep(run, label))
             continue
@@ -153,7 +153,6 @@ def _sweep(run: Sweep, behind: Behind) -> None:
                 model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
         scope: dict = {}
         reference: list = []      # the model's own ODE solution for solver_error, made when a cell first needs it
-        exact_held = False        # the reference solution, one tensor for all the model's cells: counted once
         if main:
             progress.status(f"{model.name}: reference flow")
             with run.timed("metrics"):
@@ -184,13 +183,13 @@ def _sweep(run: Sweep, behind: Behind) -> None:
             sampled.fields.update(threads=threads, load_start=load_start, load_end=load_average())
             progress.finish(cell.label, None if sampled.error is not None else
                             sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats)
-            exact, why = None, None
+            exact, why, made = None, None, None
             if ode_cell(cell) and sampled.error is None:   # what deterministic ODE solvers approximate
                 if not reference:
                     progress.status(f"{model.name}: reference solution")
                     with run.timed("metrics"):
-                        exact, why, work = run.evaluation.exact(model.kind, net, run.x0, batch, run.say)
-                    reference.append((exact, why))
+                        made, why, work = run.evaluation.exact(model.kind, net, run.x0, batch, run.say)
+                    reference.append((made, why))
                     progress.finish(exact_key(model), work)
                 exact, why = reference[0]
 
@@ -205,8 +204,8 @@ def _sweep(run: Sweep, behind: Behind) -> None:
                 if record["status"] == "ok" and plan.save_samples:
                     run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
 
-            held = held_bytes(sampled.x, sampled.features, sampled.logits, None if exact_held else exact)
-            exact_held = exact_held or exact is not None
+            # the reference solution is one tensor for all the model's cells: counted in the queue's memory once
+            held = held_bytes(sampled.x, sampled.features, sampled.logits, made)
             behind.add(lambda cell=cell, sampled=sampled, scope=scope, notes=getattr(net, "notes", None), exact=exact,
                        shared=shared: _score(run, cell, sampled, scope, notes, exact, shared),
                        finish, held, defer=model.name != to_load[-1])
