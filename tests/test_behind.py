@@ -115,13 +115,10 @@ def test_a_sweep_scores_beside_the_next_load_never_beside_a_timed_cell(tmp_path,
     monkeypatch.setattr(runner, "_store", recorded("store", runner._store))
 
     def run(out: str, spare: bool):
-        monkeypatch.setattr(runner, "cores", lambda: 2 if spare else 1)
         events.clear()
-        suite = standin("toy2d", "toy2d-behind", {"a": GaussianFlow(torch.tensor([2.0, 0.0]), 0.7),
-                                                  "b": lambda: slow_load()},     # a new source: loaded each run
-                        cells, num_samples=400, metrics=("w2", "energy", "transport_cost", "solver_error"))
-        result = runner.run_suite(suite, tmp_path / out, device="cpu", cache_dir=tmp_path / "cache", progress=False,
-                                  plots=False, log=lambda msg: None)
+        result = _run(tmp_path / out, monkeypatch, spare, {"a": GaussianFlow(torch.tensor([2.0, 0.0]), 0.7),
+                                                           "b": lambda: slow_load()},   # a new source: loaded each run
+                      cells, num_samples=400, metrics=("w2", "energy", "transport_cost", "solver_error"))
         return result, list(events)
 
     alone, _ = run("alone", spare=False)
@@ -153,16 +150,21 @@ def test_a_failed_model_between_two_scores_its_rows_in_order(tmp_path, monkeypat
     cells = [Cell(m, s, n) for m in ("a", "broken", "b") for s, n in (("euler", 1), ("heun", 2))]
 
     def run(out: str, spare: bool):
-        monkeypatch.setattr(runner, "cores", lambda: 2 if spare else 1)
-        suite = standin("toy2d", "toy2d-behind-failed", {"a": GaussianFlow(torch.tensor([2.0, 0.0]), 0.7),
+        return _run(tmp_path / out, monkeypatch, spare, {"a": GaussianFlow(torch.tensor([2.0, 0.0]), 0.7),
                                                          "broken": lambda: broken(),
                                                          "b": GaussianFlow(torch.tensor([1.0, -1.0]), 0.5)},
-                        cells, num_samples=300, metrics=("w2", "transport_cost"))
-        return runner.run_suite(suite, tmp_path / out, device="cpu", cache_dir=tmp_path / "cache", progress=False,
-                                plots=False, log=lambda msg: None).frame
+                    cells, num_samples=300, metrics=("w2", "transport_cost")).frame
 
     alone, beside = run("alone", False), run("beside", True)
     columns = ["model", "solver", "steps", "status", "error", "w2", "transport_cost"]
     assert alone[columns].equals(beside[columns])
     assert list(beside["model"]) == ["independent", "a", "a", "broken", "broken", "b", "b"]
     assert list(beside["status"]) == ["ok", "ok", "ok", "failed", "failed", "ok", "ok"]
+
+
+def _run(out, monkeypatch, spare: bool, models: dict, cells, **changes):
+    """A stand-in toy2d suite of ``models`` run into ``out``, with a spare core for the scoring worker or without."""
+    monkeypatch.setattr(runner, "cores", lambda: 2 if spare else 1)
+    suite = standin("toy2d", "toy2d-behind", models, cells, **changes)
+    return runner.run_suite(suite, out, device="cpu", cache_dir=out.parent / "cache", progress=False, plots=False,
+                            log=lambda msg: None)

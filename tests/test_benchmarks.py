@@ -284,17 +284,10 @@ def test_bench_ddpmpp_evaluation_on_gpu(benchmark, batch, precision, compile_mod
 
 @pytest.fixture(scope="module")
 def toy_cell(request):
-    """A toy2d cell's samples (2,000 when timed, 300 in the test run), their source points and an exact solution."""
-    from rfbench.suites.evaluate import Evaluation
-    from rfbench.suites.plan import RunConfig, make_plan
+    """A toy2d cell's evaluation and inputs (2,000 samples when timed, 300 in the test run)."""
+    from tests.standins import toy2d_cell
 
-    n = 2000 if timed(request.config) else 300
-    plan = make_plan(SUITES["toy2d"], RunConfig(num_samples=n))
-    evaluation = Evaluation(plan, plan.problem.reference(n), None)
-    gen = torch.Generator().manual_seed(0)
-    z1 = plan.problem.reference(n)[5000:5000 + n] + 0.1 * torch.randn(n, 2, generator=gen)
-    inputs = evaluation.inputs(torch.randn(n, 2, generator=gen), z1, exact=z1 + 0.01 * torch.randn(n, 2, generator=gen))
-    return evaluation, inputs, {}
+    return (*toy2d_cell(2000 if timed(request.config) else 300), {})
 
 
 def test_bench_cell_metrics_one_after_another_reference(benchmark, toy_cell, monkeypatch):

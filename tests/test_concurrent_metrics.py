@@ -7,24 +7,15 @@ import dataclasses
 import threading
 
 import pytest
-import torch
 
 import rfbench.suites.evaluate as evaluate
 from rfbench.metrics import METRICS
-from rfbench.suites import SUITES
-from rfbench.suites.evaluate import Evaluation
-from rfbench.suites.plan import RunConfig, make_plan
+from tests.standins import toy2d_cell
 
 
 @pytest.fixture(scope="module")
 def scored():
-    plan = make_plan(SUITES["toy2d"], RunConfig(num_samples=300))
-    evaluation = Evaluation(plan, plan.problem.reference(300), None)
-    gen = torch.Generator().manual_seed(0)
-    z0 = torch.randn(300, 2, generator=gen)
-    z1 = plan.problem.reference(300)[5000:5300] + 0.1 * torch.randn(300, 2, generator=gen)   # not the reference itself
-    exact = z1 + 0.01 * torch.randn(300, 2, generator=gen)
-    return evaluation, evaluation.inputs(z0, z1, exact=exact)
+    return toy2d_cell(300)
 
 
 def test_w2_runs_beside_the_other_metrics_with_the_same_values(scored, monkeypatch):
