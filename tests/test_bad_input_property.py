@@ -90,6 +90,7 @@ API_ARGS = {
 @SETTINGS
 @given(args=st.fixed_dictionaries({}, optional=API_ARGS))
 def test_any_api_argument_is_accepted_or_an_rfbench_error_in_one_line(args):
+    before = _working_runs()
     try:
         config = RunConfig(**args)
         plan, _ = prepare("toy2d", config)
@@ -97,4 +98,10 @@ def test_any_api_argument_is_accepted_or_an_rfbench_error_in_one_line(args):
     except (ValueError, TypeError, UnknownNameError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         assert message and "\n" not in str(message), (args, message)
-    assert not os.path.exists("runs"), "the API wrote into the working folder"
+    assert _working_runs() == before, "the API wrote into the working folder"
+
+
+def _working_runs() -> tuple[bool, set[str]]:
+    """Whether the working folder's runs/ exists and what it holds: the README's main command, run in this checkout
+    before the tests, leaves runs/toy2d there."""
+    return os.path.exists("runs"), _listing(Path("runs"))
