@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import torch
 
+# held while a network is built from torch's global RNG (rfbench.models.build_network, and seeded_init's seeding and
+# building): the sweep may train a model in a worker thread beside another's loading, and a draw by one thread between
+# the other's seeding and its draws would change that network's initial weights
+GLOBAL_RNG = threading.RLock()
 SMALL_MODEL_PARAMS = 5_000_000      # below this, one intra-op thread (see the module docstring)
 DEFAULT_THREADS = torch.get_num_threads()   # torch's own choice, read before rfbench changes it
 

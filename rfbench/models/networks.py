@@ -7,6 +7,7 @@ from dataclasses import asdict
 from rfbench.models.mlp import MLP, MLPConfig
 from rfbench.models.ncsnpp import NCSNpp, NCSNppConfig
 from rfbench.models.unet import UNet, UNetConfig
+from rfbench.threads import GLOBAL_RNG
 
 NETWORKS = {MLPConfig: MLP, UNetConfig: UNet, NCSNppConfig: NCSNpp}
 CONFIG_TYPES = {config.__name__: config for config in NETWORKS}
@@ -16,10 +17,12 @@ NetworkConfig = MLPConfig | UNetConfig | NCSNppConfig
 def build_network(config: NetworkConfig):
     """The network a config describes (an MLP for the 2D suites, a U-Net or DDPM++ for images)."""
     try:
-        return NETWORKS[type(config)](config)
+        network = NETWORKS[type(config)]
     except KeyError:
         raise TypeError(f"no network for config type {type(config).__name__}; known: "
                         f"{', '.join(c.__name__ for c in NETWORKS)}") from None
+    with GLOBAL_RNG:      # its initial weights are drawn from torch's global RNG (see rfbench.threads.GLOBAL_RNG)
+        return network(config)
 
 
 def network_spec(config: NetworkConfig) -> dict:
