@@ -54,6 +54,7 @@ class DDPM(Recipe):
 
     recipe: DDPMRecipe = DDPMRecipe()
     kind = "diffusion"
+    loads_alone = True      # trained from its recipe and the data alone: beside the flows on a spare core
 
     def spec(self) -> dict:
         return {"family": "ddpm", "model": "ddpm", "recipe": asdict(self.recipe)}

@@ -161,6 +161,7 @@ class IndependentDistill(Recipe):
     recipe: FlowRecipe
     kind = "one-step"
     name = "indep-distill"
+    loads_alone = True      # needs no flow, and none builds on it: trained beside the flows on a spare core
 
     def spec(self) -> dict:
         return {"family": "rectified_flow", "model": self.name, "recipe": asdict(self.recipe)}

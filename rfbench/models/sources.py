@@ -81,6 +81,10 @@ class ModelSource:
 
     kind: str = "flow"
     probe: bool = False
+    # loading it needs no other model of its suite and no other model builds on it, and it draws from torch's global
+    # RNG only under rfbench.threads.GLOBAL_RNG (rfbench's build_network and seeded_init do): a sweep with a spare
+    # core may then load (train) it in a worker thread beside the first model's loading
+    loads_alone: bool = False
 
     def describe(self) -> str:
         """One line for ``--list`` and ``--dry-run``."""

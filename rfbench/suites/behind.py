@@ -14,6 +14,11 @@ scored beside, so its cells are scored and stored as each finishes.
 
 The worker runs torch on one intra-op thread and computes a cell's metrics one after another (no second worker
 for w2: :func:`in_worker`): the cores are the main thread's and its.
+
+Before the first model loads, the worker may also train a model that needs no other (:meth:`Behind.beside`; the
+sweep does so for a source marked ``loads_alone``, such as a DDPM beside the rectified flows), on the sweep's loading
+threads: its weights are those of training it in turn (the global RNG is drawn under
+:data:`rfbench.threads.GLOBAL_RNG`), and the sweep waits for it before it times anything, like for the scoring.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import torch
+
+from rfbench.threads import using_threads
 
 PENDING_BYTES = 256 * 2 ** 20      # samples, features and reference solutions held for queued cells
 _WORKER = threading.local()
@@ -45,16 +52,21 @@ class Behind:
     ``enabled`` False (one core; a torchrun, whose processes score together; TF32 sampling, whose process-wide
     matmul precision the worker's exact k-NN products would race with): every job runs at once, in the caller's
     thread, as the sweep did before. ``inline_s``: the seconds of jobs run so; ``busy_s``: the seconds the worker
-    spent scoring and storing, of which ``waited_s`` kept the sweep waiting: the rest ran beside its other work."""
+    spent scoring and storing, of which ``waited_s`` kept the sweep waiting: the rest ran beside its other work;
+    ``trained_s`` and ``train_waited_s`` the same of the models trained beside (:meth:`beside`). ``on_interrupt``:
+    called on Ctrl-C before the worker is waited for (a training job beside stops at its next step)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, on_interrupt: Callable[[], None] | None = None):
         self.enabled = enabled
+        self.on_interrupt = on_interrupt
         self.queued: list[tuple[Callable[[], object] | None, Callable, int]] = []
-        self.started: list[Future] = []
+        self.started: list[tuple[Future, bool]] = []      # (future, whether it trains a model)
         self.pool: ThreadPoolExecutor | None = None
         self.busy_s = 0.0
         self.waited_s = 0.0
         self.inline_s = 0.0
+        self.trained_s = 0.0
+        self.train_waited_s = 0.0
 
     def __enter__(self) -> Behind:
         return self
@@ -64,6 +76,8 @@ class Behind:
         try:
             if interrupted:
                 self.queued.clear()
+                if self.on_interrupt is not None:
+                    self.on_interrupt()
             else:
                 self.settle()     # on an error too: the rows of what was sampled are stored before it propagates
         finally:
@@ -91,10 +105,31 @@ class Behind:
         """Hand every queued job to the worker: it runs them one after another, each followed by its ``then``."""
         if not self.queued:
             return
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(1, thread_name_prefix="rfbench-score", initializer=_worker_start)
-        self.started += [self.pool.submit(self._run, job, then) for job, then, _ in self.queued]
+        self.started += [(self._pool().submit(self._run, job, then), False) for job, then, _ in self.queued]
         self.queued.clear()
+
+    def beside(self, train: Callable[[], object], then: Callable, threads: int) -> None:
+        """Start ``train`` (loading a model that trains from nothing but its recipe) in the worker now, on
+        ``threads`` intra-op threads, then ``then(result)``: after the jobs started before it, before the queued
+        ones. With the queue off: nothing (the sweep loads the model in its turn)."""
+        if not self.enabled:
+            return
+
+        def run():
+            start = time.perf_counter()
+            try:
+                with using_threads(threads):
+                    result = train()
+            finally:
+                self.trained_s += time.perf_counter() - start
+            then(result)
+
+        self.started.append((self._pool().submit(run), True))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="rfbench-behind", initializer=_worker_start)
+        return self.pool
 
     def settle(self) -> None:
         """Start the queued jobs and wait for every job."""
@@ -103,12 +138,17 @@ class Behind:
 
     def wait(self) -> None:
         """Wait for the started jobs (not the queued ones), raising the first error: before anything is timed."""
-        start = time.perf_counter()
-        try:
-            while self.started:
-                self.started.pop(0).result()
-        finally:
-            self.waited_s += time.perf_counter() - start
+        while self.started:
+            future, training = self.started[0]
+            start = time.perf_counter()
+            try:
+                future.result()
+            finally:
+                self.started.pop(0)
+                if training:
+                    self.train_waited_s += time.perf_counter() - start
+                else:
+                    self.waited_s += time.perf_counter() - start
 
     def _run(self, job: Callable[[], object] | None, then: Callable) -> None:
         start = time.perf_counter()

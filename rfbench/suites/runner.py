@@ -42,7 +42,7 @@ GRID_SAMPLES = 16  # images per row of samples_MODEL.png
 GRID_ROWS = 4      # rows (distinct NFEs) per model in samples_MODEL.png
 
 
-TIMINGS = ("training", "sampling", "metrics", "metrics_beside", "total")
+TIMINGS = ("training", "sampling", "metrics", "metrics_beside", "training_beside", "total")
 
 
 @dataclass
@@ -51,7 +51,8 @@ class RunOutput:
     in "training" (loading models: training them and their reflow pairs when not cached), "sampling" (the cells'
     timed runs, their warm-up and feature extraction, the batch size probe), "metrics" (scoring, the reference
     solutions and trajectories, setting up the reference features: the part the run waited for), "metrics_beside"
-    (scoring that ran on a spare core beside the loading of the next model, not counted in the run's time) and
+    (scoring that ran on a spare core beside the loading of the next model, not counted in the run's time),
+    "training_beside" (models trained on a spare core beside another's loading, the same) and
     "total" (the whole run, tables and plots included, so at least the sum of training, sampling and metrics)."""
 
     frame: pd.DataFrame
@@ -104,10 +105,13 @@ def sweep(run: Sweep) -> None:
     A model that cannot be loaded, and a cell that fails (NaN samples, a solver that cannot proceed), are rows with
     their error; the sweep goes on. The bar counts model evaluations (:func:`expect_work`). Each model's cells are
     scored on a spare core while the next model loads (:mod:`rfbench.suites.behind`), never while a cell is timed."""
-    with Behind(run.world.is_main and not run.world.active and cores() >= 2 and run.plan.precision != "tf32") as behind:
+    with Behind(run.world.is_main and not run.world.active and cores() >= 2 and run.plan.precision != "tf32",
+                on_interrupt=run.progress.cancelled.set) as behind:
         _sweep(run, behind)
     run.timings["metrics"] += behind.inline_s + behind.waited_s
     run.timings["metrics_beside"] += max(0.0, behind.busy_s - behind.waited_s)
+    run.timings["training"] += behind.train_waited_s
+    run.timings["training_beside"] += max(0.0, behind.trained_s - behind.train_waited_s)
 
 
 def _sweep(run: Sweep, behind: Behind) -> None:
@@ -118,6 +122,7 @@ def _sweep(run: Sweep, behind: Behind) -> None:
             record = run.evaluation.independent_record(run.x0.cpu(), list(plan.seeds), run.base.get("notes"))
         _store(run, record, INDEPENDENT_FIELDS)
     to_load = [m.name for m in plan.models if not all(c.label in run.resumed for c in plan.grid(m.name))]
+    early = _load_beside(run, behind, to_load, loading_threads)
     for model in plan.models:
         cells = plan.grid(model.name)
         if model.name not in to_load:       # every cell kept from an earlier run
@@ -126,8 +131,12 @@ def _sweep(run: Sweep, behind: Behind) -> None:
             continue
         progress.status(f"{model.name}: loading")
         torch.set_num_threads(loading_threads)
-        with run.timed("training"):
-            net, errors = run.load(model)
+        if model.name in early:
+            behind.wait()        # it was loaded beside an earlier model (its time is counted there)
+            net, errors = early.pop(model.name)
+        else:
+            with run.timed("training"):
+                net, errors = run.load(model)
         for key in run.planned_training.pop(model.name, []):   # expected, but not reported as a job: off the bar
             if key in progress.pending:
                 progress.finish(key, None)
@@ -211,6 +220,21 @@ def _sweep(run: Sweep, behind: Behind) -> None:
                        finish, held, defer=model.name != to_load[-1])
         behind.start()        # scored beside the next model's loading
         progress.finish(exact_key(model), None)    # no cell needed the reference solution after all
+
+
+def _load_beside(run: Sweep, behind: Behind, to_load: list[str], threads: int) -> dict:
+    """Start loading each model that loads alone (:attr:`~rfbench.models.sources.ModelSource.loads_alone`), other
+    than the first to load, in the scoring worker (:meth:`Behind.beside`) when a core is spare beside the loading
+    threads: a DDPM trains beside the rectified flows. Returns the dict its (net, errors) will be put in, by name."""
+    early: dict = {}
+    if not behind.enabled or cores() < 2 * threads or run.base.get("compile", "off") != "off":
+        return early
+    for model in run.plan.models:
+        if model.name in to_load[1:] and model.source.loads_alone:
+            behind.beside(lambda model=model: run.load(model), lambda result, name=model.name: early.update({
+                name: result}), threads)
+            early.setdefault(model.name, None)     # marks it as loading beside; its result replaces this
+    return early
 
 
 def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], world: World) -> list[Wanted]:

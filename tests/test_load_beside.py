@@ -1,0 +1,138 @@
+"""A model that loads alone (a DDPM) trained in the scoring worker beside the first model's loading
+(rfbench.suites.runner._load_beside, Behind.beside): the same weights and rows as training it in turn, nothing
+beside a timed cell, Ctrl-C stops it at its next step, and networks built in two threads at once draw their initial
+weights as they would alone (rfbench.threads.GLOBAL_RNG)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+import torch
+
+import rfbench.suites.runner as runner
+from baselines.ddpm import DDPM, DDPMRecipe
+from baselines.rectified_flow import FlowRecipe, RectifiedFlow
+from rfbench.models import MLPConfig, build_network
+from rfbench.progress import Cancelled, Progress
+from rfbench.suites import SUITES, Cell, SuiteModel
+from rfbench.suites.behind import Behind
+from rfbench.training import TrainConfig, seeded_init
+from tests.problems import GaussianFlow
+from tests.standins import factory
+
+SMALL = TrainConfig(steps=150, batch_size=128, lr=2e-3, ema_decay=0.9, seed=0)
+FLOW = FlowRecipe(net=MLPConfig(hidden=32, depth=2), train=SMALL)
+DIFFUSION = DDPMRecipe(net=MLPConfig(hidden=32, depth=2, time_scale=1 / 1000), train=dataclasses.replace(SMALL, seed=3))
+ROW = ["model", "solver", "steps", "nfe", "status", "w2", "w2_se", "transport_cost", "model_id", "model_checkpoint"]
+
+
+def _run(out, monkeypatch, spare: bool, models, cells, **changes):
+    monkeypatch.setattr(runner, "cores", lambda: 2 if spare else 1)
+    suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-beside", models=tuple(models), cells=tuple(cells),
+                                **{"repeats": 1, "metrics": ("w2", "transport_cost"), **changes})
+    return runner.run_suite(suite, out, device="cpu", cache_dir=out / "cache", progress=False, plots=False,
+                            log=lambda msg: None)
+
+
+def test_a_ddpm_trained_beside_the_flow_has_the_weights_and_rows_of_training_it_in_turn(tmp_path, monkeypatch):
+    models = [SuiteModel("1-rf", RectifiedFlow(1, FLOW)), SuiteModel("ddpm", DDPM(DIFFUSION))]
+    cells = [Cell("1-rf", "euler", 4), Cell("ddpm", "ddim", 8)]
+    alone = _run(tmp_path / "alone", monkeypatch, False, models, cells, num_samples=300)
+    beside = _run(tmp_path / "beside", monkeypatch, True, models, cells, num_samples=300)
+    assert sorted(alone.trained) == sorted(beside.trained) == ["1-rf", "ddpm"]
+    assert alone.timings["training_beside"] == 0 and beside.timings["training_beside"] > 0
+    assert alone.frame[ROW].equals(beside.frame[ROW]) and (beside.frame["status"] == "ok").all()
+    for name in ("1-rf", "ddpm"):       # bit for bit
+        (a,), (b,) = ((tmp_path / run / "cache" / "models").glob(f"{name}-*.pt") for run in ("alone", "beside"))
+        first, second = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+        weights = [key for key, value in first.items() if isinstance(value, dict) and value
+                   and all(isinstance(t, torch.Tensor) for t in value.values())]
+        assert weights and all(torch.equal(first[k][p], second[k][p]) for k in weights for p in first[k])
+
+
+def test_a_model_that_loads_alone_loads_beside_the_first_never_beside_a_timed_cell(tmp_path, monkeypatch):
+    events = []      # (what, thread, start, end)
+
+    def slow(what: str, model):
+        def load():
+            start = time.perf_counter()
+            time.sleep(0.8)
+            events.append((what, threading.get_ident(), start, time.perf_counter()))
+            return model
+        return load
+
+    def models():      # new sources each run (a factory keeps what it loaded)
+        alone = factory(slow("load b", GaussianFlow(torch.tensor([1.0, -1.0]), 0.5)))
+        alone.loads_alone = True
+        return [SuiteModel("a", factory(slow("load a", GaussianFlow(torch.tensor([2.0, 0.0]), 0.7)))),
+                SuiteModel("b", alone)]
+
+    cells = [Cell(m, s, n) for m in ("a", "b") for s, n in (("euler", 1), ("heun", 2))]
+    sample_cell = runner.sample_cell
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return sample_cell(*args, **kwargs)
+        finally:
+            events.append(("sample", threading.get_ident(), start, time.perf_counter()))
+
+    monkeypatch.setattr(runner, "sample_cell", timed)
+    in_turn = _run(tmp_path / "alone", monkeypatch, False, models(), cells, num_samples=300)
+    events.clear()
+    beside = _run(tmp_path / "beside", monkeypatch, True, models(), cells, num_samples=300)
+    assert in_turn.frame[ROW].equals(beside.frame[ROW])
+    load_a, load_b = (next(e for e in events if e[0] == what) for what in ("load a", "load b"))
+    assert load_b[1] != threading.get_ident() == load_a[1]
+    assert load_b[2] < load_a[3] and load_a[2] < load_b[3]          # at the same time
+    for _, _, start, end in (e for e in events if e[0] == "sample"):
+        assert end <= load_b[2] or start >= load_b[3]
+    assert beside.timings["training_beside"] > 0.3
+
+
+def test_ctrl_c_stops_a_training_beside_at_its_next_step():
+    progress = Progress()
+    out = []
+
+    def train():
+        try:
+            with progress.job("training b", 2000) as job:
+                for step in range(1, 2001):
+                    time.sleep(0.005)
+                    job(step)
+            return "finished"
+        except Cancelled as exc:
+            return str(exc)
+
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with Behind(enabled=True, on_interrupt=progress.cancelled.set) as on:
+            on.beside(train, out.append, threads=1)
+            time.sleep(0.2)
+            raise KeyboardInterrupt
+    assert time.perf_counter() - start < 5 and len(out) == 1
+    assert out[0].startswith("training b: stopped at step ") and "interrupted" in out[0]
+    assert "training b" not in progress.pending
+
+
+def test_networks_built_in_two_threads_draw_their_initial_weights_as_alone():
+    config = MLPConfig(hidden=64, depth=3)
+    expected = seeded_init(lambda: build_network(config), 7).state_dict()
+    stop = threading.Event()
+
+    def others():
+        while not stop.is_set():
+            build_network(config)
+
+    thread = threading.Thread(target=others)
+    thread.start()
+    try:
+        for _ in range(100):
+            got = seeded_init(lambda: build_network(config), 7).state_dict()
+            assert all(torch.equal(got[k], expected[k]) for k in expected)
+    finally:
+        stop.set()
+        thread.join()
