@@ -93,6 +93,27 @@ def test_a_model_that_loads_alone_loads_beside_the_first_never_beside_a_timed_ce
     assert beside.timings["training_beside"] > 0.3
 
 
+def test_a_model_that_fails_to_load_beside_fails_its_cells_as_in_turn(tmp_path, monkeypatch):
+    threads = []
+
+    def broken():
+        threads.append(threading.get_ident())
+        raise RuntimeError("no weights here")
+
+    def models():
+        alone = factory(broken)
+        alone.loads_alone = True
+        return [SuiteModel("a", factory(GaussianFlow(torch.tensor([2.0, 0.0]), 0.7))), SuiteModel("broken", alone)]
+
+    cells = [Cell(m, "euler", 2) for m in ("a", "broken")]
+    in_turn = _run(tmp_path / "alone", monkeypatch, False, models(), cells, num_samples=200)
+    beside = _run(tmp_path / "beside", monkeypatch, True, models(), cells, num_samples=200)
+    assert in_turn.frame[ROW + ["error"]].equals(beside.frame[ROW + ["error"]])
+    assert list(beside.frame["status"]) == ["ok", "ok", "failed"]
+    assert "no weights here" in beside.frame["error"].iloc[2]
+    assert threads[-1] != threading.get_ident()       # the second run loaded it in the worker
+
+
 def test_ctrl_c_stops_a_training_beside_at_its_next_step():
     progress = Progress()
     out = []
@@ -136,3 +157,22 @@ def test_networks_built_in_two_threads_draw_their_initial_weights_as_alone():
     finally:
         stop.set()
         thread.join()
+
+
+def test_the_closing_paragraph_says_what_ran_beside_the_training():
+    import types
+    from pathlib import Path
+
+    import pandas as pd
+
+    from rfbench.cli import run_summary
+
+    frame = pd.DataFrame({"model": ["independent", "a"], "status": ["ok", "ok"], "error": [None, None]})
+    timings = {"training": 80.0, "sampling": 20.0, "metrics": 30.0, "metrics_beside": 62.0, "training_beside": 18.0,
+               "total": 135.0}
+    text = run_summary("toy", types.SimpleNamespace(frame=frame, timings=timings, trained=["a"]), Path("out"))
+    assert ("Time 2m15s: training 1m20s, sampling 20s, metrics 30s, tables, plots and the rest 5s; beside the "
+            "training, on a spare core: 18s of training and 1m02s of metrics. Trained a") in text
+    text = run_summary("toy", types.SimpleNamespace(frame=frame, timings={**timings, "training_beside": 0.0}),
+                       Path("out"))
+    assert "on a spare core: 1m02s of metrics. Results" in text
