@@ -56,6 +56,10 @@ class DDPM(Recipe):
     kind = "diffusion"
     loads_alone = True      # trained from its recipe and the data alone: beside the flows on a spare core
 
+    @property
+    def draws_rng_under_lock(self) -> bool:    # build_network and seeded_init; dropout would draw at every step
+        return getattr(self.recipe.net, "dropout", 0) == 0
+
     def spec(self) -> dict:
         return {"family": "ddpm", "model": "ddpm", "recipe": asdict(self.recipe)}
 

@@ -45,6 +45,12 @@ class FlowRecipe:
     pair_batch: int | None = None                                        # pairs generated this many at a time
 
 
+def _no_dropout(recipe: FlowRecipe) -> bool:
+    """Whether training the recipe's networks draws torch's global RNG only where rfbench builds them (under
+    rfbench.threads.GLOBAL_RNG): dropout draws at every step."""
+    return getattr(recipe.net, "dropout", 0) == 0
+
+
 def _spec(problem, recipe: FlowRecipe, name: str, **more) -> dict:
     """The cache spec of a network: everything that determines its weights, the training data's fingerprint
     included."""
@@ -163,6 +169,10 @@ class IndependentDistill(Recipe):
     name = "indep-distill"
     loads_alone = True      # needs no flow, and none builds on it: trained beside the flows on a spare core
 
+    @property
+    def draws_rng_under_lock(self) -> bool:
+        return _no_dropout(self.recipe)
+
     def spec(self) -> dict:
         return {"family": "rectified_flow", "model": self.name, "recipe": asdict(self.recipe)}
 
@@ -192,6 +202,10 @@ class RectifiedFlow(Recipe):
     @property
     def kind(self) -> str:
         return "one-step" if self.distilled else "flow"
+
+    @property
+    def draws_rng_under_lock(self) -> bool:
+        return _no_dropout(self.recipe)
 
     @property
     def name(self) -> str:

@@ -73,16 +73,26 @@ class Behind:
 
     def __exit__(self, kind, exc, tb) -> None:
         interrupted = kind is not None and not issubclass(kind, Exception)   # Ctrl-C: no more scoring
+        if kind is not None and (interrupted or any(training for _, training in self.started)):
+            self._interrupt()      # the run is ending: a model training beside stops at its next step
         try:
             if interrupted:
                 self.queued.clear()
-                if self.on_interrupt is not None:
-                    self.on_interrupt()
             else:
                 self.settle()     # on an error too: the rows of what was sampled are stored before it propagates
+        except BaseException as error:
+            if not isinstance(error, Exception):       # Ctrl-C while the rows were being stored
+                interrupted = True
+                self.queued.clear()
+                self._interrupt()
+            raise
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=interrupted)
+
+    def _interrupt(self) -> None:
+        if self.on_interrupt is not None:
+            self.on_interrupt()
 
     def add(self, job: Callable[[], object] | None, then: Callable, size: int = 0, defer: bool = True) -> None:
         """Queue ``job`` (None: nothing to compute) and ``then(result)`` after it. They run now, in the caller's

@@ -225,9 +225,12 @@ def _sweep(run: Sweep, behind: Behind) -> None:
 def _load_beside(run: Sweep, behind: Behind, to_load: list[str], threads: int) -> dict:
     """Start loading each model that loads alone (:attr:`~rfbench.models.sources.ModelSource.loads_alone`), other
     than the first to load, in the scoring worker (:meth:`Behind.beside`) when a core is spare beside the loading
-    threads: a DDPM trains beside the rectified flows. Returns the dict its (net, errors) will be put in, by name."""
+    threads and every model to load draws torch's global RNG under its lock (``draws_rng_under_lock``): a DDPM trains
+    beside the rectified flows. Returns the dict its (net, errors) will be put in, by name."""
     early: dict = {}
-    if not behind.enabled or cores() < 2 * threads or run.base.get("compile", "off") != "off":
+    sources = [model.source for model in run.plan.models if model.name in to_load]
+    if (not behind.enabled or cores() < 2 * threads or run.base.get("compile", "off") != "off"
+            or not all(source.draws_rng_under_lock for source in sources)):   # their weights could depend on timing
         return early
     for model in run.plan.models:
         if model.name in to_load[1:] and model.source.loads_alone:
@@ -415,7 +418,9 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
                  if plan.suite.independent_row and run.trajectories else None)
         files += plot_paths(run.trajectories, reference.numpy(), apart, out_dir, plot_format, max_paths=PLOT_PATHS)
         files += plot_model_grids(run.grid, Path(out_dir), plot_format, rows=GRID_ROWS, per_row=GRID_SAMPLES)
-    return RunOutput(frame=frame, files=files, trained=list(cache.trained), timings=_total(timings, started),
+    order = {m.name: i for i, m in enumerate(plan.models)}      # a model trained beside others may finish first
+    trained = sorted(cache.trained, key=lambda name: order.get(name, len(order)))
+    return RunOutput(frame=frame, files=files, trained=trained, timings=_total(timings, started),
                      kept=list(run.resumed))
 
 
