@@ -372,7 +372,7 @@ def run_summary(name: str, result, out: Path) -> str:
         beside = [f"{duration(timings[part])} of {what}" for part, what in (
             ("training_beside", "training"), ("metrics_beside", "metrics")) if timings.get(part, 0) >= 0.5]
         if beside:
-            text += f"; beside the training, on a spare core: {' and '.join(beside)}"
+            text += f"; on a spare core beside the main thread: {' and '.join(beside)}"
     trained = getattr(result, "trained", [])
     if trained:
         text += f". Trained {', '.join(trained)} (cached for the next run)"

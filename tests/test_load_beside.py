@@ -191,8 +191,8 @@ def test_the_closing_paragraph_says_what_ran_beside_the_training():
     timings = {"training": 80.0, "sampling": 20.0, "metrics": 30.0, "metrics_beside": 62.0, "training_beside": 18.0,
                "total": 135.0}
     text = run_summary("toy", types.SimpleNamespace(frame=frame, timings=timings, trained=["a"]), Path("out"))
-    assert ("Time 2m15s: training 1m20s, sampling 20s, metrics 30s, tables, plots and the rest 5s; beside the "
-            "training, on a spare core: 18s of training and 1m02s of metrics. Trained a") in text
+    assert ("Time 2m15s: training 1m20s, sampling 20s, metrics 30s, tables, plots and the rest 5s; on a spare core "
+            "beside the main thread: 18s of training and 1m02s of metrics. Trained a") in text
     text = run_summary("toy", types.SimpleNamespace(frame=frame, timings={**timings, "training_beside": 0.0}),
                        Path("out"))
-    assert "on a spare core: 1m02s of metrics. Results" in text
+    assert "beside the main thread: 1m02s of metrics. Results" in text
