@@ -136,7 +136,6 @@ def _safe(source, alone: bool = False):
 @pytest.mark.parametrize("ending", [KeyboardInterrupt, RuntimeError])
 def test_ctrl_c_or_an_error_stops_a_training_beside_at_its_next_step(ending):
     progress = Progress()
-    out = []
 
     def train():
         try:
@@ -151,10 +150,11 @@ def test_ctrl_c_or_an_error_stops_a_training_beside_at_its_next_step(ending):
     start = time.perf_counter()
     with pytest.raises(ending):
         with Behind(enabled=True, on_interrupt=progress.cancelled.set) as on:
-            on.beside(train, out.append, threads=1)
+            future = on.beside(train, threads=1)
             time.sleep(0.2)
             raise ending("the sweep ended")
-    assert time.perf_counter() - start < 5 and len(out) == 1
+    assert time.perf_counter() - start < 5 and future.done()
+    out = [future.result()]
     assert out[0].startswith("training b: stopped at step ") and "interrupted" in out[0]
     assert "training b" not in progress.pending
 

@@ -118,23 +118,17 @@ class Behind:
         self.started += [(self._pool().submit(self._run, job, then), False) for job, then, _ in self.queued]
         self.queued.clear()
 
-    def beside(self, train: Callable[[], object], then: Callable, threads: int) -> None:
+    def beside(self, train: Callable[[], object], threads: int) -> Future:
         """Start ``train`` (loading a model that trains from nothing but its recipe) in the worker now, on
-        ``threads`` intra-op threads, then ``then(result)``: after the jobs started before it, before the queued
-        ones. With the queue off: nothing (the sweep loads the model in its turn)."""
-        if not self.enabled:
-            return
+        ``threads`` intra-op threads, after the jobs started before it and before the queued ones; its future holds
+        what it returns. Only with the queue on."""
+        def job():
+            with using_threads(threads):
+                return train()
 
-        def run():
-            start = time.perf_counter()
-            try:
-                with using_threads(threads):
-                    result = train()
-            finally:
-                self.trained_s += time.perf_counter() - start
-            then(result)
-
-        self.started.append((self._pool().submit(run), True))
+        future = self._pool().submit(self._run, job, None, True)
+        self.started.append((future, True))
+        return future
 
     def _pool(self) -> ThreadPoolExecutor:
         if self.pool is None:
@@ -160,12 +154,18 @@ class Behind:
                 else:
                     self.waited_s += time.perf_counter() - start
 
-    def _run(self, job: Callable[[], object] | None, then: Callable) -> None:
+    def _run(self, job: Callable[[], object] | None, then: Callable | None, training: bool = False) -> object:
         start = time.perf_counter()
         try:
-            then(job() if job is not None else None)
+            result = job() if job is not None else None
+            if then is not None:
+                then(result)
+            return result
         finally:
-            self.busy_s += time.perf_counter() - start
+            if training:
+                self.trained_s += time.perf_counter() - start
+            else:
+                self.busy_s += time.perf_counter() - start
 
 
 def held_bytes(*tensors) -> int:

@@ -133,7 +133,7 @@ def _sweep(run: Sweep, behind: Behind) -> None:
         torch.set_num_threads(loading_threads)
         if model.name in early:
             behind.wait()        # it was loaded beside an earlier model (its time is counted there)
-            net, errors = early.pop(model.name)
+            net, errors = early.pop(model.name).result()
         else:
             with run.timed("training"):
                 net, errors = run.load(model)
@@ -226,18 +226,13 @@ def _load_beside(run: Sweep, behind: Behind, to_load: list[str], threads: int) -
     """Start loading each model that loads alone (:attr:`~rfbench.models.sources.ModelSource.loads_alone`), other
     than the first to load, in the scoring worker (:meth:`Behind.beside`) when a core is spare beside the loading
     threads and every model to load draws torch's global RNG under its lock (``draws_rng_under_lock``): a DDPM trains
-    beside the rectified flows. Returns the dict its (net, errors) will be put in, by name."""
-    early: dict = {}
+    beside the rectified flows. Returns their futures of (net, errors), by name."""
     sources = [model.source for model in run.plan.models if model.name in to_load]
     if (not behind.enabled or cores() < 2 * threads or run.base.get("compile", "off") != "off"
             or not all(source.draws_rng_under_lock for source in sources)):   # their weights could depend on timing
-        return early
-    for model in run.plan.models:
-        if model.name in to_load[1:] and model.source.loads_alone:
-            behind.beside(lambda model=model: run.load(model), lambda result, name=model.name: early.update({
-                name: result}), threads)
-            early.setdefault(model.name, None)     # marks it as loading beside; its result replaces this
-    return early
+        return {}
+    return {model.name: behind.beside(lambda model=model: run.load(model), threads)
+            for model in run.plan.models if model.name in to_load[1:] and model.source.loads_alone}
 
 
 def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], world: World) -> list[Wanted]:
