@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rfbench.models import MLPConfig, UNetConfig, build_network, network_input_shape, network_spec
+from rfbench.models import (MLPConfig, UNetConfig, build_network, draws_rng_only_when_built, network_input_shape,
+                            network_spec)
 from rfbench.models.sources import Recipe
 from rfbench.samplers import sample
 from rfbench.training import (TrainConfig, distill_loss, fit, independent_pairs, paired_batches, rectified_flow_loss,
@@ -43,12 +44,6 @@ class FlowRecipe:
     pair_rtol: float = 1e-5                                              # reflow pairs: rk45 tolerances
     pair_atol: float = 1e-5
     pair_batch: int | None = None                                        # pairs generated this many at a time
-
-
-def _no_dropout(recipe: FlowRecipe) -> bool:
-    """Whether training the recipe's networks draws torch's global RNG only where rfbench builds them (under
-    rfbench.threads.GLOBAL_RNG): dropout draws at every step."""
-    return getattr(recipe.net, "dropout", 0) == 0
 
 
 def _spec(problem, recipe: FlowRecipe, name: str, **more) -> dict:
@@ -171,7 +166,7 @@ class IndependentDistill(Recipe):
 
     @property
     def draws_rng_under_lock(self) -> bool:
-        return _no_dropout(self.recipe)
+        return draws_rng_only_when_built(self.recipe.net)
 
     def spec(self) -> dict:
         return {"family": "rectified_flow", "model": self.name, "recipe": asdict(self.recipe)}
@@ -205,7 +200,7 @@ class RectifiedFlow(Recipe):
 
     @property
     def draws_rng_under_lock(self) -> bool:
-        return _no_dropout(self.recipe)
+        return draws_rng_only_when_built(self.recipe.net)
 
     @property
     def name(self) -> str:

@@ -25,6 +25,12 @@ def build_network(config: NetworkConfig):
         return network(config)
 
 
+def draws_rng_only_when_built(config: NetworkConfig) -> bool:
+    """Whether training the network a config builds draws torch's global RNG only where it is built (under
+    :data:`rfbench.threads.GLOBAL_RNG`, by :func:`build_network`): dropout draws at every step."""
+    return getattr(config, "dropout", 0) == 0
+
+
 def network_spec(config: NetworkConfig) -> dict:
     """A config as a plain dict that names its architecture (for cache keys and checkpoint files)."""
     return {"arch": type(config).__name__, **asdict(config)}
