@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-from rfbench.models import (DiffusionModel, MLPConfig, UNetConfig, alphas_cumprod, build_network,
-                            draws_rng_only_when_built, linear_betas, network_input_shape, network_spec)
+from rfbench.models import (DiffusionModel, MLPConfig, UNetConfig, alphas_cumprod, build_network, linear_betas,
+                            network_input_shape, network_spec)
 from rfbench.models.sources import Recipe
 from rfbench.training import TrainConfig, ddpm_loss, fit, seeded_init
 
@@ -54,11 +54,6 @@ class DDPM(Recipe):
 
     recipe: DDPMRecipe = DDPMRecipe()
     kind = "diffusion"
-    loads_alone = True      # trained from its recipe and the data alone: beside the flows on a spare core
-
-    @property
-    def draws_rng_under_lock(self) -> bool:
-        return draws_rng_only_when_built(self.recipe.net)
 
     def spec(self) -> dict:
         return {"family": "ddpm", "model": "ddpm", "recipe": asdict(self.recipe)}

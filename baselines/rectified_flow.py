@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rfbench.models import (MLPConfig, UNetConfig, build_network, draws_rng_only_when_built, network_input_shape,
-                            network_spec)
+from rfbench.models import MLPConfig, UNetConfig, build_network, network_input_shape, network_spec
 from rfbench.models.sources import Recipe
 from rfbench.samplers import sample
 from rfbench.training import (TrainConfig, distill_loss, fit, independent_pairs, paired_batches, rectified_flow_loss,
@@ -162,11 +161,6 @@ class IndependentDistill(Recipe):
     recipe: FlowRecipe
     kind = "one-step"
     name = "indep-distill"
-    loads_alone = True      # needs no flow, and none builds on it: trained beside the flows on a spare core
-
-    @property
-    def draws_rng_under_lock(self) -> bool:
-        return draws_rng_only_when_built(self.recipe.net)
 
     def spec(self) -> dict:
         return {"family": "rectified_flow", "model": self.name, "recipe": asdict(self.recipe)}
@@ -197,10 +191,6 @@ class RectifiedFlow(Recipe):
     @property
     def kind(self) -> str:
         return "one-step" if self.distilled else "flow"
-
-    @property
-    def draws_rng_under_lock(self) -> bool:
-        return draws_rng_only_when_built(self.recipe.net)
 
     @property
     def name(self) -> str:

@@ -62,11 +62,6 @@ class OTFlow(rfbench.Recipe):
     net: MLPConfig = MLPConfig(hidden=128, depth=4)
     train: TrainConfig = TrainConfig(steps=1500, batch_size=256, lr=2e-3, ema_decay=0.99, seed=7)
     kind = "flow"
-    # it needs no other model and none builds on it, and its network is built by build_network / seeded_init (which
-    # draw torch's global RNG under rfbench's lock; an MLP has no dropout): a run with a spare core may train it
-    # beside the suite's first model
-    loads_alone = True
-    draws_rng_under_lock = True
 
     def spec(self) -> dict:
         return {"family": "ot-cfm", "net": network_spec(self.net), "train": asdict(self.train)}

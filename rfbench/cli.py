@@ -369,10 +369,6 @@ def run_summary(name: str, result, out: Path) -> str:
         other = timings["total"] - sum(timings.get(p, 0) for p in ("training", "sampling", "metrics"))
         text += f". Time {duration(timings['total'])}" + (f": {parts}" if parts else "") + (
             f", tables, plots and the rest {duration(other)}" if other >= 0.5 else "")
-        beside = [f"{duration(timings[part])} of {what}" for part, what in (
-            ("training_beside", "training"), ("metrics_beside", "metrics")) if timings.get(part, 0) >= 0.5]
-        if beside:
-            text += f"; on a spare core beside the main thread: {' and '.join(beside)}"
     trained = getattr(result, "trained", [])
     if trained:
         text += f". Trained {', '.join(trained)} (cached for the next run)"

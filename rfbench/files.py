@@ -11,12 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-
-_UMASK = threading.Lock()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -26,9 +23,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with _UMASK:      # reading the umask sets it: two threads (a model trained beside the sweep) must take turns
-            umask = os.umask(0)
-            os.umask(umask)
+        umask = os.umask(0)      # reading the umask sets it: set it back at once
+        os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             write(fh)

@@ -9,16 +9,13 @@ adaptive solve is put on as an estimate (the NFE last measured for the same kind
 ``ADAPTIVE_NFE_GUESS``) that is corrected when it finishes. The bar's ETA is the work left at the run's average rate.
 
 A job (:meth:`Progress.job`) is shown as a bar of its own where stderr is a terminal, as a plain line every 10% of
-its steps where it is not (CI logs, nohup), and not at all when progress is off. The ledger is shared by the
-threads of a run (a model trained beside the sweep reports from a worker): every change to it holds one lock.
+its steps where it is not (CI logs, nohup), and not at all when progress is off.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
-import threading
 import time
 from typing import Callable
 
@@ -40,19 +37,6 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
-class Cancelled(Exception):
-    """A job stopped because the run was interrupted (Ctrl-C in the main thread while it ran in a worker)."""
-
-
-def _locked(method):
-    """``method`` holding the progress's lock (a worker thread may report beside the sweep)."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self.lock:
-            return method(self, *args, **kwargs)
-    return wrapper
-
-
 class Progress:
     """A run's progress: whether it is shown (``enabled``), where lines go (``say``), whether stderr is a terminal
     (``tty``, read from ``sys.stderr`` when None), and the sweep's ``bar`` (a tqdm bar counted in model evaluations,
@@ -71,25 +55,20 @@ class Progress:
         self.done = 0.0
         self.pending: dict[str, tuple[float, str | None, int]] = {}   # key -> (estimate, adaptive kind, rows)
         self.measured: dict[str, float] = {}  # adaptive kind -> the NFE it last took
-        self.lock = threading.RLock()
-        self.cancelled = threading.Event()    # set on Ctrl-C: a job in another thread stops at its next step
 
     # -- the sweep's bar -------------------------------------------------------------------------------------------
 
-    @_locked
     def status(self, text: str) -> None:
         """What the run is doing now (the bar's postfix)."""
         if self.bar is not None:
             self.bar.set_postfix_str(text)
 
-    @_locked
     def grow(self, work: float) -> None:
         """Work newly known to come (negative: work that will not be done after all)."""
         self.total += work
         if self.bar is not None:
             self.bar.total = self.total        # shown at the bar's next refresh
 
-    @_locked
     def advance(self, work: float) -> None:
         """Work done."""
         self.done += work
@@ -100,7 +79,6 @@ class Progress:
         """The NFE expected of an adaptive solve of ``kind``: the last measured, else ``ADAPTIVE_NFE_GUESS``."""
         return self.measured.get(kind, ADAPTIVE_NFE_GUESS)
 
-    @_locked
     def expect(self, key: str, work: float | None = None, *, adaptive: str | None = None, rows: int = 0) -> None:
         """Put ``key`` on the bar: ``work`` model evaluations, or for an ``adaptive`` solve of ``rows`` samples (kind:
         "rk45", "reference rk45", ...) an estimate, revised whenever a solve of that kind is measured."""
@@ -109,7 +87,6 @@ class Progress:
         self.pending[key] = (estimate, adaptive, rows)
         self.grow(estimate - before)
 
-    @_locked
     def finish(self, key: str, work: float | None) -> None:
         """Take ``key`` off the ledger with the ``work`` it took (None: it was not done; an item never expected is
         added now). A measured adaptive solve revises the estimates of the pending ones of its kind."""
@@ -122,7 +99,6 @@ class Progress:
         if kind is not None and rows:
             self.learn(kind, work / rows)
 
-    @_locked
     def learn(self, kind: str, nfe: float) -> None:
         """An adaptive solve of ``kind`` took ``nfe`` evaluations: the pending ones of its kind are expected alike."""
         self.measured[kind] = nfe
@@ -182,8 +158,6 @@ class Job:
         self.close()
 
     def __call__(self, step: float, loss: float | None = None) -> None:
-        if self.progress.cancelled.is_set():
-            raise Cancelled(f"{self.desc}: stopped at {self.position()} (the run was interrupted)")
         step = min(step, self.total)
         self.progress.advance((step - self.step) * self.work_per_step)
         if self.bar is not None:
@@ -229,8 +203,7 @@ class Job:
         if left > 0:
             self.progress.grow(-left * self.work_per_step)
             self.step = self.total
-        with self.progress.lock:
-            self.progress.pending.pop(self.desc, None)  # its work is on the bar as done (or left the total)
+        self.progress.pending.pop(self.desc, None)  # its work is on the bar as done (or left the total)
 
 
 class Solves(Job):

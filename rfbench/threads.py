@@ -1,25 +1,19 @@
 """How many CPU threads torch uses for a run, and how busy the machine was while a cell was timed.
 
-torch's default (one intra-op thread per core) collapses on a shared machine: on this project's 2-core CI machine,
-beside one other CPU-bound process, a toy MLP step took 116 ms with two threads instead of 2.5 ms with one (47x),
-because the threads spin waiting for each other. Idle, two threads gained at most 1.35x on the digits U-Net (66 vs
-89 ms per batch of 500) and nothing on the toy MLP. So a CPU run defaults to one thread for models below
-:data:`SMALL_MODEL_PARAMS` (every model of the CPU suites) and torch's default for larger ones; ``--threads N``
-overrides both. Every row records its thread count and the load average before and after its timed runs.
+torch's default (one intra-op thread per core) pays off for large networks and collapses for small ones on a
+shared machine, where its threads spin waiting for each other (docs/speed.md has the measurements). So a CPU run
+defaults to one thread for models below :data:`SMALL_MODEL_PARAMS` (every model of the CPU suites) and torch's
+default for larger ones; ``--threads N`` overrides both. Every row records its thread count and the load average
+before and after its timed runs. These are torch's intra-op threads: rfbench starts no thread of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
 
 import torch
 
-# held while a network is built from torch's global RNG (rfbench.models.build_network, and seeded_init's seeding and
-# building): the sweep may train a model in a worker thread beside another's loading, and a draw by one thread between
-# the other's seeding and its draws would change that network's initial weights
-GLOBAL_RNG = threading.RLock()
 SMALL_MODEL_PARAMS = 5_000_000      # below this, one intra-op thread (see the module docstring)
 DEFAULT_THREADS = torch.get_num_threads()   # torch's own choice, read before rfbench changes it
 
@@ -77,12 +71,6 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def spare_core() -> bool:
-    """Whether a core is left beside torch's intra-op threads (they use at most half of the cores): a worker thread
-    can compute beside them without slowing them."""
-    return cores() >= 2 * torch.get_num_threads()
 
 
 def busy_note(start: float | None, end: float | None) -> str | None:

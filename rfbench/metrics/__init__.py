@@ -82,9 +82,6 @@ class Metric:
     # computed by every process of a torchrun together (its fn splits the work over inputs.world; every process
     # passes the same features and gets the same values), not by rank 0 alone
     shared: bool = False
-    # safe to compute in a worker thread beside the cell's other metrics (a pure function of its inputs whose heavy
-    # part releases the GIL): on a spare core the run does so (rfbench.suites.evaluate.Evaluation.cell_metrics)
-    concurrent: bool = False
 
     def __post_init__(self):
         if self.scope not in ("cell", "model"):
@@ -217,8 +214,7 @@ for _metric in (
            scope="model", intervals=(("straightness_se", MEAN_OVER_SEEDS),), needs=("trajectory",), quality=False),
     Metric("w2", ("w2", "w2_se"), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples",
            intervals=(("w2_se", "asymptotic: sd of the samples' optimal dual potentials / sqrt(n) (CLT of del Barrio "
-                                "and Loubes), delta method; reference fixed"),), needs=("reference",),
-           concurrent=True),   # POT's network simplex runs without the GIL: 0.4-0.6 s a cell on 2,000 points
+                                "and Loubes), delta method; reference fixed"),), needs=("reference",)),
     Metric("energy", ("energy", "energy_se"), False, _energy,
            "unbiased energy distance 2E||X-Y|| - E||X-X'|| - E||Y-Y'|| to the held-out target set (10,000 points on "
            "the toy suites): 0 within its error for samples of the target itself, so no finite-sample floor",

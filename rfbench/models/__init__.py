@@ -6,10 +6,10 @@ from rfbench.models.checkpoint import (CheckpointError, load_checkpoint, load_st
 from rfbench.models.diffusion import PREDICTIONS, DiffusionModel, alphas_cumprod, linear_betas
 from rfbench.models.mlp import MLP, MLPConfig
 from rfbench.models.ncsnpp import NCSNpp, NCSNppConfig
-from rfbench.models.networks import build_network, draws_rng_only_when_built, network_input_shape, network_spec
+from rfbench.models.networks import build_network, network_input_shape, network_spec
 from rfbench.models.unet import UNet, UNetConfig
 
 __all__ = ["DiffusionModel", "linear_betas", "alphas_cumprod", "PREDICTIONS", "MLP", "MLPConfig", "UNet",
-           "UNetConfig", "NCSNpp", "NCSNppConfig", "build_network", "draws_rng_only_when_built", "network_spec",
+           "UNetConfig", "NCSNpp", "NCSNppConfig", "build_network", "network_spec",
            "network_input_shape",
            "CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint", "load_state_dict_strict"]

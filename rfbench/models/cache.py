@@ -6,7 +6,6 @@ Used by every trained model's recipe, rfbench's baselines and plugins alike (``c
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,16 +43,7 @@ class Cache:
         self.progress = progress if progress is not None else Progress(say=log)
         self.trained: list[str] = []  # names trained (not loaded) during this run
         self.keys: dict[str, str] = {}  # name -> checkpoint file stem, for the provenance of result rows
-        self._local = threading.local()   # last_key is per thread: the sweep may load two models at once
-
-    @property
-    def last_key(self) -> str | None:
-        """The entry of this thread's last network() call: the model a recipe just loaded."""
-        return getattr(self._local, "last_key", None)
-
-    @last_key.setter
-    def last_key(self, key: str | None) -> None:
-        self._local.last_key = key
+        self.last_key: str | None = None  # the entry of the last network() call: the model a recipe just loaded
 
     def network_path(self, name: str, config: dict) -> Path:
         return self.root / "models" / f"{name}-{config_key(config)}.pt"

@@ -7,7 +7,6 @@ from dataclasses import asdict
 from rfbench.models.mlp import MLP, MLPConfig
 from rfbench.models.ncsnpp import NCSNpp, NCSNppConfig
 from rfbench.models.unet import UNet, UNetConfig
-from rfbench.threads import GLOBAL_RNG
 
 NETWORKS = {MLPConfig: MLP, UNetConfig: UNet, NCSNppConfig: NCSNpp}
 CONFIG_TYPES = {config.__name__: config for config in NETWORKS}
@@ -21,14 +20,7 @@ def build_network(config: NetworkConfig):
     except KeyError:
         raise TypeError(f"no network for config type {type(config).__name__}; known: "
                         f"{', '.join(c.__name__ for c in NETWORKS)}") from None
-    with GLOBAL_RNG:      # its initial weights are drawn from torch's global RNG (see rfbench.threads.GLOBAL_RNG)
-        return network(config)
-
-
-def draws_rng_only_when_built(config: NetworkConfig) -> bool:
-    """Whether training the network a config builds draws torch's global RNG only where it is built (under
-    :data:`rfbench.threads.GLOBAL_RNG`, by :func:`build_network`): dropout draws at every step."""
-    return getattr(config, "dropout", 0) == 0
+    return network(config)
 
 
 def network_spec(config: NetworkConfig) -> dict:

@@ -81,13 +81,6 @@ class ModelSource:
 
     kind: str = "flow"
     probe: bool = False
-    # loading it needs no other model of its suite and no other model builds on it: a sweep with a spare core may
-    # load (train) it in a worker thread beside the first model's loading, when every model it loads draws torch's
-    # global RNG under the lock (below)
-    loads_alone: bool = False
-    # while it loads, it draws torch's global RNG only under rfbench.threads.GLOBAL_RNG (networks built by rfbench's
-    # build_network or seeded_init, no dropout in training): another thread's seeded initialisation cannot be moved
-    draws_rng_under_lock: bool = False
 
     def describe(self) -> str:
         """One line for ``--list`` and ``--dry-run``."""

@@ -9,9 +9,7 @@ elsewhere (``rfbench score``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,8 +23,6 @@ from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
 from rfbench.samplers import SOLVERS, sample
-from rfbench.suites.behind import in_worker
-from rfbench.threads import spare_core
 
 PLOT_PATHS = 300  # trajectories drawn per model
 INDEPENDENT = "independent"
@@ -151,37 +147,17 @@ class Evaluation:
         """The cell-scope metrics on one coupling; model-scope columns (straightness) stay empty here and are filled
         per model by :meth:`model_scope` (the independent coupling has no flow, so they stay empty). Coupling
         metrics of samples without their source points (z0 None: samples made elsewhere) stay empty. ``shared``:
-        the values of the metrics all processes computed together (:meth:`shared_metrics`).
-
-        Where a core is spare (the run's torch threads use at most half of them), the metrics marked
-        :attr:`~rfbench.metrics.Metric.concurrent` (w2's exact solve) run in a worker thread beside the others (not
-        inside the worker that scores behind the sweep, :mod:`rfbench.suites.behind`, which has a core already): the
-        same values, and on toy2d's 2,000 points each cell's metrics take w2's time instead of the sum. A failure
-        is raised as the first failing metric in the suite's order, as when they run one after another."""
-        results: dict[str, dict | Exception] = {}
-        todo = []
+        the values of the metrics all processes computed together (:meth:`shared_metrics`). The metrics run one
+        after another, in the suite's order; the first that fails raises."""
+        values: dict = dict(self.empty)
         for name in self.metrics:
             metric = METRICS[name]
             if shared is not None and name in self.sharing:
-                results[name] = {col: shared[col] for col in metric.columns}
+                values.update({col: shared[col] for col in metric.columns})
             elif metric.scope != "cell" or (inputs.z0 is None and "z0" in metric.needs):
-                results[name] = dict.fromkeys(metric.columns)
+                values.update(dict.fromkeys(metric.columns))
             else:
-                todo.append(name)
-        aside = ([name for name in todo if METRICS[name].concurrent]
-                 if len(todo) > 1 and spare_core() and not in_worker() else [])
-        with ThreadPoolExecutor(len(aside)) if aside else contextlib.nullcontext() as pool:
-            futures = {name: pool.submit(METRICS[name], inputs) for name in aside}
-            for name in todo:
-                if name not in futures:
-                    results[name] = _attempt(METRICS[name], inputs)
-            for name, future in futures.items():
-                results[name] = future.exception() or future.result()
-        values: dict = dict(self.empty)
-        for name in self.metrics:
-            if isinstance(results[name], BaseException):
-                raise results[name]
-            values.update(results[name])
+                values.update(metric(inputs))
         return values
 
     @property
@@ -298,11 +274,3 @@ class Evaluation:
             values["model_metrics_solver"] = f"rk4/{steps}" + (
                 f", first {x0.shape[0]} seeds" if plan.straightness_samples else "")
         return values, ((f"rk4, {steps} steps", traj.states[:, :PLOT_PATHS].numpy()) if plottable else None)
-
-
-def _attempt(metric, inputs: MetricInput) -> dict | BaseException:
-    """A metric's values, or the exception it raised (raised by the caller in the suite's order)."""
-    try:
-        return metric(inputs)
-    except Exception as exc:
-        return exc

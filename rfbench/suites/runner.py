@@ -31,18 +31,17 @@ from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_paths, plot_quality_vs_costs
 from rfbench.results.resume import Wanted, finished_cells, with_samples
 from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
-from rfbench.suites.behind import Behind, held_bytes
 from rfbench.suites.work import exact_key, scope_key, expect_training, expect_work
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import network_fields, probed_batch_size, sample_arrays, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
-from rfbench.threads import DEFAULT_THREADS, busy_note, cores, load_average, threads_for, using_threads
+from rfbench.threads import DEFAULT_THREADS, busy_note, load_average, threads_for, using_threads
 
 GRID_SAMPLES = 16  # images per row of samples_MODEL.png
 GRID_ROWS = 4      # rows (distinct NFEs) per model in samples_MODEL.png
 
 
-TIMINGS = ("training", "sampling", "metrics", "metrics_beside", "training_beside", "total")
+TIMINGS = ("training", "sampling", "metrics", "total")
 
 
 @dataclass
@@ -50,10 +49,8 @@ class RunOutput:
     """A run's table (``frame``), the files written, the models trained (not loaded), and ``timings``: seconds spent
     in "training" (loading models: training them and their reflow pairs when not cached), "sampling" (the cells'
     timed runs, their warm-up and feature extraction, the batch size probe), "metrics" (scoring, the reference
-    solutions and trajectories, setting up the reference features: the part the run waited for), "metrics_beside"
-    (scoring that ran on a spare core beside the loading of the next model, not counted in the run's time),
-    "training_beside" (models trained on a spare core beside another's loading, the same) and
-    "total" (the whole run, tables and plots included, so at least the sum of training, sampling and metrics)."""
+    solutions and trajectories, setting up the reference features) and "total" (the whole run, tables and plots
+    included, so at least the sum of training, sampling and metrics)."""
 
     frame: pd.DataFrame
     files: list[Path] = field(default_factory=list)
@@ -101,138 +98,119 @@ def _timed(timings: dict[str, float], part: str):
 
 
 def sweep(run: Sweep) -> None:
-    """Every cell of every model: kept from an earlier run, or sampled, scored and stored as soon as it finishes.
-    A model that cannot be loaded, and a cell that fails (NaN samples, a solver that cannot proceed), are rows with
-    their error; the sweep goes on. The bar counts model evaluations (:func:`expect_work`). Each model's cells are
-    scored on a spare core while the next model loads (:mod:`rfbench.suites.behind`), never while a cell is timed."""
-    with Behind(run.world.is_main and not run.world.active and cores() >= 2 and run.plan.precision != "tf32",
-                on_interrupt=run.progress.cancelled.set) as behind:
-        _sweep(run, behind)
-    run.timings["metrics"] += behind.inline_s + behind.waited_s
-    run.timings["metrics_beside"] += max(0.0, behind.busy_s - behind.waited_s)
-    run.timings["training"] += behind.train_waited_s
-    run.timings["training_beside"] += max(0.0, behind.trained_s - behind.train_waited_s)
-
-
-def _sweep(run: Sweep, behind: Behind) -> None:
-    plan, main, progress = run.plan, run.world.is_main, run.progress
-    loading_threads = torch.get_num_threads()
+    """The run in three phases, one after another in this process: **train** (load or train every model that has a
+    cell to compute, in the plan's order), then for each model's cells **sample** (timed, with nothing else running)
+    and **score** (its metrics from its samples; the row is stored as soon as it is scored, so a run stopped
+    half-way keeps every finished cell). A model that cannot be loaded, and a cell that fails (NaN samples, a solver
+    that cannot proceed), are rows with their error; the sweep goes on. The bar counts model evaluations
+    (:func:`expect_work`)."""
+    plan, main = run.plan, run.world.is_main
     if plan.independent_row and main and not _keep(run, INDEPENDENT):
         with run.timed("metrics"):
             record = run.evaluation.independent_record(run.x0.cpu(), list(plan.seeds), run.base.get("notes"))
         _store(run, record, INDEPENDENT_FIELDS)
-    to_load = [m.name for m in plan.models if not all(c.label in run.resumed for c in plan.grid(m.name))]
-    early = _load_beside(run, behind, to_load, loading_threads)
+    loaded = {model.name: _train(run, model) for model in plan.models
+              if not all(cell.label in run.resumed for cell in plan.grid(model.name))}
     for model in plan.models:
-        cells = plan.grid(model.name)
-        if model.name not in to_load:       # every cell kept from an earlier run
-            for cell in cells if main else ():
-                behind.add(None, lambda _, label=cell.label: _keep(run, label))
+        if model.name not in loaded:       # every cell kept from an earlier run: the model is not even loaded
+            for cell in plan.grid(model.name) if main else ():
+                _keep(run, cell.label)
             continue
-        progress.status(f"{model.name}: loading")
-        torch.set_num_threads(loading_threads)
-        if model.name in early:
-            behind.wait()        # it was loaded beside an earlier model (its time is counted there)
-            net, errors = early.pop(model.name).result()
+        net, error = loaded.pop(model.name)
+        if error is not None:
+            _failed_model(run, model, error)
         else:
-            with run.timed("training"):
-                net, errors = run.load(model)
-        for key in run.planned_training.pop(model.name, []):   # expected, but not reported as a job: off the bar
-            if key in progress.pending:
-                progress.finish(key, None)
-        if errors:   # a failure for each of its cells, and on with the next model
-            run.say(f"{model.name}: could not load or train: {errors[0]}")
-            for key in [scope_key(model), exact_key(model)] + [cell.label for cell in cells]:
-                progress.finish(key, None)
-            for cell in cells if main else ():
-                behind.add(None, lambda _, cell=cell, error=errors[0], model=model: _keep(run, cell.label) or _store(
-                    run, {**cell.fields(), **empty_metrics(plan.metrics), "status": "failed",
-                          "error": f"model: {error}"}, cell.fields(), model))
+            _sample_and_score(run, model, net)
+
+
+def _train(run: Sweep, model: SuiteModel) -> tuple[object, str | None]:
+    """The train phase for one model: (the network, None) loaded from the cache or trained, or (None, why not)."""
+    run.progress.status(f"{model.name}: loading")
+    with run.timed("training"):
+        net, errors = run.load(model)
+    for key in run.planned_training.pop(model.name, []):   # expected, but not reported as a job: off the bar
+        if key in run.progress.pending:
+            run.progress.finish(key, None)
+    return net, errors[0] if errors else None
+
+
+def _failed_model(run: Sweep, model: SuiteModel, error: str) -> None:
+    """A failed row for each cell of a model that could not be loaded (a cell kept from an earlier run stays)."""
+    run.say(f"{model.name}: could not load or train: {error}")
+    cells = run.plan.grid(model.name)
+    for key in [scope_key(model), exact_key(model)] + [cell.label for cell in cells]:
+        run.progress.finish(key, None)
+    for cell in cells if run.world.is_main else ():
+        if not _keep(run, cell.label):
+            _store(run, {**cell.fields(), **empty_metrics(run.plan.metrics), "status": "failed",
+                         "error": f"model: {error}"}, cell.fields(), model)
+
+
+def _sample_and_score(run: Sweep, model: SuiteModel, net) -> None:
+    """One loaded model's cells: each sampled (timed), then scored and stored."""
+    plan, main, progress = run.plan, run.world.is_main, run.progress
+    cells = plan.grid(model.name)
+    for cell in cells:      # NFE that depend on the model (edm-heun: 2N + 1 where the path ends short of sigma 0)
+        nfe = cell_nfe(cell, net)
+        if nfe is not None and cell.label in progress.pending:
+            progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats)
+    threads = threads_for(net, run.threads, run.device)
+    torch.set_num_threads(threads)     # for this model's cells, reference flow and solution (restored by run_suite)
+    with run.timed("sampling"):
+        batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
+            model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
+    scope: dict = {}
+    reference: list = []      # the model's own ODE solution for solver_error, made when a cell first needs it
+    if main:
+        progress.status(f"{model.name}: reference flow")
+        with run.timed("metrics"):
+            scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say)
+        progress.finish(scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
+        if plot is not None:
+            run.trajectories[model.name] = plot
+    images = run.evaluation.images
+    for cell in cells:
+        if cell.label in run.resumed:
+            if main:
+                _keep(run, cell.label)
             continue
-        for cell in cells:      # NFE that depend on the model (edm-heun: 2N + 1 where the path ends short of sigma 0)
-            nfe = cell_nfe(cell, net)
-            if nfe is not None and cell.label in progress.pending:
-                progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats)
-        threads = threads_for(net, run.threads, run.device)
-        torch.set_num_threads(threads)     # for this model's cells, reference flow and solution (restored by run_suite)
-        if plan.auto_batch:
-            behind.wait()    # the probe reads the device's free and peak memory, which scoring would move
+        progress.status(cell.label)
+        load_start = load_average()
         with run.timed("sampling"):
-            batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
-                model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
-        scope: dict = {}
-        reference: list = []      # the model's own ODE solution for solver_error, made when a cell first needs it
-        if main:
-            progress.status(f"{model.name}: reference flow")
+            sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
+                                  run.world, extract=images.extract if images is not None else None,
+                                  precision=plan.precision, compiled=run.base.get("compile", "off") != "off")
+        shared, shared_error = None, None
+        if run.evaluation.sharing and sampled.error is None:   # every process takes a share of the k-NN work
             with run.timed("metrics"):
-                scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say)
-            progress.finish(scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
-            if plot is not None:
-                run.trajectories[model.name] = plot
-        for cell in cells:
-            if cell.label in run.resumed:
-                if main:
-                    behind.add(None, lambda _, label=cell.label: _keep(run, label))
-                continue
-            progress.status(cell.label)
-            images = run.evaluation.images
-            behind.wait()        # the previous model's scoring ends before this model's first timed run
-            load_start = load_average()
-            with run.timed("sampling"):
-                sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
-                                      run.world, extract=images.extract if images is not None else None,
-                                      precision=plan.precision, compiled=run.base.get("compile", "off") != "off")
-            shared, shared_error = None, None
-            if run.evaluation.sharing and sampled.error is None:   # every process takes a share of the k-NN work
+                shared, shared_error = run.evaluation.shared_metrics(sampled.features, run.world)
+        if not main:
+            continue
+        sampled.error = sampled.error or shared_error
+        sampled.fields.update(threads=threads, load_start=load_start, load_end=load_average())
+        progress.finish(cell.label, None if sampled.error is not None else
+                        sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats)
+        exact, why = None, None
+        if ode_cell(cell) and sampled.error is None:   # what deterministic ODE solvers approximate
+            if not reference:
+                progress.status(f"{model.name}: reference solution")
                 with run.timed("metrics"):
-                    shared, shared_error = run.evaluation.shared_metrics(sampled.features, run.world)
-            if not main:
-                continue
-            sampled.error = sampled.error or shared_error
-            sampled.fields.update(threads=threads, load_start=load_start, load_end=load_average())
-            progress.finish(cell.label, None if sampled.error is not None else
-                            sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats)
-            exact, why, made = None, None, None
-            if ode_cell(cell) and sampled.error is None:   # what deterministic ODE solvers approximate
-                if not reference:
-                    progress.status(f"{model.name}: reference solution")
-                    with run.timed("metrics"):
-                        made, why, work = run.evaluation.exact(model.kind, net, run.x0, batch, run.say)
-                    reference.append((made, why))
-                    progress.finish(exact_key(model), work)
-                exact, why = reference[0]
-
-            def finish(record: dict, cell=cell, sampled=sampled, why=why, model=model, images=images):
-                busy = busy_note(sampled.fields.get("load_start"), sampled.fields.get("load_end"))
-                for note in (why, busy) if record["status"] == "ok" else ():
-                    if note is not None:
-                        record["notes"] = "; ".join(filter(None, [record.get("notes", run.base.get("notes")), note]))
-                key = _store(run, record, cell.fields(), model)
-                if record["status"] == "ok" and images is not None:
-                    run.grid[cell.label] = (model.name, float(record["nfe"]), sampled.x[:GRID_SAMPLES].numpy())
-                if record["status"] == "ok" and plan.save_samples:
-                    run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
-
-            # the reference solution is one tensor for all the model's cells: counted in the queue's memory once
-            held = held_bytes(sampled.x, sampled.features, sampled.logits, made)
-            behind.add(lambda cell=cell, sampled=sampled, scope=scope, notes=getattr(net, "notes", None), exact=exact,
-                       shared=shared: _score(run, cell, sampled, scope, notes, exact, shared),
-                       finish, held, defer=model.name != to_load[-1])
-        behind.start()        # scored beside the next model's loading
-        progress.finish(exact_key(model), None)    # no cell needed the reference solution after all
-
-
-def _load_beside(run: Sweep, behind: Behind, to_load: list[str], threads: int) -> dict:
-    """Start loading each model that loads alone (:attr:`~rfbench.models.sources.ModelSource.loads_alone`), other
-    than the first to load, in the scoring worker (:meth:`Behind.beside`) when a core is spare beside the loading
-    threads and every model to load draws torch's global RNG under its lock (``draws_rng_under_lock``): a DDPM trains
-    beside the rectified flows. Returns their futures of (net, errors), by name."""
-    sources = [model.source for model in run.plan.models if model.name in to_load]
-    if (not behind.enabled or cores() < 2 * threads or run.base.get("compile", "off") != "off"
-            or not all(source.draws_rng_under_lock for source in sources)):   # their weights could depend on timing
-        return {}
-    return {model.name: behind.beside(lambda model=model: run.load(model), threads)
-            for model in run.plan.models if model.name in to_load[1:] and model.source.loads_alone}
+                    made, made_why, work = run.evaluation.exact(model.kind, net, run.x0, batch, run.say)
+                reference.append((made, made_why))
+                progress.finish(exact_key(model), work)
+            exact, why = reference[0]
+        with run.timed("metrics"):
+            record = _score(run, cell, sampled, scope, getattr(net, "notes", None), exact, shared)
+        busy = busy_note(load_start, sampled.fields["load_end"])
+        for note in (why, busy) if record["status"] == "ok" else ():
+            if note is not None:
+                record["notes"] = "; ".join(filter(None, [record.get("notes", run.base.get("notes")), note]))
+        key = _store(run, record, cell.fields(), model)
+        if record["status"] == "ok" and images is not None:
+            run.grid[cell.label] = (model.name, float(record["nfe"]), sampled.x[:GRID_SAMPLES].numpy())
+        if record["status"] == "ok" and plan.save_samples:
+            run.store.write_samples(key, sample_arrays(sampled.x, plan.seeds, images is not None))
+    progress.finish(exact_key(model), None)    # no cell needed the reference solution after all
 
 
 def wanted_cells(plan: Plan, base: dict, identities: dict[str, ModelIdentity], world: World) -> list[Wanted]:
@@ -413,9 +391,7 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
                  if plan.suite.independent_row and run.trajectories else None)
         files += plot_paths(run.trajectories, reference.numpy(), apart, out_dir, plot_format, max_paths=PLOT_PATHS)
         files += plot_model_grids(run.grid, Path(out_dir), plot_format, rows=GRID_ROWS, per_row=GRID_SAMPLES)
-    order = {m.name: i for i, m in enumerate(plan.models)}      # a model trained beside others may finish first
-    trained = sorted(cache.trained, key=lambda name: order.get(name, len(order)))
-    return RunOutput(frame=frame, files=files, trained=trained, timings=_total(timings, started),
+    return RunOutput(frame=frame, files=files, trained=list(cache.trained), timings=_total(timings, started),
                      kept=list(run.resumed))
 
 

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from rfbench.threads import GLOBAL_RNG
 
 # batch(generator, batch_size) -> (x0, x1) on the CPU
 PairSampler = Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]
@@ -42,9 +41,8 @@ class TrainConfig:
 
 
 def seeded_init(make: Callable[[], nn.Module], seed: int) -> nn.Module:
-    """Build a network with its initial weights drawn from ``seed``, leaving the global RNG untouched (and no other
-    thread drawing from it meanwhile: :data:`rfbench.threads.GLOBAL_RNG`)."""
-    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+    """Build a network with its initial weights drawn from ``seed``, leaving the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make()
 
