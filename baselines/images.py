@@ -26,10 +26,10 @@ FAST_STEPS = (2, 4, 8, 16)          # DPM-Solver++(2M) and UniPC: NFE = steps; D
 EDM_STEPS = (2, 4, 8)               # EDM's Heun: NFE 3, 7, 15 on the flows, 5, 9, 17 on the DDPM
 
 # digits (8x8): a 177k-parameter U-Net (~100 ms per training step of 128 on 2 cores), sized so the whole suite runs
-# in about 12 minutes from a cold cache. 1,500 steps of 1-RF gave heun-8 FID 8.6 and rk45 FID 6.0 against the
-# training set (1,000 samples; held-out real images give 13.4 on 360 images), so 1,200 lose little. Reflow and
-# distillation start from the parent's weights and converge fast (reflow loss 0.46 after 1,000 steps). Reflow
-# pairs with rk45 at rtol = atol = 1e-3 (38 NFE, against ~250 at 1e-5).
+# in minutes on 2 CPU cores from a cold cache (docs/speed.md). 1,500 steps of 1-RF gave heun-8 FID 8.6 and rk45
+# FID 6.0 against the training set (1,000 samples; held-out real images give 13.4 on 360 images), so 1,200 lose
+# little. Reflow and distillation start from the parent's weights and converge fast (reflow loss 0.46 after 1,000
+# steps). Reflow pairs with rk45 at rtol = atol = 1e-3 (38 NFE, against ~250 at 1e-5).
 DIGITS_RECIPE = FlowRecipe(
     net=UNetConfig(image_size=8, in_channels=1, channels=16, channel_mult=(1, 2), num_res_blocks=1,
                    attn_resolutions=(4,)),

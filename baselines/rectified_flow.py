@@ -100,8 +100,8 @@ def flow_pairs(k: int, model, spec: dict, recipe: FlowRecipe, problem, cache,
 
     def build():
         # fresh source points, independent of the evaluation seeds and of the training set (which holds num_train
-        # points, fewer than num_pairs may ask for)
-        # (on a Gaussian source exactly the noise drawn before this was fixed)
+        # points, fewer than num_pairs may ask for); a standard Gaussian source's sample() draws exactly
+        # torch.randn((num_pairs, *shape), generator=gen), the same numbers as the noise branch below
         gen = torch.Generator().manual_seed(problem.data_seed + 100 + k)
         source = getattr(problem, "source", None)      # a toy problem's pi0; image problems start from noise
         z0 = (source.sample(recipe.num_pairs, gen) if source is not None

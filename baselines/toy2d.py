@@ -21,7 +21,8 @@ FAST_STEPS = (2, 4, 8, 16)          # DPM-Solver++, UniPC: NFE = steps
 EDM_STEPS = (2, 4, 8)               # EDM's Heun: NFE 3, 7, 15 on the flows, 5, 9, 17 on the DDPM
 COUPLING_METRICS = ("crossing_prob", "transport_cost", "straightness", "w2", "energy", "solver_error")
 
-# Sized for the 2-core CPU: the whole toy2d suite, training included, in under 3 minutes from a cold cache.
+# Sized for a 2-core CPU: the whole toy2d suite, training included, in a few minutes from a cold cache
+# (docs/speed.md has the measured times).
 # EMA decay 0.99: with 2-3k steps, 0.999 averages over a third of training and lags the cosine-annealed weights
 # (measured on toy2d-transfer 1-RF, w2 to held-out data: 0.98 with EMA 0.999 against 0.38 for the raw weights).
 # Depth 4 and 3,000 reflow steps on 30,000 pairs: with depth 3 and 2,000 steps on 20,000 pairs, fitting error made
@@ -93,7 +94,7 @@ TOY2D_TRANSFER = register_suite(Suite(
 # 10,000 samples: crossing probability's standard error is set by the samples, not the draws (metrics/coupling.py),
 # and 2-RF -> 3-RF differs by about 0.001. w2 is left out (its exact solve on 10,000 points costs minutes per cell);
 # the energy distance scores sample quality. Chosen among 14 candidate problems by the crossing rate of 1-RF and
-# the resolution of each reflow's drop (issue 17's note).
+# the resolution of each reflow's drop.
 RINGS_STEPS = (1, 2, 4, 8, 16)
 TOY2D_RINGS = register_suite(Suite(
     name="toy2d-rings",

@@ -122,7 +122,7 @@ def test_transfer_suite_straightens_a_data_to_data_coupling(tmp_path):
                     reason="trains six models (about 3.5 minutes on 2 CPU cores; the CI test run must stay under 10 "
                            "minutes); set RFBENCH_FULL_SUITES=1 to run it")
 def test_rings_resolves_each_reflow_and_the_distillation_experiment(tmp_path):
-    """toy2d-rings: each claim of the README's claims table as a paired comparison resolved by 3 standard errors
+    """toy2d-rings: each claim of docs/claims.md's table as a paired comparison resolved by 3 standard errors
     (rfbench compare on the run's saved samples), in the direction the paper reports."""
     from rfbench.suites.compare import compare_cells
     out = tmp_path / "out"

@@ -6,7 +6,7 @@
   speed, so an Euler step of size 1/N is exactly the official Euler sampler (``dt = 1/N``, times
   ``i/N (1 - t_min) + t_min``); a one-step model is z0 + v(z0, t_min). The official RK45 sampler integrates the
   same field over (t_min, 1) at unit speed, i.e. 0.1 % less time than here: rk45 rows are not the official ODE to
-  the last digit (Euler and one-step rows are); see the README's cifar section.
+  the last digit (Euler and one-step rows are); see docs/suites.md (cifar).
 * :class:`VPSDEFlow`: the probability-flow ODE of score-SDE's continuous VP or sub-VP SDE (Song et al. 2021,
   ``sde_lib.VPSDE`` / ``subVPSDE``, beta from 0.1 to 20), whose network predicts -score * std from labels
   ``t_sde * 999``. SDE time runs from 1 (noise) to eps = 1e-3, as score_sde's ODE sampler: flow time s maps to
