@@ -21,8 +21,8 @@ from rfbench.distributed import World, env_world_size
 from rfbench.metrics import column_directions
 from rfbench.metrics.features import find_inception_weights
 from rfbench.files import folder_problem
-from rfbench.models.cache import Cache, PlanningCache, default_cache_dir
-from rfbench.models.sources import LoadContext, Recipe, as_source
+from rfbench.models.cache import Cache, default_cache_dir
+from rfbench.models.sources import LoadContext, as_source
 from rfbench.plugins import load_plugins
 from rfbench.registry import UnknownNameError
 from rfbench.results.gate import (K_SIGMA, RETRAIN_FLOOR, GateMismatch, GateResult, Tolerance, check_comparable,
@@ -164,7 +164,7 @@ def input_problems(plan: Plan, config: RunConfig, log: Callable[[str], None] = l
     if out is not None:
         missing += [line for line in [folder_problem(out, "--out", "the run's results")] if line]
     cache_dir = config.cache_dir if config.cache_dir is not None else default_cache_dir()
-    if _trains(plan, cache_dir):    # a cache that holds every model may be read-only (a shared one)
+    if plan.trains:    # a cache that holds every model may be read-only (a shared one)
         line = folder_problem(cache_dir, "--cache", "the trained models")
         if line is not None:
             missing.append(line if config.cache_dir is not None else f"{line} (the default cache: set "
@@ -175,23 +175,6 @@ def input_problems(plan: Plan, config: RunConfig, log: Callable[[str], None] = l
     def load(model):
         return model.source.load(LoadContext(plan.suite, cache, device, log))
     return missing + model_problems(plan, load=load if env_world_size() <= 1 else None, device=device)
-
-
-def _trains(plan: Plan, cache_dir) -> bool:
-    """Whether the run will train a model or make reflow pairs (writing into the cache): a planning pass of each
-    recipe (:class:`~rfbench.models.cache.PlanningCache`, which trains nothing); a recipe whose plan fails is
-    taken to train."""
-    planning = PlanningCache(cache_dir)
-    for model in plan.models:
-        if not isinstance(model.source, Recipe):
-            continue
-        try:
-            model.source.load(LoadContext(plan.suite, planning, torch.device("cpu"), lambda msg: None))
-        except Exception:
-            return True
-        if planning.to_train:
-            return True
-    return False
 
 
 def execute(plan: Plan, config: RunConfig, out: str | Path, gate: Gate | None = None, *, progress: bool = True,

@@ -35,6 +35,14 @@ def parameter_count(model) -> int | None:
     return None
 
 
+def training_threads(requested: int | None, device: torch.device) -> int:
+    """The intra-op threads a run trains and sets up on: ``requested`` if given, else one on the CPU (where each
+    model then samples on :func:`threads_for`) and torch's default on a GPU."""
+    if requested is not None:
+        return requested
+    return 1 if device.type == "cpu" else DEFAULT_THREADS
+
+
 def threads_for(model, requested: int | None, device: torch.device) -> int:
     """The intra-op threads to sample ``model`` with: ``requested`` if given; on the CPU one for a small (or unknown)
     model and torch's default for a large one; on a GPU torch's default (the CPU only feeds it)."""

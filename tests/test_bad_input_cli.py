@@ -418,15 +418,14 @@ class CachedRecipe(Recipe):
 def test_a_cache_that_holds_every_model_need_not_be_writable(tmp_path):
     import dataclasses
 
-    from rfbench.api import _trains
     from rfbench.models.cache import Cache
     from rfbench.models.sources import LoadContext
     from rfbench.suites import SUITES, SuiteModel
     from rfbench.suites.plan import RunConfig, make_plan
     suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-cached", models=(SuiteModel("1-rf", CachedRecipe()),),
                                 cells=tuple(c for c in SUITES["toy2d"].cells if c.model == "1-rf")[:1])
-    plan = make_plan(suite, RunConfig())
-    assert _trains(plan, tmp_path / "cache")
+    config = RunConfig(cache_dir=str(tmp_path / "cache"))
+    assert make_plan(suite, config).trains
     CachedRecipe().load(LoadContext(suite, Cache(tmp_path / "cache", log=lambda m: None), torch.device("cpu"),
                                     lambda m: None))
-    assert not _trains(plan, tmp_path / "cache")
+    assert not make_plan(suite, config).trains

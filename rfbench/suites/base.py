@@ -85,7 +85,9 @@ class Suite:
     ``independent_row`` adds a row for the independent coupling (X0 ~ pi0, X1 ~ pi1 drawn separately), the
     reference point of the coupling metrics and, for w2, the floor set by sampling noise. ``steps``: per solver
     kind ("fixed", "discrete"), the step counts of solvers a run adds (``--solvers``) to a model that has no cells
-    of that kind.
+    of that kind. ``skip_metrics``: (metric, solvers) pairs; the metric's columns stay empty on the cells of those
+    solvers, where it costs more than it tells (toy2d: w2's exact solve on the fast solvers' cells, which sit at
+    w2's sampling floor and which solver_error ranks).
     """
 
     name: str
@@ -109,6 +111,7 @@ class Suite:
     bootstrap: int = 0              # replicates of the resampled standard errors (fid, is, recall, kid; 0: none)
     repeats: int = 1                # timed runs per cell (wall_clock_s: their median); more where sampling is cheap
     steps: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    skip_metrics: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self):
         models = tuple(self.models)
@@ -152,6 +155,10 @@ class Suite:
             if kind not in ("fixed", "discrete") or not counts or min(counts) < 1:
                 raise ValueError(f"suite {self.name}: steps maps 'fixed' or 'discrete' to step counts >= 1, got "
                                  f"{kind!r}: {counts!r}")
+        for metric, solvers in self.skip_metrics:
+            if metric not in METRICS or isinstance(solvers, str) or any(s not in SOLVERS for s in solvers):
+                raise ValueError(f"suite {self.name}: skip_metrics pairs a metric ({', '.join(METRICS.names())}) "
+                                 f"with a tuple of registered solvers, got {metric!r}: {solvers!r}")
         check_cells(self.name, self.cells, names)
         if not hasattr(self.problem, "shape") or not hasattr(self.problem, "initial"):
             raise TypeError(f"suite {self.name}: problem must have a shape and initial(seeds) (a ToyProblem, an "
@@ -173,6 +180,10 @@ class Suite:
 
     def grid(self, model: str) -> list[Cell]:
         return [c for c in self.cells if c.model == model]
+
+    def skipped(self, cell: Cell) -> tuple[str, ...]:
+        """The metrics left empty on ``cell`` (:attr:`skip_metrics`)."""
+        return tuple(metric for metric, solvers in self.skip_metrics if cell.solver in solvers)
 
     def template(self, kind: str) -> list[Cell]:
         """The cells a model of ``kind`` gets when a run adds one: those of the suite's first model of that kind."""

@@ -2,9 +2,9 @@
 model evaluations they need and an estimate of the time, from the earlier cells in the run's folder or from a short
 measured probe of the model's network.
 
-Nothing is trained: recipes are built through a :class:`PlanningCache`, which says whether each network is in the
-cache (and how long training it would take when it is not) and hands out an untrained network of the same
-architecture, which costs the same to evaluate.
+Nothing is trained: what each recipe would train is the plan's (:attr:`~rfbench.suites.plan.Plan.training`), and
+the probe evaluates an untrained network of the same architecture (built through a :class:`PlanningCache`), which
+costs the same to evaluate.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from rfbench.suites.base import Cell, cell_nfe, ode_cell
 from rfbench.suites.evaluate import INDEPENDENT, Evaluation
 from rfbench.suites.plan import Plan, metric_columns
 from rfbench.suites.runner import wanted_cells
+from rfbench.threads import threads_for, training_threads, using_threads
 
 PROBE_EVALS = 5          # timed evaluations of a model's network at the run's batch shape (after one untimed)
 TRAIN_STEP_EVALS = TRAIN_EVALS_PER_SAMPLE     # a training step of batch B: about 3 B evaluations (forward + backward)
@@ -190,11 +191,11 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
     if plan.save_samples:     # as the run: a kept cell without its samples is sampled again
         kept = with_samples(store, kept, exempt=(INDEPENDENT,))
     models, counted, probed = [], set(), {}
+    training = dict(plan.training)
     evaluation = Evaluation(plan, None, None)
     shape_only = torch.empty((plan.num_samples, *plan.problem.shape), device="meta")   # no memory
     for model in plan.models:
         est = ModelEstimate(model.name, model.source.describe())
-        cache.to_train = []
         net = None
         missing = model.source.missing(model.name)
         if all(cell.label in kept for cell in plan.grid(model.name)):
@@ -202,12 +203,12 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
         elif missing is not None:
             est.error = missing
         else:
+            est.training = [job for job in training.get(model.name) or () if job.name not in counted]   # once
+            counted.update(job.name for job in est.training)
             try:
                 net = model.source.load(LoadContext(plan.suite, cache, device, lambda msg: None))
             except Exception as exc:
                 est.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-        est.training = [job for job in cache.to_train if job.name not in counted]   # a parent is trained once
-        counted.update(job.name for job in cache.to_train)
         for cell in plan.grid(model.name):
             est.cells.append(CellEstimate(cell, cell.label in kept, _known_nfe(cell, net, stored_nfe)))
         if est.to_compute:      # as the run: the reference trajectory, and the reference solution for ODE cells
@@ -226,12 +227,14 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
                     if isinstance(net, torch.nn.Module) else id(net))
             try:
                 if arch not in probed:       # the same network architecture costs the same: probed once
-                    probed[arch] = _probe(net, plan, batch, device)
+                    with using_threads(threads_for(net, plan.threads, device)):    # as the run samples it
+                        probed[arch] = _probe(net, plan, batch, device)
                 est.seconds_per_batch_eval = probed[arch]
                 est.basis = f"a probe: the fastest of {PROBE_EVALS} evaluations of a batch of {batch} on {dev}"
                 for size in sorted({job.batch_size for job in est.training if job.steps and job.batch_size}):
                     if (arch, size) not in probed:
-                        probed[(arch, size)] = _probe(net, plan, size, device, train=True)
+                        with using_threads(training_threads(plan.threads, device)):    # as the run trains it
+                            probed[(arch, size)] = _probe(net, plan, size, device, train=True)
                     est.seconds_per_train_step[size] = probed[(arch, size)]
                 if est.seconds_per_train_step:
                     est.basis += " and of forward + backward passes at the training batch"

@@ -143,19 +143,20 @@ class Evaluation:
             inputs = self.images.inputs(z0, z1, features, logits, bootstrap=self.plan.bootstrap)
         return dataclasses.replace(inputs, exact=exact) if exact is not None else inputs
 
-    def cell_metrics(self, inputs: MetricInput, shared: dict | None = None) -> dict:
+    def cell_metrics(self, inputs: MetricInput, shared: dict | None = None, skip: tuple[str, ...] = ()) -> dict:
         """The cell-scope metrics on one coupling; model-scope columns (straightness) stay empty here and are filled
         per model by :meth:`model_scope` (the independent coupling has no flow, so they stay empty). Coupling
         metrics of samples without their source points (z0 None: samples made elsewhere) stay empty. ``shared``:
-        the values of the metrics all processes computed together (:meth:`shared_metrics`). The metrics run one
-        after another, in the suite's order; the first that fails raises."""
+        the values of the metrics all processes computed together (:meth:`shared_metrics`); ``skip``: metrics left
+        empty (:attr:`~rfbench.suites.Suite.skip_metrics`). The metrics run one after another, in the suite's order;
+        the first that fails raises."""
         values: dict = dict(self.empty)
         for name in self.metrics:
             metric = METRICS[name]
-            if shared is not None and name in self.sharing:
-                values.update({col: shared[col] for col in metric.columns})
-            elif metric.scope != "cell" or (inputs.z0 is None and "z0" in metric.needs):
+            if metric.scope != "cell" or name in skip or (inputs.z0 is None and "z0" in metric.needs):
                 values.update(dict.fromkeys(metric.columns))
+            elif shared is not None and name in self.sharing:
+                values.update({col: shared[col] for col in metric.columns})
             else:
                 values.update(metric(inputs))
         return values

@@ -19,10 +19,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 
 from rfbench.data.registry import DATASETS
 from rfbench.metrics import METRICS
-from rfbench.models.sources import MODELS, ModelFile, ModelSource
+from rfbench.models.cache import PlanningCache, Training, default_cache_dir
+from rfbench.models.sources import MODELS, LoadContext, ModelFile, ModelSource, Recipe
 from rfbench.models.speed import check_compile_mode
 from rfbench.samplers import SOLVERS
 from rfbench.samplers.grids import GRIDS, SPACINGS, check_grid
@@ -124,6 +126,15 @@ class Plan:
     notes: tuple[str, ...] = ()
     threads: int | None = None   # --threads (None: rfbench.threads decides per model)
     precision: str = "fp32"      # --dtype: the network evaluations' arithmetic
+    # per recipe model, what the cache lacked when the plan was made: the networks to train and the reflow pairs to
+    # generate (:func:`plan_training`; None: its planning pass failed, and the run says why in the model's rows)
+    training: tuple[tuple[str, tuple[Training, ...] | None], ...] = ()
+
+    @property
+    def trains(self) -> bool:
+        """Whether the run will train a model or make reflow pairs (write into the cache); a recipe whose planning
+        pass failed is taken to train."""
+        return any(jobs is None or jobs for _, jobs in self.training)
 
     @property
     def name(self) -> str:
@@ -233,7 +244,27 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                 extractor=extractor, fallback_extractor=fallback,
                 reference_file=None if config.reference_file is None else str(config.reference_file),
                 save_samples=config.save_samples, notes=notes, threads=config.threads,
-                precision=config.precision)
+                precision=config.precision, training=plan_training(definition, models, config.cache_dir))
+
+
+def plan_training(suite: Suite, models, cache_dir=None) -> tuple[tuple[str, tuple[Training, ...] | None], ...]:
+    """What each recipe model would train that the cache (``cache_dir``, else the default) lacks: one planning pass
+    of its recipe through a :class:`~rfbench.models.cache.PlanningCache`, which trains nothing and builds untrained
+    networks. A network or pair set that several models need (1-RF's, for 2-RF and 3-RF) is listed under each (a
+    reader counts it once). The input checks, ``--dry-run`` and the progress bar all read this one pass."""
+    planning = PlanningCache(cache_dir if cache_dir is not None else default_cache_dir())
+    out = []
+    for model in models:
+        if not isinstance(model.source, Recipe):
+            continue
+        planning.to_train = []
+        try:
+            model.source.load(LoadContext(suite, planning, torch.device("cpu"), lambda msg: None))
+        except Exception:       # the real load says what is wrong, in the model's rows
+            out.append((model.name, None))
+            continue
+        out.append((model.name, tuple(planning.to_train)))
+    return tuple(out)
 
 
 def models_kind(models, name: str) -> str:

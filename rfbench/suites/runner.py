@@ -35,7 +35,7 @@ from rfbench.suites.work import exact_key, scope_key, expect_training, expect_wo
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import network_fields, probed_batch_size, sample_arrays, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
-from rfbench.threads import DEFAULT_THREADS, busy_note, load_average, threads_for, using_threads
+from rfbench.threads import busy_note, load_average, threads_for, training_threads, using_threads
 
 GRID_SAMPLES = 16  # images per row of samples_MODEL.png
 GRID_ROWS = 4      # rows (distinct NFEs) per model in samples_MODEL.png
@@ -250,7 +250,8 @@ def _score(run: Sweep, cell, sampled, scope: dict, notes: str | None, exact: tor
     if error is None:
         try:
             values = run.evaluation.cell_metrics(run.evaluation.inputs(run.x0.cpu(), sampled.x, sampled.features,
-                                                                        sampled.logits, exact), shared)
+                                                                        sampled.logits, exact), shared,
+                                                 skip=run.plan.suite.skipped(cell))
         except Exception as exc:  # a failed cell is a row with its error; the sweep goes on
             error = f"{type(exc).__name__}: {exc}"
     if error is not None:
@@ -302,8 +303,7 @@ def run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig | None
     """
     config = dataclasses.replace(config or RunConfig(), **options)
     device = resolve_device(config.device)
-    # training and setting up on one CPU thread unless told otherwise; each model then samples on threads_for(...)
-    with using_threads(config.threads or (1 if device.type == "cpu" else DEFAULT_THREADS)):
+    with using_threads(training_threads(config.threads, device)):     # each model then samples on threads_for(...)
         return _run_suite(suite, out_dir, config, progress=progress, plots=plots, log=log, world=world,
                           plot_format=plot_format)
 
@@ -374,7 +374,7 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
                 f"again (--force recomputes them)")
     expect_work(run)
     if shown.enabled:
-        expect_training(run, cache.root)
+        expect_training(run)
     sweep(run)
     shown.bar.close()
     if not main:

@@ -4,10 +4,7 @@ of every model the cache lacks."""
 
 from __future__ import annotations
 
-import torch
-
-from rfbench.models.cache import PlanningCache
-from rfbench.models.sources import LoadContext, Recipe
+from rfbench.progress import TRAIN_EVALS_PER_SAMPLE
 from rfbench.suites.base import SuiteModel, cell_nfe, ode_cell
 
 
@@ -43,26 +40,19 @@ def expect_work(run) -> None:
                 progress.expect(cell.label, nfe * n * plan.repeats)
 
 
-def expect_training(run, cache_root) -> None:
+def expect_training(run) -> None:
     """Put the training of every recipe model the run will load on the bar before it starts, so that the ETA
-    includes it from the first second: a planning pass (:class:`~rfbench.suites.estimate.PlanningCache`, which
-    trains nothing) says which networks are not in the cache, with their steps and batch sizes. A job that starts
-    replaces its estimate (the key is its description, ``training NAME``)."""
-    from rfbench.progress import TRAIN_EVALS_PER_SAMPLE
-    planning = PlanningCache(cache_root)
-    for model in run.plan.models:
-        if not isinstance(model.source, Recipe) or all(c.label in run.resumed for c in run.plan.grid(model.name)):
-            continue
-        planning.to_train = []
-        try:
-            model.source.load(LoadContext(run.plan.suite, planning, torch.device("cpu"), lambda msg: None))
-        except Exception:       # the real load says what is wrong, in the model's rows
+    includes it from the first second: the plan's training jobs (:func:`~rfbench.suites.plan.plan_training`), with
+    their steps and batch sizes. A job that starts replaces its estimate (the key is its description, ``training
+    NAME``)."""
+    for name, jobs in run.plan.training:
+        if not jobs or all(c.label in run.resumed for c in run.plan.grid(name)):
             continue
         keys = []
-        for job in planning.to_train:
+        for job in jobs:
             if job.steps and job.batch_size:
                 key = f"training {job.name}"
                 if key not in run.progress.pending:
                     run.progress.expect(key, job.steps * TRAIN_EVALS_PER_SAMPLE * job.batch_size)
                 keys.append(key)
-        run.planned_training[model.name] = keys
+        run.planned_training[name] = keys
