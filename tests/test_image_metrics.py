@@ -93,12 +93,10 @@ def test_kid_equals_clean_fid_on_full_sets_and_is_seeded():
     assert ours > 10 * abs(same)
 
 
-def test_kid_full_kernel_route_equals_the_per_subset_loop(monkeypatch):
-    from rfbench.metrics import image
+def test_kid_full_kernel_route_equals_the_per_subset_loop():
     a, b = _features(500, 24, 3), _features(700, 24, 4, shift=0.2)
     fast = kid(a, b, num_subsets=20, subset_size=200, seed=5)
-    monkeypatch.setattr(image, "KID_FULL_KERNEL_ROWS", 0)       # force the loop over subsets
-    loop = kid(a, b, num_subsets=20, subset_size=200, seed=5)
+    loop = kid(a, b, num_subsets=20, subset_size=200, seed=5, full_kernel_rows=0)     # the loop over subsets
     assert fast == pytest.approx(loop, rel=1e-10, abs=1e-12)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from rfbench.metrics import (METRICS, MetricInput, interval_methods, kid_with_se, knn_radii,
                              precision_recall, recall_se, straightness, w2_with_se)
-from rfbench.metrics.image import _kernel, half_sample_values
+from rfbench.metrics.image import half_sample_values
 
 
 def _eight_gaussians(n: int, rng: np.random.Generator, radius: float = 4.0, sd: float = 0.3,
@@ -36,8 +36,11 @@ def test_kid_jackknife_is_the_delete_one_jackknife_and_matches_the_spread():
     a, b = rng.normal(size=(40, 6)), rng.normal(size=(40, 6)) + 0.4
     value, se = kid_with_se(a, b, num_subsets=1, subset_size=1000)   # one subset = the full sets
 
+    def kernel(x, y):   # KID's cubic polynomial kernel, (x.y / D + 1)^3
+        return (x @ y.T / x.shape[1] + 1) ** 3
+
     def u(x):   # the unbiased MMD^2 of x against b, written out
-        kxx, kxy, kyy = _kernel(x, x, 6), _kernel(x, b, 6), _kernel(b, b, 6)
+        kxx, kxy, kyy = kernel(x, x), kernel(x, b), kernel(b, b)
         m, k = len(x), len(b)
         return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (k * (k - 1))
                 - 2 * kxy.mean())
@@ -54,14 +57,12 @@ def test_kid_jackknife_is_the_delete_one_jackknife_and_matches_the_spread():
     assert kid_with_se(a, b, with_se=False)[1] is None
 
 
-def test_kid_standard_error_by_row_blocks_equals_the_full_kernel_route(monkeypatch):
-    from rfbench.metrics import image
+def test_kid_standard_error_by_row_blocks_equals_the_full_kernel_route():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(120, 5)), rng.normal(size=(90, 5)) + 0.2
     full = kid_with_se(a, b, num_subsets=10, subset_size=60, seed=4)
-    monkeypatch.setattr(image, "KID_FULL_KERNEL_ROWS", 0)      # the per-subset loop and blocked row sums
-    monkeypatch.setattr(image, "_block_rows", lambda n_cols, max_bytes, itemsize: 7)
-    blocked = kid_with_se(a, b, num_subsets=10, subset_size=60, seed=4)
+    # the per-subset loop, and row sums in blocks of 7 rows (7 float64 rows of 120 columns in 6,720 bytes)
+    blocked = kid_with_se(a, b, num_subsets=10, subset_size=60, seed=4, full_kernel_rows=0, max_bytes=7 * 8 * 120)
     np.testing.assert_allclose(blocked, full, rtol=1e-10)
 
 

@@ -194,21 +194,30 @@ def fid(features_a, features_b) -> float:
 
 # -- KID ---------------------------------------------------------------------------------------------------------
 
-def kid(features_a, features_b, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
+def kid(features_a, features_b, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0, *,
+        full_kernel_rows: int | None = None) -> float:
     """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 with the cubic polynomial kernel
     k(x, y) = (x.y / D + 1)^3, averaged over ``num_subsets`` random subsets of ``min(subset_size, N, M)`` rows
-    from each set (drawn without replacement, seeded)."""
-    return kid_with_se(features_a, features_b, num_subsets, subset_size, seed, with_se=False)[0]
+    from each set (drawn without replacement, seeded). ``full_kernel_rows``: as in :func:`kid_with_se`."""
+    return kid_with_se(features_a, features_b, num_subsets, subset_size, seed, with_se=False,
+                       full_kernel_rows=full_kernel_rows)[0]
 
 
 def kid_with_se(features_a, features_b, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0,
-                with_se: bool = True) -> tuple[float, float | None]:
+                with_se: bool = True, *, full_kernel_rows: int | None = None,
+                max_bytes: int = 256 * 2**20) -> tuple[float, float | None]:
     """:func:`kid` of samples ``features_a`` against a fixed reference ``features_b``, and its standard error.
 
     The subset average estimates the full-set unbiased MMD^2 U-statistic U; its variance over the samples is
     Var(U) + the subsets' own noise. Var(U) is the delete-one jackknife of U over the sample rows, in closed form
     from the kernel row sums (O(N (N + M) D), no resampling); the subsets' noise is their variance / num_subsets.
-    The standard error is None with fewer than 3 sample rows."""
+    The standard error is None with fewer than 3 sample rows.
+
+    How it is computed, not what (the same subsets and sums either way, equal up to rounding): with at most
+    ``full_kernel_rows`` rows in each set (default :data:`KID_FULL_KERNEL_ROWS`) the full kernel matrices are
+    built once; above it each subset's kernels are built in turn and the row sums in blocks of rows whose float64
+    kernel block stays within ``max_bytes``."""
+    full_kernel_rows = KID_FULL_KERNEL_ROWS if full_kernel_rows is None else full_kernel_rows
     a = _as_features(features_a, "features_a")
     b = _as_features(features_b, "features_b")
     if a.shape[1] != b.shape[1]:
@@ -222,13 +231,13 @@ def kid_with_se(features_a, features_b, num_subsets: int = 100, subset_size: int
     rng = np.random.default_rng(seed)
     subsets = [(rng.choice(a.shape[0], m, replace=False), rng.choice(b.shape[0], m, replace=False))
                for _ in range(num_subsets)]
-    if max(a.shape[0], b.shape[0]) <= KID_FULL_KERNEL_ROWS:
+    if max(a.shape[0], b.shape[0]) <= full_kernel_rows:
         kaa, kbb, kab = _kernel(a, a, d), _kernel(b, b, d), _kernel(a, b, d)
         values = _kid_from_full_kernels(kaa, kbb, kab, subsets, m)
         sums = (kaa.sum(1) - np.diag(kaa), kab.sum(1)) if with_se else None
     else:
         values = np.array([_kid_subset(a[ia], b[ib], d) for ia, ib in subsets])
-        sums = _kernel_row_sums(a, b, d) if with_se else None
+        sums = _kernel_row_sums(a, b, d, max_bytes) if with_se else None
     value = float(values.mean())
     if sums is None or a.shape[0] < 3:
         return value, None
@@ -251,7 +260,7 @@ def _kid_subset(x: np.ndarray, y: np.ndarray, d: int) -> float:
     return ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
 
 
-def _kernel_row_sums(a: np.ndarray, b: np.ndarray, d: int, max_bytes: int = 256 * 2**20,
+def _kernel_row_sums(a: np.ndarray, b: np.ndarray, d: int, max_bytes: int,
                      device: str | torch.device | None = None) -> tuple[np.ndarray, ...]:
     """Per row of ``a``: the kernel summed over the other rows of ``a``, and over the rows of ``b``, in row blocks
     (never the full N x N matrix), float64 on ``device`` (default CUDA when available: 50,000 x 50,000 x 2048-d
