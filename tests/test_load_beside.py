@@ -16,6 +16,7 @@ import rfbench.suites.runner as runner
 from baselines.ddpm import DDPM, DDPMRecipe
 from baselines.rectified_flow import FlowRecipe, RectifiedFlow
 from rfbench.models import MLPConfig, build_network
+from rfbench.models.sources import ModelIdentity, ModelSource
 from rfbench.progress import Cancelled, Progress
 from rfbench.suites import SUITES, Cell, SuiteModel
 from rfbench.suites.behind import Behind
@@ -64,9 +65,9 @@ def test_a_model_that_loads_alone_loads_beside_the_first_never_beside_a_timed_ce
             return model
         return load
 
-    def models():      # new sources each run (a factory keeps what it loaded); b loads longer than a
-        return [SuiteModel("a", _safe(factory(slow("load a", GaussianFlow(torch.tensor([2.0, 0.0]), 0.7), 0.2)))),
-                SuiteModel("b", _safe(factory(slow("load b", GaussianFlow(torch.tensor([1.0, -1.0]), 0.5), 1.5)),
+    def models():      # b loads longer than a
+        return [SuiteModel("a", _safe(Loads(slow("load a", GaussianFlow(torch.tensor([2.0, 0.0]), 0.7), 0.2)))),
+                SuiteModel("b", _safe(Loads(slow("load b", GaussianFlow(torch.tensor([1.0, -1.0]), 0.5), 1.5)),
                                       alone=True))]
 
     cells = [Cell(m, s, n) for m in ("a", "b") for s, n in (("euler", 1), ("heun", 2))]
@@ -124,6 +125,20 @@ def test_a_first_model_that_may_draw_the_rng_unlocked_keeps_the_others_in_turn(t
     out = _run(tmp_path / "run", monkeypatch, True, models, [Cell(m, "euler", 2) for m in ("a", "b")],
                num_samples=200)
     assert threads == [threading.get_ident()] and out.timings["training_beside"] == 0
+
+
+class Loads(ModelSource):
+    """A stand-in source known without loading it, as a recipe is (a factory is loaded before the sweep, for its
+    id): the sweep loads it, with ``load()``."""
+
+    def __init__(self, load):
+        self.load_fn = load
+
+    def identity(self, suite) -> ModelIdentity:
+        return ModelIdentity("stand-in", "stand-in")
+
+    def load(self, ctx):
+        return self.load_fn()
 
 
 def _safe(source, alone: bool = False):
