@@ -1,6 +1,7 @@
 """A model's identity covers the weights it loads: a factory (``--model NAME=module:factory``) whose file was
 retrained between two runs of the same command is recomputed, and the gate refuses to compare across the change;
-an unchanged factory keeps its cells; a factory may state its own id."""
+an unchanged factory keeps its cells; a factory may state its own id; the gate refuses a model object whose
+weights changed."""
 
 from __future__ import annotations
 
@@ -116,3 +117,18 @@ def test_a_factory_that_states_its_id_is_known_by_it(tmp_path, factory):
     messages: list[str] = []
     _run(out, f"{module}:stated", messages)
     assert _kept(messages) == 3
+
+
+def test_the_gate_refuses_a_model_object_whose_weights_changed(tmp_path, factory):
+    module = factory((0.5, 0.5))
+    net = __import__(module).make()
+    out = tmp_path / "out"
+    first = _run(out, net)
+    assert first.loc[first["model"] == "mine", "model_id"].str.fullmatch(r"object:Shift@weights:[0-9a-f]{12}").all()
+    _run(tmp_path / "again", net, check=out / "results.csv", fail_on=["w2:+0"])     # the same weights: compared
+    with torch.no_grad():
+        net.velocity.add_(0.5)
+    with pytest.raises(ValueError, match=r"^the run is not comparable with the baseline \(model mine model_id: "
+                                         r"baseline 'object:Shift@weights:\w{12}', run 'object:Shift@weights:\w{12}'"):
+        _run(tmp_path / "changed", net, check=out / "results.csv", fail_on=["w2:+0"])     # refused before the run
+    assert not (tmp_path / "changed").exists()

@@ -379,8 +379,10 @@ class Factory(ModelSource):
 
 
 class ModelObject(ModelSource):
-    """A model object already in memory (a flow ``model(x, t)`` or a DiffusionModel). rfbench cannot identify its
-    weights, so its cells are never kept by a resumed run."""
+    """A model object already in memory (a flow ``model(x, t)`` or a DiffusionModel). Its id is its class and the
+    sha1 of its parameters and buffers (or the ``model_id`` it states, as a factory's model may), so the gate
+    refuses to compare across changed weights; rfbench cannot identify the rest of it (its code), so its cells are
+    never kept by a resumed run."""
 
     def __init__(self, model: Any, kind: str | None = None):
         if model is None or not callable(model):
@@ -396,7 +398,12 @@ class ModelObject(ModelSource):
 
     def identity(self, suite) -> ModelIdentity:
         name = type(self.model).__qualname__
-        return ModelIdentity("python object", f"object:{name}", None, resumable=False)
+        stated = stated_id(self.model, f"model object {name}")
+        if stated is None:
+            weights = weights_sha1(self.model)
+            stated = None if weights is None else f"weights:{weights[:12]}"
+        return ModelIdentity("python object", f"object:{name}" + (f"@{stated}" if stated else ""), None,
+                             resumable=False)
 
     def input_shape(self, suite) -> tuple[int, ...] | None:
         shape = getattr(self.model, "input_shape", None)
