@@ -135,8 +135,9 @@ def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None =
         expected = pd.DataFrame([{"model": "any", "suite": plan.name, "suite_version": plan.version,
                                   "n_samples": plan.num_samples, "seeds": seeds}])
         check_comparable(expected, gate.baseline.drop(columns=["extractor", "reference"], errors="ignore"))
+        # a factory's id covers the weights it loads (Factory.identify): compared after the run, once loaded
         check_models({m.name: {"model_id": m.source.identity(plan.suite).id} for m in plan.models
-                      if m.source.missing(m.name) is None}, gate.baseline)
+                      if m.source.missing(m.name) is None and not m.source.identified_by_loading}, gate.baseline)
     device = resolve_device(config.device)
     if env_world_size() > 1 and device.type == "cuda" and device.index is not None:
         raise ValueError(f"--device {config.device}: under torchrun each process uses the GPU of its local rank; "

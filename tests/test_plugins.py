@@ -275,8 +275,8 @@ def test_the_gate_refuses_a_changed_recipe(tmp_path):
     baseline = pd.DataFrame([{"model": "1-rf", "model_id": "recipe:aaaaaaaaaaaa"}, {"model": "independent"}])
     check_models({"1-rf": {"model_id": "recipe:aaaaaaaaaaaa"}}, baseline)
     with pytest.raises(GateMismatch, match=r"model 1-rf model_id: baseline 'recipe:aaaaaaaaaaaa', run "
-                                           r"'recipe:bbbbbbbbbbbb'\); a changed recipe or model file needs a new "
-                                           r"baseline"):
+                                           r"'recipe:bbbbbbbbbbbb'\); a changed model \(its recipe, file or "
+                                           r"weights\) needs a new baseline"):
         check_models({"1-rf": {"model_id": "recipe:bbbbbbbbbbbb"}}, baseline)
     recorded = pd.read_csv(ROOT / "results" / "toy2d.csv")
     ids = recorded.dropna(subset=["model_id"]).groupby("model")["model_id"].first().to_dict()

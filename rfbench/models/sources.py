@@ -2,8 +2,8 @@
 
 A :class:`ModelSource` says what kind of model it gives (``flow``: sampled by ODE solvers; ``one-step``: a
 distilled map, one Euler step; ``diffusion``: a :class:`~rfbench.models.DiffusionModel`, sampled by ddim, ddpm and
-its probability-flow ODE), what it is (:class:`ModelIdentity`: part of every cell's key, so a changed recipe or
-file is another cell, and the regression gate refuses to compare across it), the shape of one input (checked
+its probability-flow ODE), what it is (:class:`ModelIdentity`: part of every cell's key, so a changed recipe, file or
+loaded weights is another cell, and the regression gate refuses to compare across it), the shape of one input (checked
 against the suite before any work) and how to load it (:meth:`ModelSource.load`).
 
 The kinds of source:
@@ -20,9 +20,12 @@ The kinds of source:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,7 @@ from rfbench.models.checkpoint import config_hash, jsonable
 from rfbench.models.diffusers_folder import folder_sha1
 from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
                                     load_model_file, sniff)
-from rfbench.protocols import is_diffusion_model
+from rfbench.protocols import is_diffusion_model, network_module
 from rfbench.registry import Registry
 
 ModelKind = Literal["flow", "one-step", "diffusion"]
@@ -89,6 +92,15 @@ class ModelSource:
     def identity(self, suite) -> ModelIdentity:
         raise NotImplementedError
 
+    # its identity covers the weights it loads only once it is loaded (a factory): :meth:`identify` loads it, and the
+    # gate's check before a run leaves it to the check after it
+    identified_by_loading: bool = False
+
+    def identify(self, ctx: LoadContext) -> ModelIdentity:
+        """Its identity in a run's rows and cell keys: :meth:`identity`, for a source whose identity does not need
+        it loaded."""
+        return self.identity(ctx.suite)
+
     def input_shape(self, suite) -> tuple[int, ...] | None:
         """The shape of one input sample, known without loading the model (None: probe the loaded model)."""
         return None
@@ -127,6 +139,33 @@ class Recipe(ModelSource):
 def content_sha1(path: str | Path) -> str:
     """SHA-1 of a model file, or of a diffusers folder's configs and weights."""
     return folder_sha1(path) if Path(path).is_dir() else sha1_files(path)
+
+
+def weights_sha1(model: Any) -> str | None:
+    """SHA-1 over the name, dtype, shape and bytes of every parameter and buffer of the torch module behind
+    ``model`` (the model itself, or a DiffusionModel's ``net`` with its ``alphas_cumprod``); None where no module
+    is behind it (a plain callable)."""
+    net = model if isinstance(model, torch.nn.Module) else network_module(model)
+    if net is None:
+        return None
+    tensors = list(itertools.chain(net.named_parameters(), net.named_buffers()))
+    if is_diffusion_model(model) and not isinstance(model, torch.nn.Module):
+        tensors.append(("alphas_cumprod", torch.as_tensor(model.alphas_cumprod)))
+    digest = hashlib.sha1()
+    for name, tensor in tensors:
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stated_id(model: Any, what: str) -> str | None:
+    """The id a loaded model states for itself (its ``model_id`` attribute), or None; ``what`` names it in the
+    error an id that is not a non-empty string gets."""
+    stated = getattr(model, "model_id", None)
+    if stated is not None and (not isinstance(stated, str) or not stated.strip()):
+        raise TypeError(f"{what}: model_id must be a non-empty string naming the weights, got {stated!r}")
+    return stated
 
 
 class ModelFile(ModelSource):
@@ -234,8 +273,16 @@ FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 class Factory(ModelSource):
     """A function that returns the model: a callable, or ``"package.module:function"`` imported when loaded.
-    It is called with the keywords it takes among ``suite``, ``device`` and ``cache`` (the model cache). Its id
-    is its qualified name and the sha1 of its module's file, so an edited factory is another model."""
+    It is called with the keywords it takes among ``suite``, ``device`` and ``cache`` (the model cache).
+
+    Its id (:meth:`identify`, which loads it) is its qualified name, the sha1 of its module's file and the sha1 of
+    the loaded model's parameters and buffers (:func:`weights_sha1`), so an edited factory, or a file it loads
+    that was trained again, is another model. A model with no torch module behind it has only the first two. A
+    factory may state the id itself instead, as a string attribute ``model_id`` on the model it returns (a
+    published checkpoint's name and revision, say): ``factory:NAME@MODEL_ID``; it then answers for that id
+    changing whenever the weights do."""
+
+    identified_by_loading = True
 
     def __init__(self, fn: Callable[..., Any] | str, kind: str = "flow", description: str = ""):
         if isinstance(fn, str):
@@ -285,8 +332,23 @@ class Factory(ModelSource):
         return self.description or f"{self.kind}, from the factory {self.qualified_name()}"
 
     def identity(self, suite) -> ModelIdentity:
+        """Its identity before it is loaded: its name and its module's sha1 (see :meth:`identify`)."""
         name = self.qualified_name()
         return ModelIdentity("factory", f"factory:{name}@sha1:{self._module_sha1()}", name)
+
+    def identify(self, ctx: LoadContext) -> ModelIdentity:
+        """Its identity once loaded (see the class docstring). A factory that fails to load gets its identity before
+        loading, not resumable: its cells fail when the run loads it, and say why."""
+        before = self.identity(ctx.suite)
+        try:
+            model = self.load(ctx)
+        except Exception:
+            return dataclasses.replace(before, resumable=False)
+        stated = stated_id(model, f"factory {self.qualified_name()}")
+        if stated is not None:
+            return dataclasses.replace(before, id=f"factory:{self.qualified_name()}@{stated}")
+        weights = weights_sha1(model)
+        return before if weights is None else dataclasses.replace(before, id=f"{before.id}+weights:{weights[:12]}")
 
     def load(self, ctx: LoadContext) -> Any:
         key = str(ctx.device)
@@ -310,8 +372,10 @@ class Factory(ModelSource):
 
 
 class ModelObject(ModelSource):
-    """A model object already in memory (a flow ``model(x, t)`` or a DiffusionModel). rfbench cannot identify its
-    weights, so its cells are never kept by a resumed run."""
+    """A model object already in memory (a flow ``model(x, t)`` or a DiffusionModel). Its id is its class and the
+    sha1 of its parameters and buffers (or the ``model_id`` it states, as a factory's model may), so the gate
+    refuses to compare across changed weights; rfbench cannot identify the rest of it (its code), so its cells are
+    never kept by a resumed run."""
 
     def __init__(self, model: Any, kind: str | None = None):
         if model is None or not callable(model):
@@ -327,7 +391,12 @@ class ModelObject(ModelSource):
 
     def identity(self, suite) -> ModelIdentity:
         name = type(self.model).__qualname__
-        return ModelIdentity("python object", f"object:{name}", None, resumable=False)
+        stated = stated_id(self.model, f"model object {name}")
+        if stated is None:
+            weights = weights_sha1(self.model)
+            stated = None if weights is None else f"weights:{weights[:12]}"
+        return ModelIdentity("python object", f"object:{name}" + (f"@{stated}" if stated else ""), None,
+                             resumable=False)
 
     def input_shape(self, suite) -> tuple[int, ...] | None:
         shape = getattr(self.model, "input_shape", None)

@@ -133,8 +133,8 @@ def check_models(run: dict[str, dict[str, str]], baseline: pd.DataFrame) -> None
              for model, cols in run.items() for col, value in cols.items()
              if model in recorded and col in recorded[model] and recorded[model][col] != value]
     if diffs:
-        raise GateMismatch("the run is not comparable with the baseline (" + "; ".join(diffs) + "); a changed recipe "
-                           "or model file needs a new baseline")
+        raise GateMismatch("the run is not comparable with the baseline (" + "; ".join(diffs) + "); a changed model "
+                           "(its recipe, file or weights) needs a new baseline")
 
 
 def check_comparable(run: pd.DataFrame, baseline: pd.DataFrame) -> None:

@@ -140,11 +140,11 @@ def _probe(net, plan: Plan, batch: int, device: torch.device, train: bool = Fals
     return min(times)     # the least disturbed by other work on the machine
 
 
-def _identity(model, suite) -> ModelIdentity:
-    """The model's identity; a file that cannot be read is not resumable (the run refuses it: the dry run lists the
-    problem after its plan)."""
+def _identity(model, ctx: LoadContext) -> ModelIdentity:
+    """The model's identity, as the run has it (a factory loaded for it); a file that cannot be read is not
+    resumable (the run refuses it: the dry run lists the problem after its plan)."""
     try:
-        return model.source.identity(suite)
+        return model.source.identify(ctx)
     except Exception:
         return ModelIdentity("unreadable", "unreadable", resumable=False)
 
@@ -185,7 +185,7 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, cache_root: str 
             stored_nfe[(rec.get("model"), rec.get("solver"), record_steps(rec), rec.get("options") or "")] = \
                 float(rec["nfe"])
     cache = PlanningCache(cache_root)
-    identities = {m.name: _identity(m, plan.suite) for m in plan.models}
+    identities = {m.name: _identity(m, LoadContext(plan.suite, cache, device, lambda msg: None)) for m in plan.models}
     wanted = wanted_cells(plan, {**base, "device": dev}, identities, world)    # as the run decides
     kept = finished_cells(store, wanted, metric_columns(plan), lambda msg: None) if resume and records else {}
     if plan.save_samples:     # as the run: a kept cell without its samples is sampled again

@@ -344,7 +344,9 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
         shared = world.all_objects(evaluation.shared if main else None)[0] if world.active else ()
         if shared:      # precision/recall's k-NN work split over the processes, reference radii included
             evaluation.share_reference(world, device, shared)
-    identities = {m.name: m.source.identity(plan.suite) for m in plan.models}
+    # a factory's id covers the weights it loads: loaded now (by rank 0, which alone writes rows) for resume to decide
+    identities = {m.name: m.source.identify(LoadContext(plan.suite, cache, device, say)) if main
+                  else m.source.identity(plan.suite) for m in plan.models}
     base = {"suite": plan.name, "suite_version": plan.version, "n_samples": plan.num_samples, "seed": seeds[0],
             "seeds": f"{seeds[0]}-{seeds[-1]}", **evaluation.fields,
             **provenance(device_name(device), str(x0.dtype).replace("torch.", "")), **network_fields(config)}
