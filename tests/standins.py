@@ -42,18 +42,3 @@ def registered(suite: Suite):
     finally:
         SUITES.remove(suite.name)
 
-
-def toy2d_cell(n: int):
-    """toy2d's evaluation and one cell's inputs to it: n source points, n samples near the target (held-out points,
-    not the reference itself, with noise) and an exact solution near the samples."""
-    import torch
-
-    from rfbench.suites.evaluate import Evaluation
-    from rfbench.suites.plan import RunConfig, make_plan
-
-    plan = make_plan(SUITES["toy2d"], RunConfig(num_samples=n))
-    evaluation = Evaluation(plan, plan.problem.reference(n), None)
-    gen = torch.Generator().manual_seed(0)
-    z0 = torch.randn(n, 2, generator=gen)
-    z1 = plan.problem.reference(n)[5000:5000 + n] + 0.1 * torch.randn(n, 2, generator=gen)
-    return evaluation, evaluation.inputs(z0, z1, exact=z1 + 0.01 * torch.randn(n, 2, generator=gen))
