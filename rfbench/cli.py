@@ -333,7 +333,7 @@ def _dry_run(plan, config: RunConfig, out: Path) -> None:
     take, from the folder's earlier cells or a short probe of each model; nothing is trained or written."""
     from rfbench.suites.estimate import describe, estimate
     device = resolve_device(config.device)
-    est = estimate(plan, out, device, config.cache_dir, resume=config.resume)
+    est = estimate(plan, out, device, resume=config.resume)
     scored = "" if plan.extractor is None else f"scored with the {plan.extractor} extractor" + (
         f" ({plan.fallback_extractor} when its weights are missing)" if plan.fallback_extractor else "")
 

@@ -418,8 +418,8 @@ def test_the_dry_run_predicts_what_the_run_trains_and_keeps(tmp_path):
     suite = dataclasses.replace(SUITES["toy2d"], name="toy2d-plan", models=(SuiteModel("tiny", TinyRecipe()),),
                                 cells=cells, num_samples=40, metrics=("w2", "solver_error"), independent_row=False,
                                 repeats=1)
-    plan = make_plan(suite, RunConfig())
-    cold = estimate(plan, tmp_path / "out", torch.device("cpu"), tmp_path / "a")
+    plan = make_plan(suite, RunConfig(cache_dir=str(tmp_path / "a")))
+    cold = estimate(plan, tmp_path / "out", torch.device("cpu"))
     (model,) = cold.models
     assert [(job.name, job.steps, job.batch_size) for job in model.training] == [("tiny", 20, 32)]
     assert model.seconds_per_train_step[32] > 0 and "to train: tiny (20 steps of 32)" in describe(cold)
@@ -427,18 +427,45 @@ def test_the_dry_run_predicts_what_the_run_trains_and_keeps(tmp_path):
                     log=lambda msg: None)
     assert out.trained == ["tiny"]
     # the same folder with an empty cache: every cell is kept, so the run would not even load (or train) the model
-    warm = estimate(plan, tmp_path / "out", torch.device("cpu"), tmp_path / "b")
+    warm = estimate(make_plan(suite, RunConfig(cache_dir=str(tmp_path / "b"))), tmp_path / "out", torch.device("cpu"))
     assert all(c.kept for c in warm.models[0].cells) and warm.models[0].training == []
     assert "nothing to compute" in describe(warm)
     # a cell whose solver_error was left empty by a failed reference solution is computed again: not kept
     store = ResultStore(tmp_path / "out")
     key, record = next((k, r) for k, r in store.records().items() if r["solver"] == "rk45")
     (tmp_path / "out" / "cells" / f"{key}.json").write_text(json.dumps({**record, "solver_error": None}))
-    again = estimate(plan, tmp_path / "out", torch.device("cpu"), tmp_path / "a")
+    again = estimate(make_plan(suite, RunConfig(cache_dir=str(tmp_path / "a"))), tmp_path / "out", torch.device("cpu"))
+    assert again.models[0].training == []      # a plan made once the model is cached trains nothing
     assert {c.cell.label: c.kept for c in again.models[0].cells} == {"tiny/euler/2": True, "tiny/rk45/adaptive": False}
     rerun = run_suite(suite, tmp_path / "out", device="cpu", cache_dir=tmp_path / "a", progress=False, plots=False,
                       log=lambda msg: None)
     assert rerun.kept == ["tiny/euler/2"]
+
+
+def test_the_dry_run_probes_a_model_on_the_threads_the_run_samples_it_on(tmp_path):
+    """The probe behind --dry-run's estimate runs where the run will: a small model on one CPU thread (or --threads),
+    whatever torch's thread count is when the estimate is made."""
+    from rfbench.suites.estimate import estimate
+    from rfbench.suites.plan import RunConfig, make_plan
+    seen = []
+
+    class Counting(ShiftFlow):
+        def __call__(self, x, t):
+            seen.append(torch.get_num_threads())
+            return super().__call__(x, t)
+    suite = standin("toy2d", "toy2d-probe", {"shift": Counting()}, (Cell("shift", "euler", 2),), num_samples=40,
+                    metrics=("w2",), independent_row=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for threads, expected in ((None, 1), (2, 2)):
+            seen.clear()
+            estimate(make_plan(suite, RunConfig(threads=threads, cache_dir=str(tmp_path))), tmp_path / "out",
+                     torch.device("cpu"))
+            assert seen and set(seen) == {expected}, (threads, seen)
+            assert torch.get_num_threads() == 2       # restored after the probe
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_solver_options_name_one_cell_however_they_are_spelled(stand_in_suite):

@@ -159,9 +159,11 @@ class InceptionExtractor(FeatureExtractor):
                              f"{tuple(images.shape)} (use rfbench.metrics.features.quantize on samples in [-1, 1])")
 
     def _clean_resize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float32 (B, C, 299, 299) in [0, 255], clean-fid's resizer, one image per thread
-        (PIL releases the GIL while resizing: 2 ms/image on 2 threads vs 3.9 ms serially for 32x32 -> 299).
-        Grayscale stays one channel here."""
+        """uint8 (B, C, H, W) -> float32 (B, C, 299, 299) in [0, 255], clean-fid's resizer (PIL's bicubic, which
+        torch has no bit-equal kernel for), one image per thread. This parallel map is the one pool of threads in
+        rfbench: it plays the part of torch's intra-op threads for a PIL kernel (PIL releases the GIL while
+        resizing; docs/speed.md has the figures), maps a pure function over the batch, and is closed before this
+        function returns, so nothing runs beside a timed cell or another job. Grayscale stays one channel here."""
         from concurrent.futures import ThreadPoolExecutor
 
         from PIL import Image

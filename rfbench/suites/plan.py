@@ -129,6 +129,7 @@ class Plan:
     # per recipe model, what the cache lacked when the plan was made: the networks to train and the reflow pairs to
     # generate (:func:`plan_training`; None: its planning pass failed, and the run says why in the model's rows)
     training: tuple[tuple[str, tuple[Training, ...] | None], ...] = ()
+    cache_dir: str | None = None    # --cache the plan's training was read from (None: the default cache)
 
     @property
     def trains(self) -> bool:
@@ -244,7 +245,8 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                 extractor=extractor, fallback_extractor=fallback,
                 reference_file=None if config.reference_file is None else str(config.reference_file),
                 save_samples=config.save_samples, notes=notes, threads=config.threads,
-                precision=config.precision, training=plan_training(definition, models, config.cache_dir))
+                precision=config.precision, training=plan_training(definition, models, config.cache_dir),
+                cache_dir=None if config.cache_dir is None else str(config.cache_dir))
 
 
 def plan_training(suite: Suite, models, cache_dir=None) -> tuple[tuple[str, tuple[Training, ...] | None], ...]:
