@@ -57,3 +57,16 @@ def toy2d_cell(n: int):
     z0 = torch.randn(n, 2, generator=gen)
     z1 = plan.problem.reference(n)[5000:5000 + n] + 0.1 * torch.randn(n, 2, generator=gen)
     return evaluation, evaluation.inputs(z0, z1, exact=z1 + 0.01 * torch.randn(n, 2, generator=gen))
+
+
+def wait_for(proc, ready, what: str, seconds: float = 120, log=None) -> None:
+    """Poll ``ready()`` until it holds, while the child process ``proc`` still runs; fail naming ``what`` (and the
+    tail of the file ``log`` or ``proc``'s stderr pipe) when the process ends first or ``seconds`` pass."""
+    import time
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text()[-2000:] if log is not None else (proc.stderr.read().decode()[-2000:]
+                                                                    if proc.stderr else "")
+            raise AssertionError(f"{what}: {'the process ended' if proc.poll() is not None else 'timed out'}\n{tail}")
+        time.sleep(0.02)

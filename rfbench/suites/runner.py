@@ -35,6 +35,7 @@ from rfbench.suites.work import exact_key, scope_key, expect_training, expect_wo
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import network_fields, probed_batch_size, sample_arrays, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
+from rfbench.suites.shards import table_keys
 from rfbench.threads import DEFAULT_THREADS, busy_note, load_average, threads_for, using_threads
 
 GRID_SAMPLES = 16  # images per row of samples_MODEL.png
@@ -344,7 +345,7 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
         shared = world.all_objects(evaluation.shared if main else None)[0] if world.active else ()
         if shared:      # precision/recall's k-NN work split over the processes, reference radii included
             evaluation.share_reference(world, device, shared)
-    identities = {m.name: m.source.identity(plan.suite) for m in plan.models}
+    identities = {m.name: m.source.identity(plan.suite) for m in plan.unsharded.models}   # a shard's table: all
     base = {"suite": plan.name, "suite_version": plan.version, "n_samples": plan.num_samples, "seed": seeds[0],
             "seeds": f"{seeds[0]}-{seeds[-1]}", **evaluation.fields,
             **provenance(device_name(device), str(x0.dtype).replace("torch.", "")), **network_fields(config)}
@@ -379,18 +380,21 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
     shown.bar.close()
     if not main:
         return RunOutput(frame=pd.DataFrame(), timings=_total(timings, started))
-    frame = store.load(keys=run.keys + _scored(store, plan, run.keys))
-    files = list(write_tables(frame, out_dir))
-    if plots:
-        quality = plan.quality_metric
-        lower = column_directions().get(quality) != "higher"
-        files += plot_quality_vs_costs(frame, Path(out_dir), quality, lower, plot_format)
-        if "solver_error" in frame and frame["solver_error"].notna().any():   # log-log: the slope is the order
-            files += plot_quality_vs_costs(frame, Path(out_dir), "solver_error", True, plot_format)
-        apart = ((x0[:PLOT_PATHS].cpu().numpy(), plan.problem.independent_target(seeds[:PLOT_PATHS]).numpy())
-                 if plan.suite.independent_row and run.trajectories else None)
-        files += plot_paths(run.trajectories, reference.numpy(), apart, out_dir, plot_format, max_paths=PLOT_PATHS)
-        files += plot_model_grids(run.grid, Path(out_dir), plot_format, rows=GRID_ROWS, per_row=GRID_SAMPLES)
+    # a shard's table: every cell of the whole plan that the shared folder holds (rfbench.suites.shards)
+    with table_keys(run, wanted_cells(plan.unsharded, base, identities, world) if plan.shard else []) as keys:
+        frame = store.load(keys=keys + _scored(store, plan, keys))
+        files = list(write_tables(frame, out_dir))
+        if plots:
+            quality = plan.quality_metric
+            lower = column_directions().get(quality) != "higher"
+            files += plot_quality_vs_costs(frame, Path(out_dir), quality, lower, plot_format)
+            if "solver_error" in frame and frame["solver_error"].notna().any():   # log-log: the slope is the order
+                files += plot_quality_vs_costs(frame, Path(out_dir), "solver_error", True, plot_format)
+            apart = ((x0[:PLOT_PATHS].cpu().numpy(), plan.problem.independent_target(seeds[:PLOT_PATHS]).numpy())
+                     if plan.suite.independent_row and run.trajectories else None)
+            files += plot_paths(run.trajectories, reference.numpy(), apart, out_dir, plot_format,
+                                max_paths=PLOT_PATHS)
+            files += plot_model_grids(run.grid, Path(out_dir), plot_format, rows=GRID_ROWS, per_row=GRID_SAMPLES)
     return RunOutput(frame=frame, files=files, trained=list(cache.trained), timings=_total(timings, started),
                      kept=list(run.resumed))
 
