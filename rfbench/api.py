@@ -218,7 +218,8 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
         save_samples: bool = False, check: str | Path | None = None, fail_on: Sequence[str] = (),
         plugins: Sequence[str] = (), progress: bool = False, plots: bool | None = None,
         log: Callable[[str], None] | None = None, threads: int | None = None, dtype: str = "fp32",
-        compile: str | None = None, channels_last: bool = False) -> pd.DataFrame:
+        compile: str | None = None, channels_last: bool = False,
+        shard: tuple[int, int] | str | None = None) -> pd.DataFrame:
     """Run a suite (or part of it) and return its results, one row per cell, as the CLI writes them.
 
     Args mirror ``python benchmark.py``'s options (``grids``: time grids such as "uniform", "logsnr", "karras",
@@ -233,11 +234,14 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     :class:`GateFailed` carrying the frame. ``plugins``: files or modules to load first (installed ones always are).
     ``threads``: torch's CPU threads (default: one for models under 5M parameters, see :mod:`rfbench.threads`).
     ``dtype``, ``compile``, ``channels_last``: how the networks are evaluated (``--dtype``, ``--compile``,
-    ``--channels-last``).
+    ``--channels-last``). ``shard``: (K, N) or "K/N", this job's share of the cells when N jobs fill one ``out``
+    (``--shard``); the frame is then every cell of the run that ``out`` holds.
     The frame's ``attrs`` hold the files written, the models trained, the gate's verdict and ``timings`` (seconds of
     training, sampling, metrics and the total).
     """
     load_plugins(plugins)
+    if shard is not None and out is None:
+        raise ValueError(f"shard={shard!r} needs out=, the folder the shards fill together")
     names, added = _models(models)
     options = {k: v for k, v in (("weights", inception_weights), ("mode", inception_mode)) if v is not None}
     if options and "mode" not in options:
@@ -251,7 +255,8 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
                        reference_file=None if ref_stats is None else str(ref_stats),
                        device=None if device is None else str(device),
                        cache_dir=None if cache is None else str(cache), resume=resume, save_samples=save_samples,
-                       threads=threads, precision=dtype, compile=compile, channels_last=channels_last)
+                       threads=threads, precision=dtype, compile=compile, channels_last=channels_last,
+                       shard=shard)
     plan, gate = prepare(suite, config, check=check, fail_on=fail_on)
     problems = input_problems(plan, config, log or (lambda msg: None), out=out)
     if problems:

@@ -49,6 +49,7 @@ EPILOG = """examples:
   python benchmark.py --suite mnist --num-samples 500 --extractor classifier              # fewer samples on a CPU
   python benchmark.py --suite cifar --data-dir DATA --checkpoint-dir CKPTS                 # Table 1, on a GPU
   torchrun --nproc_per_node=8 benchmark.py --suite cifar --data-dir DATA --checkpoint-dir CKPTS   # on 8 GPUs
+  python benchmark.py --suite cifar --data-dir DATA --checkpoint-dir CKPTS --shard 3/8 --out runs/cifar  # job 3 of 8
   python benchmark.py score samples.npz --suite cifar --label edm-heun --nfe 35 --data-dir DATA --out runs/cifar
   python benchmark.py --list                           # suites, models, solvers, metrics, and where each came from
   python benchmark.py --suite toy2d --dry-run          # the cells a run would compute
@@ -167,6 +168,13 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                              "reference, batch size, model recipe or file) and compute only the missing or failed ones "
                              "(default: on)")
     parser.add_argument("--force", action="store_true", help="recompute every cell (the same as --no-resume)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="run shard K of N, 1 <= K <= N: N jobs running the same command with K = 1..N (a SLURM "
+                             "array: examples/slurm_array.sh) share one --out and --cache. Cells are numbered 0, 1, "
+                             "... in the table's order and shard K takes those whose number modulo N is K-1, shard 1 "
+                             "also the independent row; a model is loaded only by the shards that sample it and "
+                             "trained once (the others wait for its cache entry). Each job ends by writing the table "
+                             "of every cell the folder holds; the rows are those of one process")
     parser.add_argument("--save-samples", action="store_true",
                         help="write each cell's samples as cells/KEY.npz beside its cell file (arr_0: uint8 NHWC "
                              "images or float samples; z0; seeds), readable by rfbench score and clean-fid")
@@ -343,6 +351,9 @@ def _dry_run(plan, config: RunConfig, out: Path) -> None:
             return f" [{describe_origin(MODELS.origin(name))}]"
         return ""
     text = describe(est, origin=origin, solver_origin=lambda solver: _origin(SOLVERS, solver))
+    if plan.shard is not None:
+        text = (f"shard {plan.shard[0]}/{plan.shard[1]}: {len(plan.cells)} of the plan's {len(plan.unsharded.cells)} "
+                f"cells{', and the independent row' if plan.independent_row else ''}\n") + text
     print(text if not scored else text.replace("\n", f"\n{scored}\n", 1))
 
 

@@ -103,4 +103,4 @@ def config_from_args(args) -> RunConfig:
                      device=args.device, cache_dir=None if args.cache is None else str(args.cache),
                      resume=args.resume and not args.force, save_samples=args.save_samples,
                      threads=_count_or_auto("--threads", args.threads), precision=args.dtype,
-                     compile=args.compile, channels_last=args.channels_last)
+                     compile=args.compile, channels_last=args.channels_last, shard=args.shard)

@@ -8,12 +8,14 @@ file. Torch-free: a checkpoint passes its own ``torch.save`` as the writer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
+from filelock import FileLock, Timeout
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -35,6 +37,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made, with its folder, when missing) for the block: between
+    processes on this machine, and across machines on a shared file system that supports ``flock`` (NFS, and Lustre
+    mounted with ``-o flock``). ``waiting()`` is called once when another process holds the lock, before waiting for
+    it. The file stays behind, empty; a process killed while holding the lock releases it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        waiting()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

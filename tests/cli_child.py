@@ -6,6 +6,9 @@ beyond the extractor's): a nonlinear flow (euler, heun, rk45), a DDPM-style mode
 sampler (seeded per-step noise), and ``spike``, a flow that returns NaN for the one seed with the largest first
 pixel, so that exactly one process's share fails.
 
+The suite ``toy2d-shard`` is toy2d with small recipes of 1-RF and 2-RF (trained in seconds, cached in ``--cache``)
+and twelve cells, for the tests of sharded runs (tests/test_shard.py).
+
 The suite ``toy-slow`` (2D) has eight cells of a constant flow whose every evaluation sleeps ``SLEEP`` seconds, so a
 test can kill the run between cells; each evaluation appends a line to ``$RFBENCH_TEST_CALLS`` when it is set, so a
 test can see which cells a rerun computed.
@@ -80,6 +83,22 @@ def register() -> None:
     register_suite(standin(
         "toy2d", "toy-slow", {"slow": Slow()}, cells=tuple(Cell("slow", "euler", n) for n in range(1, 9)),
         num_samples=40, straightness_samples=4, straightness_steps=1, metrics=("w2", "transport_cost", "straightness")))
+    register_suite(toy2d_shard())
+
+
+def toy2d_shard():
+    import dataclasses
+
+    from baselines.rectified_flow import FlowRecipe, RectifiedFlow
+    from rfbench.models import MLPConfig
+    from rfbench.suites import SuiteModel, fixed_grid
+    from rfbench.training import TrainConfig
+    recipe = FlowRecipe(net=MLPConfig(hidden=32, depth=2), train=TrainConfig(steps=200, batch_size=256, seed=0),
+                        reflow=TrainConfig(steps=100, batch_size=256, seed=1), num_pairs=1000)
+    models = tuple(SuiteModel(f"{k}-rf", RectifiedFlow(k, recipe)) for k in (1, 2))
+    cells = sum((fixed_grid(m.name, ("euler", "heun"), (1, 2, 4)) + (Cell(m.name, "rk45"),) for m in models), ())
+    return dataclasses.replace(SUITES["toy2d"], name="toy2d-shard", models=models, cells=cells, num_samples=200,
+                               repeats=1, solver_error_samples=50)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,14 @@ def registered(suite: Suite):
     finally:
         SUITES.remove(suite.name)
 
+def wait_for(proc, ready, what: str, seconds: float = 120, log=None) -> None:
+    """Poll ``ready()`` until it holds, while the child process ``proc`` still runs; fail naming ``what`` (and the
+    tail of the file ``log`` or ``proc``'s stderr pipe) when the process ends first or ``seconds`` pass."""
+    import time
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text()[-2000:] if log is not None else (proc.stderr.read().decode()[-2000:]
+                                                                    if proc.stderr else "")
+            raise AssertionError(f"{what}: {'the process ended' if proc.poll() is not None else 'timed out'}\n{tail}")
+        time.sleep(0.02)

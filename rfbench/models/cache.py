@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from rfbench.files import exclusive
 from rfbench.models.checkpoint import (CheckpointError, atomic_torch_save, config_hash, jsonable, load_checkpoint,
                                        save_checkpoint)
 from rfbench.progress import Progress
@@ -53,36 +54,86 @@ class Cache:
 
     def network(self, name: str, config: dict, make: Callable[[], nn.Module],
                 train: Callable[[], tuple[nn.Module, dict]], device: str | torch.device) -> nn.Module:
-        """Load the network for ``config`` from the cache, or train it with ``train()`` and store it."""
+        """Load the network for ``config`` from the cache, or train it with ``train()`` and store it. Jobs sharing
+        the cache train an entry once: training holds the entry's lock (:meth:`entry`), and a job that finds it
+        held waits, then loads what the other trained."""
         path = self.network_path(name, config)
         self.keys[name] = self.last_key = path.stem
-        if path.exists():
-            net = make()
-            try:
-                load_checkpoint(path, net, expected_config=jsonable(config))
-                self.log(f"loaded {name} from {path}")
-                return net.to(device).eval()
-            except CheckpointError as exc:
-                self.log(f"ignoring unusable cache entry ({exc}); training {name} again")
-        self.log(f"training {name} ...")
-        net, info = train()
-        save_checkpoint(path, net, jsonable(config), info=info)
+        seen = _stamp(path)
+        net = self._load_network(name, path, config, make, device)   # no lock: an entry is written atomically
+        if net is not None:
+            return net
+        with self.entry(name, path, "training"):
+            if _stamp(path) != seen:        # trained by another job meanwhile
+                net = self._load_network(name, path, config, make, device)
+                if net is not None:
+                    return net
+            self.log(f"training {name} ...")
+            net, info = train()
+            save_checkpoint(path, net, jsonable(config), info=info)
         self.trained.append(name)
         loss = info.get("final_loss", float("nan"))
         self.log(f"trained {name} ({info.get('seconds', 0):.1f} s, final loss {loss:.4g}) -> {path}")
         return net.to(device).eval()
 
+    def _load_network(self, name: str, path: Path, config: dict, make: Callable[[], nn.Module],
+                      device: str | torch.device) -> nn.Module | None:
+        if not path.exists():
+            return None
+        net = make()
+        try:
+            load_checkpoint(path, net, expected_config=jsonable(config))
+        except CheckpointError as exc:
+            self.log(f"ignoring unusable cache entry ({exc}); training {name} again")
+            return None
+        self.log(f"loaded {name} from {path}")
+        return net.to(device).eval()
+
+    def entry(self, name: str, path: Path, doing: str):
+        """The lock of the cache entry ``path`` (``PATH.lock`` beside it), held while the entry is made: a second
+        job asking for it waits (saying so once) instead of making it again. An entry that exists is read without
+        the lock (it is written atomically), so a read-only cache that holds every entry needs no lock file.
+
+        No deadlock: a job holds an entry's lock only while making that entry, and making it may take the locks of
+        the entries it is made from (a recipe that loads 1-RF inside 2-RF's ``train``), never of an entry made from
+        it (1-RF's training never asks for 2-RF). Locks are thus taken along the models' dependency graph, which
+        has no cycle, so no two jobs can each wait for a lock the other holds. (rfbench's recipes load the parent
+        and its pairs before asking for the child: they never hold two locks at all.)"""
+        lock = path.with_name(path.name + ".lock")
+        return exclusive(lock, waiting=lambda: self.log(f"waiting for another job {doing} {name} (lock {lock})"))
+
     def tensors(self, name: str, config: dict, build: Callable[[], dict[str, torch.Tensor]]) -> dict:
-        """Load a dict of tensors (e.g. reflow pairs) for ``config``, or build and store it."""
+        """Load a dict of tensors (e.g. reflow pairs) for ``config``, or build and store it (under the entry's lock,
+        as :meth:`network` trains)."""
         path = self.tensors_path(name, config)
-        if path.exists():
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # a truncated file from an interrupted run: rebuild it
-                self.log(f"ignoring unreadable {path} ({type(exc).__name__}: {exc})")
-        data = build()
-        atomic_torch_save(data, path)
+        seen = _stamp(path)
+        data = self._load_tensors(path)
+        if data is not None:
+            return data
+        with self.entry(name, path, "making"):
+            data = self._load_tensors(path) if _stamp(path) != seen else None
+            if data is None:
+                data = build()
+                atomic_torch_save(data, path)
         return data
+
+    def _load_tensors(self, path: Path) -> dict | None:
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated file from an interrupted run: rebuild it
+            self.log(f"ignoring unreadable {path} ({type(exc).__name__}: {exc})")
+            return None
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells a file from the one written over it (inode, modification time), or None when there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch
 from rfbench.data.registry import DATASETS
 from rfbench.metrics import METRICS
 from rfbench.models.cache import PlanningCache, Training, default_cache_dir
-from rfbench.models.sources import MODELS, LoadContext, ModelFile, ModelSource, Recipe
+from rfbench.models.sources import MODELS, LoadContext, ModelFile, ModelObject, ModelSource, Recipe
 from rfbench.models.speed import check_compile_mode
 from rfbench.samplers import SOLVERS
 from rfbench.samplers.grids import GRIDS, SPACINGS, check_grid
@@ -41,6 +41,17 @@ class InputError(ValueError):
     def __init__(self, lines):
         self.lines = list(lines)
         super().__init__("\n".join(self.lines))
+
+
+def parse_shard(value) -> tuple[int, int] | None:
+    """``--shard K/N`` (the string "K/N", or (K, N)) as (K, N), 1 <= K <= N; None stays None."""
+    if value is None:
+        return None
+    text = "/".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    parts = text.split("/")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts) and 1 <= int(parts[0]) <= int(parts[1]):
+        return int(parts[0]), int(parts[1])
+    raise ValueError(f"--shard (shard=) takes K/N with 1 <= K <= N (e.g. 2/8: the second of 8 jobs), got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -74,9 +85,11 @@ class RunConfig:
     precision: str = "fp32"                              # network evaluations: fp32, tf32, bf16, fp16 (--dtype)
     compile: str | None = None                           # torch.compile mode of the networks (--compile)
     channels_last: bool = False                          # networks in channels-last memory (--channels-last)
+    shard: tuple[int, int] | str | None = None           # --shard K/N: this job's share of the cells (shard_cells)
 
     def __post_init__(self):
         check_precision(self.precision)
+        object.__setattr__(self, "shard", parse_shard(self.shard))
         check_compile_mode(self.compile)
         object.__setattr__(self, "solver_options", parse_solver_options(self.solver_options))
         object.__setattr__(self, "threads", check_threads(self.threads))
@@ -136,6 +149,8 @@ class Plan:
         """Whether the run will train a model or make reflow pairs (write into the cache); a recipe whose planning
         pass failed is taken to train."""
         return any(jobs is None or jobs for _, jobs in self.training)
+    shard: tuple[int, int] | None = None   # (K, N): the cells and models are shard K's of N (:func:`shard_cells`)
+    whole: Plan | None = None    # a shard's unsharded plan, whose table every shard gathers; None when unsharded
 
     @property
     def name(self) -> str:
@@ -155,7 +170,13 @@ class Plan:
 
     @property
     def independent_row(self) -> bool:
-        return self.suite.independent_row
+        """Whether this run computes the suite's independent row (a sharded run: shard 1 does)."""
+        return self.suite.independent_row and (self.shard is None or self.shard[0] == 1)
+
+    @property
+    def unsharded(self) -> Plan:
+        """The plan of every shard together (this plan when it is not a shard)."""
+        return self.whole if self.whole is not None else self
 
     @property
     def straightness_steps(self) -> int:
@@ -237,7 +258,7 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                   f"default runs or published numbers",)
     auto = config.batch_size == "auto"
     batch = suite.batch_size if config.batch_size in (None, "auto") else int(config.batch_size)
-    return Plan(suite=definition, models=models, cells=cells, metrics=suite.metrics, num_samples=num_samples,
+    plan = Plan(suite=definition, models=models, cells=cells, metrics=suite.metrics, num_samples=num_samples,
                 first_seed=suite.first_seed if config.first_seed is None else int(config.first_seed),
                 batch_size=batch, auto_batch=auto,
                 repeats=suite.repeats if config.repeats is None else int(config.repeats),
@@ -247,6 +268,7 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                 save_samples=config.save_samples, notes=notes, threads=config.threads,
                 precision=config.precision, training=plan_training(definition, models, config.cache_dir),
                 cache_dir=None if config.cache_dir is None else str(config.cache_dir))
+    return plan if config.shard is None else shard_plan(plan, config.shard)
 
 
 def plan_training(suite: Suite, models, cache_dir=None) -> tuple[tuple[str, tuple[Training, ...] | None], ...]:
@@ -267,6 +289,30 @@ def plan_training(suite: Suite, models, cache_dir=None) -> tuple[tuple[str, tupl
             continue
         out.append((model.name, tuple(planning.to_train)))
     return tuple(out)
+
+
+def shard_cells(cells: tuple[Cell, ...], shard: tuple[int, int]) -> tuple[Cell, ...]:
+    """Shard K of N's cells: cell i of the plan (numbered 0, 1, ... in the plan's, hence the table's, order) belongs
+    to shard ``i % N + 1``. Fixed by the plan alone, so N jobs running the same command with K = 1..N compute every
+    cell exactly once; consecutive cells (one model's step counts) go to different shards, which spreads each
+    model's cost over the jobs."""
+    k, n = shard
+    return tuple(cell for i, cell in enumerate(cells) if i % n == k - 1)
+
+
+def shard_plan(plan: Plan, shard: tuple[int, int]) -> Plan:
+    """The plan of shard K of N: its cells (:func:`shard_cells`), the models that have one (a model without a cell
+    in this shard is not loaded) and, from shard 1 only, the independent row (:attr:`Plan.independent_row`); the
+    seeds, batch size and everything else as the whole plan's, so that a cell's row is the one a single process
+    makes."""
+    objects = [m.name for m in plan.models if isinstance(m.source, ModelObject)]
+    if objects:     # its cells cannot be told apart from another object's in the shared folder (never resumed)
+        raise ValueError(f"--shard (shard=) {shard[0]}/{shard[1]}: model {objects[0]} is a Python object, whose "
+                         f"cells other jobs cannot identify; give it as a file or module:factory to shard the run")
+    cells = shard_cells(plan.cells, shard)
+    models = tuple(m for m in plan.models if any(c.model == m.name for c in cells))
+    training = tuple((name, jobs) for name, jobs in plan.training if any(m.name == name for m in models))
+    return dataclasses.replace(plan, cells=cells, models=models, training=training, shard=shard, whole=plan)
 
 
 def models_kind(models, name: str) -> str:

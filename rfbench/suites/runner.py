@@ -35,6 +35,7 @@ from rfbench.suites.work import exact_key, scope_key, expect_training, expect_wo
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import network_fields, probed_batch_size, sample_arrays, sample_cell, timing_protocol
 from rfbench.suites.plan import Plan, RunConfig, make_plan, metric_columns
+from rfbench.suites.shards import table_keys
 from rfbench.threads import busy_note, load_average, threads_for, training_threads, using_threads
 
 GRID_SAMPLES = 16  # images per row of samples_MODEL.png
@@ -345,8 +346,10 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
         if shared:      # precision/recall's k-NN work split over the processes, reference radii included
             evaluation.share_reference(world, device, shared)
     # a factory's id covers the weights it loads: loaded now (by rank 0, which alone writes rows) for resume to decide
+    # a factory's id covers the weights it loads: loaded now (by rank 0, which alone writes rows) for resume to decide;
+    # every model of the whole plan, whose cells a shard's table gathers
     identities = {m.name: m.source.identify(LoadContext(plan.suite, cache, device, say)) if main
-                  else m.source.identity(plan.suite) for m in plan.models}
+                  else m.source.identity(plan.suite) for m in plan.unsharded.models}
     base = {"suite": plan.name, "suite_version": plan.version, "n_samples": plan.num_samples, "seed": seeds[0],
             "seeds": f"{seeds[0]}-{seeds[-1]}", **evaluation.fields,
             **provenance(device_name(device), str(x0.dtype).replace("torch.", "")), **network_fields(config)}
@@ -381,18 +384,21 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
     shown.bar.close()
     if not main:
         return RunOutput(frame=pd.DataFrame(), timings=_total(timings, started))
-    frame = store.load(keys=run.keys + _scored(store, plan, run.keys))
-    files = list(write_tables(frame, out_dir))
-    if plots:
-        quality = plan.quality_metric
-        lower = column_directions().get(quality) != "higher"
-        files += plot_quality_vs_costs(frame, Path(out_dir), quality, lower, plot_format)
-        if "solver_error" in frame and frame["solver_error"].notna().any():   # log-log: the slope is the order
-            files += plot_quality_vs_costs(frame, Path(out_dir), "solver_error", True, plot_format)
-        apart = ((x0[:PLOT_PATHS].cpu().numpy(), plan.problem.independent_target(seeds[:PLOT_PATHS]).numpy())
-                 if plan.suite.independent_row and run.trajectories else None)
-        files += plot_paths(run.trajectories, reference.numpy(), apart, out_dir, plot_format, max_paths=PLOT_PATHS)
-        files += plot_model_grids(run.grid, Path(out_dir), plot_format, rows=GRID_ROWS, per_row=GRID_SAMPLES)
+    # a shard's table: every cell of the whole plan that the shared folder holds (rfbench.suites.shards)
+    with table_keys(run, wanted_cells(plan.unsharded, base, identities, world) if plan.shard else []) as keys:
+        frame = store.load(keys=keys + _scored(store, plan, keys))
+        files = list(write_tables(frame, out_dir))
+        if plots:
+            quality = plan.quality_metric
+            lower = column_directions().get(quality) != "higher"
+            files += plot_quality_vs_costs(frame, Path(out_dir), quality, lower, plot_format)
+            if "solver_error" in frame and frame["solver_error"].notna().any():   # log-log: the slope is the order
+                files += plot_quality_vs_costs(frame, Path(out_dir), "solver_error", True, plot_format)
+            apart = ((x0[:PLOT_PATHS].cpu().numpy(), plan.problem.independent_target(seeds[:PLOT_PATHS]).numpy())
+                     if plan.suite.independent_row and run.trajectories else None)
+            files += plot_paths(run.trajectories, reference.numpy(), apart, out_dir, plot_format,
+                                max_paths=PLOT_PATHS)
+            files += plot_model_grids(run.grid, Path(out_dir), plot_format, rows=GRID_ROWS, per_row=GRID_SAMPLES)
     return RunOutput(frame=frame, files=files, trained=list(cache.trained), timings=_total(timings, started),
                      kept=list(run.resumed))
 
