@@ -42,6 +42,7 @@ def registered(suite: Suite):
     finally:
         SUITES.remove(suite.name)
 
+
 def wait_for(proc, ready, what: str, seconds: float = 120, log=None) -> None:
     """Poll ``ready()`` until it holds, while the child process ``proc`` still runs; fail naming ``what`` (and the
     tail of the file ``log`` or ``proc``'s stderr pipe) when the process ends first or ``seconds`` pass."""
