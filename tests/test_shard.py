@@ -175,7 +175,8 @@ def test_two_torchrun_nodes_over_gloo_give_the_numbers_of_one_process_and_compos
     """docs/gpu.md's multi-node commands, each as two "nodes" of one process on localhost: a c10d rendezvous runs
     shard 1 of 2 and a static one (--node_rank) shard 2 into one folder, whose table is one process's."""
     cache, shared = tmp_path / "cache", tmp_path / "shared"
-    batch = ("--batch-size", "100")          # one process and two take the same batches
+    batch = ("--batch-size", "100",          # one process and two take the same batches
+             "--models", "1-rf")                # one model's seven cells: the test is about the processes
     _finish(_run(_cli(tmp_path / "one", cache, *batch), tmp_path / "one.log"), tmp_path / "one.log")
     (tmp_path / "c10d").mkdir()
     (tmp_path / "static").mkdir()
