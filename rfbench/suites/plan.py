@@ -24,13 +24,14 @@ import torch
 from rfbench.data.registry import DATASETS
 from rfbench.metrics import METRICS
 from rfbench.models.cache import PlanningCache, Training, default_cache_dir
-from rfbench.models.sources import MODELS, LoadContext, ModelFile, ModelObject, ModelSource, Recipe
+from rfbench.models.sources import MODELS, LoadContext, ModelFile, ModelSource, Recipe
 from rfbench.models.speed import check_compile_mode
 from rfbench.samplers import SOLVERS
 from rfbench.samplers.grids import GRIDS, SPACINGS, check_grid
 from rfbench.samplers.precision import check_precision
 from rfbench.suites.base import Cell, Suite, SuiteModel, applies, check_cells
 from rfbench.suites.options import parse_solver_options, with_options
+from rfbench.suites.shards import shard_plan
 from rfbench.threads import check_threads
 
 
@@ -149,7 +150,7 @@ class Plan:
         """Whether the run will train a model or make reflow pairs (write into the cache); a recipe whose planning
         pass failed is taken to train."""
         return any(jobs is None or jobs for _, jobs in self.training)
-    shard: tuple[int, int] | None = None   # (K, N): the cells and models are shard K's of N (:func:`shard_cells`)
+    shard: tuple[int, int] | None = None   # (K, N): the cells and models are shard K's of N (suites.shards)
     whole: Plan | None = None    # a shard's unsharded plan, whose table every shard gathers; None when unsharded
 
     @property
@@ -289,30 +290,6 @@ def plan_training(suite: Suite, models, cache_dir=None) -> tuple[tuple[str, tupl
             continue
         out.append((model.name, tuple(planning.to_train)))
     return tuple(out)
-
-
-def shard_cells(cells: tuple[Cell, ...], shard: tuple[int, int]) -> tuple[Cell, ...]:
-    """Shard K of N's cells: cell i of the plan (numbered 0, 1, ... in the plan's, hence the table's, order) belongs
-    to shard ``i % N + 1``. Fixed by the plan alone, so N jobs running the same command with K = 1..N compute every
-    cell exactly once; consecutive cells (one model's step counts) go to different shards, which spreads each
-    model's cost over the jobs."""
-    k, n = shard
-    return tuple(cell for i, cell in enumerate(cells) if i % n == k - 1)
-
-
-def shard_plan(plan: Plan, shard: tuple[int, int]) -> Plan:
-    """The plan of shard K of N: its cells (:func:`shard_cells`), the models that have one (a model without a cell
-    in this shard is not loaded) and, from shard 1 only, the independent row (:attr:`Plan.independent_row`); the
-    seeds, batch size and everything else as the whole plan's, so that a cell's row is the one a single process
-    makes."""
-    objects = [m.name for m in plan.models if isinstance(m.source, ModelObject)]
-    if objects:     # its cells cannot be told apart from another object's in the shared folder (never resumed)
-        raise ValueError(f"--shard (shard=) {shard[0]}/{shard[1]}: model {objects[0]} is a Python object, whose "
-                         f"cells other jobs cannot identify; give it as a file or module:factory to shard the run")
-    cells = shard_cells(plan.cells, shard)
-    models = tuple(m for m in plan.models if any(c.model == m.name for c in cells))
-    training = tuple((name, jobs) for name, jobs in plan.training if any(m.name == name for m in models))
-    return dataclasses.replace(plan, cells=cells, models=models, training=training, shard=shard, whole=plan)
 
 
 def models_kind(models, name: str) -> str:
