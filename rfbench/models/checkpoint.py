@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from rfbench.files import atomic_write
+from rfbench.protocols import is_diffusion_model, network_module
 
 FORMAT = "rfbench-checkpoint"
 FORMAT_VERSION = 1
@@ -113,3 +115,30 @@ def check_state_dict(net: nn.Module, state: dict, source: str) -> None:
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(f"{source} does not fit {type(net).__name__}: key {key!r} has shape "
                                   f"{tuple(state[key].shape)} in the file, the model expects {tuple(value.shape)}")
+
+
+def weights_sha1(model: Any) -> str | None:
+    """SHA-1 over the name, dtype, shape and bytes of every parameter and buffer of the torch module behind
+    ``model`` (the model itself, or a DiffusionModel's ``net`` with its ``alphas_cumprod``); None where no module
+    is behind it (a plain callable)."""
+    net = model if isinstance(model, torch.nn.Module) else network_module(model)
+    if net is None:
+        return None
+    tensors = list(itertools.chain(net.named_parameters(), net.named_buffers()))
+    if is_diffusion_model(model) and not isinstance(model, torch.nn.Module):
+        tensors.append(("alphas_cumprod", torch.as_tensor(model.alphas_cumprod)))
+    digest = hashlib.sha1()
+    for name, tensor in tensors:
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stated_id(model: Any, what: str) -> str | None:
+    """The id a loaded model states for itself (its ``model_id`` attribute), or None; ``what`` names it in the
+    error an id that is not a non-empty string gets."""
+    stated = getattr(model, "model_id", None)
+    if stated is not None and (not isinstance(stated, str) or not stated.strip()):
+        raise TypeError(f"{what}: model_id must be a non-empty string naming the weights, got {stated!r}")
+    return stated

@@ -21,11 +21,9 @@ The kinds of source:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import importlib.util
 import inspect
-import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +33,11 @@ import torch
 
 from rfbench.files import sha1_files
 from rfbench.models.cache import TRAINING_CODE_VERSION, Cache
-from rfbench.models.checkpoint import config_hash, jsonable
+from rfbench.models.checkpoint import config_hash, jsonable, stated_id, weights_sha1
 from rfbench.models.diffusers_folder import folder_sha1
 from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
                                     load_model_file, sniff)
-from rfbench.protocols import is_diffusion_model, network_module
+from rfbench.protocols import is_diffusion_model
 from rfbench.registry import Registry
 
 ModelKind = Literal["flow", "one-step", "diffusion"]
@@ -139,33 +137,6 @@ class Recipe(ModelSource):
 def content_sha1(path: str | Path) -> str:
     """SHA-1 of a model file, or of a diffusers folder's configs and weights."""
     return folder_sha1(path) if Path(path).is_dir() else sha1_files(path)
-
-
-def weights_sha1(model: Any) -> str | None:
-    """SHA-1 over the name, dtype, shape and bytes of every parameter and buffer of the torch module behind
-    ``model`` (the model itself, or a DiffusionModel's ``net`` with its ``alphas_cumprod``); None where no module
-    is behind it (a plain callable)."""
-    net = model if isinstance(model, torch.nn.Module) else network_module(model)
-    if net is None:
-        return None
-    tensors = list(itertools.chain(net.named_parameters(), net.named_buffers()))
-    if is_diffusion_model(model) and not isinstance(model, torch.nn.Module):
-        tensors.append(("alphas_cumprod", torch.as_tensor(model.alphas_cumprod)))
-    digest = hashlib.sha1()
-    for name, tensor in tensors:
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def stated_id(model: Any, what: str) -> str | None:
-    """The id a loaded model states for itself (its ``model_id`` attribute), or None; ``what`` names it in the
-    error an id that is not a non-empty string gets."""
-    stated = getattr(model, "model_id", None)
-    if stated is not None and (not isinstance(stated, str) or not stated.strip()):
-        raise TypeError(f"{what}: model_id must be a non-empty string naming the weights, got {stated!r}")
-    return stated
 
 
 class ModelFile(ModelSource):
