@@ -345,7 +345,6 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
         shared = world.all_objects(evaluation.shared if main else None)[0] if world.active else ()
         if shared:      # precision/recall's k-NN work split over the processes, reference radii included
             evaluation.share_reference(world, device, shared)
-    # a factory's id covers the weights it loads: loaded now (by rank 0, which alone writes rows) for resume to decide
     # a factory's id covers the weights it loads: loaded now (by rank 0, which alone writes rows) for resume to decide;
     # every model of the whole plan, whose cells a shard's table gathers
     identities = {m.name: m.source.identify(LoadContext(plan.suite, cache, device, say)) if main
