@@ -59,22 +59,17 @@ class Cache:
         held waits, then loads what the other trained."""
         path = self.network_path(name, config)
         self.keys[name] = self.last_key = path.stem
-        seen = _stamp(path)
-        net = self._load_network(name, path, config, make, device)   # no lock: an entry is written atomically
-        if net is not None:
-            return net
-        with self.entry(name, path, "training"):
-            if _stamp(path) != seen:        # trained by another job meanwhile
-                net = self._load_network(name, path, config, make, device)
-                if net is not None:
-                    return net
+
+        def make_entry():
             self.log(f"training {name} ...")
             net, info = train()
             save_checkpoint(path, net, jsonable(config), info=info)
-        self.trained.append(name)
-        loss = info.get("final_loss", float("nan"))
-        self.log(f"trained {name} ({info.get('seconds', 0):.1f} s, final loss {loss:.4g}) -> {path}")
-        return net.to(device).eval()
+            self.trained.append(name)
+            loss = info.get("final_loss", float("nan"))
+            self.log(f"trained {name} ({info.get('seconds', 0):.1f} s, final loss {loss:.4g}) -> {path}")
+            return net.to(device).eval()
+        return self._load_or_make(name, path, "training",
+                                  lambda: self._load_network(name, path, config, make, device), make_entry)
 
     def _load_network(self, name: str, path: Path, config: dict, make: Callable[[], nn.Module],
                       device: str | torch.device) -> nn.Module | None:
@@ -106,16 +101,25 @@ class Cache:
         """Load a dict of tensors (e.g. reflow pairs) for ``config``, or build and store it (under the entry's lock,
         as :meth:`network` trains)."""
         path = self.tensors_path(name, config)
-        seen = _stamp(path)
-        data = self._load_tensors(path)
-        if data is not None:
+
+        def make_entry():
+            data = build()
+            atomic_torch_save(data, path)
             return data
-        with self.entry(name, path, "making"):
-            data = self._load_tensors(path) if _stamp(path) != seen else None
-            if data is None:
-                data = build()
-                atomic_torch_save(data, path)
-        return data
+        return self._load_or_make(name, path, "making", lambda: self._load_tensors(path), make_entry)
+
+    def _load_or_make(self, name: str, path: Path, doing: str, load: Callable[[], object | None],
+                      make: Callable[[], object]):
+        """``load()`` the entry at ``path`` (None: missing or unusable) without a lock, else ``make()`` it under the
+        entry's lock (:meth:`entry`), loading it instead when another job made it while this one waited."""
+        seen = _stamp(path)
+        value = load()
+        if value is not None:
+            return value
+        with self.entry(name, path, doing):
+            if _stamp(path) != seen:        # made by another job meanwhile
+                value = load()
+            return value if value is not None else make()
 
     def _load_tensors(self, path: Path) -> dict | None:
         if not path.exists():
