@@ -20,7 +20,7 @@ import torch
 
 from rfbench.device import device_name
 from rfbench.distributed import World, batch_plan
-from rfbench.models.cache import PlanningCache, Training, default_cache_dir
+from rfbench.models.cache import PlanningCache, Training
 from rfbench.models.sources import LoadContext, ModelIdentity
 from rfbench.progress import ADAPTIVE_NFE_GUESS, TRAIN_EVALS_PER_SAMPLE, duration
 from rfbench.protocols import is_diffusion_model
@@ -185,7 +185,7 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, resume: bool = T
         if rec.get("nfe") is not None and rec.get("n_samples") == plan.num_samples:
             stored_nfe[(rec.get("model"), rec.get("solver"), record_steps(rec), rec.get("options") or "")] = \
                 float(rec["nfe"])
-    cache = PlanningCache(plan.cache_dir if plan.cache_dir is not None else default_cache_dir())
+    cache = PlanningCache(plan.cache_dir)
     identities = {m.name: _identity(m, LoadContext(plan.suite, cache, device, lambda msg: None)) for m in plan.models}
     wanted = wanted_cells(plan, {**base, "device": dev}, identities, world)    # as the run decides
     kept = finished_cells(store, wanted, metric_columns(plan), lambda msg: None) if resume and records else {}

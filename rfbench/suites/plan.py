@@ -23,7 +23,7 @@ import torch
 
 from rfbench.data.registry import DATASETS
 from rfbench.metrics import METRICS
-from rfbench.models.cache import PlanningCache, Training, default_cache_dir
+from rfbench.models.cache import PlanningCache, Training
 from rfbench.models.sources import MODELS, LoadContext, ModelFile, ModelSource, Recipe
 from rfbench.models.speed import check_compile_mode
 from rfbench.samplers import SOLVERS
@@ -277,7 +277,7 @@ def plan_training(suite: Suite, models, cache_dir=None) -> tuple[tuple[str, tupl
     of its recipe through a :class:`~rfbench.models.cache.PlanningCache`, which trains nothing and builds untrained
     networks. A network or pair set that several models need (1-RF's, for 2-RF and 3-RF) is listed under each (a
     reader counts it once). The input checks, ``--dry-run`` and the progress bar all read this one pass."""
-    planning = PlanningCache(cache_dir if cache_dir is not None else default_cache_dir())
+    planning = PlanningCache(cache_dir)      # None: the default cache, as Cache takes it
     out = []
     for model in models:
         if not isinstance(model.source, Recipe):
