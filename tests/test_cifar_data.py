@@ -4,6 +4,7 @@ photographs (crops of sklearn's bundled sample images), read by rfbench and, as 
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,3 +75,33 @@ def test_cifar10_errors_name_the_path_and_what_is_expected(tmp_path):
         pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, f)
     with pytest.raises(DatasetNotFoundError, match=r"1 labels for 2 images"):
         load_cifar10_uint8("test", tmp_path)
+
+
+def test_a_cifar10_batch_that_would_run_code_is_refused_without_running_it(tmp_path):
+    """A batch in the real layout whose filenames list holds an object that writes a file when unpickled."""
+    write_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"batch_label": "testing batch 1 of 1", "labels": [0, 1], "data": np.zeros((2, 3072), np.uint8),
+                     "filenames": ["a.png", LeavesMarker(marker)]}, f, protocol=2)
+    with pytest.raises(DatasetNotFoundError, match=r"test_batch: refused: the pickle calls "
+                                                   r"tests\.test_cifar_data\.leave_marker while loading \(code, not "
+                                                   r"data\); a CIFAR-10 batch file may hold only dicts, lists"):
+        load_cifar10_uint8("test", tmp_path)
+    assert not marker.exists()
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"labels": [0, 1], "data": np.zeros((2, 3072), object)}, f)
+    with pytest.raises(DatasetNotFoundError, match=r"test_batch: refused: it holds a numpy array of dtype object"):
+        load_cifar10_uint8("test", tmp_path)
+
+
+def leave_marker(path):
+    Path(path).write_text("code from a data file ran")
+
+
+class LeavesMarker:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return leave_marker, (str(self.marker),)

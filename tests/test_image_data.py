@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import sys
 
@@ -38,18 +39,51 @@ def test_idx_layouts_read_like_torchvision(tmp_path, layout, compress):
 
 
 @pytest.mark.parametrize("scale", [256, 255])   # the classic file stores byte / 256; accept byte / 255 too
-def test_mnist_pickle_layout(tmp_path, scale):
+@pytest.mark.parametrize("protocol", [2, 5])      # the classic file's protocol (arrays by _reconstruct); _frombuffer
+def test_mnist_pickle_layout(tmp_path, scale, protocol):
     train, valid, test = digits_28(20), digits_28(5, seed=2), digits_28(7, seed=3)
     train[0, 0, 0] = 255                          # so that the / 255 copy reaches 1.0
     labels = [np.arange(len(im), dtype=np.int64) % 10 for im in (train, valid, test)]
     as_pickle = tuple((im.reshape(len(im), 784).astype(np.float32) / scale, y)
                       for im, y in zip((train, valid, test), labels))
     with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as f:
-        pickle.dump(as_pickle, f)
+        pickle.dump(as_pickle, f, protocol=protocol)
     np.testing.assert_array_equal(load_mnist_uint8("mnist", "train", tmp_path), np.concatenate([train, valid]))
     np.testing.assert_array_equal(load_mnist_uint8("mnist", "test", tmp_path / "mnist.pkl.gz"), test)
     np.testing.assert_array_equal(load_mnist_labels("mnist", "train", tmp_path), np.concatenate(labels[:2]))
     np.testing.assert_array_equal(load_mnist_labels("mnist", "test", tmp_path / "mnist.pkl.gz"), labels[2])
+
+
+class RunsCode:
+    """What a crafted pickle holds: an object whose unpickling calls ``os.system`` (here: touch a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_an_mnist_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
+    train, valid, test = digits_28(4), digits_28(4, seed=2), digits_28(4, seed=3)
+    labels = np.arange(4, dtype=np.int64)
+    marker = tmp_path / "ran"
+    # the real layout, with the code in place of the test split's labels
+    crafted = ((train.reshape(4, 784) / 256, labels), (valid.reshape(4, 784) / 256, labels),
+               (test.reshape(4, 784) / 256, RunsCode(marker)))
+    with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as f:
+        pickle.dump(crafted, f, protocol=2)
+    with pytest.raises(DatasetNotFoundError, match=r"mnist\.pkl\.gz: refused: the pickle calls (posix|nt)\.system "
+                                                   r"while loading \(code, not data\); a mnist\.pkl\.gz pickle may "
+                                                   r"hold only dicts, lists, strings, bytes, numbers and numpy arrays"):
+        load_mnist_uint8("mnist", "train", tmp_path)
+    assert not marker.exists()
+    # an array of Python objects (which could hold anything) is refused too, naming the file and the dtype
+    crafted = crafted[:2] + ((test.reshape(4, 784) / 256, np.array(labels.tolist(), dtype=object)),)
+    with gzip.open(tmp_path / "mnist.pkl.gz", "wb") as f:
+        pickle.dump(crafted, f, protocol=2)
+    with pytest.raises(DatasetNotFoundError, match=r"mnist\.pkl\.gz: refused: it holds a numpy array of dtype object"):
+        load_mnist_labels("mnist", "test", tmp_path)
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -1,10 +1,15 @@
 """What every dataset shares: images as saved (uint8) and as models see them (float in [-1, 1]), their content
-hash, and the error for data that is not where it should be."""
+hash, the error for data that is not where it should be, and reading pickled data files as data only: through an
+unpickler that builds nothing but containers and plain arrays."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
+from typing import BinaryIO
 
+import numpy as np
 import torch
 
 
@@ -25,3 +30,68 @@ def dequantize(images: torch.Tensor) -> torch.Tensor:
 def image_fingerprint(images: torch.Tensor) -> str:
     """SHA-1 of images as saved (quantised bytes): identifies a data set wherever it was read from."""
     return hashlib.sha1(quantize(images).numpy().tobytes()).hexdigest()
+
+
+# What the pickled data formats hold (mnist.pkl.gz, CIFAR-10's python batches; Python 2 or 3, any protocol) besides
+# the containers, strings and numbers that pickle builds without naming a global: numpy arrays, which numpy pickles
+# as _reconstruct(ndarray, ...) with a dtype (protocols 2-4) or _frombuffer(buffer, dtype, ...) (protocol 5), under
+# numpy.core (numpy 1, and every file written by it) or numpy._core (numpy 2); and bytes pickled by Python 3 at
+# protocol 2, which are _codecs.encode(text, "latin1"). The functions are taken from this numpy's own pickles of an
+# array, not imported by the names a file gives.
+_RECONSTRUCT, _FROMBUFFER = np.empty(0).__reduce__()[0], np.empty(0).__reduce_ex__(5)[0]
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}; Python pickles bytes as latin1")
+    return text.encode("latin1")
+
+
+PICKLE_GLOBALS = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes,
+                  **{(f"numpy.{core}.multiarray", "_reconstruct"): _RECONSTRUCT for core in ("core", "_core")},
+                  **{(f"numpy.{core}.numeric", "_frombuffer"): _FROMBUFFER for core in ("core", "_core")}}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds containers, strings, numbers and numpy arrays, and refuses every other global (the
+    functions and classes a pickle calls while loading: the way a crafted file runs code) before it is looked up."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
+def load_data_pickle(fh: BinaryIO, path: str | os.PathLike, what: str) -> object:
+    """Unpickle ``fh`` (the data file ``path``, a ``what``; Python 2 pickles read with encoding latin1) as data only:
+    dicts, lists, tuples, strings, bytes, numbers and numpy arrays of plain dtypes. A pickle that names any other
+    global, or that holds an array of Python objects (dtype object), is refused with a :class:`DatasetNotFoundError`
+    naming the file and what it found; nothing in the file is called. Other failures (a truncated file, not a pickle)
+    raise as ``pickle.load`` raises them."""
+    allowed = f"a {what} may hold only dicts, lists, strings, bytes, numbers and numpy arrays of plain dtypes"
+    try:
+        data = _DataUnpickler(fh, encoding="latin1").load()
+    except _RefusedGlobal as exc:
+        raise DatasetNotFoundError(f"{path}: refused: the pickle calls {exc} while loading (code, not data); "
+                                   f"{allowed}") from None
+    seen, stack = set(), [data]       # every container, once (a pickle can make cycles and deep nesting)
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, np.ndarray) and item.dtype.hasobject:
+            raise DatasetNotFoundError(f"{path}: refused: it holds a numpy array of dtype {item.dtype} (Python "
+                                       f"objects, not data); {allowed}")
+    return data
+

@@ -9,12 +9,11 @@ of a dict with ``data`` (uint8, N x 3072, each row one image as 3 x 32 x 32 plan
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 
-from rfbench.data.base import DatasetNotFoundError, dequantize
+from rfbench.data.base import DatasetNotFoundError, dequantize, load_data_pickle
 from rfbench.data.registry import Dataset, register_dataset
 
 FOLDER = "cifar-10-batches-py"
@@ -39,7 +38,9 @@ def _root(data_dir: str | Path | None) -> Path:
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            batch = load_data_pickle(f, path, "CIFAR-10 batch file")
+    except DatasetNotFoundError:
+        raise
     except Exception as exc:  # truncated or not a pickle
         raise DatasetNotFoundError(f"{path} is not a CIFAR-10 batch file ({type(exc).__name__}: {exc})") from None
     if not isinstance(batch, dict):

