@@ -232,6 +232,31 @@ def test_reference_statistics_are_computed_once_and_keyed(tmp_path):
         reference_stats(ReferenceKey("digits", "test", "digits-cnn", "none", 8), tmp_path, batches)
 
 
+def test_reference_files_holding_object_arrays_are_refused_naming_the_file_and_the_array(tmp_path):
+    """Statistics and features files are read with allow_pickle=False: an array of Python objects (which only
+    unpickling, and so code the file names, could read) is one error naming the file, the array and what is read."""
+    from rfbench.metrics.reference import ReferenceFileError, ReferenceKey, reference_features, reference_stats
+
+    stats = GaussianStats.from_features(_features(50, 4, 1))
+    np.savez(tmp_path / "objects.npz", mu=stats.mu, sigma=stats.sigma, n=np.array([50], dtype=object))
+    with pytest.raises(ValueError, match=r"objects\.npz: array 'n' holds Python objects \(dtype object\), which only "
+                                         r"unpickling reads .*; rfbench reads numpy files of plain arrays only"):
+        GaussianStats.load(tmp_path / "objects.npz")
+    # the cache's files: the statistics (.npz) and the features (.npy) of a reference key
+    key = ReferenceKey("digits", "train", "digits-cnn", "none", 8)
+    x = _features(30, 4, 2)
+    _, stats_path = reference_stats(key, tmp_path, lambda: [x])
+    _, features_path = reference_features(key, tmp_path, lambda: x.astype(np.float32))
+    np.savez(stats_path, mu=stats.mu, sigma=stats.sigma, meta_dataset=np.array(["digits"], dtype=object))
+    with pytest.raises(ReferenceFileError, match=rf"{stats_path.name}: array 'meta_dataset' holds Python objects "
+                                                 r"\(dtype object\).*; remove it to recompute"):
+        reference_stats(key, tmp_path, lambda: [x])
+    np.save(features_path, np.zeros(3, dtype=[("feature", "f4"), ("note", "O")]), allow_pickle=True)
+    with pytest.raises(ReferenceFileError, match=rf"{features_path.name}: the array holds Python objects \(a "
+                                                 r"structured dtype with an object field\).*; remove it to recompute"):
+        reference_features(key, tmp_path, lambda: x)
+
+
 def test_bootstrap_standard_errors():
     from rfbench.metrics import METRICS, MetricInput
     from rfbench.metrics.image import bootstrap_se

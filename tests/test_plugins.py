@@ -364,6 +364,70 @@ def test_image_samples_from_a_file_score_as_the_suite_scores_real_images(tmp_pat
     assert json.loads(next((tmp_path / "run" / "cells").glob("*.json")).read_text())["model"] == "held-out"
 
 
+class PixelFeatures(rfbench.FeatureExtractor):
+    """An extractor that needs no training: an 8x8 image's 64 pixels are its features."""
+
+    name, dim, num_classes, resize_mode, resolution, checkpoint = "pixels", 64, None, "none", 8, "none"
+    logits_note = "pixels have no classifier"
+
+    def extract(self, images):
+        return images.reshape(len(images), -1).double(), None
+
+
+@pytest.fixture
+def pixel_extractor():
+    """The extractor ``pixels`` registered (through the public door) for the test."""
+    from rfbench.metrics.features import EXTRACTORS
+    rfbench.register_extractor("pixels", lambda *args, **kwargs: PixelFeatures())
+    yield "pixels"
+    EXTRACTORS.remove("pixels")
+
+
+def test_score_refuses_numpy_files_of_python_objects_naming_the_file_and_the_array(tmp_path, capsys, pixel_extractor):
+    """Every numpy file `rfbench score` reads (the samples, --ref-stats, the cached reference) is read without
+    unpickling; an array of Python objects is one line naming the file and the array, exit status 2."""
+    from rfbench.data.base import quantize
+    suite = standin("digits", "digits-objects", {"shift": Shift()}, cells=(Cell("shift", "euler", 1),),
+                    num_samples=40, bootstrap=0, extractor=pixel_extractor)
+    images = quantize(suite.problem.independent_target(range(40))).permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "good.npz", arr_0=images)
+    objects = np.array([{"any": "object"}] * 40, dtype=object)
+    np.savez(tmp_path / "samples.npz", arr_0=objects)
+    np.savez(tmp_path / "z0.npz", arr_0=images, z0=objects)
+    np.save(tmp_path / "samples.npy", objects, allow_pickle=True)
+    np.savez(tmp_path / "ref.npz", mu=np.zeros(64), sigma=np.array([np.eye(64)], dtype=object))
+    cache = tmp_path / "cache"
+
+    def score(samples, *extra):
+        with pytest.raises(SystemExit) as exit_:
+            main(["score", str(tmp_path / samples), "--suite", "digits-objects", "--label", "x", "--out",
+                  str(tmp_path / "run"), "--cache", str(cache), "--device", "cpu", "--quiet", *extra])
+        errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+        assert exit_.value.code == 2 and len(errors) == 1, errors
+        return errors[0]
+
+    with registered(suite):
+        for samples, array in (("samples.npz", "array 'arr_0'"), ("z0.npz", "array 'z0'"),
+                               ("samples.npy", "the array")):
+            assert f"{tmp_path / samples}: {array} holds Python objects (dtype object), which only unpickling " \
+                   f"reads" in score(samples)
+        error = score("good.npz", "--ref-stats", str(tmp_path / "ref.npz"))
+        assert f"--ref-stats {tmp_path / 'ref.npz'}: array 'sigma' holds Python objects" in error
+        assert error.endswith("rfbench reads numpy files of plain arrays only (numbers, bool, strings)")
+        # the reference the first scoring caches, its features (.npy) then its statistics (.npz) replaced
+        assert main(["score", str(tmp_path / "good.npz"), "--suite", "digits-objects", "--label", "x", "--out",
+                     str(tmp_path / "run"), "--cache", str(cache), "--device", "cpu", "--quiet"]) == 0
+        features = next((cache / "reference").glob("*.features.npy"))
+        plain = np.load(features)
+        np.save(features, plain.astype(object), allow_pickle=True)
+        assert f"{features}: the array holds Python objects" in score("good.npz")
+        np.save(features, plain)
+        stats = next((cache / "reference").glob("*[0-9a-f].npz"))
+        with np.load(stats) as data:
+            np.savez(stats, **{**data, "n": np.array([40], dtype=object)})
+        assert f"{stats}: array 'n' holds Python objects" in score("good.npz")
+
+
 class IntegerTimesteps(torch.nn.Module):
     """An eps network that, like many DDPM codebases', embeds integer timesteps only (a float one is an error)."""
 

@@ -1,12 +1,13 @@
 """What every dataset shares: images as saved (uint8) and as models see them (float in [-1, 1]), their content
-hash, the error for data that is not where it should be, and reading pickled data files as data only: through an
-unpickler that builds nothing but containers and plain arrays."""
+hash, the error for data that is not where it should be, and reading data files as data only: pickles through an
+unpickler that builds nothing but containers and plain arrays, numpy files without unpickling."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import pickle
+import zipfile
 from typing import BinaryIO
 
 import numpy as np
@@ -95,3 +96,38 @@ def load_data_pickle(fh: BinaryIO, path: str | os.PathLike, what: str) -> object
                                        f"objects, not data); {allowed}")
     return data
 
+
+def object_arrays_problem(path: str | os.PathLike) -> str | None:
+    """Why the ``.npy`` or ``.npz`` file ``path`` cannot be read as plain arrays, or None. An array of Python objects
+    (dtype object, or a structured dtype with an object field) could only be read by unpickling, which runs the code a
+    file names, so rfbench loads numpy files with ``allow_pickle=False``; numpy then refuses such an array without
+    naming the file or the array, which this says. Only the arrays' headers are read; a file that is not a numpy file
+    at all gives None, for ``np.load`` to report."""
+    def header_dtype(fh) -> np.dtype | None:
+        try:
+            version = np.lib.format.read_magic(fh)
+        except ValueError:      # not an array (an .npz may hold other members, which np.load returns as bytes)
+            return None
+        # versions 2.0 and 3.0 share the header's layout; 3.0's utf-8 field names, read as latin1, come out garbled
+        # but in the same fields, holding the same types
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(fh)[2]
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                found = []
+                for member in archive.namelist():
+                    with archive.open(member) as fh:
+                        found.append((f"array {member.removesuffix('.npy')!r}", header_dtype(fh)))
+        else:
+            with open(path, "rb") as fh:
+                found = [("the array", header_dtype(fh))]
+    except Exception:   # noqa: BLE001  (unreadable or not a numpy file: np.load's error says what it is)
+        return None
+    name, objects = next(((n, d) for n, d in found if d is not None and d.hasobject), (None, None))
+    if name is None:
+        return None
+    kind = "dtype object" if objects == np.dtype(object) else "a structured dtype with an object field"
+    return (f"{path}: {name} holds Python objects ({kind}), which only unpickling reads (running code the file "
+            f"names); rfbench reads numpy files of plain arrays only (numbers, bool, strings)")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rfbench.data.base import object_arrays_problem
 from rfbench.device import resolve_device
 from rfbench.files import atomic_write
 from rfbench.metrics import knn
@@ -80,8 +81,10 @@ class GaussianStats:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"reference statistics not found: {path}")
+        if (problem := object_arrays_problem(path)) is not None:
+            raise ValueError(problem)
         try:
-            with np.load(path) as data:
+            with np.load(path, allow_pickle=False) as data:
                 missing = [k for k in ("mu", "sigma") if k not in data]
                 if missing:
                     raise ValueError(f"{path} has no {' or '.join(missing)} array (found: {', '.join(data.files)})")

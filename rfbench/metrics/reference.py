@@ -14,12 +14,19 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from rfbench.data.base import object_arrays_problem
 from rfbench.files import atomic_write
 from rfbench.metrics.image import GaussianStats, StatsAccumulator
 
 
 class ReferenceFileError(ValueError):
-    """A ``--ref-stats`` file that is missing, unreadable or does not fit the extractor."""
+    """A ``--ref-stats`` file that is missing, unreadable or does not fit the extractor, or a cached reference file
+    that holds Python objects."""
+
+
+def _plain_cache_file(path: Path) -> None:
+    if (problem := object_arrays_problem(path)) is not None:
+        raise ReferenceFileError(f"{problem}; remove it to recompute")
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,9 @@ def reference_stats(key: ReferenceKey, cache_dir: str | os.PathLike,
     batches) into them and store them there. Returns the statistics and the file they live in."""
     path = Path(cache_dir) / "reference" / key.filename()
     if path.exists():
+        _plain_cache_file(path)
         stats = GaussianStats.load(path)
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             stored = {k[len("meta_"):]: str(data[k]) for k in data.files if k.startswith("meta_")}
         expected = {k: str(v) for k, v in asdict(key).items()}
         if stored and stored != expected:  # a file named for this key that says otherwise was not written by us
@@ -75,7 +83,8 @@ def reference_features(key: ReferenceKey, cache_dir: str | os.PathLike,
     a stored file can only belong to the same images and extractor."""
     path = Path(cache_dir) / "reference" / (key.filename()[:-len(".npz")] + ".features.npy")
     if path.exists():
-        return np.load(path).astype(np.float64), path
+        _plain_cache_file(path)
+        return np.load(path, allow_pickle=False).astype(np.float64), path
     features = np.asarray(compute())
     stored = features.astype(np.float32)
     if not np.array_equal(stored.astype(features.dtype), features):
@@ -93,8 +102,10 @@ def load_reference_file(path: str | os.PathLike, dim: int) -> tuple[np.ndarray |
     path = Path(path)
     if not path.is_file():
         raise ReferenceFileError(f"--ref-stats {path}: no such file")
+    if (problem := object_arrays_problem(path)) is not None:
+        raise ReferenceFileError(f"--ref-stats {problem}")
     try:
-        data = np.load(path)
+        data = np.load(path, allow_pickle=False)
         files = list(data.files)
     except Exception as exc:
         raise ReferenceFileError(f"--ref-stats {path} is not a readable .npz ({type(exc).__name__}: {exc})") from None

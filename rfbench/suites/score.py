@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rfbench.data.base import dequantize
+from rfbench.data.base import dequantize, object_arrays_problem
 from rfbench.data.images import load_image_folder
 from rfbench.data.registry import check_dataset
 from rfbench.device import device_name, resolve_device
@@ -52,6 +52,8 @@ def read_samples(path: str | Path, shape: tuple[int, ...]) -> tuple[torch.Tensor
         x = load_image_folder(str(path))
         layout = f"a folder of {len(x)} images"
     elif path.is_file():
+        if (problem := object_arrays_problem(path)) is not None:
+            raise SamplesError(problem)
         try:
             loaded = np.load(path, allow_pickle=False)
         except Exception as exc:
