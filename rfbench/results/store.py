@@ -33,6 +33,14 @@ def cell_key(record: dict) -> str:
 
 
 STALE = "stale"     # cells/stale/: cell files a resumed run set aside (their record is of another cell); never read
+SCORED = "samples file"     # how a row that ``rfbench score`` added begins its model_source: not a run's cell
+
+
+def is_scored(row) -> bool:
+    """Whether a record (or a table's row) is one that ``rfbench score`` added from samples made elsewhere, rather
+    than a cell a run computed."""
+    return str(row.get("model_source", "")).startswith(SCORED)
+
 
 
 class StoreWriteError(OSError):
@@ -120,6 +128,15 @@ class ResultStore:
                 warnings.warn(f"ignoring result cell {path}: not a JSON object", stacklevel=2)
                 continue
             out[path.stem] = record
+        return out
+
+    def model_cells(self, scored: bool) -> dict[str, str]:
+        """Model name -> the key of one stored record of that model that ``rfbench score`` added (``scored``) or
+        that a run wrote (not ``scored``; the independent row left out)."""
+        out: dict[str, str] = {}
+        for key, record in self.records().items():
+            if is_scored(record) == scored and record.get("model") not in (None, "independent"):
+                out.setdefault(str(record["model"]), key)
         return out
 
     def load(self, suite: str | None = None, suite_version: int | None = None,
