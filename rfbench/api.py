@@ -32,6 +32,7 @@ from rfbench.suites.base import SUITES, Suite
 from rfbench.suites.inputs import missing_inputs, model_problems
 from rfbench.suites.plan import InputError, Plan, RunConfig, make_plan
 from rfbench.suites.runner import RunOutput, run_suite
+from rfbench.suites.score import scored_clashes
 
 
 class GateFailed(AssertionError):
@@ -164,6 +165,8 @@ def input_problems(plan: Plan, config: RunConfig, log: Callable[[str], None] = l
     missing = missing_inputs(plan)
     if out is not None:
         missing += [line for line in [folder_problem(out, "--out", "the run's results")] if line]
+        # a row rfbench score added under the name of one of the run's models: neither may stand for the other
+        missing += scored_clashes(out, [m.name for m in plan.unsharded.models])
     cache_dir = config.cache_dir if config.cache_dir is not None else default_cache_dir()
     if plan.trains:    # a cache that holds every model may be read-only (a shared one)
         line = folder_problem(cache_dir, "--cache", "the trained models")

@@ -1,9 +1,11 @@
 """Writing files so that no reader ever sees half of one, and identifying files by their content.
 
-One helper for every file rfbench writes (result cells, tables, checkpoints, caches, samples): write to a
+One helper for every file rfbench writes (result cells, tables, plots, checkpoints, caches, samples): write to a
 temporary file in the same folder, flush it to disk, then rename it over the target. A reader (or a second run
 writing the same file) sees the old file or the new one, never a part; a crash leaves at most a hidden temporary
-file. Torch-free: a checkpoint passes its own ``torch.save`` as the writer.
+file; a link at the target is replaced by the new file, never written through (a ``results/w2_vs_nfe.png`` that
+links to a file elsewhere leaves that file as it was). Torch-free: a checkpoint passes its own ``torch.save``, a
+plot matplotlib's ``savefig``, as the writer.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from filelock import FileLock, Timeout
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(fh)`` on a temporary binary file beside ``path``, then rename it to ``path``. The file gets the
-    permissions ``open()`` would give it (the umask's), not ``mkstemp``'s private ones."""
+    """Call ``write(fh)`` on a temporary binary file beside ``path``, then rename it to ``path`` (a link there is
+    replaced, its target left alone). The file gets the permissions ``open()`` would give it (the umask's), not
+    ``mkstemp``'s private ones."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -44,9 +47,13 @@ def exclusive(path: str | os.PathLike, waiting: Callable[[], None] = lambda: Non
     """Hold an exclusive lock on the file ``path`` (made, with its folder, when missing) for the block: between
     processes on this machine, and across machines on a shared file system that supports ``flock`` (NFS, and Lustre
     mounted with ``-o flock``). ``waiting()`` is called once when another process holds the lock, before waiting for
-    it. The file stays behind, empty; a process killed while holding the lock releases it."""
+    it. The file stays behind, empty; a process killed while holding the lock releases it. A link at ``path`` is
+    removed and a lock file made in its place: opening it would reach (and some filelock versions truncate) a file
+    elsewhere."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
     lock = FileLock(path)
     try:
         lock.acquire(timeout=0)

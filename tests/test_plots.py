@@ -1,6 +1,9 @@
 """The quality plots: ±1 standard error bars where the frame has them, plain-number log-axis labels, an honest time
 axis. Each test draws on an axis in memory, or writes under tmp_path."""
 
+import os
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -129,3 +132,47 @@ def test_coupling_plot_marks_where_segments_cross(tmp_path):
     path = plot_coupling({"made": ("by hand", z0, z1)}, tmp_path / "coupling.png")
     assert path.stat().st_size > 0
     assert plot_coupling({}, tmp_path / "none.png") is None
+
+
+class _Shift:
+    """A constant velocity: a flow model that needs no training."""
+
+    input_shape = (2,)
+
+    def __call__(self, x, t):
+        return x * 0 + 0.5
+
+
+def test_a_plot_path_that_is_a_link_is_replaced_not_written_through(tmp_path):
+    """Every file rfbench writes goes through rfbench.files.atomic_write: a plot whose path is a link to a file
+    outside --out (w2_vs_nfe.png -> ../victim) gets a file of its own in place of the link, and the file the link
+    pointed at is left as it was (matplotlib used to write through the link)."""
+    from rfbench.cli import main
+    from rfbench.suites import Cell
+    from tests.standins import registered, standin
+    suite = standin("toy2d", "toy2d-links", {"shift": _Shift()}, cells=(Cell("shift", "euler", 1),), num_samples=40,
+                    metrics=("w2",))
+    out, victim, victim_too = tmp_path / "out", tmp_path / "victim", tmp_path / "victim-too"
+    run = ["--suite", "toy2d-links", "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet", "--device",
+           "cpu"]
+
+    def link(name: str, target: Path) -> Path:
+        target.write_bytes(b"precious")
+        path = out / name
+        path.unlink(missing_ok=True)
+        path.symlink_to(os.path.relpath(target, out))
+        return path
+
+    def replaced(path: Path, target: Path) -> None:
+        assert target.read_bytes() == b"precious", f"{path.name} was written through its link"
+        assert not path.is_symlink() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with registered(suite):
+        assert main(run) == 0
+        plot, paths = link("w2_vs_nfe.png", victim), link("trajectories.png", victim_too)
+        assert main(["table", str(out), "--plots", "png"]) == 0            # the table's plots
+        replaced(plot, victim)
+        plot = link("w2_vs_nfe.png", victim)
+        assert main(run + ["--force"]) == 0                               # the run's plots
+        replaced(plot, victim)
+        replaced(paths, victim_too)

@@ -339,6 +339,67 @@ def test_samples_saved_by_a_run_score_to_the_same_numbers(tmp_path, capsys):
             capsys.readouterr().err
 
 
+def test_a_scored_row_never_stands_in_a_runs_cell(tmp_path, capsys):
+    """rfbench score refuses a label that names a model whose cells a run wrote into --out (it used to replace the
+    run's own 1-rf/euler/1 row, unmarked), and a run refuses a folder holding a row scored under one of its models'
+    names; labels follow the model names' rule (a line break split the Markdown table)."""
+    suite = standin("toy2d", "toy2d-label", {"shift": Shift()}, cells=(Cell("shift", "euler", 1),), num_samples=50)
+    np.savez(tmp_path / "other.npz", arr_0=np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32))
+    run_args = ["--suite", "toy2d-label", "--cache", str(tmp_path / "cache"), "--quiet", "--no-plots", "--device",
+                "cpu"]
+
+    def errors() -> list[str]:       # what follows "PROG: error: " on each error line
+        return [line.split(" error: ", 1)[1] for line in capsys.readouterr().err.splitlines() if " error: " in line]
+
+    def score(label: str, out: Path) -> int:
+        return main(["score", str(tmp_path / "other.npz"), "--suite", "toy2d-label", "--label", label, "--solver",
+                     "euler", "--steps", "1", "--out", str(out), "--quiet"])
+
+    with registered(suite):
+        run = tmp_path / "run"
+        assert main(run_args + ["--out", str(run)]) == 0
+        table, cells = (run / "results.csv").read_bytes(), sorted((run / "cells").iterdir())
+        with pytest.raises(SystemExit) as exc:
+            score("shift", run)
+        assert exc.value.code == 2
+        (line,) = errors()
+        assert line.startswith(f"--label shift: --out {run} holds a run's cells of its model "
+                               f"shift (cells/") and line.endswith("pick another label (e.g. shift-external)")
+        assert (run / "results.csv").read_bytes() == table and sorted((run / "cells").iterdir()) == cells
+        for label in ("shift\nx", "a|b", " shift", "independent", "a/b", ""):
+            with pytest.raises(SystemExit):
+                score(label, run)
+            assert "--label (the row's model) must be a non-empty string of printable characters" in \
+                capsys.readouterr().err
+        assert (run / "results.csv").read_bytes() == table
+        assert score("shift-external", run) == 0        # another label joins the table beside the run's row
+        frame = pd.read_csv(run / "results.csv")
+        assert list(frame["model"]) == ["independent", "shift", "shift-external"]
+        assert frame.set_index("model").loc["shift", "model_source"] == "factory"
+        # the run's row only in results.csv (its cell files gone): still refused
+        for path in (run / "cells").glob("*.json"):
+            path.unlink()
+        with pytest.raises(SystemExit):
+            score("shift", run)
+        assert "holds a run's cells of its model shift (results.csv)" in capsys.readouterr().err
+        # the other order: a scored row first, then a run with a model of that name into the same folder
+        other = tmp_path / "other"
+        assert score("shift", other) == 0
+        scored = (other / "results.csv").read_bytes()
+        with pytest.raises(SystemExit) as exc:
+            main(run_args + ["--out", str(other)])
+        assert exc.value.code == 2
+        (key,) = [p.name for p in (other / "cells").glob("*.json")]
+        assert errors() == [(
+            f"--out {other} holds a row that rfbench score added under the label shift (cells/{key}), "
+            f"the name of a model of this run: give the run another --out, or move that file out of cells/ and score "
+            f"the samples again under another label")]
+        assert (other / "results.csv").read_bytes() == scored
+    with pytest.raises(ValueError, match=r"a model name must be a non-empty string of printable characters.*got "
+                                         r"'two\\nlines'"):
+        standin("toy2d", "toy2d-bad-name", {"two\nlines": Shift()}, cells=())
+
+
 def test_image_samples_from_a_file_score_as_the_suite_scores_real_images(tmp_path):
     """Held-out digits written as a clean-fid / ADM sample file (uint8 NHWC) score the FID of the digits suite's
     independent row, which holds the same images."""

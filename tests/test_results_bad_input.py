@@ -240,6 +240,43 @@ def test_resume_decides_on_the_record_and_a_dry_run_moves_nothing(tmp_path):
     assert (store.cells_dir / f"{wanted.key}.json").is_file() and not store.stale_dir.exists()   # dry run
 
 
+def test_a_cell_edited_by_hand_is_recomputed_not_kept(tmp_path):
+    """Each cell file holds a digest of its record; a resumed run keeps a cell only while the two agree. A metric
+    edited by hand (its key columns left alone) used to be kept and shown (w2 0.123 for the computed value)."""
+    flow, out = Counting(), tmp_path / "out"
+    suite = _suite(flow, "toy2d-edited")
+    first, _ = _run(suite, out, flow, tmp_path / "cache")
+    computed = dict(zip(first["steps"], first["w2"]))
+    cells = _cells(out)
+    record = json.loads(cells[2].read_text())
+    cells[2].write_text(json.dumps({**record, "w2": 0.123}, indent=1))
+    frame, said = _run(suite, out, flow, tmp_path / "cache")
+    assert dict(zip(frame["steps"], frame["w2"])) == computed and flow.calls > 0
+    assert len(record[DIGEST]) == 64
+    assert [line for line in said if line.startswith("resume: ")] == [
+        f"resume: cells/{cells[2].name} does not match the digest stored with it (its content changed since it was "
+        f"written): count/euler/2 is recomputed"]
+    assert json.loads(cells[2].read_text())["w2"] == computed[2]
+    # records written before records carried a digest: not known to be unchanged, so recomputed, said in one line
+    for path in cells.values():
+        old = json.loads(path.read_text())
+        del old[DIGEST]
+        path.write_text(json.dumps(old))
+    frame, said = _run(suite, out, flow, tmp_path / "cache")
+    assert flow.calls > 0 and dict(zip(frame["steps"], frame["w2"])) == computed
+    assert [line for line in said if line.startswith("resume: ")] == [
+        "resume: 2 stored cell(s) carry no digest of their content (written before rfbench recorded one), so nothing "
+        "shows they are unchanged: recomputed: count/euler/1, count/euler/2"]
+    frame, said = _run(suite, out, flow, tmp_path / "cache")                # now kept, silently
+    assert flow.calls == 0 and not [line for line in said if line.startswith("resume: ")]
+    # the digest stays in the cell files: no table has it (the recorded baselines are tables)
+    assert DIGEST not in frame and DIGEST not in pd.read_csv(out / "results.csv")
+    assert DIGEST not in load_results(out) and DIGEST not in ResultStore(out).load()
+
+
+DIGEST = "record_sha256"        # the field of a cell file that holds the digest of the rest of its record
+
+
 # --- a table from cells/ --------------------------------------------------------------------------------------------
 
 def _record(version: int, w2: float, date: str, **changes) -> dict:

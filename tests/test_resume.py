@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from rfbench.results.store import ResultStore
 from rfbench.suites import Cell
 from rfbench.suites.runner import run_suite
 from tests.standins import standin, wait_for
@@ -86,7 +87,7 @@ def test_force_recomputes_and_failed_cells_are_retried(tmp_path):
     cells = {json.loads(p.read_text())["steps"]: p for p in (tmp_path / "out" / "cells").glob("*.json")}
     record = json.loads(cells[2].read_text())
     record.update(status="failed", error="NonFiniteError: injected", w2=None)
-    cells[2].write_text(json.dumps(record))
+    ResultStore(tmp_path / "out").write(record, key=cells[2].stem)     # as a run writes a failed cell
     assert run() == full - (2 + 1)       # the failed cell is computed again (with the trajectory), the other kept
     assert json.loads(cells[2].read_text())["status"] == "ok"
     # another model under the same name (another recipe, file or factory: another model_id) is another cell
@@ -105,7 +106,7 @@ def test_force_recomputes_and_failed_cells_are_retried(tmp_path):
     record = json.loads(cells[2].read_text())
     assert record["w2_se"] > 0
     del record["w2_se"]
-    cells[2].write_text(json.dumps(record))
+    ResultStore(tmp_path / "out").write(record, key=cells[2].stem)     # as an earlier rfbench wrote it
     assert run() == full - (2 + 1)
     assert json.loads(cells[2].read_text())["w2_se"] > 0
 

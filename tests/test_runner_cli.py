@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pandas as pd
 import pytest
@@ -433,7 +432,7 @@ def test_the_dry_run_predicts_what_the_run_trains_and_keeps(tmp_path):
     # a cell whose solver_error was left empty by a failed reference solution is computed again: not kept
     store = ResultStore(tmp_path / "out")
     key, record = next((k, r) for k, r in store.records().items() if r["solver"] == "rk45")
-    (tmp_path / "out" / "cells" / f"{key}.json").write_text(json.dumps({**record, "solver_error": None}))
+    store.write({**record, "solver_error": None}, key=key)
     again = estimate(make_plan(suite, RunConfig(cache_dir=str(tmp_path / "a"))), tmp_path / "out", torch.device("cpu"))
     assert again.models[0].training == []      # a plan made once the model is cached trains nothing
     assert {c.cell.label: c.kept for c in again.models[0].cells} == {"tiny/euler/2": True, "tiny/rk45/adaptive": False}

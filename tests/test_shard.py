@@ -190,6 +190,32 @@ def test_two_torchrun_nodes_over_gloo_give_the_numbers_of_one_process_and_compos
     assert sharded["timing"].iloc[1:].str.endswith("processes=2").all()
 
 
+def test_a_link_at_the_folders_lock_is_replaced_not_opened(tmp_path):
+    """The lock a shard takes on --out (rfbench.files.exclusive) is a file of its own: a link there to a file
+    outside --out is removed, and the file it pointed at is left as it was (filelock refused the link, failing the
+    job; older filelock versions truncated the file it pointed at)."""
+    from rfbench.cli import main
+    from rfbench.suites import Cell
+    from tests.standins import registered, standin
+
+    class Shift:
+        input_shape = (2,)
+
+        def __call__(self, x, t):
+            return x * 0 + 0.5
+
+    suite = standin("toy2d", "toy2d-lock-link", {"shift": Shift()}, num_samples=30, metrics=("w2",),
+                    cells=(Cell("shift", "euler", 1), Cell("shift", "euler", 2)))
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    out.mkdir()
+    (out / ".results.lock").symlink_to(os.path.relpath(victim, out))
+    with registered(suite):
+        assert main(["--suite", "toy2d-lock-link", "--shard", "1/2", "--out", str(out), "--cache",
+                     str(tmp_path / "cache"), "--quiet", "--no-plots", "--device", "cpu"]) == 0
+    assert victim.read_bytes() == b"precious" and not (out / ".results.lock").is_symlink()
+
+
 def test_shard_values_are_checked_in_one_line():
     for value in ("0/3", "4/3", "3", "a/b", (0, 2)):
         with pytest.raises(ValueError, match=r"^--shard \(shard=\) takes K/N with 1 <= K <= N .*got") as exc:

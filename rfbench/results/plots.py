@@ -16,6 +16,8 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from rfbench.files import atomic_write  # noqa: E402
+
 
 # line and marker of each solver: 4 line styles x 10 markers, so the first 20 solvers of a plot all differ
 LINESTYLES = ("-", "--", ":", "-.")
@@ -181,10 +183,7 @@ def plot_quality_vs_nfe(frame: pd.DataFrame, path: str | Path, metric: str = "w2
     if not draw_quality(ax, frame, metric, cost, lower_is_better):
         plt.close(fig)
         return None
-    path = Path(path)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return _write(fig, path, dpi=130)
 
 
 COSTS = (("nfe", "nfe"), ("wall_clock_s", "time"))   # (column, file-name word) of the cost axes
@@ -274,10 +273,7 @@ def plot_sample_grid(samples: dict[str, np.ndarray], path: str | Path, per_row: 
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _write(fig, path, dpi=110)
 
 
 def plot_coupling(couplings: dict[str, tuple[str, np.ndarray, np.ndarray]], path: str | Path,
@@ -326,9 +322,17 @@ def _save(fig, axes, used: int, path: str | Path) -> Path:
     for ax in list(axes.flat)[used:]:
         ax.axis("off")
     fig.tight_layout()
+    return _write(fig, path, dpi=130)
+
+
+def _write(fig, path: str | Path, dpi: int) -> Path:
+    """Write the figure to ``path`` (its type from the suffix) through :func:`rfbench.files.atomic_write`, which
+    replaces a link at ``path`` rather than writing through it, and close the figure."""
     path = Path(path)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, dpi=dpi, format=path.suffix.lstrip(".").lower() or None))
+    finally:
+        plt.close(fig)
     return path
 
 

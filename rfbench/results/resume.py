@@ -7,6 +7,10 @@ columns: batch size, device, timing protocol, replicates of the standard errors)
 metrics fill now (a cell from before a metric gained a column, such as a standard error, is computed again), filled
 where it must be (solver_error of an ODE cell, left empty when the model's reference solution failed).
 
+A cell is kept only while its content matches the digest stored with it (:func:`rfbench.results.store.intact`): a
+record edited since it was written (a metric changed by hand, its key columns left alone) is computed again, and so
+is one without a digest (written before records carried one); the run says which.
+
 A file under a wanted cell's name whose record is of another cell (copied from another suite version, edited,
 renamed) is stale: the cell is computed again and, in a run (``set_aside``), the file is moved into
 ``cells/stale/`` with one line saying which columns differ. Torch-free.
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from rfbench.results.schema import KEY_FIELDS, value_of
-from rfbench.results.store import ResultStore, cell_key
+from rfbench.results.store import DIGEST, ResultStore, cell_key, intact
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ def finished_cells(store: ResultStore, wanted: Sequence[Wanted], columns: Sequen
         say(f"resume: could not read the finished cells ({type(exc).__name__}: {exc}); computing every cell")
         return {}
     found: dict[str, str] = {}
+    undigested: list[str] = []
     for want in wanted:
         rec = stored.get(want.key)
         if rec is None:
@@ -82,8 +87,19 @@ def finished_cells(store: ResultStore, wanted: Sequence[Wanted], columns: Sequen
             continue        # failed, or computed before a column existed
         if any(_empty(rec.get(col)) for col in want.filled):
             continue
-        if all(rec.get(name) == value for name, value in want.equal.items()):
+        if not all(rec.get(name) == value for name, value in want.equal.items()):
+            continue
+        if intact(rec):
             found[want.label] = want.key
+        elif DIGEST in rec:
+            say(f"resume: cells/{want.key}.json does not match the digest stored with it (its content changed since "
+                f"it was written): {want.label} is recomputed")
+        else:
+            undigested.append(want.label)
+    if undigested:
+        shown = ", ".join(undigested[:3]) + (f" and {len(undigested) - 3} more" if len(undigested) > 3 else "")
+        say(f"resume: {len(undigested)} stored cell(s) carry no digest of their content (written before rfbench "
+            f"recorded one), so nothing shows they are unchanged: recomputed: {shown}")
     return found
 
 

@@ -135,6 +135,19 @@ def value_of(record, column: str):
     return DEFAULTS.get(column) if _empty(value) else value
 
 
+MODEL_NAME_RULE = ("a non-empty string of printable characters, without spaces around it, without '/' or '|', and not "
+                   "'independent'")
+
+
+def model_name_ok(name) -> bool:
+    """Whether ``name`` may stand in the model column (a suite's model, a ``--model NAME``, an ``rfbench score
+    --label``): :data:`MODEL_NAME_RULE`. '/' separates the parts of a cell (MODEL/SOLVER/STEPS), '|' and a line break
+    would split a Markdown table's row, spaces around a name make it look like another, and 'independent' is the
+    independent coupling's row."""
+    return (isinstance(name, str) and bool(name) and name.isprintable() and name == name.strip()
+            and "/" not in name and "|" not in name and name != "independent")
+
+
 def at_default(record, column: str) -> bool:
     """Whether ``column`` has a default (:attr:`Column.default`) and the record holds it (or lacks the column)."""
     return column in DEFAULTS and str(value_of(record, column)) == DEFAULTS[column]

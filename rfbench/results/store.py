@@ -33,6 +33,29 @@ def cell_key(record: dict) -> str:
 
 
 STALE = "stale"     # cells/stale/: cell files a resumed run set aside (their record is of another cell); never read
+SCORED = "samples file"     # how a row that ``rfbench score`` added begins its model_source: not a run's cell
+DIGEST = "record_sha256"    # the field of a cell file holding record_digest of the rest of its record
+
+
+def is_scored(row) -> bool:
+    """Whether a record (or a table's row) is one that ``rfbench score`` added from samples made elsewhere, rather
+    than a cell a run computed."""
+    return str(row.get("model_source", "")).startswith(SCORED)
+
+
+def record_digest(record: dict) -> str:
+    """SHA-256 (hex) of a record's canonical JSON (sorted keys, no spaces), its :data:`DIGEST` field left out. JSON
+    reads back the numbers it wrote exactly, so a record loaded from its file has the digest it was written with
+    unless its content changed since."""
+    body = {k: v for k, v in record.items() if k != DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def intact(record: dict) -> bool:
+    """Whether a stored record still holds what was written: its :data:`DIGEST` matches its content (a record
+    without one, written before records carried it, is not known to be intact)."""
+    return record.get(DIGEST) == record_digest(record)
 
 
 class StoreWriteError(OSError):
@@ -62,9 +85,11 @@ class ResultStore:
         self.metric_columns = tuple(metric_columns)
 
     def write(self, record: dict, key: str | None = None) -> Path:
-        """Store one record as ``cells/KEY.json`` (default key: :func:`cell_key` of the record)."""
+        """Store one record as ``cells/KEY.json`` (default key: :func:`cell_key` of the record), with the
+        :func:`record_digest` of its content (a resumed run keeps it only while the two agree)."""
         path = self.cells_dir / f"{key or cell_key(record)}.json"
-        text = json.dumps(_clean(record), indent=1, sort_keys=True, allow_nan=False)
+        record = _clean({k: v for k, v in record.items() if k != DIGEST})
+        text = json.dumps({**record, DIGEST: record_digest(record)}, indent=1, sort_keys=True, allow_nan=False)
         try:
             atomic_write_text(path, text)
         except OSError as exc:
@@ -122,10 +147,19 @@ class ResultStore:
             out[path.stem] = record
         return out
 
+    def model_cells(self, scored: bool) -> dict[str, str]:
+        """Model name -> the key of one stored record of that model that ``rfbench score`` added (``scored``) or
+        that a run wrote (not ``scored``; the independent row left out)."""
+        out: dict[str, str] = {}
+        for key, record in self.records().items():
+            if is_scored(record) == scored and record.get("model") not in (None, "independent"):
+                out.setdefault(str(record["model"]), key)
+        return out
+
     def load(self, suite: str | None = None, suite_version: int | None = None,
              keys: Sequence[str] | None = None) -> pd.DataFrame:
-        """Stored records as one DataFrame, optionally only those of one suite and version, or with the given cell
-        keys (then in the order of ``keys``; else in the order they were run)."""
+        """Stored records as one DataFrame (without their digests), optionally only those of one suite and version,
+        or with the given cell keys (then in the order of ``keys``; else in the order they were run)."""
         stored = self.records()
         if keys is not None:
             records = [stored[k] for k in keys if k in stored]
@@ -133,7 +167,8 @@ class ResultStore:
             records = sorted(stored.values(), key=lambda r: (str(r.get("date")), r.get("order", 0)))
         records = [r for r in records if (suite is None or r.get("suite") == suite)
                    and (suite_version is None or r.get("suite_version") == suite_version)]
-        return typed(pd.DataFrame.from_records(records), self.metric_columns)
+        frame = pd.DataFrame.from_records(records)
+        return typed(frame.drop(columns=[DIGEST], errors="ignore"), self.metric_columns)
 
 
 def typed(frame: pd.DataFrame, metric_columns: Sequence[str] = ()) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from rfbench.metrics import METRICS
 from rfbench.metrics.features import EXTRACTORS
 from rfbench.models.sources import ModelSource
 from rfbench.registry import Registry
+from rfbench.results.schema import MODEL_NAME_RULE, model_name_ok
 from rfbench.samplers import SOLVERS, check_call
 
 
@@ -62,9 +63,8 @@ class SuiteModel:
     source: ModelSource
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name or "/" in self.name or self.name == "independent":
-            raise ValueError(f"a model name must be a non-empty string without '/' and not 'independent', "
-                             f"got {self.name!r}")
+        if not model_name_ok(self.name):
+            raise ValueError(f"a model name must be {MODEL_NAME_RULE}, got {self.name!r}")
         if not isinstance(self.source, ModelSource):
             raise TypeError(f"model {self.name}: source must be an rfbench.models.sources.ModelSource, got "
                             f"{type(self.source).__name__}")

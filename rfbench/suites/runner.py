@@ -30,6 +30,7 @@ from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_paths, plot_quality_vs_costs
 from rfbench.results.resume import Wanted, finished_cells, with_samples
+from rfbench.results.store import is_scored
 from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
 from rfbench.suites.work import exact_key, scope_key, expect_training, expect_work
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
@@ -409,8 +410,7 @@ def _total(timings: dict[str, float], started: float) -> dict[str, float]:
 def _scored(store: ResultStore, plan: Plan, keys: list[str]) -> list[str]:
     """Rows that ``rfbench score`` added to this folder for this suite: they stay in its table."""
     return [key for key, rec in store.records().items() if key not in keys and rec.get("suite") == plan.name
-            and rec.get("suite_version") == plan.version
-            and str(rec.get("model_source", "")).startswith("samples file")]
+            and rec.get("suite_version") == plan.version and is_scored(rec)]
 
 
 def _resumable(run: Sweep, columns: list[str]) -> dict[str, str]:

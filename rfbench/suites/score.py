@@ -17,7 +17,7 @@ of the suite, and adds the row to a run's folder (its ``cells/`` and ``results.c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,8 @@ from rfbench.device import device_name, resolve_device
 from rfbench.files import sha1_files
 from rfbench.models.cache import Cache
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
+from rfbench.results.schema import MODEL_NAME_RULE, model_name_ok
+from rfbench.results.store import SCORED, is_scored
 from rfbench.results.report import load_results
 from rfbench.suites.base import SUITES
 from rfbench.suites.evaluate import Evaluation, image_eval
@@ -115,11 +117,15 @@ def score_samples(path: str | Path, suite: str, label: str, config: RunConfig = 
                   out: str | Path, nfe: float | None = None, solver: str = "external", steps: int | None = None,
                   log: Callable[[str], None] = print) -> tuple[dict, Path]:
     """Score the samples in ``path`` as suite ``suite`` scores its cells and add the row (model ``label``) to the
-    run folder ``out``; returns the row and the results.csv written."""
+    run folder ``out``; returns the row and the results.csv written. A label that names a model whose cells a run
+    wrote into ``out`` is refused (ValueError): a scored row never stands in a run's cell."""
     definition = SUITES[suite]
     plan = make_plan(definition, config)
-    if not label or "/" in label or label == "independent":
-        raise ValueError(f"--label must be a name without '/' and not 'independent', got {label!r}")
+    if not model_name_ok(label):
+        raise ValueError(f"--label (the row's model) must be {MODEL_NAME_RULE}, got {label!r}")
+    out = Path(out)
+    before = _folder_table(out, plan.name, plan.version)
+    _check_label(out, label, before)
     problem = plan.problem
     missing = []
     if getattr(problem, "dataset", None) is not None and plan.reference_file is None:
@@ -134,8 +140,6 @@ def score_samples(path: str | Path, suite: str, label: str, config: RunConfig = 
     x, z0, seeds, layout = read_samples(path, tuple(problem.shape))
     if z0 is None and seeds is not None:       # rfbench's own samples: their source points are the suite's x0
         z0 = problem.initial([int(s) for s in seeds])
-    out = Path(out)
-    _check_folder(out, plan.name, plan.version)
     device = resolve_device(config.device)
     reference = problem.reference(len(x))
     images = image_eval(plan, Cache(config.cache_dir, log=log).root, device, dict(config.extractor_options), log,
@@ -157,30 +161,62 @@ def score_samples(path: str | Path, suite: str, label: str, config: RunConfig = 
            "seed": int(seeds[0]) if seeds is not None else None,
            "seeds": f"{int(seeds[0])}-{int(seeds[-1])}" if seeds is not None else None,
            "wall_clock_s": None, "samples_per_s": None, "ms_per_nfe": None, **evaluation.fields, **values,
-           "bootstrap": plan.bootstrap, "model_kind": None, "model_source": f"samples file ({layout})",
+           "bootstrap": plan.bootstrap, "model_kind": None, "model_source": f"{SCORED} ({layout})",
            "model_id": f"sha1:{digest[:12]}", "model_checkpoint": f"{Path(path).name} (sha1 {digest[:12]})",
            **provenance(device_name(device), "float32"), "notes": "; ".join(notes), "status": "ok", "error": None}
     store = ResultStore(out, metric_columns(plan))
     key = cell_key(row)
     store.write(row, key=key)
     frame = store.load(keys=[key])
-    csv = out / "results.csv"
-    if csv.is_file():
-        before = load_results(out)
+    if before is not None:     # this row replaces only a row scored before under the same label, solver and steps
         same = ((before["model"].astype(str) == label) & (before["solver"].astype(str) == solver)
-                & (before["steps"].astype("Float64").fillna(-1) == (steps if steps is not None else -1)))
+                & (before["steps"].astype("Float64").fillna(-1) == (steps if steps is not None else -1))
+                & _scored_rows(before))
         frame = pd.concat([before[~same], frame], ignore_index=True)
-    write_tables(frame, out)
-    return row, csv
+    return row, write_tables(frame, out)[0]
 
 
-def _check_folder(out: Path, suite: str, version: int) -> None:
-    """A run folder that holds another suite's (or version's) results does not take this row."""
+def _folder_table(out: Path, suite: str, version: int) -> pd.DataFrame | None:
+    """The table of the run folder ``out`` (None without results.csv); a folder that holds another suite's (or
+    version's) results does not take this row."""
     if not (out / "results.csv").is_file():
-        return
+        return None
     frame = load_results(out)
     if "suite" in frame and len(frame):
         found = {(str(s), int(v)) for s, v in zip(frame["suite"], frame["suite_version"])}
         if found != {(suite, version)}:
             raise ValueError(f"--out {out} holds results of {', '.join(f'{s} v{v}' for s, v in sorted(found))}, not "
                              f"{suite} v{version}; score into another folder")
+    return frame
+
+
+def _check_label(out: Path, label: str, table: pd.DataFrame | None) -> None:
+    """A row scored from samples made elsewhere never stands in a run's cell: refuse a label that names a model whose
+    cells a run wrote into ``out`` (its cells/ or its results.csv)."""
+    cells = ResultStore(out).model_cells(scored=False)
+    where = f"cells/{cells[label]}.json" if label in cells else None
+    if where is None and table is not None and "model" in table:
+        run_rows = table[(table["model"].astype(str) == label) & ~_scored_rows(table)]
+        where = "results.csv" if len(run_rows) else None
+    if where is not None:
+        raise ValueError(f"--label {label}: --out {out} holds a run's cells of its model {label} ({where}); a scored "
+                         f"row may not stand beside or in place of them: pick another label (e.g. {label}-external)")
+
+
+def _scored_rows(table: pd.DataFrame) -> pd.Series:
+    """Which rows of a run folder's table ``rfbench score`` added (:func:`rfbench.results.store.is_scored`)."""
+    if "model_source" not in table:
+        return pd.Series(False, index=table.index)
+    return table["model_source"].map(lambda source: is_scored({"model_source": source})).astype(bool)
+
+
+def scored_clashes(out: str | Path, models: Sequence[str]) -> list[str]:
+    """One line for each of a run's ``models`` whose name labels a row that ``rfbench score`` added to the run folder
+    ``out``: the run would put its cells beside a row of samples made elsewhere under the same name."""
+    try:
+        scored = ResultStore(out).model_cells(scored=True)
+    except OSError:         # a folder that cannot be read: folder_problem says so
+        return []
+    return [f"--out {out} holds a row that rfbench score added under the label {name} (cells/{scored[name]}.json), "
+            f"the name of a model of this run: give the run another --out, or move that file out of cells/ and "
+            f"score the samples again under another label" for name in models if name in scored]
