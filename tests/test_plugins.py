@@ -154,7 +154,10 @@ def test_a_solver_is_checked_when_registered_and_when_it_runs():
             model(x, 0.0)
         return x, {}
     try:
-        with pytest.raises(AssertionError, match="miscount: counted 3 evaluations, expected 2"):
+        with pytest.raises(rfbench.SamplerError, match=r"solver miscount \(registered by tests.test_plugins; "
+                                                       r"defined at .*test_plugins.py:\d+\) counted 3 model "
+                                                       r"evaluations at steps=2, but its expected_nfe\(2\) "
+                                                       r"declares 2: it uses more evaluations than it declares"):
             sample(TangentODE(), torch.zeros(2, 1), "miscount", 2)
     finally:
         SOLVERS.remove("miscount")

@@ -235,7 +235,17 @@ def test_a_blowing_up_field_is_a_sampler_error_naming_t_and_the_step_size(x0, so
 
 
 def test_the_model_own_error_passes_through_dopri5_unchanged(x0):
+    """dopri5 does not wrap the model's error in its own; a first call's error says what the model was passed."""
+    calls = []
+
     def broken(x, t):
-        raise ValueError("the checkpoint has no weights for layer 3")
+        calls.append(1)
+        if len(calls) >= 3:
+            raise ValueError("the checkpoint has no weights for layer 3")
+        return torch.zeros_like(x)
     with pytest.raises(ValueError, match="the checkpoint has no weights for layer 3"):
         sample(broken, x0, "dopri5")
+    with pytest.raises(SamplerError, match=r"^dopri5: the model's first evaluation \(velocity\) failed on what "
+                                           r"rfbench passed it, .*: ValueError: the checkpoint has no weights") as info:
+        sample(broken, x0, "dopri5")
+    assert isinstance(info.value.__cause__, ValueError)

@@ -16,6 +16,7 @@ import torch
 
 from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model, network_module
+from rfbench.registry import describe_origin
 from rfbench.samplers import discrete, exponential, ode  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
 from rfbench.samplers.precision import PRECISIONS, check_precision, float32_mode
@@ -72,7 +73,14 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         **options: solver options (rk45/dopri5: rtol, atol, max_nfe; ddim: eta). Unknown options are an error.
 
     Returns:
-        SampleResult with ``.x`` (shaped like x0) and ``.nfe`` counted by wrapping the model.
+        SampleResult with ``.x`` (shaped like x0) and ``.nfe``, the model evaluations counted on the batch: rows
+        evaluated over x0's rows, through the counted model the solver gets (:class:`CountingModel`) or around it
+        (a forward pre-hook on the model's torch module while the solver runs).
+
+    Raises:
+        SamplerError: the solver failed; the model's first evaluation failed (naming what was passed to it); a
+            fixed-grid solver counted another NFE than its ``expected_nfe`` declares (naming where it was
+            registered).
     """
     _check_solver_name(solver)
     check_precision(precision)
@@ -101,21 +109,24 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     elif seeds is not None or noise is not None:
         raise TypeError(f"{solver} is deterministic with these options: seeds/noise would be ignored")
 
+    counted = CountingModel(model, solver, steps, precision, batch=x0.shape[0])
+    if "noise" in kwargs:
+        kwargs["noise"] = counted._uncounted(kwargs["noise"])
     recorder = TrajectoryRecorder() if trajectory else None
     if recorder is not None and callback is not None:
         def kwargs_callback(i, t, x, v):
             recorder(i, t, x, v)
             callback(i, t, x, v)
-        kwargs["callback"] = kwargs_callback
+        kwargs["callback"] = counted._uncounted(kwargs_callback)
     else:
-        kwargs["callback"] = recorder or callback
+        kwargs["callback"] = counted._uncounted(recorder or callback)
 
-    counted = CountingModel(model, solver, steps, precision)
     with torch.no_grad(), float32_mode(precision):
         try:
-            x, stats = spec.fn(counted, x0, **kwargs)
-        except RuntimeError as exc:
-            hint = _dtype_hint(model, x0, exc) if counted.nfe <= 1 else None
+            with counted._watching(network_module(model)):   # evaluations that go around the wrapper count too
+                x, stats = spec.fn(counted, x0, **kwargs)
+        except SamplerError as exc:
+            hint = _dtype_hint(model, x0, exc.__cause__) if exc is counted._first_failure else None
             if hint is None:
                 raise
             raise hint from None
@@ -132,13 +143,31 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
 
     expected = spec.nfe(steps, model)
     if expected is not None and counted.nfe != expected:
-        raise AssertionError(f"{solver}: counted {counted.nfe} evaluations, expected {expected}")
+        raise SamplerError(_miscount_message(spec, steps, expected, counted.nfe))
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
     if bool(bad.any()):
         run = solver if steps is None else f"{solver} (steps={steps})"
         raise NonFiniteError(f"{run} produced non-finite samples: {int(bad.sum())} of "
-                             f"{x.shape[0]} rows contain NaN or inf after {counted.nfe} model evaluations")
+                             f"{x.shape[0]} rows contain NaN or inf after {_nfe_text(counted.nfe)} model evaluations")
     return SampleResult(x=x, nfe=counted.nfe, solver=solver, steps=steps, stats=stats, trajectory=traj)
+
+
+def _miscount_message(spec: SolverSpec, steps: int, expected: int, counted: int | float) -> str:
+    """A fixed-grid solver whose counted NFE is not the one it declares: named with where it was registered."""
+    try:
+        where = f"{inspect.getsourcefile(spec.fn) or inspect.getfile(spec.fn)}:{inspect.getsourcelines(spec.fn)[1]}"
+    except (TypeError, OSError):     # no source (a builtin, code made by exec): its module
+        where = f"module {getattr(spec.fn, '__module__', '?')}"
+    origin = describe_origin(SOLVERS.origin(spec.name))
+    more = "uses more evaluations than it declares" if counted > expected else "declares more than it uses"
+    return (f"solver {spec.name} (registered by {origin}; defined at {where}) counted {_nfe_text(counted)} model "
+            f"evaluations at steps={steps}, but its expected_nfe({steps}) declares {expected}: it {more}; fix its "
+            f"expected_nfe or its evaluations (NFE: the rows evaluated over the batch's rows)")
+
+
+def _nfe_text(nfe: int | float) -> str:
+    """An NFE in a message: an int as it is, a fraction of evaluations to 6 digits."""
+    return str(nfe) if isinstance(nfe, int) else f"{nfe:.6g}"
 
 
 def _check_x0(model: Any, x0: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -75,10 +76,12 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
     (``times``: the grid's N + 1 increasing flow times, uniform unless the caller asks for another grid),
     ``fn(model, x, *, timesteps, ...)`` for "discrete" (a DiffusionModel's integer timesteps, in sampling order),
     and ``fn(model, x, *, callback=None, **options)`` for "adaptive" solvers (error-controlled; options such as
-    rtol, atol). It evaluates ``model(x, t)`` (or ``model.eps``) and calls ``callback(i, t, x, v)`` at its step
-    points; stochastic solvers also take ``noise`` (``noise(i)``: seeded draws for step i). :func:`rfbench.sample`
-    computes the grid, counts the evaluations, refuses options the solver does not take and, for fixed-grid
-    solvers, checks the count against ``expected_nfe(steps)``, which is therefore required for them.
+    rtol, atol). It evaluates ``model(x, t)`` (or ``model.eps``, ``model.denoise``: the model it gets offers only
+    these counted calls and the model's data, :class:`CountingModel`) and calls ``callback(i, t, x, v)`` at its
+    step points; stochastic solvers also take ``noise`` (``noise(i)``: seeded draws for step i).
+    :func:`rfbench.sample` computes the grid, counts the evaluations (rows evaluated over the batch's rows, also
+    those that reach the network around the counted calls), refuses options the solver does not take and, for
+    fixed-grid solvers, checks the count against ``expected_nfe(steps)``, which is therefore required for them.
     ``default_grid``: the grid used when the caller names none (edm-heun: karras)."""
     if kind not in SOLVER_KINDS:
         raise ValueError(f"solver {name}: kind must be one of {', '.join(SOLVER_KINDS)}, got {kind!r}")
@@ -125,20 +128,51 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
     return deco
 
 
+# What a solver may read from its model besides the counted evaluations: data about the model (its Gaussian path, a
+# discrete schedule, the input shape), never a callable that evaluates the network.
+MODEL_DATA = ("gaussian_path", "num_timesteps", "alphas_cumprod", "input_shape")
+
+
 class CountingModel:
-    """Wraps a model, counts its evaluations (one call on a batch is one NFE) and checks every output.
+    """The model as a solver sees it: counted evaluations, checked outputs, and the model's data, nothing else.
 
     ``model(x, t)`` accepts t as a float or a (B,) tensor and always passes the model a (B,) tensor of x's dtype.
-    ``model.eps(x, timesteps)`` and ``model.denoise(x, t)`` are counted too. Every output must be a tensor shaped
-    like the input (else :class:`SamplerError`) and finite (else :class:`NonFiniteError`); both errors name the
-    call number and the time. ``solver`` and ``steps`` (what :func:`rfbench.sample` runs) lead the messages.
+    ``model.eps(x, timesteps)`` and ``model.denoise(x, t)`` exist where the model has them, counted too; the names
+    in :data:`MODEL_DATA` read the model's own attributes. Anything else (the network, ``forward``) is an
+    AttributeError, so a solver can evaluate the model only through a counted call.
+
+    NFE counts rows, not calls: :attr:`nfe` is the rows evaluated over ``batch`` (x0's rows), so a call on half
+    the batch counts 1/2 and a call on one row is not free. While :func:`rfbench.sample` runs the solver, a forward
+    pre-hook on the model's torch module (:meth:`_watching`) also counts the calls of the module that do not come
+    through this wrapper (a solver that kept a reference to the network, or dug it out); an evaluation through the
+    wrapper is counted once, by the wrapper. What no hook sees: a model that is a plain function (no module), and
+    a solver that calls the network's ``forward`` or its submodules directly or computes with its parameters.
+
+    Every output must be a tensor shaped like the input (else :class:`SamplerError`) and finite (else
+    :class:`NonFiniteError`); both errors name the call number and the time. An exception from the model's first
+    call becomes a :class:`SamplerError` that says what rfbench passed it. ``solver`` and ``steps`` (what
+    :func:`rfbench.sample` runs) lead the messages.
     """
 
-    def __init__(self, model: Any, solver: str | None = None, steps: int | None = None, precision: str = "fp32"):
-        self.model = model
-        self.nfe = 0
-        self._solver, self._steps = solver, steps     # private: the model's own attributes pass through
+    def __init__(self, model: Any, solver: str | None = None, steps: int | None = None, precision: str = "fp32",
+                 batch: int | None = None):
+        self._model = model
+        self._solver, self._steps = solver, steps
         self._precision = precision
+        self._batch = batch
+        self._calls = 0          # calls through the wrapper: error messages name them
+        self._rows = 0           # rows evaluated, through the wrapper or around it (the hook)
+        self._quiet = 0          # > 0 while the network runs for the wrapper (or the caller's callback): no hook count
+        self._first_failure: SamplerError | None = None   # the error of a failed first call
+
+    @property
+    def nfe(self) -> int | float:
+        """Model evaluations on the batch: rows evaluated / ``batch`` (an int when whole; the calls when no batch
+        was given)."""
+        if not self._batch:
+            return self._calls
+        whole, part = divmod(self._rows, self._batch)
+        return whole if part == 0 else self._rows / self._batch
 
     def _evaluate(self, fn, x: torch.Tensor, t: torch.Tensor) -> Any:
         """``fn(x, t)`` in the run's precision (:mod:`rfbench.samplers.precision`), returned in x's dtype; not
@@ -149,10 +183,33 @@ class CountingModel:
             out = fn(x, t)
         return out.to(x.dtype) if isinstance(out, torch.Tensor) else out
 
+    def _counted(self, fn, x: torch.Tensor, t: torch.Tensor, what: str) -> torch.Tensor:
+        """One counted evaluation ``fn(x, t)``: its rows counted, the hook quiet meanwhile, its output checked."""
+        self._calls += 1
+        self._rows += _rows(x, self._batch)
+        self._quiet += 1
+        try:
+            out = self._evaluate(fn, x, t)
+        except Exception as exc:
+            if self._calls == 1:
+                self._first_failure = self._first_call_error(exc, x, t, what)
+                raise self._first_failure from exc
+            raise
+        finally:
+            self._quiet -= 1
+        return self._check(out, x, t, what)
+
+    def _first_call_error(self, exc: Exception, x: Any, t: Any, what: str) -> SamplerError:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        return SamplerError(f"{self._lead()}the model's first evaluation ({what}) failed on what rfbench passed it, "
+                            f"x {_describe(x)} and {'timesteps' if what == 'eps prediction' else 't'} {_describe(t)} "
+                            f"({_time_label(t, what)}): {type(exc).__name__}: {first}")
+
     def _check(self, out: Any, x: torch.Tensor, t: torch.Tensor, what: str) -> torch.Tensor:
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise SamplerError(f"{self._lead()}the model's {what} at call {self.nfe} ({_time_label(t, what)}) "
+            raise SamplerError(f"{self._lead()}the model's {what} at call {self._calls} ({_time_label(t, what)}) "
                                f"returned {got} for an input of shape {tuple(x.shape)}; it must return a tensor "
                                f"shaped like its input")
         if not bool(torch.isfinite(out).all()):       # one reduction per call; the counts only on failure
@@ -162,7 +219,7 @@ class CountingModel:
             lead = (f"{self._solver} (steps={self._steps}) produced non-finite samples: " if self._steps is not None
                     else self._lead())
             plural = "velocities" if what == "velocity" else what + "s"
-            raise NonFiniteError(f"{lead}the model returned non-finite {plural} at call {self.nfe} "
+            raise NonFiniteError(f"{lead}the model returned non-finite {plural} at call {self._calls} "
                                  f"({_time_label(t, what)}): {rows} of {out.shape[0]} rows contain NaN or inf "
                                  f"({int((~finite).sum())} of {out.numel()} values)")
         return out
@@ -175,22 +232,70 @@ class CountingModel:
     def __call__(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         if not isinstance(t, torch.Tensor) or t.ndim == 0:
             t = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-        self.nfe += 1
-        return self._check(self._evaluate(self.model, x, t), x, t, "velocity")
-
-    def eps(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        self.nfe += 1
-        return self._check(self._evaluate(self.model.eps, x, timesteps), x, timesteps, "eps prediction")
+        return self._counted(self._model, x, t, "velocity")
 
     def __getattr__(self, name: str) -> Any:
-        if name == "denoise":        # the data prediction, counted (absent when the model has none)
-            denoise = getattr(self.model, "denoise")
+        # only for names the class lacks: eps and denoise where the model has them (counted), and the model's data
+        model = self.__dict__.get("_model")
+        if name in ("eps", "denoise") and callable(getattr(model, name, None)):
+            fn = getattr(model, name)
+            what = "eps prediction" if name == "eps" else "data prediction"
+            return lambda x, t: self._counted(fn, x, t, what)
+        if name in MODEL_DATA and hasattr(model, name):
+            return getattr(model, name)
+        raise AttributeError(f"{name!r}: the model a solver receives offers only counted evaluations, model(x, t) "
+                             f"and, where the model has them, model.eps(x, timesteps) and model.denoise(x, t), and "
+                             f"the model's data: {', '.join(MODEL_DATA)}")
 
-            def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                self.nfe += 1
-                return self._check(self._evaluate(denoise, x, t), x, t, "data prediction")
-            return counted
-        return getattr(self.model, name)
+    @contextlib.contextmanager
+    def _watching(self, net: torch.nn.Module | None):
+        """Within the block, count the rows of every evaluation of the torch module ``net`` (the model's network,
+        :func:`rfbench.protocols.network_module`) that does not come through this wrapper, by a forward pre-hook
+        removed on leaving (also on an error). None, or a module that takes no hooks (TorchScript): nothing more is
+        counted than the wrapper's calls."""
+        handle = None
+        if net is not None:
+            def pre_hook(module, args, kwargs):
+                if self._quiet == 0:
+                    self._rows += _rows(next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)),
+                                             None), self._batch)
+            try:
+                handle = net.register_forward_pre_hook(pre_hook, with_kwargs=True)
+            except RuntimeError:     # "not supported on ScriptModules"
+                handle = None
+        try:
+            yield self
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    def _uncounted(self, fn: Callable | None) -> Callable | None:
+        """``fn`` (the caller's callback or noise) run with the hook quiet: what the caller evaluates there is not
+        the solver's work."""
+        if fn is None:
+            return None
+
+        def quiet(*args, **kwargs):
+            self._quiet += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._quiet -= 1
+        return quiet
+
+
+def _rows(x: Any, batch: int | None) -> int:
+    """The rows of one evaluation's input x (the whole batch where x has none)."""
+    if isinstance(x, torch.Tensor) and x.ndim >= 1:
+        return int(x.shape[0])
+    return batch or 1
+
+
+def _describe(value: Any) -> str:
+    """A tensor's shape, dtype and device (an error's account of what a model was passed); else its type."""
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)} {value.dtype} on {value.device}"
+    return type(value).__name__
 
 
 def _time_label(t: Any, what: str) -> str:
@@ -244,12 +349,13 @@ class TrajectoryRecorder:
 class SampleResult:
     """The output of :func:`rfbench.sample`.
 
-    x: final samples, shaped like x0. nfe: model evaluations counted on the batch. stats: solver facts (adaptive
+    x: final samples, shaped like x0. nfe: model evaluations counted on the batch, the rows evaluated over the
+    batch's rows (an int for every solver that evaluates the whole batch at each call). stats: solver facts (adaptive
     solvers: accepted and rejected steps). trajectory: when asked for with ``trajectory=True``.
     """
 
     x: torch.Tensor
-    nfe: int
+    nfe: int | float
     solver: str
     steps: int | None
     stats: dict = field(default_factory=dict)
