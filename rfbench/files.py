@@ -107,3 +107,13 @@ def folder_problem(path: str | os.PathLike, flag: str, what: str) -> str | None:
         return f"{flag} {target} cannot be written{where}: {exc.strerror or exc}; give a folder you can write for " \
                f"{what}"
     return None
+
+
+def size_text(nbytes: float) -> str:
+    """A number of bytes as people write it: 512 B, 3.2 MB, 80.0 GB (powers of 1000)."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+    power = 0
+    while abs(nbytes) >= 1000 and power < len(units) - 1:
+        nbytes /= 1000
+        power += 1
+    return f"{nbytes:.0f} B" if power == 0 else f"{nbytes:.1f} {units[power]}"

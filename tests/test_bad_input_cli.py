@@ -103,6 +103,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("out not writable", ["--out", "/proc/rfbench-out"], "/proc/rfbench-out"),
     ("cache is a file", ["--cache", "{a_file}"], "a_file.txt"),
     ("cache not writable", ["--cache", "/proc/rfbench-cache"], "/proc/rfbench-cache"),
+    ("steps beyond memory", ["--models", "1-rf", "--solvers", "euler", "--steps", "1000000000000", "--dry-run"],
+     "--steps 1000000000000: the time grid of 1000000000001 points needs about 80.0 TB of memory"),
+    ("samples beyond memory", ["--models", "1-rf", "--solvers", "euler", "--num-samples", "10000000000000",
+                               "--dry-run"], "--num-samples 10000000000000: 10000000000000 samples of shape (2,) "
+                                             "need about 320.0 TB of memory (float32: x0, the samples, the reference) "
+                                             "and w2 about 4800.0 YB more"),
     ("zero threads", ["--threads", "0"], "threads"),
     ("shard zero", ["--shard", "0/3"], "--shard"),
     ("shard past the count", ["--shard", "4/3"], "--shard"),
@@ -376,6 +382,23 @@ def test_folders_are_judged_as_the_run_will_use_them(tmp_path):
     assert folder_problem(tmp_path / "new" / "deeper", "--out", "results") is None
     assert not (tmp_path / "new").exists()                       # the probe made nothing
     assert list(tmp_path.iterdir()) == [link]
+
+
+def test_sizes_beyond_memory_are_refused_before_any_work_one_line_each(tmp_path):
+    """A step count whose time grid, and a sample count whose samples (and w2's n x n cost), cannot fit in the
+    machine's memory: one line each naming the option, the memory needed and the memory available; nothing run."""
+    code, err, _, _ = run_cli(["--models", "1-rf", "--solvers", "euler", "--steps", "1000000000000", "--num-samples",
+                               "10000000", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                               "--quiet"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0].startswith("benchmark.py: error: --steps 1000000000000: the time grid of 1000000000001 points "
+                               "needs about 80.0 TB of memory; this machine has ")
+    assert lines[1].startswith("benchmark.py: error: --num-samples 10000000: 10000000 samples of shape (2,) need "
+                               "about 320.0 MB of memory (float32: x0, the samples, the reference) and w2 about 4.8 "
+                               "PB more; this machine has ")
+    assert all(" available (" in line for line in lines)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
 def test_a_missing_baseline_and_a_bad_solver_are_said_at_once(tmp_path):
