@@ -9,8 +9,10 @@ file. Torch-free: a checkpoint passes its own ``torch.save`` as the writer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -117,3 +119,25 @@ def size_text(nbytes: float) -> str:
         nbytes /= 1000
         power += 1
     return f"{nbytes:.0f} B" if power == 0 else f"{nbytes:.1f} {units[power]}"
+
+
+def free_space(path: str | os.PathLike) -> int | None:
+    """Bytes free for this user on the disk that holds ``path`` (its nearest existing folder when it does not exist
+    yet), or None when that cannot be read."""
+    folder = Path(path)
+    while not folder.is_dir() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_full(exc: BaseException, path: str | os.PathLike, nbytes: int) -> bool:
+    """Whether writing ``nbytes`` to ``path`` failed with ``exc`` because its disk is full: the error says so
+    (ENOSPC, or EDQUOT: a quota), or it says nothing useful (torch.save reports a short write as a RuntimeError,
+    "unexpected pos") and the disk has less than ``nbytes`` free."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    free = free_space(path)
+    return free is not None and free < nbytes
