@@ -102,7 +102,8 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     parser.add_argument("--model", action="append", default=[], metavar="NAME[:KIND]=PATH|MODULE:FACTORY",
                         help="add a model to the run (or give a suite model's file): an rfbench checkpoint, an "
                              "official rectified-flow / score-SDE file, a diffusers UNet2DModel folder, a TorchScript "
-                             "file of model(x, t), or package.module:factory; KIND (flow, one-step, diffusion; vp or "
+                             "file of model(x, t), or package.module:factory (a module on the Python path or in the "
+                             "current folder); KIND (flow, one-step, diffusion; vp or "
                              "subvp for score-SDE files) when the file cannot say (repeatable)")
     parser.add_argument("--solvers", nargs="+", default=None, metavar="S",
                         help="run only these solvers; a registered solver the suite does not sweep is added to the "

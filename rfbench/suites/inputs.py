@@ -153,6 +153,9 @@ def model_problems(plan: Plan, load=None, device: torch.device | str = "cpu") ->
             if hasattr(source, "check"):
                 source.check(plan.suite)
             expected = source.input_shape(plan.suite)
+        except ImportError as exc:     # a factory's module: its message says which and why
+            problems.append(f"model {model.name} ({source.describe()}): {_line(exc)}")
+            continue
         except Exception as exc:
             problems.append(f"model {model.name} ({source.describe()}): {type(exc).__name__}: {_line(exc)}")
             continue
