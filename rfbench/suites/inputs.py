@@ -107,8 +107,9 @@ def available_memory() -> tuple[int, str] | None:
 
 
 def _cgroup_left() -> int | None:
-    """What this process's cgroup and those above it may still allocate (limit less usage; cgroup v2 or v1), or
-    None when none has a limit. A container sees its own cgroup as the root of the mount."""
+    """What this process's cgroup and those above it may still allocate (limit less usage, the usage without the
+    inactive file cache, which the kernel reclaims; cgroup v2 or v1), or None when none has a limit. A container
+    sees its own cgroup as the root of the mount."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -117,10 +118,11 @@ def _cgroup_left() -> int | None:
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            root, limit_file, usage_file = Path("/sys/fs/cgroup"), "memory.max", "memory.current"
+            root, limit_file, usage_file, cache_key = (Path("/sys/fs/cgroup"), "memory.max", "memory.current",
+                                                       "inactive_file")
         elif "memory" in controllers.split(","):
-            root, limit_file, usage_file = (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes",
-                                            "memory.usage_in_bytes")
+            root, limit_file, usage_file, cache_key = (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes",
+                                                       "memory.usage_in_bytes", "total_inactive_file")
         else:
             continue
         folder = root / path.lstrip("/")
@@ -130,6 +132,8 @@ def _cgroup_left() -> int | None:
             try:
                 limit = (level / limit_file).read_text().strip()
                 usage = int((level / usage_file).read_text())
+                stats = dict(line.split() for line in (level / "memory.stat").read_text().splitlines())
+                usage -= int(stats.get(cache_key, 0))
             except (OSError, ValueError):
                 continue
             if limit.isdigit() and int(limit) < 1 << 60:   # "max" (v2) or about 2^63 (v1): no limit
