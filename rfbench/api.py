@@ -29,7 +29,7 @@ from rfbench.results.gate import (K_SIGMA, RETRAIN_FLOOR, GateMismatch, GateResu
                                   check_models, check_spread, compare, parse_tolerance, spread_path)
 from rfbench.results.report import load_results
 from rfbench.suites.base import SUITES, Suite
-from rfbench.suites.inputs import missing_inputs, model_problems
+from rfbench.suites.inputs import memory_problems, missing_inputs, model_problems
 from rfbench.suites.plan import InputError, Plan, RunConfig, make_plan
 from rfbench.suites.runner import RunOutput, run_suite
 from rfbench.suites.score import scored_clashes
@@ -107,8 +107,9 @@ def load_gate(check: str | Path, fail_on: Sequence[str] = ()) -> Gate:
 
 def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None = None,
             fail_on: Sequence[str] = ()) -> tuple[Plan, Gate | None]:
-    """The run's plan and gate, with every check that needs no data: options, the suite's cells, the baseline's
-    identity, the device, explicit Inception weights. Raises ValueError (or an UnknownNameError) naming the option."""
+    """The run's plan and gate, with every check that needs no data: options, the suite's cells, the memory its
+    sizes need, the baseline's identity, the device, explicit Inception weights. Raises ValueError (or an
+    UnknownNameError) naming the option."""
     if fail_on and check is None:
         raise ValueError("--fail-on needs --check BASELINE")
     if not len(SUITES):
@@ -128,6 +129,9 @@ def prepare(suite: str | Suite, config: RunConfig, *, check: str | Path | None =
         raise errors[0]
     if errors:
         raise InputError([str(exc) for exc in errors])
+    sizes = memory_problems(plan)      # before anything (the dry run's estimate included) allocates them
+    if sizes:
+        raise InputError(sizes)
     if options and plan.extractor != "inception":
         raise ValueError(f"--inception-weights/--inception-mode apply to suites scored with the inception "
                          f"extractor; suite {suite.name} uses {plan.extractor or 'no extractor'}")

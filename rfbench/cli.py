@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,7 +102,8 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     parser.add_argument("--model", action="append", default=[], metavar="NAME[:KIND]=PATH|MODULE:FACTORY",
                         help="add a model to the run (or give a suite model's file): an rfbench checkpoint, an "
                              "official rectified-flow / score-SDE file, a diffusers UNet2DModel folder, a TorchScript "
-                             "file of model(x, t), or package.module:factory; KIND (flow, one-step, diffusion; vp or "
+                             "file of model(x, t), or package.module:factory (a module on the Python path or in the "
+                             "current folder); KIND (flow, one-step, diffusion; vp or "
                              "subvp for score-SDE files) when the file cannot say (repeatable)")
     parser.add_argument("--solvers", nargs="+", default=None, metavar="S",
                         help="run only these solvers; a registered solver the suite does not sweep is added to the "
@@ -237,25 +241,52 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ran: benchmark.py or the rfbench console script).
 
     Exit status: 0 done, 1 the run failed (cells failed, a file could not be written, an unexpected error), 2 bad
-    input (found before any work), 3 the regression gate failed, 130 interrupted. Every error is one line on stderr;
-    ``--debug`` (or $RFBENCH_DEBUG=1) shows the traceback of an unexpected one instead."""
+    input (found before any work), 3 the regression gate failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM;
+    both keep the finished cells). Every error is one line on stderr; ``--debug`` (or $RFBENCH_DEBUG=1) shows the
+    traceback of an unexpected one instead."""
     prog = prog or (program_name() if argv is None else "benchmark.py")
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("RFBENCH_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:
-        if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ... / rfbench score ...
-            return COMMANDS[argv[0]](argv[1:], prog=f"{prog} {argv[0]}")
-        return _main(argv, prog)
-    except KeyboardInterrupt:
-        _note(f"{prog}: interrupted; the cells finished so far are kept in the run's cells/ folder: rerun the same "
-              f"command to resume")
-        return 130
+        with _sigterm_as_interrupt():
+            if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ... / rfbench score ...
+                return COMMANDS[argv[0]](argv[1:], prog=f"{prog} {argv[0]}")
+            return _main(argv, prog)
+    except KeyboardInterrupt as exc:    # Ctrl-C, or SIGTERM (Terminated): the cell in hand is dropped
+        cells = getattr(exc, "cells_dir", None)
+        kept = (f"{len(list(cells.glob('*.json')))} finished cell(s) are kept in {cells}" if cells is not None
+                and cells.is_dir() else "the cells finished so far are kept in the run's cells/ folder")
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        _note(f"{prog}: {how}; {kept}: rerun the same command to resume")
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     except Exception as exc:    # one line, never a traceback (unless --debug): what went wrong and where
         if debug:
             raise
         _note(f"{prog}: error: {_unexpected(exc)}")
         return 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it stops as Ctrl-C stops it."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the block runs, SIGTERM (what SLURM and most schedulers send before they kill a job) raises
+    :class:`Terminated`; the previous handler is put back after it. Only the main thread may set a handler: from
+    another thread SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _unexpected(exc: BaseException) -> str:
@@ -322,6 +353,9 @@ def _main(argv: list[str], prog: str) -> int:
         result, verdict = execute(plan, config, out, gate, progress=not args.quiet, plots=not args.no_plots,
                                   plot_format=args.plot_format, log=None if not args.quiet else (lambda msg: None),
                                   world=world)
+    except KeyboardInterrupt as exc:     # main() says what is kept: the cells in this run's folder
+        exc.cells_dir = out / "cells"
+        raise
     except (DatasetNotFoundError, InceptionWeightsError, ReferenceFileError) as exc:  # before any cell: nothing lost
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     except distributed.PeerFailed as exc:   # rank 0 says why and sets the exit status (others stop quietly)

@@ -11,8 +11,10 @@ plot matplotlib's ``savefig``, as the writer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -114,3 +116,35 @@ def folder_problem(path: str | os.PathLike, flag: str, what: str) -> str | None:
         return f"{flag} {target} cannot be written{where}: {exc.strerror or exc}; give a folder you can write for " \
                f"{what}"
     return None
+
+
+def size_text(nbytes: float) -> str:
+    """A number of bytes as people write it: 512 B, 3.2 MB, 80.0 GB (powers of 1000)."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+    power = 0
+    while abs(nbytes) >= 1000 and power < len(units) - 1:
+        nbytes /= 1000
+        power += 1
+    return f"{nbytes:.0f} B" if power == 0 else f"{nbytes:.1f} {units[power]}"
+
+
+def free_space(path: str | os.PathLike) -> int | None:
+    """Bytes free for this user on the disk that holds ``path`` (its nearest existing folder when it does not exist
+    yet), or None when that cannot be read."""
+    folder = Path(path)
+    while not folder.is_dir() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_full(exc: BaseException, path: str | os.PathLike, nbytes: int) -> bool:
+    """Whether writing ``nbytes`` to ``path`` failed with ``exc`` because its disk is full: the error says so
+    (ENOSPC, or EDQUOT: a quota), or it says nothing useful (torch.save reports a short write as a RuntimeError,
+    "unexpected pos") and the disk has less than ``nbytes`` free."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    free = free_space(path)
+    return free is not None and free < nbytes

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rfbench.cli import main
 from rfbench.models import MLP, MLPConfig, network_spec, save_checkpoint
@@ -65,7 +66,31 @@ def make_files(root: Path) -> dict[str, Path]:
     files["plugin_syntax"].write_text("def oops(:\n")
     files["script"] = root / "wrong_shape.pt"
     torch.jit.save(torch.jit.script(_ThreeD()), str(files["script"]))
+    # folders of 8x8 PNGs (the digits suite's shape), each with one file that is not a readable image
+    for name, bad in (("png_empty", b""), ("png_lfs", b"version https://git-lfs.github.com/spec/v1\noid sha256:"
+                                                       + b"4d7a21" * 10 + b"\nsize 12345\n"),
+                      ("png_huge", _png_header(20000, 20000))):
+        files[name] = root / name
+        files[name].mkdir(exist_ok=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 60 * i, dtype=np.uint8)).save(files[name] / f"{i}.png")
+        (files[name] / "zz.png").write_bytes(bad)
+    files["npy_beyond_float32"] = root / "big.npy"     # finite float64 samples that float32 cannot hold
+    np.save(files["npy_beyond_float32"], np.array([[1e300, 0.0], [0.0, 1.0], [2.0, 3.0]]))
+    files["npz_beyond_images"] = root / "wide.npz"    # float images in [-1.4, 1.4], not [-1, 1]
+    np.savez(files["npz_beyond_images"], arr_0=np.linspace(-1.4, 1.4, 256, dtype=np.float32).reshape(4, 1, 8, 8))
     return files
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grayscale pixels, followed by almost no image data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
 
 
 class _ThreeD(torch.nn.Module):
@@ -103,6 +128,12 @@ CASES: list[tuple[str, list[str], str]] = [
     ("out not writable", ["--out", "/proc/rfbench-out"], "/proc/rfbench-out"),
     ("cache is a file", ["--cache", "{a_file}"], "a_file.txt"),
     ("cache not writable", ["--cache", "/proc/rfbench-cache"], "/proc/rfbench-cache"),
+    ("steps beyond memory", ["--models", "1-rf", "--solvers", "euler", "--steps", "1000000000000", "--dry-run"],
+     "--steps 1000000000000: the time grid of 1000000000001 points needs about 80.0 TB of memory"),
+    ("samples beyond memory", ["--models", "1-rf", "--solvers", "euler", "--num-samples", "10000000000000",
+                               "--dry-run"], "--num-samples 10000000000000: 10000000000000 samples of shape (2,) "
+                                             "need about 320.0 TB of memory (float32: x0, the samples, the reference) "
+                                             "and w2 about 4800.0 YB more"),
     ("zero threads", ["--threads", "0"], "threads"),
     ("shard zero", ["--shard", "0/3"], "--shard"),
     ("shard past the count", ["--shard", "4/3"], "--shard"),
@@ -161,6 +192,19 @@ CASES: list[tuple[str, list[str], str]] = [
      "nope"),
     ("score of garbage", ["score", "{garbage}", "--suite", "toy2d", "--label", "x", "--out", "{out}"],
      "garbage.pt"),
+    ("score of an empty png", ["score", "{png_empty}", "--suite", "digits", "--label", "x", "--out", "{out}"],
+     "zz.png: the file is empty (0 bytes), not an image"),
+    ("score of a git-lfs pointer png", ["score", "{png_lfs}", "--suite", "digits", "--label", "x", "--out", "{out}"],
+     "zz.png: a Git LFS pointer, not the image itself"),
+    ("score of a png claiming 20000x20000", ["score", "{png_huge}", "--suite", "digits", "--label", "x", "--out",
+                                             "{out}"],
+     "zz.png: its header claims 400000000 pixels; images of at most 16777216 pixels are read"),
+    ("score of samples beyond float32", ["score", "{npy_beyond_float32}", "--suite", "toy2d", "--label", "x",
+                                         "--out", "{out}"],
+     "big.npy: the samples hold values up to 1e+300 in absolute value (float64), beyond float32's range"),
+    ("score of float images beyond [-1, 1]", ["score", "{npz_beyond_images}", "--suite", "digits", "--label", "x",
+                                              "--out", "{out}"],
+     "wide.npz: float images must be NCHW in [-1, 1]; 74 of 256 values (28.9%) lie outside it, in [-1.4, 1.4]"),
 ]
 
 
@@ -376,6 +420,23 @@ def test_folders_are_judged_as_the_run_will_use_them(tmp_path):
     assert folder_problem(tmp_path / "new" / "deeper", "--out", "results") is None
     assert not (tmp_path / "new").exists()                       # the probe made nothing
     assert list(tmp_path.iterdir()) == [link]
+
+
+def test_sizes_beyond_memory_are_refused_before_any_work_one_line_each(tmp_path):
+    """A step count whose time grid, and a sample count whose samples (and w2's n x n cost), cannot fit in the
+    machine's memory: one line each naming the option, the memory needed and the memory available; nothing run."""
+    code, err, _, _ = run_cli(["--models", "1-rf", "--solvers", "euler", "--steps", "1000000000000", "--num-samples",
+                               "10000000", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                               "--quiet"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0].startswith("benchmark.py: error: --steps 1000000000000: the time grid of 1000000000001 points "
+                               "needs about 80.0 TB of memory; this machine has ")
+    assert lines[1].startswith("benchmark.py: error: --num-samples 10000000: 10000000 samples of shape (2,) need "
+                               "about 320.0 MB of memory (float32: x0, the samples, the reference) and w2 about 4.8 "
+                               "PB more; this machine has ")
+    assert all(" available (" in line for line in lines)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
 def test_a_missing_baseline_and_a_bad_solver_are_said_at_once(tmp_path):

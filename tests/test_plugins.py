@@ -516,6 +516,54 @@ def test_a_diffusion_model_for_discrete_samplers_is_not_refused_by_the_shape_che
     assert list(frame["model"]) == ["independent", "int"] and frame["status"].eq("ok").all()
 
 
+FACTORY_MODULE = """
+import torch
+
+
+class Constant(torch.nn.Module):
+    input_shape = (2,)
+
+    def forward(self, x, t):
+        return torch.full_like(x, 0.5)
+
+
+def make():
+    return Constant()
+"""
+
+
+def test_a_factory_module_is_found_in_the_current_folder_and_one_that_cannot_be_imported_is_named(
+        tmp_path, monkeypatch, capsys):
+    """--model NAME=module:factory imports the module from the current folder, as --plugin finds a file there; a
+    module that cannot be imported is said as such (which, and why), not as a problem with the suite's shape."""
+    (tmp_path / "flow_beside_me.py").write_text(FACTORY_MODULE)
+    (tmp_path / "flow_needing_more.py").write_text("import a_dependency_nobody_installed\n" + FACTORY_MODULE)
+    monkeypatch.chdir(tmp_path)
+    common = ["--suite", "toy2d", "--models", "mine", "--solvers", "euler", "--steps", "1", "--num-samples", "50",
+              "--cache", str(tmp_path / "cache"), "--quiet", "--no-plots", "--device", "cpu"]
+    try:
+        assert main(common + ["--model", "mine=flow_beside_me:make", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        sys.modules.pop("flow_beside_me", None)
+    frame = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(frame["model"]) == ["independent", "mine"] and frame["status"].eq("ok").all()
+    assert frame["model_id"].iloc[1].startswith("factory:flow_beside_me:make@sha1:")
+    assert "sha1:unknown" not in frame["model_id"].iloc[1]      # its module's file was found to identify it
+    capsys.readouterr()
+    for factory, why in (("flow_needing_more:make", "ModuleNotFoundError: No module named "
+                                                    "'a_dependency_nobody_installed'"),
+                         ("flow_nowhere:make", f"no module named 'flow_nowhere' on the Python path nor in the current "
+                                               f"folder {tmp_path}")):
+        with pytest.raises(SystemExit) as exit_status:
+            main(common + ["--model", f"mine={factory}", "--out", str(tmp_path / "other")])
+        err = capsys.readouterr().err
+        module = factory.partition(":")[0]
+        assert exit_status.value.code == 2
+        assert f"error: model mine (flow, from the factory {factory}): cannot import module {module}: {why}\n" in err
+        assert "shape" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_plan_narrows_and_widens_a_suite(tmp_path):
     from rfbench.models.sources import ModelFile
     from rfbench.suites import RunConfig, make_plan

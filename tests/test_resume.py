@@ -57,6 +57,46 @@ def test_a_sweep_killed_with_sigkill_resumes_without_recomputing(tmp_path):
     assert batch_calls == sum(2 + n for n in range(1, 9) if n not in done_steps)
 
 
+
+def test_sigterm_stops_like_ctrl_c_says_what_is_kept_and_exits_143(tmp_path):
+    """SIGTERM (what SLURM sends before it kills a job) stops the run as Ctrl-C does: the cell in hand is dropped,
+    the finished ones are kept and named, the exit status is 143 (128 + 15), and a rerun resumes from them."""
+    out = tmp_path / "out"
+    command = _command(out, tmp_path / "cache") + ["--steps", "1", "2", "3", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(proc, lambda: len(list((out / "cells").glob("*.json"))) >= 2,     # the independent row and one cell
+             "the sweep did not write two cells")
+    os.kill(proc.pid, signal.SIGTERM)
+    stderr = proc.communicate(timeout=60)[1].decode()
+    before = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert proc.returncode == 143, stderr[-3000:]
+    assert 2 <= len(before) < 5, "stopped too late to test anything"
+    assert f"terminated (SIGTERM); {len(before)} finished cell(s) are kept in {out / 'cells'}: rerun the same " \
+           f"command to resume" in stderr, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert not list((out / "cells").glob(".*.tmp"))            # no half-written cell left behind
+
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert len(after) == 5 and all(after[name] == blob for name, blob in before.items())   # kept, not recomputed
+
+
+
+def test_the_cli_puts_back_the_sigterm_handler_it_found(capsys):
+    from rfbench.cli import main
+
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["--list"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Counting:
     input_shape = (2,)
 

@@ -17,6 +17,9 @@ from rfbench.data.base import DatasetNotFoundError, dequantize, image_fingerprin
 from rfbench.data.registry import DATASETS, Dataset, check_dataset, files_signature, load_images, register_dataset  # noqa: F401
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# the most pixels an image file may have: the suites' images are at most 32x32, a folder of 4096x4096 samples still
+# reads; a header that claims more (a damaged or hostile file) is refused before anything is decoded
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tensor:
@@ -24,7 +27,6 @@ def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tenso
     [-1, 1]: C = 1 for grayscale files, else 3. ``split`` "train" is all images; a ``train``/``test`` subfolder,
     when present, is that split."""
     import numpy as np
-    from PIL import Image
 
     if data_dir is None:
         raise DatasetNotFoundError("the image-folder dataset needs --data-dir DIR holding PNG or JPEG files")
@@ -41,15 +43,57 @@ def load_image_folder(data_dir: str | None, split: str = "train") -> torch.Tenso
         raise DatasetNotFoundError(f"{root} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}, recursively)")
     arrays = []
     for f in files:
-        with Image.open(f) as img:
-            gray = img.mode in ("L", "1", "I;16", "I")
-            arr = np.asarray(img.convert("L" if gray else "RGB"))
+        arr = _read_image(f)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         if arrays and arr.shape != arrays[0].shape:
             raise ValueError(f"{f} is {arr.shape[0]}x{arr.shape[1]}x{arr.shape[2]} (C x H x W); the first image, "
                              f"{files[0].name}, is {'x'.join(map(str, arrays[0].shape))}: all images must match")
         arrays.append(arr)
     return dequantize(torch.from_numpy(np.stack(arrays)))
+
+
+def _read_image(path: Path):
+    """One image file as a uint8 array, (H, W) for grayscale files, else (H, W, 3). A file that is not a readable
+    image of at most ``MAX_IMAGE_PIXELS`` pixels is a DatasetNotFoundError naming it, on one line."""
+    import re
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DatasetNotFoundError(f"{path}: {width}x{height} pixels ({width * height}); images of at "
+                                               f"most {MAX_IMAGE_PIXELS} pixels are read")
+                gray = img.mode in ("L", "1", "I;16", "I")
+                return np.asarray(img.convert("L" if gray else "RGB"))
+    except DatasetNotFoundError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # PIL's own limit, at open
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = claimed.group(1) if claimed else f"more than {Image.MAX_IMAGE_PIXELS}"
+        raise DatasetNotFoundError(f"{path}: its header claims {pixels} pixels; images of at most "
+                                   f"{MAX_IMAGE_PIXELS} pixels are read") from None
+    except (OSError, SyntaxError, EOFError, ValueError) as exc:   # PIL: not an image, or damaged
+        raise DatasetNotFoundError(f"{path}: {_not_an_image(path, exc)}") from None
+
+
+def _not_an_image(path: Path, exc: BaseException) -> str:
+    """Why ``path`` could not be read as an image: empty, a Git LFS pointer, or what PIL said."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not head:
+        return "the file is empty (0 bytes), not an image"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the image itself: fetch the images with `git lfs pull`"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"not a readable PNG or JPEG image ({text})"
 
 
 register_dataset(Dataset("folder", lambda split, data_dir: load_image_folder(data_dir, split),

@@ -82,6 +82,10 @@ class Metric:
     # computed by every process of a torchrun together (its fn splits the work over inputs.world; every process
     # passes the same features and gets the same values), not by rank 0 alone
     shared: bool = False
+    # bytes the metric needs for n samples of d numbers each where that outgrows a few copies of the samples (w2's
+    # n x n cost matrix), as memory(n, d); the run refuses before any work a sample count that cannot fit. None:
+    # no more than a few copies of the samples
+    memory: Callable[[int, int], float] | None = None
 
     def __post_init__(self):
         if self.scope not in ("cell", "model"):
@@ -196,6 +200,9 @@ def _inception_score(inp: MetricInput) -> dict:
     return {"is": inception_score(inp.logits, splits=1)[0], "is_se": se, "is_10": mean10, "is_10_std": std10}
 
 
+# w2's exact solve holds an n x n float64 cost matrix and POT's network simplex its arcs: 41-43 bytes a pair of
+# points measured (peak resident memory) at n = 500 and 3000
+W2_BYTES_PER_PAIR = 48
 MEAN_OVER_SEEDS = "sd / sqrt(n) of per-seed values (independent seeds)"
 RESAMPLED = "(only when the suite or --bootstrap asks for replicates)"   # errors that cost replicates say so
 
@@ -214,7 +221,8 @@ for _metric in (
            scope="model", intervals=(("straightness_se", MEAN_OVER_SEEDS),), needs=("trajectory",), quality=False),
     Metric("w2", ("w2", "w2_se"), False, _w2, "exact empirical 2-Wasserstein distance to held-out target samples",
            intervals=(("w2_se", "asymptotic: sd of the samples' optimal dual potentials / sqrt(n) (CLT of del Barrio "
-                                "and Loubes), delta method; reference fixed"),), needs=("reference",)),
+                                "and Loubes), delta method; reference fixed"),), needs=("reference",),
+           memory=lambda n, d: W2_BYTES_PER_PAIR * n * n),
     Metric("energy", ("energy", "energy_se"), False, _energy,
            "unbiased energy distance 2E||X-Y|| - E||X-X'|| - E||Y-Y'|| to the held-out target set (10,000 points on "
            "the toy suites): 0 within its error for samples of the target itself, so no finite-sample floor",

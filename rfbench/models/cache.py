@@ -5,6 +5,7 @@ Used by every trained model's recipe, rfbench's baselines and plugins alike (``c
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rfbench.files import exclusive
+from rfbench.files import disk_full, exclusive, free_space, size_text
 from rfbench.models.checkpoint import (CheckpointError, atomic_torch_save, config_hash, jsonable, load_checkpoint,
                                        save_checkpoint)
 from rfbench.progress import Progress
@@ -30,6 +31,26 @@ def default_cache_dir() -> Path:
 def config_key(config: dict) -> str:
     """A short stable hash of a JSON-able config (sorted keys)."""
     return config_hash({"training_code_version": TRAINING_CODE_VERSION, **config})
+
+
+class CacheFullError(OSError):
+    """No space left on the cache's disk for an entry: ``path`` the cache file, ``need`` the bytes it takes,
+    ``free`` those its disk has (None: unknown)."""
+
+    def __init__(self, what: str, path: Path, need: int, free: int | None):
+        have = "" if free is None else f", its disk has {size_text(free)} free"
+        self.message = (f"{what}: no space left on device for the cache file {path} (about {size_text(need)}"
+                        f"{have}); free space or give another cache folder (--cache, cache_dir=), then rerun")
+        super().__init__(errno.ENOSPC, self.message, str(path))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def entry_bytes(tensors) -> int:
+    """The bytes a cache entry of these tensors takes on disk, about: their data (a checkpoint's zip headers and
+    config add a few kB), with a margin."""
+    return int(1.1 * sum(t.numel() * t.element_size() for t in tensors)) + (1 << 20)
 
 
 class Cache:
@@ -56,14 +77,23 @@ class Cache:
                 train: Callable[[], tuple[nn.Module, dict]], device: str | torch.device) -> nn.Module:
         """Load the network for ``config`` from the cache, or train it with ``train()`` and store it. Jobs sharing
         the cache train an entry once: training holds the entry's lock (:meth:`entry`), and a job that finds it
-        held waits, then loads what the other trained."""
+        held waits, then loads what the other trained. A cache whose disk has no room for the network (``make()``'s
+        size) is refused before training, and a disk that fills up meanwhile when it is stored: both a
+        :class:`CacheFullError` naming the file."""
         path = self.network_path(name, config)
         self.keys[name] = self.last_key = path.stem
 
         def make_entry():
+            with torch.random.fork_rng(devices=[]):    # its size from an untrained network; the RNG left as it was
+                need = entry_bytes(make().state_dict().values())
+            free = free_space(path)
+            if free is not None and free < need:
+                raise CacheFullError(f"cannot train {name}", path, need, free)
             self.log(f"training {name} ...")
             net, info = train()
-            save_checkpoint(path, net, jsonable(config), info=info)
+            _saved(f"trained {name}, but could not store it", path,
+                   lambda: save_checkpoint(path, net, jsonable(config), info=info),
+                   entry_bytes(net.state_dict().values()))
             self.trained.append(name)
             loss = info.get("final_loss", float("nan"))
             self.log(f"trained {name} ({info.get('seconds', 0):.1f} s, final loss {loss:.4g}) -> {path}")
@@ -104,7 +134,8 @@ class Cache:
 
         def make_entry():
             data = build()
-            atomic_torch_save(data, path)
+            _saved(f"made {name}, but could not store it", path, lambda: atomic_torch_save(data, path),
+                   entry_bytes(v for v in data.values() if isinstance(v, torch.Tensor)))
             return data
         return self._load_or_make(name, path, "making", lambda: self._load_tensors(path), make_entry)
 
@@ -129,6 +160,17 @@ class Cache:
         except Exception as exc:  # a truncated file from an interrupted run: rebuild it
             self.log(f"ignoring unreadable {path} ({type(exc).__name__}: {exc})")
             return None
+
+
+def _saved(what: str, path: Path, save: Callable[[], None], need: int) -> None:
+    """``save()`` the cache file ``path`` of about ``need`` bytes; a full disk (torch says only "unexpected pos")
+    is a :class:`CacheFullError` naming the file."""
+    try:
+        save()
+    except (OSError, RuntimeError) as exc:
+        if not disk_full(exc, path, need):
+            raise
+        raise CacheFullError(what, path, need, free_space(path)) from exc
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -20,11 +20,14 @@ The kinds of source:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import inspect
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -274,13 +277,22 @@ class Factory(ModelSource):
         return f"{getattr(self.fn, '__module__', '?')}:{getattr(self.fn, '__qualname__', type(self.fn).__name__)}"
 
     def resolve(self) -> Callable[..., Any]:
+        """The function: imported from its module, found on the Python path or else in the current folder (as a
+        ``--plugin`` file is); a module that cannot be imported is an ImportError "cannot import module X: why"."""
         if not isinstance(self.fn, str):
             return self.fn
         module_name, _, attr = self.fn.partition(":")
         try:
-            obj: Any = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ImportError(f"factory {self.fn}: cannot import {module_name} ({exc})") from None
+            with _current_folder_importable():
+                obj: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (module_name + ".").startswith(exc.name + "."):   # the module itself
+                raise ImportError(f"cannot import module {module_name}: no module named {exc.name!r} on the Python "
+                                  f"path nor in the current folder {os.getcwd()}") from None
+            raise ImportError(f"cannot import module {module_name}: ModuleNotFoundError: {exc}") from None
+        except Exception as exc:        # the module's own code failed (a missing dependency, a syntax error, ...)
+            text = " ".join(str(exc).split())
+            raise ImportError(f"cannot import module {module_name}: {type(exc).__name__}: {text}") from None
         for part in attr.split("."):
             try:
                 obj = getattr(obj, part)
@@ -290,10 +302,15 @@ class Factory(ModelSource):
             raise TypeError(f"factory {self.fn} is a {type(obj).__name__}, not a callable")
         return obj
 
+    def check(self, suite=None) -> None:
+        """Import the function (not call it): a module that cannot be imported is said before any other check."""
+        self.resolve()
+
     def _module_sha1(self) -> str:
         module = self.qualified_name().partition(":")[0]
         try:
-            spec = importlib.util.find_spec(module)
+            with _current_folder_importable():
+                spec = importlib.util.find_spec(module)
         except (ImportError, ValueError):
             spec = None
         origin = getattr(spec, "origin", None)
@@ -340,6 +357,22 @@ class Factory(ModelSource):
                 model = model.to(ctx.device)
             self._loaded[key] = model
         return self._loaded[key]
+
+
+@contextlib.contextmanager
+def _current_folder_importable():
+    """The current folder at the end of the Python path for the block (when it is not there already), so that a
+    factory's module beside the user is found, as ``python -m`` would find it; installed modules still come first."""
+    cwd = os.getcwd()
+    if "" in sys.path or cwd in sys.path:
+        yield
+        return
+    sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 class ModelObject(ModelSource):

@@ -1,15 +1,21 @@
 """What a run cannot start without, found before any work: data files, checkpoints and reference files
-(:func:`missing_inputs`), and models that do not fit the suite (:func:`model_problems`); one line each."""
+(:func:`missing_inputs`), models that do not fit the suite (:func:`model_problems`), and the memory its sizes need
+(:func:`memory_problems`); one line each."""
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import torch
 
 from rfbench.data.base import DatasetNotFoundError
 from rfbench.data.registry import check_dataset
+from rfbench.files import size_text
+from rfbench.metrics import METRICS
 from rfbench.protocols import is_diffusion_model
+from rfbench.samplers import SOLVERS
 from rfbench.suites.base import SuiteModel
 from rfbench.suites.plan import Plan
 
@@ -36,6 +42,105 @@ def missing_inputs(plan: Plan) -> list[str]:
     return missing
 
 
+# a time grid is a list of Python floats (32 bytes a point), built through float64 arrays: the karras grid peaks at
+# 72 bytes a point (tracemalloc, 10^6 steps)
+GRID_BYTES_PER_POINT = 80
+# float32 copies of the samples a run holds at once: x0, a cell's samples (batch by batch, then joined), the
+# reference set
+SAMPLE_COPIES = 4
+
+
+def memory_problems(plan: Plan, available: tuple[int, str] | None = None) -> list[str]:
+    """One line per size of the run that needs more memory than the machine has available (``available``: bytes
+    and where that number comes from; default :func:`available_memory`): the time grid of the fixed-grid cell with
+    the most steps, and the samples with what the metrics need for them (:attr:`Metric.memory`)."""
+    available = available or available_memory()
+    if available is None:
+        return []
+    have, where = available
+    machine = f"this machine has {size_text(have)} available ({where})"
+    problems = []
+    gridded = [c for c in plan.cells if c.steps is not None and SOLVERS[c.solver].kind == "fixed"]
+    if gridded:
+        cell = max(gridded, key=lambda c: c.steps)
+        need = (cell.steps + 1) * GRID_BYTES_PER_POINT
+        if need > have:
+            what = f"--steps {cell.steps}" if cell.origin != "suite" else f"cell {cell.label}"
+            problems.append(f"{what}: the time grid of {cell.steps + 1} points needs about {size_text(need)} of "
+                            f"memory; {machine}")
+    n, shape = plan.num_samples, tuple(plan.problem.shape)
+    samples = SAMPLE_COPIES * n * math.prod(shape) * 4
+    metrics = {name: METRICS[name].memory(n, math.prod(shape)) for name in plan.metrics
+               if METRICS[name].memory is not None}
+    if samples + sum(metrics.values()) > have:
+        what = f"--num-samples {n}" if n != plan.suite.num_samples else f"suite {plan.name}'s {n} samples"
+        more = "".join(f" and {name} about {size_text(b)} more" for name, b in metrics.items())
+        problems.append(f"{what}: {n} samples of shape {shape} need about {size_text(samples)} of memory (float32: "
+                        f"x0, the samples, the reference){more}; {machine}")
+    return problems
+
+
+def available_memory() -> tuple[int, str] | None:
+    """Bytes that this process can still allocate, and where that number comes from: the system's available memory
+    (psutil, else MemAvailable of /proc/meminfo, else sysconf), or what the process's cgroup (a SLURM job's, a
+    container's memory limit) has left when that is less; None where none of these can be read."""
+    system = None
+    try:
+        import psutil
+        system = int(psutil.virtual_memory().available), "psutil"
+    except ImportError:
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    system = int(line.split()[1]) * 1024, "MemAvailable of /proc/meminfo"
+        except (OSError, ValueError, IndexError):
+            pass
+        if system is None:
+            try:
+                system = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "sysconf"
+            except (ValueError, OSError, AttributeError):
+                pass
+    limit = _cgroup_left()
+    if limit is not None and (system is None or limit < system[0]):
+        return limit, "the memory limit of this process's cgroup, less its usage"
+    return system
+
+
+def _cgroup_left() -> int | None:
+    """What this process's cgroup and those above it may still allocate (limit less usage, the usage without the
+    inactive file cache, which the kernel reclaims; cgroup v2 or v1), or None when none has a limit. A container
+    sees its own cgroup as the root of the mount."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    left = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            root, limit_file, usage_file, cache_key = (Path("/sys/fs/cgroup"), "memory.max", "memory.current",
+                                                       "inactive_file")
+        elif "memory" in controllers.split(","):
+            root, limit_file, usage_file, cache_key = (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes",
+                                                       "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        folder = root / path.lstrip("/")
+        for level in [folder, *folder.parents]:
+            if level != root and root not in level.parents:
+                break
+            try:
+                limit = (level / limit_file).read_text().strip()
+                usage = int((level / usage_file).read_text())
+                stats = dict(line.split() for line in (level / "memory.stat").read_text().splitlines())
+                usage -= int(stats.get(cache_key, 0))
+            except (OSError, ValueError):
+                continue
+            if limit.isdigit() and int(limit) < 1 << 60:   # "max" (v2) or about 2^63 (v1): no limit
+                left.append(max(int(limit) - usage, 0))
+    return min(left) if left else None
+
+
 def model_problems(plan: Plan, load=None, device: torch.device | str = "cpu") -> list[str]:
     """One line per model that cannot run in this suite: a file of another kind than asked for, or an input shape
     that does not fit the suite's samples. The shape is read from the file or the recipe's network; a model that
@@ -52,6 +157,9 @@ def model_problems(plan: Plan, load=None, device: torch.device | str = "cpu") ->
             if hasattr(source, "check"):
                 source.check(plan.suite)
             expected = source.input_shape(plan.suite)
+        except ImportError as exc:     # a factory's module: its message says which and why
+            problems.append(f"model {model.name} ({source.describe()}): {_line(exc)}")
+            continue
         except Exception as exc:
             problems.append(f"model {model.name} ({source.describe()}): {type(exc).__name__}: {_line(exc)}")
             continue

@@ -6,12 +6,13 @@ against the suite's, computes the suite's metrics with the same extractor, refer
 of the suite, and adds the row to a run's folder (its ``cells/`` and ``results.csv``). Files rfbench reads:
 
 * ``.npz`` with the samples under ``arr_0`` (the key clean-fid's and ADM's sample files use) or ``samples``:
-  uint8 images NHWC (as those tools write them) or NCHW, float images NCHW in [-1, 1], or (N, D) points of a toy
-  suite; optionally ``z0`` (each sample's source point: the coupling metrics, crossing probability and transport
-  cost, need it) or ``seeds`` (rfbench's seeds of those source points: z0 is the suite's x0 of those seeds).
+  uint8 images NHWC (as those tools write them) or NCHW, float images NCHW in [-1, 1] (values outside are refused,
+  never clipped), or (N, D) points of a toy suite (float32 must hold them); optionally ``z0`` (each sample's source
+  point: the coupling metrics, crossing probability and transport cost, need it) or ``seeds`` (rfbench's seeds of
+  those source points: z0 is the suite's x0 of those seeds).
   ``--save-samples`` writes ``arr_0`` and ``seeds``;
 * a ``.npy`` file holding the samples array alone;
-* a folder of PNG/JPEG images (all of one size).
+* a folder of PNG/JPEG images (all of one size, at most ``MAX_IMAGE_PIXELS`` each: 4096x4096).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def read_samples(path: str | Path, shape: tuple[int, ...]) -> tuple[torch.Tensor
                     raise SamplesError(f"{path}: no samples array; expected one of {', '.join(SAMPLE_KEYS)} (found "
                                        f"{', '.join(data.files) or 'nothing'})")
                 arr = data[key]
-                z0 = torch.from_numpy(np.asarray(data["z0"], dtype=np.float32)) if "z0" in data.files else None
+                z0 = _as_float32(path, "z0", data["z0"]) if "z0" in data.files else None
                 seeds = np.asarray(data["seeds"]) if "seeds" in data.files else None
         x, layout = _layout(path, arr, shape)
     else:
@@ -79,8 +80,6 @@ def read_samples(path: str | Path, shape: tuple[int, ...]) -> tuple[torch.Tensor
                            f"samples have shape (N, {', '.join(map(str, shape))})")
     if len(x) < 2:
         raise SamplesError(f"{path}: {len(x)} sample(s); scoring needs at least 2")
-    if not bool(torch.isfinite(x).all()):
-        raise SamplesError(f"{path}: the samples contain NaN or inf")
     if z0 is not None and tuple(z0.shape) != tuple(x.shape):
         raise SamplesError(f"{path}: z0 has shape {tuple(z0.shape)}, the samples {tuple(x.shape)}; they must match")
     if seeds is not None and seeds.shape != (len(x),):
@@ -98,12 +97,14 @@ def _layout(path: Path, arr: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.
         raise SamplesError(f"{path}: uint8 images of shape {arr.shape} have neither 1 or 3 channels last (NHWC) nor "
                            f"first (NCHW)")
     if arr.dtype.kind == "f":
-        x = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        x = _as_float32(path, "the samples", arr)
         if arr.ndim == 4:
             low, high = float(x.min()), float(x.max())
-            if low < -1.5 or high > 1.5:
-                raise SamplesError(f"{path}: float images must be NCHW in [-1, 1]; found values in [{low:.3g}, "
-                                   f"{high:.3g}] (uint8 images are read as they are)")
+            outside = int(((x < -1) | (x > 1)).sum())
+            if outside:     # never clipped here: the row would score other images than the file holds
+                raise SamplesError(f"{path}: float images must be NCHW in [-1, 1]; {outside} of {x.numel()} values "
+                                   f"({100 * outside / x.numel():.3g}%) lie outside it, in [{low:.3g}, {high:.3g}]: "
+                                   f"clip them to [-1, 1] or write uint8 images")
             if low >= 0:
                 raise SamplesError(f"{path}: float images must be NCHW in [-1, 1]; these lie in [{low:.3g}, "
                                    f"{high:.3g}], as images in [0, 1] would: write them as uint8, or as 2x - 1")
@@ -111,6 +112,20 @@ def _layout(path: Path, arr: np.ndarray, shape: tuple[int, ...]) -> tuple[torch.
         return x, f"float samples {tuple(arr.shape)}"
     raise SamplesError(f"{path}: samples of dtype {arr.dtype} and shape {arr.shape}; expected uint8 images (NHWC or "
                        f"NCHW), float NCHW images in [-1, 1] or float (N, D) points")
+
+
+def _as_float32(path: Path, what: str, arr: np.ndarray) -> torch.Tensor:
+    """A float array of the file as float32 (what samples are scored in); NaN, inf, or finite values beyond
+    float32's range (which would become inf) are a SamplesError naming the file."""
+    arr = np.asarray(arr)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise SamplesError(f"{path}: {what} contain NaN or inf ({int((~finite).sum())} of {arr.size} values)")
+    largest, limit = float(np.abs(arr).max(initial=0.0)), float(np.finfo(np.float32).max)
+    if largest > limit:
+        raise SamplesError(f"{path}: {what} hold values up to {largest:.3g} in absolute value ({arr.dtype}), beyond "
+                           f"float32's range ({limit:.3g}), in which samples are scored")
+    return torch.from_numpy(arr.astype(np.float32))
 
 
 def score_samples(path: str | Path, suite: str, label: str, config: RunConfig = RunConfig(), *,
