@@ -142,7 +142,8 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help="timed runs per cell (default: the suite's, 3 on toy2d and toy2d-transfer, 1 on the "
                              "image suites): wall_clock_s and samples_per_s come from their median, after untimed "
-                             "warm-up evaluations; ms_per_nfe is the median over batches and runs")
+                             "warm-up evaluations; ms_per_nfe is the median over batches and runs. The first run's "
+                             "samples are the cell's; the later runs sample fresh noise of the same shape")
     parser.add_argument("--extractor", default=None, metavar="NAME",
                         help="the feature extractor of the image metrics, one the suite allows (mnist and "
                              "fashion-mnist: inception, or classifier, which is also used when no Inception weights "

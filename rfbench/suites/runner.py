@@ -180,7 +180,8 @@ def _sample_and_score(run: Sweep, model: SuiteModel, net) -> None:
         with run.timed("sampling"):
             sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
                                   run.world, extract=images.extract if images is not None else None,
-                                  precision=plan.precision, compiled=run.base.get("compile", "off") != "off")
+                                  precision=plan.precision, compiled=run.base.get("compile", "off") != "off",
+                                  initial=plan.problem.initial)
         shared, shared_error = None, None
         if run.evaluation.sharing and sampled.error is None:   # every process takes a share of the k-NN work
             with run.timed("metrics"):
