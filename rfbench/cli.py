@@ -109,7 +109,9 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     parser.add_argument("--grids", nargs="+", default=None, metavar="G",
                         help="time grids of the fixed-grid solvers (uniform, quadratic, logsnr, karras, karras:rho=5, "
                              "or a registered one) and timestep spacings of the discrete ones (uniform, leading, "
-                             "linspace, trailing); each cell runs on each that applies (default: uniform)")
+                             "linspace, trailing); each cell runs on each that applies. Without --grids every cell "
+                             "keeps its own grid: a suite's cells theirs (toy2d's unipc cells run on uniform and "
+                             "logsnr), a solver that --solvers adds its default (uniform; karras for edm-heun)")
     parser.add_argument("--solver-option", action="append", default=[], metavar="[SOLVER:]KEY=VALUE",
                         help="a solver option for the run's cells, e.g. rtol=1e-4 (every solver of the run that "
                              "takes it: rk45, dopri5), unipc:order=3, dpm++3m:lower_order_final=17 (repeatable); rows "

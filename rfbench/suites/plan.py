@@ -9,7 +9,8 @@ suite does not sweep to every model it applies to (fixed-grid and adaptive ODE s
 models, discrete ones to diffusion models) at the step counts the model already uses for that kind of solver (else
 the suite's ``steps``); ``steps`` replaces the step counts of fixed-grid and discrete solvers (one-step models keep
 their single step); ``grids`` puts each fixed-grid cell on each time grid listed, and each discrete cell on each
-timestep spacing listed (:mod:`rfbench.samplers.grids`); ``solver_options`` set solver options on the run's cells
+timestep spacing listed (:mod:`rfbench.samplers.grids`), and without ``grids`` every cell keeps its own grid (a
+suite's cells theirs, a solver the run adds its default); ``solver_options`` set solver options on the run's cells
 (:mod:`rfbench.suites.options`).
 """
 
