@@ -26,6 +26,7 @@ from rfbench.models.cache import default_cache_dir
 from rfbench.models.sources import MODELS, Recipe
 from rfbench.models.speed import COMPILE_MODES
 from rfbench.progress import duration
+from rfbench.protocols import KINDS
 from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
 from rfbench.results.gate import GateMismatch
@@ -103,7 +104,7 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                              "subvp for score-SDE files) when the file cannot say (repeatable)")
     parser.add_argument("--solvers", nargs="+", default=None, metavar="S",
                         help="run only these solvers; a registered solver the suite does not sweep is added to the "
-                             "models it applies to, at their step counts")
+                             "models whose kind it takes (not to one-step models), at their step counts")
     parser.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                         help="step counts of the fixed-grid and discrete solvers (default: the suite's)")
     parser.add_argument("--grids", nargs="+", default=None, metavar="G",
@@ -218,7 +219,8 @@ def _list() -> str:
             lines.append(f"  {name:16s} {source.describe()}{_origin(MODELS, name)}")
     lines.append("solvers:")
     for name, spec in SOLVERS.items():
-        lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}{_origin(SOLVERS, name)}")
+        models = "" if spec.models == KINDS else f" ({' and '.join(spec.models)} models only)"
+        lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}{models}{_origin(SOLVERS, name)}")
     lines.append("time grids (fixed-grid solvers; --grids): " + ", ".join(
         f"{n}{'(' + ', '.join(g.options) + ')' if g.options else ''}{_origin(GRIDS, n)}" for n, g in GRIDS.items()))
     lines.append("metrics:")
@@ -358,6 +360,8 @@ def _dry_run(plan, config: RunConfig, out: Path) -> None:
         text = (f"shard {plan.shard[0]}/{plan.shard[1]}: {len(plan.cells)} of the plan's {len(plan.unsharded.cells)} "
                 f"cells{', and the independent row' if plan.independent_row else ''}\n") + text
     print(text if not scored else text.replace("\n", f"\n{scored}\n", 1))
+    for line in plan.skipped:
+        print(f"note: {line}")
 
 
 def run_summary(name: str, result, out: Path) -> str:

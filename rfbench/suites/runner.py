@@ -325,6 +325,8 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
     # Without a terminal (a log file) it is written every 10 s, not every 0.1 s
     shown.bar = tqdm(total=0, desc=plan.name, disable=not shown.enabled, unit="NFE", unit_scale=True, smoothing=0,
                      mininterval=0.1 if shown.tty else 10, dynamic_ncols=True)
+    for line in plan.skipped:
+        say(f"note: {line}")
     shown.status("setting up")
     cache = Cache(config.cache_dir, log=say, progress=shown)
     seeds = list(plan.seeds)
