@@ -195,6 +195,9 @@ def test_a_solver_declares_the_model_kinds_it_takes(tmp_path, capsys):
             assert sorted(zip(frame["model"], frame["solver"])) == [("ddpm", "euler"), ("shift", "euler"),
                                                                     ("shift", "flow-only")]
             assert (frame["status"] == "ok").all()
+            with pytest.raises(SystemExit):      # the diffusion model alone: nothing to run, and why
+                main(["--suite", "toy2d-kinds", "--models", "ddpm", "--solvers", "flow-only", "--dry-run"])
+            assert "nothing to run (--solvers flow-only: flow-only takes flow models" in capsys.readouterr().err
             with pytest.raises(ValueError, match=r"suite toy2d-kinds: cell ddpm/flow-only/2: flow-only takes flow "
                                                  r"models \(register_solver\(models=\.\.\.\) in --plugin "
                                                  r".*flow_only.py\); ddpm is a diffusion model"):

@@ -241,6 +241,7 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
     cells: tuple[Cell, ...] = ()
     for model in models:
         cells += _cells(suite, model, config)
+    skipped = _not_taken(suite, models, config)
     if config.steps is not None and not any(SOLVERS[c.solver].kind != "adaptive" and models_kind(models, c.model)
                                             != "one-step" for c in cells):
         raise ValueError(f"--steps applies to fixed-grid and discrete solvers; no cell of this run has one (solvers: "
@@ -250,7 +251,7 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
     if not cells:
         asked = list(config.solvers or sorted({c.solver for c in suite.cells}))
         raise ValueError(f"suite {suite.name}: no cell has model in {[m.name for m in models]} and solver in "
-                         f"{asked}; nothing to run")
+                         f"{asked}; nothing to run" + "".join(f" ({line})" for line in skipped))
     cells = with_options(cells, config.solver_options)
     check_cells(suite.name, cells, [m.name for m in models])
     cells = _with_origins(suite, cells, config)
@@ -269,7 +270,7 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                 bootstrap=suite.bootstrap if config.bootstrap is None else int(config.bootstrap),
                 extractor=extractor, fallback_extractor=fallback,
                 reference_file=None if config.reference_file is None else str(config.reference_file),
-                save_samples=config.save_samples, notes=notes, skipped=_not_taken(suite, models, config),
+                save_samples=config.save_samples, notes=notes, skipped=skipped,
                 threads=config.threads,
                 precision=config.precision, training=plan_training(definition, models, config.cache_dir),
                 cache_dir=None if config.cache_dir is None else str(config.cache_dir))
