@@ -230,7 +230,8 @@ def run(suite: str | Suite = "toy2d", *, models: Sequence[str] | Mapping[str, An
     """Run a suite (or part of it) and return its results, one row per cell, as the CLI writes them.
 
     Args mirror ``python benchmark.py``'s options (``grids``: time grids such as "uniform", "logsnr", "karras",
-    or timestep spacings for discrete samplers; each fixed-grid cell runs on each; ``solver_options``: {"rtol": 1e-4}
+    or timestep spacings for discrete samplers; each fixed-grid cell runs on each; None: every cell keeps its own
+    grid, a suite's cells theirs and an added solver its default; ``solver_options``: {"rtol": 1e-4}
     for every solver of the run that takes it, {"unipc": {"order": 3}} for one, or "KEY=VALUE" strings).
     ``models``: names of the suite's
     models or of registered ones (``rfbench.register_model``), or a mapping name -> model, where a model is a path

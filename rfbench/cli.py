@@ -29,6 +29,7 @@ from rfbench.models.cache import default_cache_dir
 from rfbench.models.sources import MODELS, Recipe
 from rfbench.models.speed import COMPILE_MODES
 from rfbench.progress import duration
+from rfbench.protocols import KINDS
 from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
 from rfbench.results.gate import GateMismatch
@@ -107,13 +108,15 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                              "subvp for score-SDE files) when the file cannot say (repeatable)")
     parser.add_argument("--solvers", nargs="+", default=None, metavar="S",
                         help="run only these solvers; a registered solver the suite does not sweep is added to the "
-                             "models it applies to, at their step counts")
+                             "models whose kind it takes (not to one-step models), at their step counts")
     parser.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
                         help="step counts of the fixed-grid and discrete solvers (default: the suite's)")
     parser.add_argument("--grids", nargs="+", default=None, metavar="G",
                         help="time grids of the fixed-grid solvers (uniform, quadratic, logsnr, karras, karras:rho=5, "
                              "or a registered one) and timestep spacings of the discrete ones (uniform, leading, "
-                             "linspace, trailing); each cell runs on each that applies (default: uniform)")
+                             "linspace, trailing); each cell runs on each that applies. Without --grids every cell "
+                             "keeps its own grid: a suite's cells theirs (toy2d's unipc cells run on uniform and "
+                             "logsnr), a solver that --solvers adds its default (uniform; karras for edm-heun)")
     parser.add_argument("--solver-option", action="append", default=[], metavar="[SOLVER:]KEY=VALUE",
                         help="a solver option for the run's cells, e.g. rtol=1e-4 (every solver of the run that "
                              "takes it: rk45, dopri5), unipc:order=3, dpm++3m:lower_order_final=17 (repeatable); rows "
@@ -146,7 +149,8 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help="timed runs per cell (default: the suite's, 3 on toy2d and toy2d-transfer, 1 on the "
                              "image suites): wall_clock_s and samples_per_s come from their median, after untimed "
-                             "warm-up evaluations; ms_per_nfe is the median over batches and runs")
+                             "warm-up evaluations; ms_per_nfe is the median over batches and runs. The first run's "
+                             "samples are the cell's; the later runs sample fresh noise of the same shape")
     parser.add_argument("--extractor", default=None, metavar="NAME",
                         help="the feature extractor of the image metrics, one the suite allows (mnist and "
                              "fashion-mnist: inception, or classifier, which is also used when no Inception weights "
@@ -219,7 +223,8 @@ def _list() -> str:
             lines.append(f"  {name:16s} {source.describe()}{_origin(MODELS, name)}")
     lines.append("solvers:")
     for name, spec in SOLVERS.items():
-        lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}{_origin(SOLVERS, name)}")
+        models = "" if spec.models == KINDS else f" ({' and '.join(spec.models)} models only)"
+        lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}{models}{_origin(SOLVERS, name)}")
     lines.append("time grids (fixed-grid solvers; --grids): " + ", ".join(
         f"{n}{'(' + ', '.join(g.options) + ')' if g.options else ''}{_origin(GRIDS, n)}" for n, g in GRIDS.items()))
     lines.append("metrics:")
@@ -389,6 +394,8 @@ def _dry_run(plan, config: RunConfig, out: Path) -> None:
         text = (f"shard {plan.shard[0]}/{plan.shard[1]}: {len(plan.cells)} of the plan's {len(plan.unsharded.cells)} "
                 f"cells{', and the independent row' if plan.independent_row else ''}\n") + text
     print(text if not scored else text.replace("\n", f"\n{scored}\n", 1))
+    for line in plan.skipped:
+        print(f"note: {line}")
 
 
 def run_summary(name: str, result, out: Path) -> str:

@@ -1,4 +1,5 @@
-"""Seeded noise: the initial x0 of every sample, and the per-step noise of stochastic samplers.
+"""Seeded noise: the initial x0 of every sample, the per-step noise of stochastic samplers, and the fresh seeds of
+a cell's timed repeats.
 
 Every sample owns its seed. Each seed gets its own ``torch.Generator`` on the CPU, and the draws are moved to the
 device afterwards, so the noise of a seed is the same whatever the batch size, the batch composition or the device
@@ -8,15 +9,18 @@ place noise comes from, so every model and solver in a sweep sees the same x0 fo
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-# Streams separate independent uses of one seed: x0, the per-step noise of stochastic samplers, data draws.
+# Streams separate independent uses of one seed: x0, the per-step noise of stochastic samplers, data draws, and
+# the seeds of a cell's timed repeats (:func:`repeat_seeds`).
 STREAM_INITIAL = 0
 STREAM_STEPS = 1
 STREAM_DATA = 2
+STREAM_REPEATS = 3
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -49,6 +53,21 @@ def generator_for(seed: int, stream: int = STREAM_INITIAL) -> torch.Generator:
         # SeedSequence mixes (seed, stream) into well-separated states; plain seed + stream would collide.
         gen.manual_seed(int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, np.uint64)[0]))
     return gen
+
+
+def repeat_seeds(seeds: Sequence[int], run: int, salt: str) -> list[int]:
+    """Fresh seeds for timed run ``run`` (>= 1) of the cell named ``salt``: one per seed, each from (seed, run, salt)
+    alone, so a row's seed does not depend on the batch or process that samples it. A cell's repeats after its first
+    run sample the suite's source at these seeds (x0, and the per-step noise of stochastic samplers) instead of
+    sampling the first run's x0 again, so no repeat can reuse an earlier run's work; ``salt`` (the cell's label)
+    makes every cell's repeats differ from every other cell's, so neither can a repeat reuse another cell's."""
+    seeds = _check_seeds(seeds)
+    if isinstance(run, bool) or not isinstance(run, int) or run < 1:
+        raise ValueError(f"run must be an integer >= 1 (the first run samples the seeds themselves), got {run!r}")
+    words = np.frombuffer(hashlib.sha256(salt.encode()).digest()[:8], dtype=np.uint32).tolist()
+    # SeedSequence mixes its words well; 63 bits keep a derived seed a non-negative int64
+    return [int(np.random.SeedSequence([s, STREAM_REPEATS, run, *words]).generate_state(1, np.uint64)[0] >> 1)
+            for s in seeds]
 
 
 def per_seed(seeds: Sequence[int], draw: Callable[[torch.Generator], torch.Tensor], *,

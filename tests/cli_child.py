@@ -75,7 +75,7 @@ def register() -> None:
     x0 = base.problem.initial(range(NUM_SAMPLES))
     threshold = float(x0[:, 0, 0, 0].max())          # only the last seed's share of the range reaches it
     register_suite(standin(
-        base, "digits-dist", {"wave": Wave(), "noisy": DiffusionModel(_half, linear_betas(100)),
+        base, "digits-dist", {"wave": Wave(), "noisy": (DiffusionModel(_half, linear_betas(100)), "diffusion"),
                               "spike": Spike(threshold)},
         cells=(Cell("wave", "euler", 2), Cell("wave", "heun", 3), Cell("wave", "rk45"), Cell("noisy", "ddpm", 10),
                Cell("spike", "euler", 1)),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import rfbench
-from rfbench.cli import main
+from rfbench.cli import build_parser, main
 from rfbench.models import linear_betas
 from rfbench.models.paths import RectifiedPath, VPPath, path_of
 from rfbench.models.score_sde import TimeWindowFlow, VPSDEFlow
@@ -159,6 +159,23 @@ def test_discrete_spacings_are_diffusers_and_ddim_matches_it_step_for_step():
         sample(problem.model, x0, "ddim", 10, grid="logsnr")
     with pytest.raises(ValueError, match=r"timesteps must be distinct, decreasing \(sampling order\)"):
         sample(problem.model, x0, "ddim", grid=[10, 500, 999])
+
+
+def test_without_grids_every_cell_keeps_its_own_grid_as_the_help_says():
+    """--solvers unipc keeps toy2d's unipc cells on both their grids (uniform and logsnr), and a solver the run adds
+    takes its default grid: what --grids' help says happens without --grids (it said "default: uniform")."""
+    plan = make_plan(SUITES["toy2d"], RunConfig(models=("1-rf",), solvers=("unipc", "midpoint", "edm-heun")))
+    by_solver = {s: sorted({c.fields()["grid"] for c in plan.cells if c.solver == s})
+                 for s in ("unipc", "midpoint", "edm-heun")}
+    assert by_solver == {"unipc": ["logsnr", "uniform"], "midpoint": ["uniform"], "edm-heun": ["karras"]}
+    own = {(c.solver, c.steps, c.grid) for c in SUITES["toy2d"].grid("1-rf") if c.solver == "unipc"}
+    assert {(c.solver, c.steps, c.grid) for c in plan.cells if c.solver == "unipc"} == own
+    narrowed = make_plan(SUITES["toy2d"], RunConfig(models=("1-rf",), solvers=("unipc",), grids=("uniform",)))
+    assert {c.fields()["grid"] for c in narrowed.cells} == {"uniform"}
+    text = "".join(build_parser().format_help().split())     # argparse wraps lines, also at hyphens
+    said = ("Without --grids every cell keeps its own grid: a suite's cells theirs (toy2d's unipc cells run on "
+            "uniform and logsnr), a solver that --solvers adds its default (uniform; karras for edm-heun)")
+    assert "".join(said.split()) in text and "eachthatapplies(default:uniform)" not in text
 
 
 def test_the_grid_is_an_axis_of_a_sweep_with_its_column(tmp_path, capsys):

@@ -39,6 +39,25 @@ def test_step_noise_is_per_seed_and_in_order():
         b(7)
 
 
+def test_repeat_seeds_are_per_seed_deterministic_and_fresh():
+    """A timed repeat's seeds: row i's from seeds[i] alone (a torchrun rank making rows a:b gets exactly those rows
+    of the whole), the same on every call, and new for every run and every cell."""
+    seeds = list(range(40, 340))
+    whole = noise.repeat_seeds(seeds, 1, "m/euler/4")
+    assert whole == noise.repeat_seeds(seeds, 1, "m/euler/4")
+    for a, b in [(0, 150), (150, 300), (17, 18)]:
+        assert noise.repeat_seeds(seeds[a:b], 1, "m/euler/4") == whole[a:b]
+    others = [noise.repeat_seeds(seeds, 2, "m/euler/4"), noise.repeat_seeds(seeds, 1, "m/euler/8")]
+    used = set(seeds)
+    for derived in [whole, *others]:
+        assert len(set(derived)) == len(seeds) and not used & set(derived) and min(derived) >= 0
+        used |= set(derived)
+    x0, fresh = noise.initial(seeds, (2,)), noise.initial(whole, (2,))
+    assert fresh.shape == x0.shape and not (fresh == x0).all(dim=1).any()
+    with pytest.raises(ValueError, match="run must be an integer >= 1"):
+        noise.repeat_seeds(seeds, 0, "m/euler/4")
+
+
 def test_seed_errors():
     with pytest.raises(ValueError, match="seeds is empty"):
         noise.initial([], (2,))

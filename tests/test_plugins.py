@@ -3,6 +3,7 @@ solver gets, models from files of other codebases (--model), the Python API, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ from rfbench.plugins import PluginError, load_plugin
 from rfbench.registry import DuplicateNameError, Registry, registering_from
 from rfbench.samplers import SOLVERS, sample
 from rfbench.suites import SUITES, Cell
-from tests.problems import TangentODE
+from tests.problems import GaussianEpsNet, TangentODE
 from tests.standins import registered, standin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +162,63 @@ def test_a_solver_is_checked_when_registered_and_when_it_runs():
             sample(TangentODE(), torch.zeros(2, 1), "miscount", 2)
     finally:
         SOLVERS.remove("miscount")
+
+
+def test_a_solver_declares_the_model_kinds_it_takes(tmp_path, capsys):
+    """A flow-only plugin solver that --solvers adds is run on the flows, not on the diffusion model (said once);
+    rfbench.sample and a suite's own cells refuse it on a diffusion model; the declaration is checked."""
+    plugin = _write(tmp_path / "flow_only.py", """
+        import rfbench
+
+        @rfbench.register_solver("flow-only", "fixed", expected_nfe=lambda n: n, models=("flow",))
+        def flow_only(model, x, *, times, callback=None):
+            for t_cur, t_next in zip(times[:-1], times[1:]):
+                x = x + (t_next - t_cur) * model(x, t_cur)
+            return x, {}
+        """)
+    diffusion = GaussianEpsNet(torch.tensor([1.0, -1.0]), 0.5).model
+    suite = standin("toy2d", "toy2d-kinds", {"shift": Shift(), "ddpm": (diffusion, "diffusion")},
+                    cells=(Cell("shift", "euler", 2), Cell("ddpm", "ddim", 4), Cell("ddpm", "euler", 2)),
+                    num_samples=100, metrics=("transport_cost",), quality_metric="transport_cost",
+                    independent_row=False, straightness_samples=10)
+    argv = ["--plugin", str(plugin), "--suite", "toy2d-kinds", "--solvers", "flow-only", "euler", "--out",
+            str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--no-plots", "--device", "cpu"]
+    note = (f"note: --solvers flow-only: flow-only takes flow models (register_solver(models=...) in --plugin "
+            f"{plugin}); not run on ddpm (diffusion)")
+    try:
+        with registered(suite):
+            assert main(argv + ["--dry-run"]) == 0
+            shown = capsys.readouterr()
+            assert "shift/flow-only/2" in shown.out and "ddpm/flow-only" not in shown.out
+            assert (shown.out + shown.err).count(note) == 1
+            assert main(argv) == 0
+            shown = capsys.readouterr()
+            assert (shown.out + shown.err).count(note) == 1
+            frame = pd.read_csv(tmp_path / "out" / "results.csv")
+            assert sorted(zip(frame["model"], frame["solver"])) == [("ddpm", "euler"), ("shift", "euler"),
+                                                                    ("shift", "flow-only")]
+            assert (frame["status"] == "ok").all()
+            with pytest.raises(SystemExit):      # the diffusion model alone: nothing to run, and why
+                main(["--suite", "toy2d-kinds", "--models", "ddpm", "--solvers", "flow-only", "--dry-run"])
+            assert "nothing to run (--solvers flow-only: flow-only takes flow models" in capsys.readouterr().err
+            with pytest.raises(ValueError, match=r"suite toy2d-kinds: cell ddpm/flow-only/2: flow-only takes flow "
+                                                 r"models \(register_solver\(models=\.\.\.\) in --plugin "
+                                                 r".*flow_only.py\); ddpm is a diffusion model"):
+                dataclasses.replace(suite, cells=(Cell("ddpm", "flow-only", 2),))
+        x0 = torch.zeros(3, 2)
+        assert sample(Shift(), x0, "flow-only", 2).nfe == 2
+        with pytest.raises(TypeError, match=r"flow-only takes flow models \(register_solver\(models=\.\.\.\) in "
+                                            r"--plugin .*flow_only.py\); got a diffusion model \(DiffusionModel\)"):
+            sample(diffusion, x0, "flow-only", 2)
+    finally:
+        SOLVERS.remove("flow-only")
+    assert SOLVERS["euler"].models == ("flow", "one-step", "diffusion") and SOLVERS["ddim"].models == ("diffusion",)
+    for kind, models, allowed in (("fixed", ("flw",), "flow, one-step, diffusion"), ("fixed", (), "flow, one-step, "
+                                  "diffusion"), ("discrete", ("flow",), "diffusion")):
+        with pytest.raises(ValueError, match=rf"solver x5: models must be a tuple of model kinds, some of {allowed} "
+                                             rf"\(what a {kind} solver samples\), got"):
+            rfbench.register_solver("x5", kind, expected_nfe=lambda n: n, models=models)
+    assert "x5" not in SOLVERS
 
 
 def test_installed_plugins_enter_through_the_entry_point_group(tmp_path):

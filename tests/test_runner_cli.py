@@ -169,8 +169,98 @@ def test_wall_clock_is_the_median_of_timed_runs_after_an_untimed_warm_up(tmp_pat
     assert 0.2 <= row["wall_clock_s"] < 0.55                 # the median run, not the first or the warm-up
     assert row["samples_per_s"] == pytest.approx(50 / row["wall_clock_s"])
     assert 200 <= row["ms_per_nfe"] < 550                    # median over (run, batch) of ms / the batch's NFE
-    assert row["timing"] == "warmup=2nfe,repeats=3,processes=1"
+    assert row["timing"] == "warmup=2nfe,repeats=3,repeat_noise=fresh,processes=1"
     assert row["transport_cost"] == pytest.approx(0.5, rel=1e-5) and not flow.sleeps
+
+
+class RecordingFlow:
+    """v = -x / 2, keeping the x0 of every sampler run on the cell's 50 rows: the input of its call at t = 0 (the
+    warm-up evaluates at t = 0.5, the straightness trajectory 10 rows)."""
+
+    input_shape = (2,)
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x, t):
+        if x.shape[0] == 50 and float(t[0]) == 0.0:
+            self.seen.append(x.clone())
+        return -0.5 * x
+
+
+@pytest.fixture
+def memo_euler():
+    """A solver that remembers its samples by (steps, jitter, x0) and answers a repeated input from memory (with
+    the declared evaluations made anyway): the adversarial plugin of a timing that repeats the first run's x0.
+    With jitter > 0 it is stochastic (x += jitter * noise(i) per step) and keeps the step noise it was given."""
+    import rfbench
+    from rfbench.samplers import SOLVERS
+
+    seen = {"hits": 0, "noise": []}
+    memory = {}
+
+    @rfbench.register_solver("memo-euler", "fixed", expected_nfe=lambda n: n,
+                             stochastic=lambda options: options.get("jitter", 0.0) > 0)
+    def memo(model, x, *, times, callback=None, noise=None, jitter: float = 0.0):
+        key = (len(times), jitter, x.cpu().numpy().tobytes())
+        if key in memory:
+            seen["hits"] += 1
+            for t in times[:-1]:
+                model(x, float(t))
+            return memory[key].clone(), {}
+        out = x
+        for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:])):
+            out = out + (t_next - t_cur) * model(out, float(t_cur))
+            if noise is not None:
+                z = noise(i)
+                if i == 0:
+                    seen["noise"].append(z.clone())
+                out = out + jitter * z
+        memory[key] = out.clone()
+        return out, {}
+
+    try:
+        yield seen
+    finally:
+        SOLVERS.remove("memo-euler")
+
+
+def test_timed_repeats_sample_fresh_noise_and_the_cell_keeps_the_first_runs_samples(memo_euler, tmp_path):
+    from rfbench import noise
+    flow = RecordingFlow()
+    cells = (Cell("rec", "memo-euler", 2), Cell("rec", "memo-euler", 2, (("jitter", 0.1),)), Cell("rec", "euler", 2))
+    suite = standin("toy2d", "toy2d-repeats", {"rec": flow}, cells=cells, num_samples=50,
+                    metrics=("transport_cost",), quality_metric="transport_cost", independent_row=False,
+                    straightness_samples=10)
+
+    def run(name: str, repeats: int) -> pd.DataFrame:
+        return run_suite(suite, tmp_path / name, device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                         plots=False, log=lambda msg: None, repeats=repeats).frame
+
+    three = run("three", 3)
+    assert (three["status"] == "ok").all(), three["error"].tolist()
+    assert memo_euler["hits"] == 0        # no run of any cell saw an input it had seen before
+    seeds = list(range(50))
+    x0 = suite.problem.initial(seeds)
+    assert len(flow.seen) == 3 * len(cells)
+    for i, cell in enumerate(cells):      # the first run on the suite's x0, each later one on its own fresh noise
+        first, *later = flow.seen[3 * i:3 * i + 3]
+        assert torch.equal(first, x0)
+        for run_index, x in enumerate(later, start=1):
+            fresh = noise.repeat_seeds(seeds, run_index, cell.label)
+            assert torch.equal(x, suite.problem.initial(fresh)), (cell.label, run_index)
+            assert not (x == x0).all(dim=1).any()
+    # the stochastic cell's step noise: the suite's seeds first, then the fresh seeds of each later run
+    steps = memo_euler["noise"]
+    assert len(steps) == 3 and torch.equal(steps[0], noise.StepNoise(seeds, (2,))(0))
+    for run_index in (1, 2):
+        fresh = noise.repeat_seeds(seeds, run_index, cells[1].label)
+        assert torch.equal(steps[run_index], noise.StepNoise(fresh, (2,))(0))
+    assert (three["timing"] == "warmup=2nfe,repeats=3,repeat_noise=fresh,processes=1").all()
+    one = run("one", 1)                   # the cell's samples are the first run's: every number as with one run
+    for col in ("nfe", "transport_cost", "transport_cost_se"):
+        pd.testing.assert_series_equal(three[col], one[col], check_exact=True)
+    assert (one["timing"] == "warmup=2nfe,repeats=1,processes=1").all()     # one run: timed as it always was
 
 
 def test_cli_repeats_batch_size_and_fewer_samples_are_recorded(stand_in_suite, tmp_path, capsys):

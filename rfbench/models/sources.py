@@ -30,7 +30,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 
@@ -40,11 +40,8 @@ from rfbench.models.checkpoint import config_hash, jsonable, stated_id, weights_
 from rfbench.models.diffusers_folder import folder_sha1
 from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
                                     load_model_file, sniff)
-from rfbench.protocols import is_diffusion_model
+from rfbench.protocols import KINDS, is_diffusion_model
 from rfbench.registry import Registry
-
-ModelKind = Literal["flow", "one-step", "diffusion"]
-KINDS: tuple[str, ...] = ("flow", "one-step", "diffusion")
 
 
 def check_kind(kind: Any, what: str = "kind") -> str:

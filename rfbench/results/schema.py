@@ -70,7 +70,8 @@ SCHEMA: tuple[Column, ...] = (
     Column("batch_size", "int", "samples per sampler call (rk45's steps depend on it)", resume=True),
     Column("bootstrap", "int", "replicates of the resampled standard errors", resume=True),
     Column("solver_stats", "str", "the solver's own counts (accepted and rejected steps, batches)"),
-    Column("timing", "str", "how wall_clock_s was measured", resume=True),
+    Column("timing", "str", "how wall_clock_s was measured (warm-up, timed runs, fresh noise after the first, "
+           "processes)", resume=True),
     Column("threads", "int", "torch's CPU threads while the cell was sampled (rfbench.threads)", resume=True),
     Column("load_start", "number", "the machine's 1-minute load average before the cell's timed runs"),
     Column("load_end", "number", "the load average after them (above the core count: timed on a busy machine)"),

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from rfbench.noise import StepNoise
-from rfbench.protocols import is_diffusion_model, network_module
+from rfbench.protocols import is_diffusion_model, network_module, stated_kind
 from rfbench.registry import describe_origin
 from rfbench.samplers import discrete, exponential, ode  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
@@ -23,8 +23,8 @@ from rfbench.samplers.precision import PRECISIONS, check_precision, float32_mode
 from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, BudgetExceeded, CountingModel, NonFiniteError, SamplerError,
                                    SampleResult, SolverSpec, Trajectory, TrajectoryRecorder, register_solver)
 
-__all__ = ["sample", "check_call", "solver_options", "register_solver", "register_grid", "GRIDS", "SOLVER_KINDS",
-           "SOLVERS", "SampleResult",
+__all__ = ["sample", "check_call", "solver_options", "models_taken", "register_solver", "register_grid", "GRIDS",
+           "SOLVER_KINDS", "SOLVERS", "SampleResult",
            "Trajectory", "SolverSpec", "SamplerError", "NonFiniteError", "BudgetExceeded", "CountingModel",
            "is_diffusion_model", "PRECISIONS"]
 
@@ -93,10 +93,7 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     steps = check_call(solver, steps, options, grid)
     if spec.kind == "discrete" and is_diffusion_model(model) and steps > model.num_timesteps:
         raise ValueError(f"{solver}: steps={steps} exceeds the model's {model.num_timesteps} timesteps")
-    if spec.kind == "discrete" and not is_diffusion_model(model):
-        raise TypeError(f"{solver} samples DDPM-style models on their discrete schedule; got a flow model "
-                        f"({type(model).__name__}). Wrap an eps/x0/v network in rfbench.models.DiffusionModel, "
-                        f"or use an ODE solver: {', '.join(n for n, s in SOLVERS.items() if s.kind != 'discrete')}")
+    _check_model_kind(solver, model)
 
     kwargs: dict[str, Any] = dict(options)
     if spec.kind == "fixed":
@@ -168,6 +165,28 @@ def _miscount_message(spec: SolverSpec, steps: int, expected: int, counted: int 
 def _nfe_text(nfe: int | float) -> str:
     """An NFE in a message: an int as it is, a fraction of evaluations to 6 digits."""
     return str(nfe) if isinstance(nfe, int) else f"{nfe:.6g}"
+
+
+def _check_model_kind(solver: str, model: Any) -> None:
+    """Refuse a model of a kind the solver does not take (its ``register_solver(models=...)``). A plain callable
+    does not say whether it is a flow or a one-step map: it is refused only by a solver that takes neither."""
+    spec = SOLVERS[solver]
+    kind = stated_kind(model)
+    got = f"a {kind or 'flow'} model ({type(model).__name__})"
+    if spec.kind == "discrete" and not is_diffusion_model(model):
+        raise TypeError(f"{solver} samples DDPM-style models on their discrete schedule; got {got}. Wrap an eps/x0/v "
+                        f"network in rfbench.models.DiffusionModel, or use an ODE solver: "
+                        f"{', '.join(n for n, s in SOLVERS.items() if s.kind != 'discrete')}")
+    if kind in spec.models or (kind is None and {"flow", "one-step"} & set(spec.models)):
+        return
+    raise TypeError(f"{models_taken(solver)}; got {got}")
+
+
+def models_taken(solver: str) -> str:
+    """The kinds of model ``solver`` takes and where it was registered, for messages: "x takes flow models
+    (register_solver(models=...) in --plugin x.py)"."""
+    return (f"{solver} takes {' and '.join(SOLVERS[solver].models)} models (register_solver(models=...) in "
+            f"{describe_origin(SOLVERS.origin(solver))})")
 
 
 def _check_x0(model: Any, x0: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 
+from rfbench.protocols import KINDS
 from rfbench.registry import Registry
 from rfbench.samplers.precision import AUTOCAST, evaluation
 
@@ -38,6 +39,7 @@ class SolverSpec:
     expected_nfe: for fixed-grid solvers, NFE as a function of steps, or of (steps, model) where it depends on the
     model (edm-heun: one evaluation more where the model's path ends short of sigma = 0; ``model`` is None where
     unknown); the counted NFE is checked against it.
+    models: the kinds of model it samples (:data:`rfbench.protocols.KINDS`: flow, one-step, diffusion).
     """
 
     name: str
@@ -48,6 +50,7 @@ class SolverSpec:
     expected_nfe: Callable[[int], int] | None = None
     description: str = ""
     default_grid: str = "uniform"     # the grid (or, for discrete samplers, the spacing) when none is asked for
+    models: tuple[str, ...] = KINDS
 
     def nfe(self, steps: int, model: Any = None) -> int | None:
         """The NFE the solver must count for ``steps`` on ``model`` (None: it declares none)."""
@@ -66,10 +69,13 @@ SOLVERS: Registry[SolverSpec] = Registry("solver")
 
 SOLVER_KINDS = ("fixed", "adaptive", "discrete")
 
+# the model kinds each kind of solver can sample: a discrete sampler needs a DDPM-style model's schedule
+SAMPLES = {"fixed": KINDS, "adaptive": KINDS, "discrete": ("diffusion",)}
+
 
 def register_solver(name: str, kind: str, *, order: int | None = None, expected_nfe: Callable[[int], int] | None = None,
                     stochastic: bool | Callable[[dict], bool] = False, description: str = "",
-                    default_grid: str = "uniform"):
+                    default_grid: str = "uniform", models: tuple[str, ...] | None = None):
     """Decorator registering a solver function under ``name`` (rfbench's own solvers and plugins' alike).
 
     The function is ``fn(model, x, *, times, callback=None, **options) -> (x1, stats)`` for ``kind`` "fixed"
@@ -82,9 +88,13 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
     :func:`rfbench.sample` computes the grid, counts the evaluations (rows evaluated over the batch's rows, also
     those that reach the network around the counted calls), refuses options the solver does not take and, for
     fixed-grid solvers, checks the count against ``expected_nfe(steps)``, which is therefore required for them.
-    ``default_grid``: the grid used when the caller names none (edm-heun: karras)."""
+    ``default_grid``: the grid used when the caller names none (edm-heun: karras). ``models``: the kinds of model
+    the solver samples, some of flow, one-step and diffusion (default: every kind its ``kind`` can: all for ODE
+    solvers, diffusion for discrete ones); a run adds it only to models of those kinds, and :func:`rfbench.sample`
+    refuses a model of another kind."""
     if kind not in SOLVER_KINDS:
         raise ValueError(f"solver {name}: kind must be one of {', '.join(SOLVER_KINDS)}, got {kind!r}")
+    models = _check_models(name, kind, models)
     if kind == "fixed" and not callable(expected_nfe):
         raise ValueError(f"solver {name}: a fixed-grid solver must declare expected_nfe(steps), the number of model "
                          f"evaluations it makes, so that rfbench can check the count")
@@ -122,10 +132,27 @@ def register_solver(name: str, kind: str, *, order: int | None = None, expected_
                 raise ValueError(f"solver {name}: default_grid {default_grid!r} does not fit a {kind} solver "
                                  f"(register a custom grid before the solver that uses it): {exc}") from None
         SOLVERS.add(name, SolverSpec(name=name, fn=fn, kind=kind, order=order, stochastic=stochastic,
-                                     expected_nfe=expected_nfe, description=description, default_grid=default_grid))
+                                     expected_nfe=expected_nfe, description=description, default_grid=default_grid,
+                                     models=models))
         return fn
 
     return deco
+
+
+def _check_models(name: str, kind: str, models) -> tuple[str, ...]:
+    """``register_solver``'s ``models`` as a tuple of model kinds (None: every kind a ``kind`` solver samples)."""
+    possible = SAMPLES[kind]
+    if models is None:
+        return possible
+    given = (models,) if isinstance(models, str) else models
+    try:
+        given = tuple(dict.fromkeys(given))
+    except TypeError:
+        given = ()
+    if not given or not all(isinstance(m, str) and m in possible for m in given):
+        raise ValueError(f"solver {name}: models must be a tuple of model kinds, some of {', '.join(possible)} (what a "
+                         f"{kind} solver samples), got {models!r}")
+    return given
 
 
 # What a solver may read from its model besides the counted evaluations: data about the model (its Gaussian path, a

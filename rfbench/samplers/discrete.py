@@ -26,7 +26,7 @@ def _full(x: torch.Tensor, tau: int) -> torch.Tensor:
     return torch.full((x.shape[0],), tau, dtype=torch.long, device=x.device)
 
 
-@register_solver("ddim", "discrete", stochastic=lambda opts: opts.get("eta", 0.0) > 0,
+@register_solver("ddim", "discrete", stochastic=lambda opts: opts.get("eta", 0.0) > 0, models=("diffusion",),
                  description="DDIM (Song et al. 2021, eq. 12), eta=0 deterministic")
 def ddim(model, x, *, timesteps: list[int], eta: float = 0.0, noise: Callable[[int], torch.Tensor] | None = None,
          callback: Callback | None = None):
@@ -54,7 +54,7 @@ def ddim(model, x, *, timesteps: list[int], eta: float = 0.0, noise: Callable[[i
     return x, {"eta": eta}
 
 
-@register_solver("ddpm", "discrete", stochastic=True,
+@register_solver("ddpm", "discrete", stochastic=True, models=("diffusion",),
                  description="DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), sigma^2 = beta")
 def ddpm(model, x, *, timesteps: list[int], noise: Callable[[int], torch.Tensor] | None = None,
          callback: Callback | None = None):

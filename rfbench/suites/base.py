@@ -17,7 +17,7 @@ from rfbench.metrics.features import EXTRACTORS
 from rfbench.models.sources import ModelSource
 from rfbench.registry import Registry
 from rfbench.results.schema import MODEL_NAME_RULE, model_name_ok
-from rfbench.samplers import SOLVERS, check_call
+from rfbench.samplers import SOLVERS, check_call, models_taken
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,6 @@ class SuiteModel:
     @property
     def kind(self) -> str:
         return self.source.kind
-
-
-# which solver kinds can sample which kind of model (a run adding a solver adds it to the models it applies to)
-APPLIES = {"flow": ("fixed", "adaptive"), "diffusion": ("fixed", "adaptive", "discrete"), "one-step": ()}
 
 
 @dataclass(frozen=True)
@@ -160,6 +156,11 @@ class Suite:
                 raise ValueError(f"suite {self.name}: skip_metrics pairs a metric ({', '.join(METRICS.names())}) "
                                  f"with a tuple of registered solvers, got {metric!r}: {solvers!r}")
         check_cells(self.name, self.cells, names)
+        kinds = {m.name: m.kind for m in models}
+        for cell in self.cells:
+            if kinds[cell.model] not in SOLVERS[cell.solver].models:
+                raise ValueError(f"suite {self.name}: cell {cell.label}: {models_taken(cell.solver)}; {cell.model} "
+                                 f"is a {kinds[cell.model]} model")
         if not hasattr(self.problem, "shape") or not hasattr(self.problem, "initial"):
             raise TypeError(f"suite {self.name}: problem must have a shape and initial(seeds) (a ToyProblem, an "
                             f"ImageProblem or alike), got {type(self.problem).__name__}")
@@ -237,8 +238,9 @@ def cell_nfe(cell: Cell, model: Any = None) -> int | None:
 
 
 def applies(solver: str, kind: str) -> bool:
-    """Whether a run adding ``solver`` gives a model of ``kind`` cells of it."""
-    return SOLVERS[solver].kind in APPLIES[kind]
+    """Whether a run adding ``solver`` gives a model of ``kind`` cells of it: a kind the solver takes
+    (``register_solver(models=...)``), but for one-step models, which are sampled by their suite's cells alone."""
+    return kind != "one-step" and kind in SOLVERS[solver].models
 
 
 SUITES: Registry[Suite] = Registry("suite")

@@ -3,7 +3,9 @@
 Before a cell's timed runs the model is evaluated ``WARMUP_EVALS`` times at the batch shape, untimed (CUDA kernels
 and the allocator warm up); each batch is then timed with the device synchronised. With several processes each
 samples its block of the cell's batches (:func:`rfbench.distributed.batch_plan`), and every timed run lasts until
-the slowest process ends.
+the slowest process ends. The first timed run samples the suite's x0 and its samples are the cell's; every later run
+samples fresh noise of the same shape, the suite's source at seeds derived from the cell's own
+(:func:`rfbench.noise.repeat_seeds`), so that no run can reuse the work of an earlier one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from rfbench.data.base import quantize
 from rfbench.device import synchronize
 from rfbench.distributed import World, batch_plan
+from rfbench.noise import repeat_seeds
 from rfbench.samplers import SOLVERS, CountingModel, sample
 from rfbench.samplers.precision import float32_mode
 from rfbench.suites.base import Cell
@@ -35,8 +38,12 @@ def network_fields(config) -> dict:
 
 
 def timing_protocol(repeats: int, world: World) -> str:
-    """The ``timing`` column: how a cell's wall-clock was measured (a resumed cell must have been timed alike)."""
-    return f"warmup={WARMUP_EVALS}nfe,repeats={repeats},processes={world.size}"
+    """The ``timing`` column: how a cell's wall-clock was measured (a resumed cell must have been timed alike).
+    ``repeat_noise=fresh``: the runs after the first sampled fresh noise (:func:`sample_share`); a cell stored
+    without it was timed by repeating the first run's x0, which a solver could answer from memory, so it is timed
+    again. A single run is measured as it always was: its string, and its resumed cells, are unchanged."""
+    fresh = ",repeat_noise=fresh" if repeats > 1 else ""
+    return f"warmup={WARMUP_EVALS}nfe,repeats={repeats}{fresh},processes={world.size}"
 
 
 @dataclass
@@ -69,12 +76,17 @@ class Sampled:
 
 
 def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, batches: list[tuple[int, int]],
-                 device: torch.device, repeats: int = 1, world: World | None = None, precision: str = "fp32") -> Share:
+                 device: torch.device, repeats: int = 1, world: World | None = None, precision: str = "fp32",
+                 fresh: Callable[[int], tuple[torch.Tensor, list[int] | None]] | None = None) -> Share:
     """Sample the rows of ``batches`` ``repeats`` times, timing each run and each batch (synchronised with the
     device) after ``WARMUP_EVALS`` untimed model evaluations at each batch shape, in the run's ``precision`` (a
-    compiled network compiles there, once per shape); the samples of the first run are kept. All processes start
-    each run together; an error stops the sampling, not the taking part in the collectives, so the other processes
-    never wait for this one."""
+    compiled network compiles there, once per shape). The first run samples ``x0`` (``seeds``: its rows' seeds, for
+    a stochastic solver's per-step noise) and its samples are kept; run r >= 1 samples ``fresh(r)``, an (x0, seeds)
+    pair of the same shape made before the run starts, so that no run can return an earlier run's samples from
+    memory. All processes start each run together; an error stops the sampling, not the taking part in the
+    collectives, so the other processes never wait for this one."""
+    if repeats > 1 and fresh is None:
+        raise ValueError(f"sample_share: {repeats} timed runs need fresh(run), the inputs of the runs after the first")
     world = world or World()
     share = Share()
     xs = []
@@ -91,6 +103,13 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
     except Exception:   # left for the timed run, whose sampler checks its input and reports the cause
         pass
     for run in range(repeats):
+        inputs, run_seeds, which = x0, seeds, ""
+        if run > 0 and batches and share.error is None:
+            which = f"timed run {run + 1} of {repeats} (on fresh noise): "
+            try:     # before the processes start the run together, outside its time
+                inputs, run_seeds = fresh(run)
+            except Exception as exc:
+                share.error = f"{which}{type(exc).__name__}: {exc}"
         world.barrier()
         if share.error is not None:
             share.run_times.append(float("nan"))
@@ -99,8 +118,8 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
             start = time.perf_counter()
             for a, b in batches:
                 begin = time.perf_counter()
-                result = sample(model, x0[a:b], cell.solver, cell.steps, grid=cell.grid,
-                                seeds=seeds[a:b] if seeds is not None else None, precision=precision,
+                result = sample(model, inputs[a:b], cell.solver, cell.steps, grid=cell.grid,
+                                seeds=run_seeds[a:b] if run_seeds is not None else None, precision=precision,
                                 **dict(cell.options))
                 synchronize(device)
                 share.ms_per_nfe.append(1000 * (time.perf_counter() - begin) / max(result.nfe, 1))
@@ -114,7 +133,7 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
                 xs = [x.cpu() for x in xs]
                 share.x = torch.cat(xs) if xs else None
         except Exception as exc:
-            share.error = f"{type(exc).__name__}: {exc}"
+            share.error = f"{which}{type(exc).__name__}: {exc}"
     if share.error is not None:
         share.x = None
     return share
@@ -147,18 +166,31 @@ def combine(shares: list[dict], size: int) -> tuple[float, dict]:
 def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_size: int | None, repeats: int,
                 device: torch.device, world: World,
                 extract: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
-                precision: str = "fp32", compiled: bool = False) -> Sampled:
+                precision: str = "fp32", compiled: bool = False,
+                initial: Callable[[list[int]], torch.Tensor] | None = None) -> Sampled:
     """Sample a cell on every process (each its block of batches); with ``extract`` (image suites) each process
     also extracts its samples' features. Rank 0 gets the samples (and features) of every process in seed order
     and the cell's nfe, batch_size, wall_clock_s, samples_per_s, ms_per_nfe, solver_stats and timing; the others
-    get an empty :class:`Sampled`. A failure on any process is the cell's error, on rank 0."""
+    get an empty :class:`Sampled`. A failure on any process is the cell's error, on rank 0.
+
+    ``x0`` holds the rows of ``seeds``; ``initial(seeds)`` (the suite problem's, which made x0) makes the fresh x0
+    of the timed runs after the first, at :func:`rfbench.noise.repeat_seeds` of each row's seed and the cell's label:
+    each row's fresh noise depends on its seed alone, whichever process samples it."""
+    if repeats > 1 and initial is None:
+        raise ValueError(f"sample_cell: {repeats} timed runs need initial(seeds), the suite's source, to draw the "
+                         f"fresh noise of the runs after the first")
     stochastic = SOLVERS[cell.solver].is_stochastic(dict(cell.options))
     size, mine = batch_plan(x0.shape[0], batch_size, world)
     # this process's rows only, made before anything is timed (x0 may be a SeedRows that makes them on demand)
     lo, hi = (mine[0][0], mine[-1][1]) if mine else (0, 0)
     rows, batches = x0[lo:hi], [(a - lo, b - lo) for a, b in mine]
+
+    def fresh(run: int) -> tuple[torch.Tensor, list[int] | None]:
+        derived = repeat_seeds(seeds[lo:hi], run, cell.label)
+        return initial(derived).to(rows.device), derived if stochastic else None
+
     share = sample_share(model, rows, cell, seeds[lo:hi] if stochastic else None, batches, device, repeats, world,
-                         precision)
+                         precision, fresh)
     errors = world.check(share.error, "sample")
     if errors:
         return Sampled(error=errors[0])

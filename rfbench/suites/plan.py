@@ -5,11 +5,13 @@ one line naming the option, the value and what is allowed.
 A run can narrow a suite (``models``, ``solvers``, fewer samples) and widen it: a model registered by name
 (``MODELS``) or given as a file (``--model NAME=PATH``) joins the suite with the cells of the suite's first model
 of its kind; ``solvers`` keeps only the cells of the solvers the suite sweeps, and adds a registered solver the
-suite does not sweep to every model it applies to (fixed-grid and adaptive ODE solvers to flows and diffusion
-models, discrete ones to diffusion models) at the step counts the model already uses for that kind of solver (else
-the suite's ``steps``); ``steps`` replaces the step counts of fixed-grid and discrete solvers (one-step models keep
+suite does not sweep to every model whose kind it takes (``register_solver(models=...)``: by default flows and
+diffusion models for ODE solvers, diffusion models for discrete ones; one-step models take no added solver), saying
+once which models it leaves out, at the step counts the model already uses for that kind of solver (else the
+suite's ``steps``); ``steps`` replaces the step counts of fixed-grid and discrete solvers (one-step models keep
 their single step); ``grids`` puts each fixed-grid cell on each time grid listed, and each discrete cell on each
-timestep spacing listed (:mod:`rfbench.samplers.grids`); ``solver_options`` set solver options on the run's cells
+timestep spacing listed (:mod:`rfbench.samplers.grids`), and without ``grids`` every cell keeps its own grid (a
+suite's cells theirs, a solver the run adds its default); ``solver_options`` set solver options on the run's cells
 (:mod:`rfbench.suites.options`).
 """
 
@@ -26,7 +28,7 @@ from rfbench.metrics import METRICS
 from rfbench.models.cache import PlanningCache, Training
 from rfbench.models.sources import MODELS, LoadContext, ModelFile, ModelSource, Recipe
 from rfbench.models.speed import check_compile_mode
-from rfbench.samplers import SOLVERS
+from rfbench.samplers import SOLVERS, models_taken
 from rfbench.samplers.grids import GRIDS, SPACINGS, check_grid
 from rfbench.samplers.precision import check_precision
 from rfbench.suites.base import Cell, Suite, SuiteModel, applies, check_cells
@@ -138,6 +140,7 @@ class Plan:
     reference_file: str | None
     save_samples: bool = False
     notes: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()   # what the run leaves out of what it was asked for, said once before it starts
     threads: int | None = None   # --threads (None: rfbench.threads decides per model)
     precision: str = "fp32"      # --dtype: the network evaluations' arithmetic
     # per recipe model, what the cache lacked when the plan was made: the networks to train and the reflow pairs to
@@ -238,6 +241,7 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
     cells: tuple[Cell, ...] = ()
     for model in models:
         cells += _cells(suite, model, config)
+    skipped = _not_taken(suite, models, config)
     if config.steps is not None and not any(SOLVERS[c.solver].kind != "adaptive" and models_kind(models, c.model)
                                             != "one-step" for c in cells):
         raise ValueError(f"--steps applies to fixed-grid and discrete solvers; no cell of this run has one (solvers: "
@@ -247,7 +251,7 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
     if not cells:
         asked = list(config.solvers or sorted({c.solver for c in suite.cells}))
         raise ValueError(f"suite {suite.name}: no cell has model in {[m.name for m in models]} and solver in "
-                         f"{asked}; nothing to run")
+                         f"{asked}; nothing to run" + "".join(f" ({line})" for line in skipped))
     cells = with_options(cells, config.solver_options)
     check_cells(suite.name, cells, [m.name for m in models])
     cells = _with_origins(suite, cells, config)
@@ -266,7 +270,8 @@ def make_plan(suite: Suite, config: RunConfig = RunConfig()) -> Plan:
                 bootstrap=suite.bootstrap if config.bootstrap is None else int(config.bootstrap),
                 extractor=extractor, fallback_extractor=fallback,
                 reference_file=None if config.reference_file is None else str(config.reference_file),
-                save_samples=config.save_samples, notes=notes, threads=config.threads,
+                save_samples=config.save_samples, notes=notes, skipped=skipped,
+                threads=config.threads,
                 precision=config.precision, training=plan_training(definition, models, config.cache_dir),
                 cache_dir=None if config.cache_dir is None else str(config.cache_dir))
     return plan if config.shard is None else shard_plan(plan, config.shard)
@@ -375,6 +380,19 @@ def _cells(suite: Suite, model: SuiteModel, config: RunConfig) -> tuple[Cell, ..
                 stepped += [Cell(cell.model, cell.solver, n, cell.options, cell.grid) for n in config.steps]
         cells = list(dict.fromkeys(stepped))
     return tuple(cells)
+
+
+def _not_taken(suite: Suite, models, config: RunConfig) -> tuple[str, ...]:
+    """One line per solver the run adds (``--solvers``, one the suite does not sweep) naming the run's models it gets
+    no cells on because it does not take their kind (``register_solver(models=...)``); one-step models, which take
+    no added solver, are not listed."""
+    present = {c.solver for c in suite.cells}
+    lines = []
+    for solver in dict.fromkeys(config.solvers or ()):
+        left = [f"{m.name} ({m.kind})" for m in models if m.kind != "one-step" and m.kind not in SOLVERS[solver].models]
+        if solver not in present and left:
+            lines.append(f"--solvers {solver}: {models_taken(solver)}; not run on {', '.join(left)}")
+    return tuple(lines)
 
 
 def _with_origins(suite: Suite, cells: tuple[Cell, ...], config: RunConfig) -> tuple[Cell, ...]:

@@ -181,7 +181,8 @@ def _sample_and_score(run: Sweep, model: SuiteModel, net) -> None:
         with run.timed("sampling"):
             sampled = sample_cell(net, run.x0, cell, list(plan.seeds), batch, plan.repeats, run.device,
                                   run.world, extract=images.extract if images is not None else None,
-                                  precision=plan.precision, compiled=run.base.get("compile", "off") != "off")
+                                  precision=plan.precision, compiled=run.base.get("compile", "off") != "off",
+                                  initial=plan.problem.initial)
         shared, shared_error = None, None
         if run.evaluation.sharing and sampled.error is None:   # every process takes a share of the k-NN work
             with run.timed("metrics"):
@@ -325,6 +326,8 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
     # Without a terminal (a log file) it is written every 10 s, not every 0.1 s
     shown.bar = tqdm(total=0, desc=plan.name, disable=not shown.enabled, unit="NFE", unit_scale=True, smoothing=0,
                      mininterval=0.1 if shown.tty else 10, dynamic_ncols=True)
+    for line in plan.skipped:
+        say(f"note: {line}")
     shown.status("setting up")
     cache = Cache(config.cache_dir, log=say, progress=shown)
     seeds = list(plan.seeds)
