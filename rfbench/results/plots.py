@@ -66,7 +66,7 @@ def readable_log_axis(axis) -> None:
 
 def timing_label(rows: pd.DataFrame) -> str:
     """The time axis's label, saying how many timed runs each cell's ``wall_clock_s`` is the median of (from the
-    rows' ``timing`` column, e.g. "warmup=2nfe,repeats=3,processes=1")."""
+    rows' ``timing`` column, e.g. "warmup=2nfe,repeats=3,repeat_noise=fresh,processes=1")."""
     repeats = sorted({int(m.group(1)) for text in rows.get("timing", pd.Series(dtype=object)).dropna()
                       if (m := re.search(r"repeats=(\d+)", str(text)))})
     base = "wall-clock seconds per cell, sampling"
