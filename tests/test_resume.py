@@ -57,7 +57,6 @@ def test_a_sweep_killed_with_sigkill_resumes_without_recomputing(tmp_path):
     assert batch_calls == sum(2 + n for n in range(1, 9) if n not in done_steps)
 
 
-
 def test_sigterm_stops_like_ctrl_c_says_what_is_kept_and_exits_143(tmp_path):
     """SIGTERM (what SLURM sends before it kills a job) stops the run as Ctrl-C does: the cell in hand is dropped,
     the finished ones are kept and named, the exit status is 143 (128 + 15), and a rerun resumes from them."""
@@ -81,7 +80,6 @@ def test_sigterm_stops_like_ctrl_c_says_what_is_kept_and_exits_143(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     after = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
     assert len(after) == 5 and all(after[name] == blob for name, blob in before.items())   # kept, not recomputed
-
 
 
 def test_the_cli_puts_back_the_sigterm_handler_it_found(capsys):
