@@ -231,7 +231,7 @@ def test_the_grid_is_an_axis_of_a_sweep_with_its_column(tmp_path, capsys):
                                                 steps=(4,), grids=("uniform", "logsnr", "trailing")))
     assert [c.label for c in plan.cells] == ["1-rf/euler/4", "1-rf/euler/4@logsnr", "1-rf/rk45/adaptive",
                                              "ddpm/ddim/4", "ddpm/ddim/4@trailing", "ddpm/rk45/adaptive"]
-    with pytest.raises(ValueError, match=r"--grids lgsnr: not a time grid \(karras, logsnr, polynomial"):
+    with pytest.raises(ValueError, match=r"--grids lgsnr: not a time grid \(gits, karras, logsnr, polynomial"):
         make_plan(SUITES["toy2d"], RunConfig(grids=("lgsnr",)))
     # --steps keeps each cell's grid; --grids leaves edm-heun on its karras family (the others start at a flow's
     # source, where it cannot)
@@ -267,4 +267,4 @@ def test_the_grid_is_an_axis_of_a_sweep_with_its_column(tmp_path, capsys):
         again = rfbench.run("toy2d-grid", grids=["karras"], steps=[2], solvers=["heun"], out=tmp_path / "out",
                             device="cpu", plots=False)
         assert list(again["grid"].dropna()) == ["karras"]
-    assert sorted(GRIDS.names()) == ["karras", "logsnr", "polynomial", "quadratic", "time_uniform", "uniform"]
+    assert sorted(GRIDS.names()) == ["gits", "karras", "logsnr", "polynomial", "quadratic", "time_uniform", "uniform"]
