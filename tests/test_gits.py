@@ -19,14 +19,14 @@ from tests.problems import GaussianFlow
 from tests.standins import registered, standin
 
 # zju-pi/diff-sampler (68d5ce4), gits-main/gits_utils.py, run outside this repository in float64 (torch's default
-# dtype) on the trajectory below (saved by rfbench, passed to get_dp_list as its teacher's trajectory and gradients,
-# its schedule the trajectory's EDM sigmas; metric l2): get_dp_list's chosen indices, and entries of its cost matrix
-# (every entry equalled rfbench's, to 0.0).
+# dtype) on the exact trajectory of _problem() at karras's 21 fine times (saved by rfbench, passed to get_dp_list as
+# its teacher's trajectory and gradients, its schedule the trajectory's EDM sigmas; metric l2): get_dp_list's chosen
+# indices, and entries of its cost matrix (every entry equalled rfbench's, to 0.0).
 OFFICIAL_DP = {(1, 1.15): [0, 20], (1, 1.0): [0, 20], (3, 1.15): [0, 12, 14, 20], (3, 1.0): [0, 12, 14, 20],
                (5, 1.15): [0, 12, 13, 14, 15, 20], (5, 1.0): [0, 10, 12, 13, 14, 20],
                (8, 1.15): [0, 10, 11, 12, 13, 14, 15, 16, 20], (8, 1.0): [0, 8, 10, 11, 12, 13, 14, 15, 20]}
-OFFICIAL_COST = {(0, 20): 1.0834868116245697, (0, 12): 0.3543250495834328, (12, 14): 0.18482797201058532,
-                 (14, 20): 0.07798390118670083, (5, 19): 1.0522226177476168}
+OFFICIAL_COST = {(0, 20): 1.0569838343541513, (0, 12): 0.33710306981585925, (12, 14): 0.17682188337154786,
+                 (14, 20): 0.07703271688995994, (5, 19): 1.0262113883170052}
 # the official dp(cost_mat, num_steps, num_steps_tea, coeff) on np.triu(default_rng(0).random((31, 31)), 1)
 OFFICIAL_DP_RANDOM = {(2, 1.15): [0, 2, 30], (2, 0.8): [0, 2, 30], (4, 1.15): [0, 2, 4, 26, 30],
                       (4, 0.8): [0, 11, 24, 25, 30], (6, 1.15): [0, 3, 8, 9, 12, 25, 30],
@@ -40,21 +40,35 @@ def _problem():
     return flow, x0
 
 
-def test_the_cost_matrix_and_the_search_are_the_official_codes_on_the_same_trajectory():
+def _costs(flow, states: torch.Tensor, fine_times: list[float]) -> np.ndarray:
+    """step_costs on a trajectory at fine_times, as search computes them."""
+    alpha, sigma = path_of(flow).alpha_sigma(np.array(fine_times))
+    denoised = torch.stack([data_prediction(flow, states[i], fine_times[i]) for i in range(len(fine_times) - 1)])
+    return step_costs(states / torch.from_numpy(alpha).reshape(-1, 1, 1), denoised, sigma / alpha)
+
+
+def test_the_cost_matrix_and_the_dynamic_programming_are_the_official_codes_on_the_same_trajectory():
+    """The flow's exact trajectory from x0 (X_t = t mu + sqrt(t^2 s^2 + (1 - t)^2) x0) at karras's fine times."""
     flow, x0 = _problem()
     fine_times = time_grid("karras", 20, flow)
-    run = sample(flow, x0, "heun", 20, grid=fine_times, trajectory=True)    # the search's teacher, as search runs it
-    alpha, sigma = path_of(flow).alpha_sigma(np.array(fine_times))
-    states = run.trajectory.states / torch.from_numpy(alpha).reshape(-1, 1, 1)
-    denoised = torch.stack([data_prediction(flow, run.trajectory.states[i], fine_times[i]) for i in range(20)])
-    cost = step_costs(states, denoised, sigma / alpha)
+    exact = torch.stack([t * flow.mu + (t * t * flow.s ** 2 + (1 - t) ** 2) ** 0.5 * x0 for t in fine_times])
+    cost = _costs(flow, exact, fine_times)
     for (i, j), value in OFFICIAL_COST.items():
         assert cost[i, j] == pytest.approx(value, rel=1e-12, abs=0)
     assert np.all(np.tril(cost) == 0) and np.all(cost[np.triu_indices(21, 1)] > 0)
     for (steps, coeff), indices in OFFICIAL_DP.items():
         assert dynamic_programming(cost, steps, coeff) == indices
+
+
+def test_the_search_runs_its_teacher_through_sample_and_counts_its_evaluations():
+    flow, x0 = _problem()
+    fine_times = time_grid("karras", 20, flow)
+    teacher = sample(flow, x0, "heun", 20, grid=fine_times, trajectory=True).trajectory.states
+    cost = _costs(flow, teacher, fine_times)
+    for steps, coeff in ((3, 1.15), (5, 1.0), (8, 1.15)):
         found = search(flow, x0, steps, coeff=coeff, fine=20)
-        assert found.indices == indices and found.times == [fine_times[i] for i in indices]
+        assert found.indices == dynamic_programming(cost, steps, coeff) and len(found.indices) == steps + 1
+        assert found.times == [fine_times[i] for i in found.indices] and found.fine_times == fine_times
         assert found.nfe == 2 * 20 + 20 and found.rows == 16     # heun's 40 and a data prediction at 20 points
         assert found.times[-1] == 1 and found.times[0] == pytest.approx(1 / 81, rel=1e-12)   # karras's ends
 

@@ -17,7 +17,7 @@ import torch
 from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model, network_module, stated_kind
 from rfbench.registry import describe_origin
-from rfbench.samplers import discrete, exponential, gits, ode  # noqa: F401  (registers the solvers, gits's grid)
+from rfbench.samplers import discrete, exponential, ode  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
 from rfbench.samplers.precision import PRECISIONS, check_precision, float32_mode
 from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, BudgetExceeded, CountingModel, NonFiniteError, SamplerError,

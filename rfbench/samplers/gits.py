@@ -17,7 +17,9 @@ The grid ``gits`` (options ``coeff``, default 1.15, and ``fine``, default 60 ste
 61 timestamps) needs source points, so :func:`rfbench.sample` cannot compute it from a name: a suite searches it
 once per cell, before the cell's timed runs, from the first :data:`SEARCH_ROWS` of its seeds, records the times in
 the ``grid_times`` column and the search's evaluations in ``grid_search_nfe`` and ``grid_search_rows``; elsewhere
-pass ``search(model, x0, steps).times`` as the grid.
+pass ``search(model, x0, steps).times`` as the grid. The teacher runs through :func:`rfbench.sample`, so this
+module imports the samplers' package and is not imported by it: :mod:`rfbench.suites` imports it (as ``import
+rfbench`` does), which registers the grid.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from rfbench.models.paths import data_prediction, path_of
-from rfbench.samplers.base import SOLVERS, CountingModel, TrajectoryRecorder
+from rfbench.samplers import SOLVERS, CountingModel, sample
 from rfbench.samplers.grids import parse_grid, register_grid, time_grid
 from rfbench.samplers.precision import float32_mode
 
@@ -86,14 +88,13 @@ def search(model: Any, x0: torch.Tensor, steps: int, *, coeff: float = COEFF, fi
         raise ValueError(f"grid gits: the teacher must be a fixed-grid solver, got {teacher} ({SOLVERS[teacher].kind})")
     fine = int(fine)
     fine_times = time_grid("karras", fine, model)
-    counted = CountingModel(model, teacher, fine, precision, batch=x0.shape[0])     # the teacher's and D's evaluations
-    recorder = TrajectoryRecorder()
+    run = sample(model, x0, teacher, fine, grid=fine_times, trajectory=True, precision=precision)
+    if run.trajectory.times.tolist() != fine_times:
+        raise ValueError(f"grid gits: the teacher {teacher} must hand the callback its state at each of the fine "
+                         f"grid's {fine + 1} times; it gave {len(run.trajectory.times)} points")
+    states = run.trajectory.states                              # (fine + 1, B, ...) on the CPU, as the solver started
+    counted = CountingModel(model, precision=precision, batch=x0.shape[0])
     with torch.no_grad(), float32_mode(precision):
-        SOLVERS[teacher].fn(counted, x0, times=fine_times, callback=recorder)
-        if recorder.times != fine_times:
-            raise ValueError(f"grid gits: the teacher {teacher} must hand the callback its state at each of the fine "
-                             f"grid's {fine + 1} times; it gave {len(recorder.times)} points")
-        states = torch.stack(recorder.states)                   # (fine + 1, B, ...) on the CPU
         denoised = torch.stack([data_prediction(counted, states[i].to(x0.device), fine_times[i]).cpu()
                                 for i in range(fine)])
     alpha, sigma = path_of(model).alpha_sigma(np.array(fine_times))
@@ -101,7 +102,7 @@ def search(model: Any, x0: torch.Tensor, steps: int, *, coeff: float = COEFF, fi
     cost = step_costs(states / scale, denoised, sigma / alpha)
     indices = dynamic_programming(cost, steps, coeff)
     return GitsSearch(times=[fine_times[i] for i in indices], indices=indices, fine_times=fine_times,
-                      nfe=counted.nfe, rows=x0.shape[0])
+                      nfe=run.nfe + counted.nfe, rows=x0.shape[0])
 
 
 def step_costs(states: torch.Tensor, denoised: torch.Tensor, sigmas: np.ndarray) -> np.ndarray:
