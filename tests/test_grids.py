@@ -45,6 +45,54 @@ def test_vp_grids_are_dpm_solvers_own(skip, steps):
     np.testing.assert_allclose(1 - times * (1 - vp.eps), DPM_SOLVER[(skip, steps)], rtol=0, atol=1e-12)
 
 
+# zju-pi/diff-sampler (68d5ce4), diff-solvers-main/solver_utils.py get_schedule(num_steps, sigma_min, sigma_max,
+# schedule_type, schedule_rho), run outside this repository with torch's default dtype float64: the sigmas from
+# sigma_max down to sigma_min. (0.002, 80): EDM's range, a rectified flow's default; 0.0104859...: the smallest sigma of
+# score-SDE's VP model (SDE time 1e-3), its default sigma_min.
+VP_SIGMA_MIN = 0.010485992786702997
+DIFF_SAMPLER = {
+    ("polynomial", 7, 6, 0.002): [80.0, 24.408341786580095, 5.838947631011886, 0.9654169263318955,
+                                  0.08508720268939021, 0.002000000000000003],
+    ("time_uniform", 2, 6, 0.002): [80.00000000000001, 6.292339565936032, 1.5599652447262673, 0.5560024185093034,
+                                    0.15034264359470215, 0.0019999999999732445],
+    ("time_uniform", 1, 6, 0.002): [80.00000000000001, 16.50620633265823, 4.7463379579046014, 1.7541111733745074,
+                                    0.6502159050842388, 0.0019999999999732445],
+    ("polynomial", 7, 7, VP_SIGMA_MIN): [80.0, 32.64393654323119, 11.674605329438542, 3.4962374808511654,
+                                         0.8139563219333968, 0.12887659323205244, 0.010485992786702987],
+    ("time_uniform", 2, 7, VP_SIGMA_MIN): [80.00000000000001, 8.770249292427945, 2.340586683523713,
+                                           0.9470122888626347, 0.4014270275964431, 0.12618820367825537,
+                                           0.010485992786706403],
+}
+
+
+@pytest.mark.parametrize("kind,rho,points,sigma_min", list(DIFF_SAMPLER))
+def test_time_uniform_and_polynomial_are_diff_samplers_own(kind, rho, points, sigma_min):
+    """On a rectified flow (sigma = (1 - t) / t, range clipped to EDM's [0.002, 80]) the N sigmas of diff-sampler's
+    schedule, then the data (t=1); on score-SDE's VP model (range [0.0105, 80]) its N + 1 sigmas. Compared in flow
+    time; karras is polynomial."""
+    official = np.array(DIFF_SAMPLER[(kind, rho, points, sigma_min)])
+    if sigma_min == VP_SIGMA_MIN:
+        model, steps = VPSDEFlow(lambda x, t: x), points - 1
+        expected = path_of(model).t_of_log_snr(-np.log(official))
+    else:
+        model, steps = GaussianFlow(torch.zeros(2), 0.5), points
+        expected = np.append(1 / (1 + official), 1.0)
+    for name in ((f"time_uniform:rho={rho}",) if kind == "time_uniform" else ("polynomial", "karras")):
+        np.testing.assert_allclose(time_grid(name, steps, model), expected, rtol=0, atol=1e-12)
+    if kind == "time_uniform" and rho == 1:
+        assert time_grid("time_uniform", steps, model) == time_grid("time_uniform:rho=1", steps, model)
+
+
+def test_time_uniform_on_a_vp_models_whole_range_is_its_own_sde_time():
+    """The VP SDE time_uniform fits to score-SDE's whole sigma range is that model's own (beta 0.1 to 20, from SDE
+    time 1 to 1e-3): rho=1 then gives rfbench's uniform grid there (DPM-Solver's time_uniform)."""
+    vp = VPSDEFlow(lambda x, t: x)
+    whole = f"time_uniform:sigma_min={VP_SIGMA_MIN!r},sigma_max=152.16697028394645"
+    np.testing.assert_allclose(time_grid(whole, 5, vp), time_grid("uniform", 5, vp), rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="grid time_uniform: rho must be > 0, got -1"):
+        time_grid("time_uniform:rho=-1", 3, vp)
+
+
 def test_flow_grids_cover_the_path_and_follow_their_spacing():
     flow = GaussianFlow(torch.zeros(2), 0.5)
     assert time_grid("uniform", 4, flow) == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -183,7 +231,7 @@ def test_the_grid_is_an_axis_of_a_sweep_with_its_column(tmp_path, capsys):
                                                 steps=(4,), grids=("uniform", "logsnr", "trailing")))
     assert [c.label for c in plan.cells] == ["1-rf/euler/4", "1-rf/euler/4@logsnr", "1-rf/rk45/adaptive",
                                              "ddpm/ddim/4", "ddpm/ddim/4@trailing", "ddpm/rk45/adaptive"]
-    with pytest.raises(ValueError, match=r"--grids lgsnr: not a time grid \(karras, logsnr, quadratic, uniform"):
+    with pytest.raises(ValueError, match=r"--grids lgsnr: not a time grid \(gits, karras, logsnr, polynomial"):
         make_plan(SUITES["toy2d"], RunConfig(grids=("lgsnr",)))
     # --steps keeps each cell's grid; --grids leaves edm-heun on its karras family (the others start at a flow's
     # source, where it cannot)
@@ -219,4 +267,4 @@ def test_the_grid_is_an_axis_of_a_sweep_with_its_column(tmp_path, capsys):
         again = rfbench.run("toy2d-grid", grids=["karras"], steps=[2], solvers=["heun"], out=tmp_path / "out",
                             device="cpu", plots=False)
         assert list(again["grid"].dropna()) == ["karras"]
-    assert sorted(GRIDS.names()) == ["karras", "logsnr", "quadratic", "uniform"]
+    assert sorted(GRIDS.names()) == ["gits", "karras", "logsnr", "polynomial", "quadratic", "time_uniform", "uniform"]

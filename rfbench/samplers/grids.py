@@ -11,7 +11,10 @@ Named grids for fixed-grid solvers, registered by name (``GRIDS``; a plugin adds
 * ``logsnr``: uniform in the half log-SNR lambda = log(alpha / sigma) (DPM-Solver's ``logSNR``);
 * ``karras``: EDM's schedule, uniform in sigma^(1/rho) with sigma = sigma_t / alpha_t = exp(-lambda) (Karras et al.
   2022, eq. 5; ``karras:rho=5`` sets rho, default 7; ``sigma_min``, ``sigma_max`` default to EDM's 0.002 and 80,
-  clipped to the model's range).
+  clipped to the model's range); ``polynomial`` is the same grid under zju-pi/diff-sampler's name;
+* ``time_uniform``: diff-sampler's ``time_uniform``: uniform in u^(1/rho) (default rho = 1; DEIS uses
+  ``time_uniform:rho=2``), u the time of the VP SDE whose sigma runs from sigma_max (u = 1) to sigma_min
+  (u = 1e-3), on the same sigma range and with the same ends as ``karras``.
 
 On score-SDE's VP / sub-VP models (sampled from SDE time 1 to eps) ``uniform``, ``quadratic`` and ``logsnr`` are the
 official DPM-Solver code's grids, mapped to flow time. A rectified flow's log-SNR is -inf at t=0 and +inf at t=1:
@@ -121,21 +124,58 @@ def logsnr(steps, path):
 def karras(steps, path, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None):
     """sigma_min / sigma_max default to EDM's, 0.002 and 80, clipped to the model's range as EDM's sampler clips
     them to its network's (a flow's range: t in [delta, 1 - delta])."""
+    return _sigma_grid("karras", _polynomial_sigmas, steps, path, rho, sigma_min, sigma_max)
+
+
+@register_grid("polynomial", "karras under diff-sampler's name (its schedule_type='polynomial'): the same times")
+def polynomial(steps, path, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None):
+    return _sigma_grid("polynomial", _polynomial_sigmas, steps, path, rho, sigma_min, sigma_max)
+
+
+@register_grid("time_uniform", "uniform in u^(1/rho), u the time of a VP SDE fitted to the sigma range "
+                               "(diff-sampler's time_uniform; DEIS: rho=2)")
+def time_uniform(steps, path, rho: float = 1.0, sigma_min: float | None = None, sigma_max: float | None = None):
+    """The VP SDE beta(u) = beta_min + beta_d u whose sigma(u) = sqrt(exp(beta_d u^2 / 2 + beta_min u) - 1) runs
+    from sigma_max at u = 1 to sigma_min at u = 1e-3; the times u_i are uniform in u^(1/rho) (rho = 1: uniform in u,
+    DPM-Solver's time_uniform on that SDE). Ends and sigma range as karras."""
+    return _sigma_grid("time_uniform", _vp_time_sigmas, steps, path, rho, sigma_min, sigma_max)
+
+
+def _polynomial_sigmas(points: int, s_min: float, s_max: float, rho: float) -> np.ndarray:
+    ramp = np.linspace(0.0, 1.0, points) if points > 1 else np.zeros(1)
+    return (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+
+
+VP_TIME_EPS = 1e-3      # the VP SDE time at sigma_min of time_uniform (diff-sampler's epsilon_s)
+
+
+def _vp_time_sigmas(points: int, s_min: float, s_max: float, rho: float) -> np.ndarray:
+    eps = VP_TIME_EPS
+    top, bottom = math.log1p(s_max ** 2), math.log1p(s_min ** 2)         # beta_d u^2 / 2 + beta_min u at u = 1, eps
+    beta_d = 2 * (bottom / eps - top) / (eps - 1)
+    beta_min = top - 0.5 * beta_d
+    ramp = np.linspace(0.0, 1.0, points) if points > 1 else np.zeros(1)
+    u = (1 + ramp * (eps ** (1 / rho) - 1)) ** rho
+    return np.sqrt(np.expm1(0.5 * beta_d * u ** 2 + beta_min * u))
+
+
+def _sigma_grid(name: str, sigmas: Callable[[int, float, float, float], np.ndarray], steps: int, path: GaussianPath,
+                rho: float, sigma_min: float | None, sigma_max: float | None) -> list[float]:
+    """A grid given as decreasing sigmas = exp(-lambda) from sigma_max to sigma_min, ``sigmas(points, sigma_min,
+    sigma_max, rho)``, in flow time: N + 1 points where the path ends at a smallest sigma > 0, else (a flow) N
+    points and EDM's last step to the data (sigma 0, t=1)."""
     if not rho > 0:
-        raise ValueError(f"grid karras: rho must be > 0, got {rho}")
+        raise ValueError(f"grid {name}: rho must be > 0, got {rho}")
     lam_lo, lam_hi = log_snr_range(path)
     s_max = min(EDM_SIGMA_MAX, math.exp(-lam_lo)) if sigma_max is None else float(sigma_max)
     s_min = max(EDM_SIGMA_MIN, math.exp(-lam_hi)) if sigma_min is None else float(sigma_min)
     if not 0 < s_min < s_max:
-        raise ValueError(f"grid karras: need 0 < sigma_min < sigma_max, got {s_min:g} and {s_max:g}")
+        raise ValueError(f"grid {name}: need 0 < sigma_min < sigma_max, got {s_min:g} and {s_max:g}")
     if s_max > math.exp(-lam_lo) * (1 + 1e-9) or s_min < math.exp(-lam_hi) * (1 - 1e-9):
-        raise ValueError(f"grid karras: sigma in [{s_min:g}, {s_max:g}] leaves the model's range "
+        raise ValueError(f"grid {name}: sigma in [{s_min:g}, {s_max:g}] leaves the model's range "
                          f"[{math.exp(-lam_hi):g}, {math.exp(-lam_lo):g}]")
     to_data = not np.isfinite(path.log_snr(np.array([1.0])))[0]     # sigma reaches 0 at t=1 (a flow): EDM's last step
-    points = steps if to_data else steps + 1
-    ramp = np.linspace(0.0, 1.0, points) if points > 1 else np.zeros(1)
-    sigma = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-    t = path.t_of_log_snr(-np.log(sigma))
+    t = path.t_of_log_snr(-np.log(sigmas(steps if to_data else steps + 1, s_min, s_max, rho)))
     return np.append(_ends(t), 1.0).tolist() if to_data else _ends(t, path)   # starts at sigma_max, as EDM does
 
 

@@ -23,6 +23,7 @@ from rfbench.device import synchronize
 from rfbench.distributed import World, batch_plan
 from rfbench.noise import repeat_seeds
 from rfbench.samplers import SOLVERS, CountingModel, sample
+from rfbench.samplers.gits import SEARCH_ROWS, is_searched, search_grid
 from rfbench.samplers.precision import float32_mode
 from rfbench.suites.base import Cell
 from rfbench.suites.batching import FRACTION, LIMIT, auto_batch_size
@@ -77,14 +78,16 @@ class Sampled:
 
 def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, batches: list[tuple[int, int]],
                  device: torch.device, repeats: int = 1, world: World | None = None, precision: str = "fp32",
-                 fresh: Callable[[int], tuple[torch.Tensor, list[int] | None]] | None = None) -> Share:
+                 fresh: Callable[[int], tuple[torch.Tensor, list[int] | None]] | None = None,
+                 times: list[float] | None = None) -> Share:
     """Sample the rows of ``batches`` ``repeats`` times, timing each run and each batch (synchronised with the
     device) after ``WARMUP_EVALS`` untimed model evaluations at each batch shape, in the run's ``precision`` (a
     compiled network compiles there, once per shape). The first run samples ``x0`` (``seeds``: its rows' seeds, for
     a stochastic solver's per-step noise) and its samples are kept; run r >= 1 samples ``fresh(r)``, an (x0, seeds)
     pair of the same shape made before the run starts, so that no run can return an earlier run's samples from
     memory. All processes start each run together; an error stops the sampling, not the taking part in the
-    collectives, so the other processes never wait for this one."""
+    collectives, so the other processes never wait for this one. ``times``: the grid a searched grid (gits) chose,
+    run in place of the cell's grid name."""
     if repeats > 1 and fresh is None:
         raise ValueError(f"sample_share: {repeats} timed runs need fresh(run), the inputs of the runs after the first")
     world = world or World()
@@ -118,7 +121,7 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
             start = time.perf_counter()
             for a, b in batches:
                 begin = time.perf_counter()
-                result = sample(model, inputs[a:b], cell.solver, cell.steps, grid=cell.grid,
+                result = sample(model, inputs[a:b], cell.solver, cell.steps, grid=cell.grid if times is None else times,
                                 seeds=run_seeds[a:b] if run_seeds is not None else None, precision=precision,
                                 **dict(cell.options))
                 synchronize(device)
@@ -189,8 +192,21 @@ def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_siz
         derived = repeat_seeds(seeds[lo:hi], run, cell.label)
         return initial(derived).to(rows.device), derived if stochastic else None
 
+    searched, error = {}, None
+    if is_searched(cell.grid) and world.is_main:     # once per cell, before its timed runs, from the first seeds
+        try:
+            found = search_grid(cell.grid, model, x0[:SEARCH_ROWS], cell.steps, precision)
+            searched = {"grid_times": ",".join(map(repr, found.times)), "grid_search_nfe": found.nfe,
+                        "grid_search_rows": found.rows}
+        except Exception as exc:
+            error = f"grid {cell.grid}: {type(exc).__name__}: {exc}"
+    if is_searched(cell.grid):
+        searched, error = world.all_objects((searched, error))[0]
+    if error is not None:
+        return Sampled(error=error) if world.is_main else Sampled()
+    times = [float(t) for t in searched["grid_times"].split(",")] if searched else None
     share = sample_share(model, rows, cell, seeds[lo:hi] if stochastic else None, batches, device, repeats, world,
-                         precision, fresh)
+                         precision, fresh, times)
     errors = world.check(share.error, "sample")
     if errors:
         return Sampled(error=errors[0])
@@ -216,7 +232,7 @@ def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_siz
     ms_per_nfe = statistics.median(t for s in shares for t in s["ms_per_nfe"])
     fields = {"batch_size": size, "nfe": nfe, "wall_clock_s": wall, "samples_per_s": x0.shape[0] / wall,
               "ms_per_nfe": ms_per_nfe, "solver_stats": ",".join(f"{k}={v}" for k, v in stats.items()),
-              "timing": timing_protocol(repeats, world)}
+              "timing": timing_protocol(repeats, world), **searched}
     warmups = [s["warmup_s"] for s in shares if s["warmup_s"] is not None]
     if compiled and warmups:
         fields["compile_s"] = max(warmups)
