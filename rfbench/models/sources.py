@@ -39,7 +39,7 @@ from rfbench.models.cache import TRAINING_CODE_VERSION, Cache
 from rfbench.models.checkpoint import config_hash, jsonable, stated_id, weights_sha1
 from rfbench.models.diffusers_folder import folder_sha1
 from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
-                                    load_model_file, sniff)
+                                    load_model, sniff)
 from rfbench.protocols import KINDS, is_diffusion_model
 from rfbench.registry import Registry
 
@@ -233,7 +233,7 @@ class ModelFile(ModelSource):
                                  f"on this suite's data")
 
     def load(self, ctx: LoadContext) -> Any:
-        return load_model_file(self.path, ctx.device, flavor=self.flavor, network=self.network)
+        return load_model(self.path, ctx.device, flavor=self.flavor, network=self.network)
 
     def with_file(self, path: str | Path) -> "ModelSource":
         return ModelFile(path, kind=self._kind, flavor=self.flavor, network=self.network)
