@@ -91,6 +91,8 @@ def test_other_globals_are_refused_in_one_line(tmp_path, monkeypatch):
         rfbench.load_model(path, device="cpu")
     message = str(err.value)
     assert "\n" not in message and str(path) in message and "system" in message and "refused" in message
+    with pytest.raises(CheckpointError, match="refused"):       # the check before a run says it too
+        ModelFile(path).check()
     assert not (tmp_path / "edm-marker.txt").exists()
 
 
@@ -99,6 +101,9 @@ def test_formats_and_model_file(tmp_path):
     assert sniff(path) == "edm" and file_kind(path) == "flow"
     source = ModelFile(path)
     assert source.input_shape(None) == (3, 8, 8) and source.format() == "EDM network pickle"
+    source.check()
+    with pytest.raises(ValueError, match=r"\(EDM network pickle\) holds a flow model, not a diffusion one"):
+        ModelFile(path, kind="diffusion").check()
     model = rfbench.load_model(path)              # the default device
     assert model.sigma_min == pytest.approx(0.002013235, rel=1e-6)
     assert model.sigma_max == pytest.approx(112.72605, rel=1e-6)
