@@ -96,6 +96,18 @@ def test_other_globals_are_refused_in_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "edm-marker.txt").exists()
 
 
+def test_a_pickle_cannot_change_the_functions_it_may_call(tmp_path):
+    """BUILD sets attributes on any object a pickle holds, the globals it names included: here the defaults of
+    torch's tensor rebuild function. The load gets its own stand-ins; torch's function is left as it was."""
+    path = tmp_path / "defaults.pkl"
+    path.write_bytes(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}V__defaults__\n(Vx\nts\x86b0"
+                     b"ctorch_utils.persistence\n_reconstruct_persistent_obj\n0}.")
+    before = torch._utils._rebuild_tensor_v2.__defaults__
+    with pytest.raises(CheckpointError, match="an EDM network pickle is a dict whose 'ema' entry is the network"):
+        read_edm_pickle(path)
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == before
+
+
 def test_formats_and_model_file(tmp_path):
     path = pickle_file(tmp_path, "vp-ncsnpp")
     assert sniff(path) == "edm" and file_kind(path) == "flow"

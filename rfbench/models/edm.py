@@ -121,8 +121,13 @@ def _plain_scalar(dtype, *args):
     return _SCALAR(dtype, *args)
 
 
+def _dtype(spec, align=False, copy=False):
+    """A numpy dtype, always a new object: a pickle's BUILD on it cannot reach numpy's shared built-in dtypes."""
+    return np.dtype(spec, bool(align), True)
+
+
 ALLOWED = {
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _dtype,
     PERSISTENCE: _record_persistent,
     ("collections", "OrderedDict"): collections.OrderedDict,
     # torch's own rebuild functions, the ones its weights-only unpickler admits
@@ -138,12 +143,30 @@ class _Refused(pickle.UnpicklingError):
     pass
 
 
+def _per_load(target):
+    """A stand-in for ``target`` that lives only as long as one load. A pickle can set attributes on any object it
+    holds (BUILD), globals included: on these it changes nothing outside the load (torch's rebuild functions, numpy,
+    the record classes stay as they are)."""
+    if isinstance(target, type):
+        return type(target.__name__, (target,), {})
+
+    def call(*args):
+        return target(*args)
+    return call
+
+
 class _EDMUnpickler(pickle.Unpickler):
+    def __init__(self, fh):
+        super().__init__(fh)
+        self._allowed = {}
+
     def find_class(self, module: str, name: str):
-        try:
-            return ALLOWED[(module, name)]
-        except KeyError:
-            raise _Refused(f"{module}.{name}") from None
+        key = (module, name)
+        if key not in ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        if key not in self._allowed:
+            self._allowed[key] = ALLOWED[key] if ALLOWED[key] is collections.OrderedDict else _per_load(ALLOWED[key])
+        return self._allowed[key]
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError(f"a persistent id {str(pid)[:40]!r} (a torch.save file, not an EDM pickle)")
