@@ -4,8 +4,9 @@ Time convention, used everywhere: t=0 is the source (noise), t=1 is data, ``X_t 
 model is a callable ``v(x, t)``.
 
 The public names: :func:`sample` (one sampler call, NFE counted), :func:`initial` (seeded x0), :func:`run` (a sweep
-as a DataFrame), and the doors through which a user's solver, time grid, model, metric, dataset, extractor or suite
-enters the same tables as rfbench's own: :func:`register_solver`, :func:`register_grid`, :func:`register_model`,
+as a DataFrame), :func:`load_model` (the sampler-ready model in a file of any format rfbench reads), and the doors
+through which a user's solver, time grid, model, metric, dataset, extractor or suite enters the same tables as
+rfbench's own: :func:`register_solver`, :func:`register_grid`, :func:`register_model`,
 :func:`register_metric`, :func:`register_dataset`, :func:`register_extractor`, :func:`register_suite` and
 :func:`load_plugin`.
 """
@@ -15,6 +16,7 @@ from rfbench.data.registry import Dataset, register_dataset
 from rfbench.metrics import Metric, MetricInput, register_metric
 from rfbench.metrics.features import FeatureExtractor, register_extractor
 from rfbench.models.diffusion import DiffusionModel
+from rfbench.models.formats import load_model
 from rfbench.models.sources import Factory, ModelFile, ModelSource, Recipe, register_model
 from rfbench.noise import initial
 from rfbench.plugins import PluginError, load_plugin
@@ -23,7 +25,7 @@ from rfbench.samplers import (GRIDS, SOLVERS, BudgetExceeded, NonFiniteError, Sa
 from rfbench.suites import Cell, Suite, SuiteModel, register_suite
 from rfbench.version import __version__
 
-__all__ = ["sample", "initial", "run", "SOLVERS", "GRIDS", "SampleResult", "Trajectory", "SamplerError",
+__all__ = ["sample", "initial", "run", "load_model", "SOLVERS", "GRIDS", "SampleResult", "Trajectory", "SamplerError",
            "NonFiniteError", "BudgetExceeded", "DiffusionModel", "register_solver", "register_grid", "register_model",
            "register_metric",
            "register_dataset", "register_extractor", "register_suite", "load_plugin", "PluginError", "InputError",

@@ -122,8 +122,8 @@ def test_missing_inputs_ignore_models_without_cells_and_check_the_test_split(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "lacks test_batch (CIFAR-10 test split)" in err[0]
     assert err[1].endswith("2-rf-distill.pth is empty; expected an rfbench checkpoint, an official rectified-flow / "
-                           "score-SDE checkpoint (.pth), a diffusers UNet2DModel folder or a TorchScript file "
-                           "(torch.jit.save) of a flow model(x, t)")
+                           "score-SDE checkpoint (.pth), a diffusers UNet2DModel folder, a TorchScript file "
+                           "(torch.jit.save) of a flow model(x, t) or an EDM network pickle")
 
 
 def test_auto_batch_size_needs_cuda():

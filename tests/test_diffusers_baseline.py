@@ -14,7 +14,7 @@ from rfbench.cli import main  # noqa: E402
 from rfbench.models import DiffusionModel  # noqa: E402
 from rfbench.models.checkpoint import CheckpointError  # noqa: E402
 from rfbench.models.diffusers_folder import schedule_from_config  # noqa: E402
-from rfbench.models.formats import file_identity, load_model_file  # noqa: E402
+from rfbench.models.formats import file_identity, load_model  # noqa: E402
 from rfbench.models.sources import ModelFile  # noqa: E402
 from rfbench.samplers import sample  # noqa: E402
 
@@ -59,10 +59,10 @@ def test_both_layouts_load_with_the_network_and_schedule(folders):
     with torch.no_grad():
         expected = unet(x, steps).sample
         for name, n, prediction in (("flat", 1000, "eps"), ("pipeline", 200, "v")):
-            model = load_model_file(root / name, "cpu")
+            model = load_model(root / name, "cpu")
             assert isinstance(model, DiffusionModel) and model.num_timesteps == n and model.prediction == prediction
             torch.testing.assert_close(model.net(x, steps), expected, rtol=0, atol=0)
-    flat = load_model_file(root / "flat", "cpu")
+    flat = load_model(root / "flat", "cpu")
     torch.testing.assert_close(flat.eps(x, steps), expected, rtol=0, atol=0)   # an eps network: eps unchanged
     ddim = sample(flat, x, "ddim", 5)
     pf_ode = sample(flat, x, "euler", 2)      # the probability-flow ODE takes fractional timesteps
@@ -75,18 +75,18 @@ def test_bad_folders_are_one_error_naming_the_file(folders, tmp_path):
     root, unet = folders
     unet.save_pretrained(tmp_path / "no-scheduler")
     with pytest.raises(CheckpointError, match=r"no-scheduler: no scheduler_config\.json"):
-        load_model_file(tmp_path / "no-scheduler", "cpu")
+        load_model(tmp_path / "no-scheduler", "cpu")
     unet.save_pretrained(tmp_path / "truncated")
     (tmp_path / "truncated" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 1000}))
     weights = tmp_path / "truncated" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match=r"truncated: diffusers could not load the UNet2DModel"):
-        load_model_file(tmp_path / "truncated", "cpu")
+        load_model(tmp_path / "truncated", "cpu")
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     (tmp_path / "odd" / "scheduler_config.json").write_text("{}")
     with pytest.raises(CheckpointError, match=r"_class_name is 'UNet2DConditionModel'"):
-        load_model_file(tmp_path / "odd", "cpu")
+        load_model(tmp_path / "odd", "cpu")
     with pytest.raises(ValueError, match=r"flat \(diffusers UNet2DModel folder\) holds a diffusion model, not a "
                                          r"flow one"):
         ModelFile(root / "flat", kind="flow").check()
@@ -129,8 +129,8 @@ def test_weights_that_do_not_match_the_config_are_refused(folders, tmp_path):
     (tmp_path / "other" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 1000}))
     with pytest.raises(CheckpointError, match=r"other: the weights do not match config\.json: 1 missing keys "
                                               r"\(conv_out\.bias\)"):
-        load_model_file(tmp_path / "other", "cpu")
+        load_model(tmp_path / "other", "cpu")
     with pytest.raises(CheckpointError, match=r"scheduler 'ScoreSdeVeScheduler' has no discrete DDPM beta schedule"):
         schedule_from_config({"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 10}, "x")
-    clipped = load_model_file(root / "pipeline", "cpu")
+    clipped = load_model(root / "pipeline", "cpu")
     assert "clip_sample" in clipped.notes     # DDPMScheduler's default clip_sample=True: the rows will say so

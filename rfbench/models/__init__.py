@@ -1,5 +1,6 @@
-"""Models: the DDPM-style adapter, the networks (toy MLP, image U-Net, DDPM++), checkpoint I/O, models from files
-of other codebases, and model sources (what a suite's model is: a recipe trained by rfbench, a file, a factory)."""
+"""Models: the DDPM-style adapter, the networks (toy MLP, image U-Net, DDPM++, EDM's SongUNet), checkpoint I/O,
+models from files of other codebases (EDM's network pickles among them, read without running them), and model
+sources (what a suite's model is: a recipe trained by rfbench, a file, a factory)."""
 
 from rfbench.models.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_strict, read_checkpoint,
                                        save_checkpoint)

@@ -8,7 +8,11 @@
   t in [1e-3, 1] (:class:`~rfbench.models.score_sde.TimeWindowFlow`) or, for score-SDE's VP / sub-VP files, through
   the probability-flow ODE (:class:`~rfbench.models.score_sde.VPSDEFlow`); which one is the ``flavor``;
 * a diffusers ``UNet2DModel`` folder with its scheduler config (:mod:`rfbench.models.diffusers_folder`);
-* a TorchScript file (``torch.jit.save``) holding a flow ``model(x, t)``, with x (B, ...) and t (B,) in [0, 1].
+* a TorchScript file (``torch.jit.save``) holding a flow ``model(x, t)``, with x (B, ...) and t (B,) in [0, 1];
+* an EDM network pickle (NVlabs/edm's ``network-snapshot-*.pkl``, the published ``edm-*.pkl``), read without running
+  the code it embeds (:mod:`rfbench.models.edm`) and sampled as a flow through sigma = (1 - t) / t.
+
+:func:`load_model` is the one loader of all of them (``--model NAME=PATH``, ``--checkpoint``, ``rfbench.load_model``).
 
 Every error names the file and what was expected.
 """
@@ -21,12 +25,14 @@ from pathlib import Path
 
 import torch
 
+from rfbench.device import resolve_device
 from rfbench.files import sha1_files
 from rfbench.models.checkpoint import (FORMAT, CheckpointError, check_state_dict, load_state_dict_strict,
                                       read_checkpoint)
 from rfbench.models.diffusers_folder import (folder_identity, folder_input_shape, is_diffusers_folder,
                                              load_diffusers_ddpm)
 from rfbench.models.diffusion import DiffusionModel, linear_betas
+from rfbench.models.edm import EDMFlow, edm_input_shape, is_edm_pickle, load_edm_pickle
 from rfbench.models.ncsnpp import NCSNpp, NCSNppConfig, load_score_sde_checkpoint
 from rfbench.models.networks import CONFIG_TYPES, build_network, network_input_shape
 from rfbench.models.score_sde import TimeWindowFlow, VPSDEFlow
@@ -34,15 +40,16 @@ from rfbench.models.score_sde import TimeWindowFlow, VPSDEFlow
 RF_T_MIN = 1e-3
 FLAVORS = ("rf", "vp", "subvp")     # official files: rectified flow, score-SDE VP, score-SDE sub-VP
 FORMATS = {"rfbench": "rfbench checkpoint", "official": "official rectified-flow / score-SDE checkpoint",
-           "diffusers": "diffusers UNet2DModel folder", "torchscript": "TorchScript file"}
+           "diffusers": "diffusers UNet2DModel folder", "torchscript": "TorchScript file",
+           "edm": "EDM network pickle"}
 EXPECTED = ("an rfbench checkpoint, an official rectified-flow / score-SDE checkpoint (.pth), a diffusers "
-            "UNet2DModel folder or a TorchScript file (torch.jit.save) of a flow model(x, t)")
+            "UNet2DModel folder, a TorchScript file (torch.jit.save) of a flow model(x, t) or an EDM network pickle")
 PUBLISHED = NCSNppConfig(dropout=0.15)   # the published CIFAR-10 DDPM++ (dropout is inactive when sampling)
 
 
 def sniff(path: str | Path) -> str:
-    """Which format ``path`` holds: "rfbench", "official", "diffusers" or "torchscript". Only the pickled structure
-    is read (mmap leaves the tensor data, hundreds of MB for DDPM++, on disk until the real load)."""
+    """Which format ``path`` holds: "rfbench", "official", "diffusers", "torchscript" or "edm". Only the pickled
+    structure is read (mmap leaves the tensor data, hundreds of MB for DDPM++, on disk until the real load)."""
     path = Path(path)
     if path.is_dir():
         if is_diffusers_folder(path):
@@ -58,6 +65,8 @@ def sniff(path: str | Path) -> str:
             return "torchscript"
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty; expected {EXPECTED}")
+    if is_edm_pickle(path):
+        return "edm"
     with warnings.catch_warnings():     # torch's advice on pickle protocols is not the user's business here
         warnings.simplefilter("ignore")
         try:
@@ -157,16 +166,21 @@ def file_input_shape(path: str | Path, network: NCSNppConfig | None = None) -> t
         return network_input_shape(_net_config(Path(path), _rfbench_config(Path(path))))
     if fmt == "official":
         return network_input_shape(network or PUBLISHED)
+    if fmt == "edm":
+        return edm_input_shape(path)
     return None
 
 
-def load_model_file(path: str | Path, device, *, flavor: str | None = None,
-                    network: NCSNppConfig | None = None):
-    """The sampler-ready model in ``path``: a flow ``v(x, t)`` or a :class:`DiffusionModel`, on ``device``.
+def load_model(path: str | Path, device: str | torch.device | None = None, *, flavor: str | None = None,
+               network: NCSNppConfig | None = None):
+    """The sampler-ready model in the file (or diffusers folder) ``path``, in any format rfbench reads (see the module
+    docstring; the format is read from the file): a flow ``v(x, t)`` (an EDM network: :class:`EDMFlow`, with
+    ``denoise``) or a :class:`DiffusionModel`, on ``device`` (default: cuda when there is one, else cpu).
 
     ``flavor`` (official files only): "rf" (default), "vp" or "subvp". ``network``: the DDPM++ configuration of an
     official file (default: the published CIFAR-10 one)."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    device = resolve_device(device)
     fmt = sniff(path)
     if flavor is not None and flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
@@ -179,6 +193,8 @@ def load_model_file(path: str | Path, device, *, flavor: str | None = None,
         return _torchscript(path, device)
     if fmt == "rfbench":
         return _rfbench_model(path, device)
+    if fmt == "edm":
+        return EDMFlow(load_edm_pickle(path)).to(device).eval()
     net = NCSNpp(network or PUBLISHED)
     load_score_sde_checkpoint(path, net, use_ema=True)
     net = net.to(device).eval()

@@ -38,8 +38,9 @@ from rfbench.files import sha1_files
 from rfbench.models.cache import TRAINING_CODE_VERSION, Cache
 from rfbench.models.checkpoint import config_hash, jsonable, stated_id, weights_sha1
 from rfbench.models.diffusers_folder import folder_sha1
+from rfbench.models.edm import load_edm_pickle
 from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
-                                    load_model_file, sniff)
+                                    load_model, sniff)
 from rfbench.protocols import KINDS, is_diffusion_model
 from rfbench.registry import Registry
 
@@ -198,16 +199,20 @@ class ModelFile(ModelSource):
         return None
 
     def check(self, suite=None) -> None:
-        """The file must be what it is loaded as: its own kind the one asked for (an rfbench checkpoint and a
-        diffusers folder say what they are; an official or TorchScript file does not) and, for an rfbench checkpoint
-        loaded as a suite's model, its recorded model name that model's and its recorded problem the suite's."""
+        """The file must be what it is loaded as: its own kind the one asked for (an rfbench checkpoint, a diffusers
+        folder and an EDM pickle say what they are; an official or TorchScript file does not), an EDM pickle's
+        network rfbench's own (built from the file's arguments, checked against its layers and tensors) and, for an
+        rfbench checkpoint loaded as a suite's model, its recorded model name that model's and its recorded problem
+        the suite's."""
         fmt = sniff(self.path)
         as_what = f" loaded as {self.claimed}" if self.claimed else ""
-        if self._kind is not None and fmt in ("rfbench", "diffusers"):
+        if self._kind is not None and fmt in ("rfbench", "diffusers", "edm"):
             own = file_kind(self.path)
             if own != self._kind:
                 raise ValueError(f"{self.path} ({FORMATS[fmt]}) holds a {own} model, not a {self._kind} "
                                  f"one{as_what}")
+        if fmt == "edm":        # built and checked against the file, key by key, before any work
+            load_edm_pickle(self.path)
         if fmt != "rfbench":
             return
         check_rfbench_weights(self.path)
@@ -233,7 +238,7 @@ class ModelFile(ModelSource):
                                  f"on this suite's data")
 
     def load(self, ctx: LoadContext) -> Any:
-        return load_model_file(self.path, ctx.device, flavor=self.flavor, network=self.network)
+        return load_model(self.path, ctx.device, flavor=self.flavor, network=self.network)
 
     def with_file(self, path: str | Path) -> "ModelSource":
         return ModelFile(path, kind=self._kind, flavor=self.flavor, network=self.network)
