@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import sys
@@ -84,6 +85,17 @@ def test_an_mnist_pickle_that_would_run_code_is_refused_without_running_it(tmp_p
         pickle.dump(crafted, f, protocol=2)
     with pytest.raises(DatasetNotFoundError, match=r"mnist\.pkl\.gz: refused: it holds a numpy array of dtype object"):
         load_mnist_labels("mnist", "test", tmp_path)
+
+
+def test_a_data_pickle_cannot_change_the_functions_it_names_beyond_its_own_load():
+    """A pickle may set attributes on a global it names (BUILD with a slot state): on the functions the data reader
+    admits, that must not outlive the load (here __defaults__ of the reader of Python 3 bytes)."""
+    from rfbench.data.base import PICKLE_GLOBALS, load_data_pickle
+    # _codecs.encode, then BUILD(None, {'__defaults__': ('x', 'y')}) on it, then the pickle's value: None
+    payload = (b"\x80\x02c_codecs\nencode\n(N}X\x0c\x00\x00\x00__defaults__(X\x01\x00\x00\x00xX\x01\x00\x00\x00ytstb"
+               b"0N.")
+    assert load_data_pickle(io.BytesIO(payload), "probe.pkl", "probe") is None
+    assert PICKLE_GLOBALS[("_codecs", "encode")].__defaults__ is None
 
 
 @pytest.mark.parametrize("compress", [False, True])

@@ -63,9 +63,14 @@ class _DataUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         try:
-            return PICKLE_GLOBALS[(module, name)]
+            found = PICKLE_GLOBALS[(module, name)]
         except KeyError:
             raise _RefusedGlobal(f"{module}.{name}") from None
+        if found is _latin1_bytes:
+            # a fresh function for each global a file names: a pickle can set attributes on what it names (BUILD),
+            # which would otherwise outlive this load (numpy's types and builtins refuse them)
+            return lambda text, encoding: _latin1_bytes(text, encoding)
+        return found
 
 
 def load_data_pickle(fh: BinaryIO, path: str | os.PathLike, what: str) -> object:
