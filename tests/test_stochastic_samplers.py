@@ -46,7 +46,7 @@ def injected():
 # VP: get_sigmas_karras(N + 1, VP's smallest sigma 0.010486, 80)[:-1], and rfbench's result divided by alpha at the
 # grid's end); NVlabs/edm 008a4e5 generate.py edm_sampler(net, latents(), randn_like=the draws in order, num_steps,
 # S_churn, S_min, S_max, S_noise), net.sigma_min 0 on the flow and VP's smallest sigma on VP (num_steps = rfbench's
-# steps + 1 there). Measured: at most 2.4e-14 from rfbench, the same NFE and the same number of draws.
+# steps + 1 there). Measured: at most 1.6e-14 from rfbench, the same NFE and the same number of draws.
 OFFICIAL = {
     "euler-ancestral/6": [
         [-0.085769750007, -1.124557385568, 1.5810930236],
