@@ -222,9 +222,10 @@ def _list() -> str:
         for name, source in MODELS.items():
             lines.append(f"  {name:16s} {source.describe()}{_origin(MODELS, name)}")
     lines.append("solvers:")
+    width = max([10, *(len(name) for name in SOLVERS.names())])
     for name, spec in SOLVERS.items():
         models = "" if spec.models == KINDS else f" ({' and '.join(spec.models)} models only)"
-        lines.append(f"  {name:10s} {spec.kind:9s} {spec.description}{models}{_origin(SOLVERS, name)}")
+        lines.append(f"  {name:{width}s} {spec.kind:9s} {spec.description}{models}{_origin(SOLVERS, name)}")
     lines.append("time grids (fixed-grid solvers; --grids): " + ", ".join(
         f"{n}{'(' + ', '.join(g.options) + ')' if g.options else ''}{_origin(GRIDS, n)}" for n, g in GRIDS.items()))
     lines.append("metrics:")

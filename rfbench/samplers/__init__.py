@@ -17,7 +17,7 @@ import torch
 from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model, network_module, stated_kind
 from rfbench.registry import describe_origin
-from rfbench.samplers import discrete, exponential, ode  # noqa: F401  (registers the solvers)
+from rfbench.samplers import discrete, exponential, ode, stochastic  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
 from rfbench.samplers.precision import PRECISIONS, check_precision, float32_mode
 from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, BudgetExceeded, CountingModel, NonFiniteError, SamplerError,
@@ -56,7 +56,7 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
             :class:`rfbench.models.DiffusionModel` (ODE solvers then integrate its probability-flow ODE).
         x0: initial points, shape (B, ...); draw them with :func:`rfbench.noise.initial`.
         solver: a name in ``SOLVERS`` (euler, heun, midpoint, rk4, rk45, dopri5, ddim, ddpm, dpm++2m, dpm++3m,
-            unipc, edm-heun, and any a plugin registers).
+            unipc, edm-heun, euler-ancestral, dpm++2m-sde, and any a plugin registers).
         steps: number of steps for fixed-grid and discrete solvers (>= 1); None for adaptive ones.
         grid: where the steps go (:mod:`rfbench.samplers.grids`): for fixed-grid solvers a grid name ("uniform",
             the default but for edm-heun's karras, "quadratic", "logsnr", "karras", "karras:rho=5", or a registered
@@ -70,7 +70,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
             ``noise(i) -> tensor like x0`` for step i).
         precision: the network evaluations' arithmetic: fp32, tf32 (CUDA's TensorFloat-32), bf16 or fp16 (autocast);
             the solver's state and steps stay in x0's dtype (:mod:`rfbench.samplers.precision`).
-        **options: solver options (rk45/dopri5: rtol, atol, max_nfe; ddim: eta). Unknown options are an error.
+        **options: solver options (rk45/dopri5: rtol, atol, max_nfe; ddim, euler-ancestral, dpm++2m-sde: eta;
+            edm-heun: s_churn, s_tmin, s_tmax, s_noise). Unknown options are an error.
 
     Returns:
         SampleResult with ``.x`` (shaped like x0) and ``.nfe``, the model evaluations counted on the batch: rows
@@ -273,6 +274,12 @@ def check_call(solver: str, steps: Any, options: dict, grid: Any = None) -> int 
         eta = options["eta"]
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
             raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+    for key in ("s_churn", "s_noise", "s_tmin", "s_tmax"):     # the noise options of the stochastic samplers
+        if key in options and not options[key] >= 0:
+            raise ValueError(f"{solver} option {key} must be a number >= 0, got {options[key]!r}")
+    if options.get("s_tmin", 0.0) > options.get("s_tmax", float("inf")):
+        raise ValueError(f"{solver}: s_tmin={options['s_tmin']!r} exceeds s_tmax={options['s_tmax']!r} (the sigma "
+                         f"range in which s_churn adds noise)")
     if spec.kind == "adaptive":
         if steps is not None:
             raise ValueError(f"{solver} is adaptive and chooses its own steps; pass steps=None "

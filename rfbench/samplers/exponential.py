@@ -19,6 +19,7 @@ NVlabs/edm, run outside this repository on the same models) and against diffuser
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -179,18 +180,32 @@ def _edm_nfe(steps: int, model=None) -> int:
     return 2 * steps - 1 if model is None or _reaches_data(model) else 2 * steps + 1
 
 
-@register_solver("edm-heun", "fixed", order=2, expected_nfe=_edm_nfe, default_grid="karras",
-                 description="EDM's Heun (Karras et al. 2022, Algorithm 1, S_churn=0), Euler on the step to sigma=0")
-def edm_heun(model, x, *, times, callback: Callback | None = None):
-    """EDM's deterministic sampler in its scaled variables x_edm = x / alpha, sigma_edm = sigma / alpha: Heun's
-    method on dx_edm / dsigma = (x_edm - D) / sigma, Euler on the step to sigma = 0. As EDM, it starts from
-    sigma_max * x0 in those variables (the state sigma(t_0) x0 in rfbench's).
+def _churned(opts: dict) -> bool:
+    """edm-heun is stochastic with s_churn > 0 (Algorithm 2 of Karras et al. 2022)."""
+    return opts.get("s_churn", 0.0) > 0
+
+
+@register_solver("edm-heun", "fixed", order=2, expected_nfe=_edm_nfe, default_grid="karras", stochastic=_churned,
+                 description="EDM's Heun (Karras et al. 2022, Algorithm 1; Algorithm 2 with s_churn > 0), Euler on "
+                             "the step to sigma=0")
+def edm_heun(model, x, *, times, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
+             s_noise: float = 1.0, noise: Callable[[int], torch.Tensor] | None = None,
+             callback: Callback | None = None):
+    """EDM's sampler in its scaled variables x_edm = x / alpha, sigma_edm = sigma / alpha: Heun's method on
+    dx_edm / dsigma = (x_edm - D) / sigma, Euler on the step to sigma = 0. As EDM, it starts from sigma_max * x0 in
+    those variables (the state sigma(t_0) x0 in rfbench's).
 
     On a flow the grid's last step goes to sigma = 0 (t=1): N steps, 2N - 1 evaluations, EDM's sampler with
     num_steps = N on the karras grid. Where the path ends at a smallest sigma > 0 (score-SDE's VP / sub-VP, DDPM
     schedules) every step of the grid is a Heun step and EDM's final Euler step from that sigma to 0 follows, which
     returns the denoised sample, as EDM does: N steps, 2N + 1 evaluations, EDM's sampler with num_steps = N + 1
-    (its sigma_min the model's smallest). Both are checked against NVlabs/edm in tests/test_fast_solvers.py."""
+    (its sigma_min the model's smallest). Both are checked against NVlabs/edm in tests/test_fast_solvers.py.
+
+    s_churn > 0 is EDM's stochastic sampler (Algorithm 2; ``edm_sampler``'s S_churn, S_min, S_max, S_noise): each
+    step first raises sigma_edm from s to s_hat = (1 + gamma) s, gamma = min(s_churn / num_steps, sqrt(2) - 1)
+    where s_tmin <= s <= s_tmax (else 0; num_steps is EDM's, N or N + 1 as above), adding
+    sqrt(s_hat^2 - s^2) s_noise z with z = noise(i) (drawn at every step, as EDM does), then steps from s_hat. The
+    model is evaluated at s_hat's flow time on its path. s_churn = 0 is the deterministic sampler."""
     alpha, sigma, _ = _schedule(model, times)
     if alpha[0] <= 0:
         raise ValueError("edm-heun starts at a finite sigma = sigma_t / alpha_t; the grid's first time has alpha = 0 "
@@ -198,23 +213,53 @@ def edm_heun(model, x, *, times, callback: Callback | None = None):
     with np.errstate(divide="ignore"):
         s = sigma / alpha                                  # EDM's sigma; 0 at a flow's data end
     steps = len(times) - 1
+    churn = _Churn(model, s_churn, s_tmin, s_tmax, s_noise, noise, steps + (s[-1] > 0))
     x_edm = x * float(s[0])                                # EDM: latents * sigma_max
     for i in range(steps):
         if callback is not None:
             callback(i, times[i], x_edm * float(alpha[i]), None)
-        denoised = data_prediction(model, x_edm * float(alpha[i]), times[i])
-        d_cur = (x_edm - denoised) * (1.0 / s[i])
-        x_next = x_edm + (s[i + 1] - s[i]) * d_cur
+        x_hat, s_hat, t_hat, a_hat = churn(i, x_edm, s[i], times[i], alpha[i])
+        denoised = data_prediction(model, x_hat * float(a_hat), t_hat)
+        d_cur = (x_hat - denoised) * (1.0 / s_hat)
+        x_next = x_hat + (s[i + 1] - s_hat) * d_cur
         if s[i + 1] > 0:                                   # the 2nd-order correction, but on a step to sigma = 0
             denoised = data_prediction(model, x_next * float(alpha[i + 1]), times[i + 1])
             d_prime = (x_next - denoised) * (1.0 / s[i + 1])
-            x_next = x_edm + (s[i + 1] - s[i]) * (0.5 * d_cur + 0.5 * d_prime)
+            x_next = x_hat + (s[i + 1] - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
         x_edm = x_next
     if s[-1] > 0:                                          # EDM's last step, Euler to sigma = 0: the denoised x
-        d_cur = (x_edm - data_prediction(model, x_edm * float(alpha[-1]), times[-1])) * (1.0 / s[-1])
-        x = x_edm + (0.0 - s[-1]) * d_cur
+        x_hat, s_hat, t_hat, a_hat = churn(steps, x_edm, s[-1], times[-1], alpha[-1])
+        d_cur = (x_hat - data_prediction(model, x_hat * float(a_hat), t_hat)) * (1.0 / s_hat)
+        x = x_hat + (0.0 - s_hat) * d_cur
     else:
         x = x_edm * float(alpha[-1])
     if callback is not None:
         callback(steps, times[-1], x, None)
     return x, {}
+
+
+class _Churn:
+    """EDM's noise increase before step i (Algorithm 2, lines 4-6): (x_hat, s_hat, its flow time, its alpha); with
+    gamma = 0 the step's own (x_edm, s, t, alpha), unchanged."""
+
+    def __init__(self, model, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, noise, num_steps: int):
+        self.path = path_of(model)
+        self.gamma = min(s_churn / num_steps, math.sqrt(2) - 1)
+        self.s_tmin, self.s_tmax, self.s_noise, self.noise = s_tmin, s_tmax, s_noise, noise
+        lam_lo = float(self.path.log_snr(np.array([0.0]))[0])
+        self.s_largest = math.exp(-lam_lo)                 # the model's largest sigma_edm (inf on a flow)
+
+    def __call__(self, i: int, x_edm, s: float, t: float, alpha: float):
+        if self.gamma == 0:
+            return x_edm, s, t, alpha
+        z = self.noise(i)                                  # drawn at every step, as EDM's edm_sampler does
+        gamma = self.gamma if self.s_tmin <= s <= self.s_tmax else 0.0
+        if gamma == 0:
+            return x_edm, s, t, alpha
+        s_hat = s + gamma * s
+        if s_hat > self.s_largest:
+            raise ValueError(f"edm-heun: s_churn raises sigma to {s_hat:.6g}, above the model's largest "
+                             f"{self.s_largest:.6g}; lower s_churn or s_tmax")
+        t_hat = float(self.path.t_of_log_snr(np.array([-math.log(s_hat)]))[0])
+        a_hat = float(self.path.alpha_sigma(np.array([t_hat]))[0][0])
+        return x_edm + (math.sqrt(s_hat ** 2 - s ** 2) * self.s_noise) * z, s_hat, t_hat, a_hat
