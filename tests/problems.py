@@ -68,3 +68,40 @@ class TangentODE:
     @staticmethod
     def exact(x0: torch.Tensor, t: float = 1.0) -> torch.Tensor:
         return torch.tan(math.sin(t) + torch.atan(x0))
+
+
+class GaussianMixtureFlow:
+    """The 1-RF velocity between N(0, I) and a mixture of isotropic Gaussians sum_k pi_k N(mu_k, s_k^2 I) in d
+    dimensions, with the independent coupling: nonlinear, and exact.
+
+    Given component k, X_t ~ N(t mu_k, v_k I) with v_k = t^2 s_k^2 + (1 - t)^2 and the velocity is GaussianFlow's;
+    v(x, t) = sum_k P(k | X_t = x) v_k(x, t). In EDM's variables (x_sigma = x_t / t, sigma = (1 - t) / t) its
+    denoiser is D(x, sigma) = sum_k w_k (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k)), w_k proportional to
+    pi_k N(x; mu_k, (s_k^2 + sigma^2) I): :meth:`denoiser`.
+    """
+
+    def __init__(self, pis, mus, stds):
+        self.pis = torch.as_tensor(pis, dtype=torch.float64)
+        self.mus = torch.as_tensor(mus, dtype=torch.float64)          # (K, d)
+        self.stds = torch.as_tensor(stds, dtype=torch.float64)
+        self.input_shape = (self.mus.shape[1],)
+
+    def _mixture(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
+        """sum_k P(k | x) comp_k for components N(mean_k, var_k I): mean (B|1, K, d), var (B|1, K, 1)."""
+        d2 = ((x[:, None, :] - mean) ** 2).sum(-1, keepdim=True)
+        log_w = self.pis.to(x).log()[None, :, None] - d2 / (2 * var) - 0.5 * x.shape[1] * var.log()
+        w = (log_w - log_w.amax(dim=1, keepdim=True)).exp()
+        return (w * comp).sum(1) / w.sum(1)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(x.dtype).reshape(-1, 1, 1)
+        mus, s2 = self.mus.to(x)[None], self.stds.to(x)[None, :, None] ** 2
+        var = t ** 2 * s2 + (1 - t) ** 2
+        mean = t * mus
+        return self._mixture(x, mean, var, mus + (t * s2 - (1 - t)) / var * (x[:, None, :] - mean))
+
+    def denoiser(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """E[X1 | X1 + sigma eps = x], EDM's D(x, sigma)."""
+        mus, s2 = self.mus.to(x)[None], self.stds.to(x)[None, :, None] ** 2
+        var = s2 + sigma ** 2
+        return self._mixture(x, mus, var, mus + s2 / var * (x[:, None, :] - mus))

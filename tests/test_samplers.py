@@ -192,7 +192,7 @@ def test_discrete_samplers_count_nfe(gauss_eps, x0):
 
 def test_unknown_solver_lists_the_names(flow, x0):
     with pytest.raises(UnknownNameError, match=r"Unknown solver 'eulr'\. Did you mean: euler.*Known solvers: "
-                                               r".*heun, midpoint, rk4, rk45"):
+                                               r".*heun, ipndm, midpoint, rk4, rk45"):
         sample(flow, x0, "eulr", 4)
 
 

@@ -17,7 +17,7 @@ import torch
 from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model, network_module, stated_kind
 from rfbench.registry import describe_origin
-from rfbench.samplers import discrete, exponential, ode, stochastic  # noqa: F401  (registers the solvers)
+from rfbench.samplers import discrete, exponential, multistep, ode, stochastic  # noqa: F401  (registers the solvers)
 from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, register_grid, time_grid
 from rfbench.samplers.precision import PRECISIONS, check_precision, float32_mode
 from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, BudgetExceeded, CountingModel, NonFiniteError, SamplerError,
@@ -56,7 +56,7 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
             :class:`rfbench.models.DiffusionModel` (ODE solvers then integrate its probability-flow ODE).
         x0: initial points, shape (B, ...); draw them with :func:`rfbench.noise.initial`.
         solver: a name in ``SOLVERS`` (euler, heun, midpoint, rk4, rk45, dopri5, ddim, ddpm, dpm++2m, dpm++3m,
-            unipc, edm-heun, euler-ancestral, dpm++2m-sde, and any a plugin registers).
+            unipc, edm-heun, euler-ancestral, dpm++2m-sde, ipndm, deis, and any a plugin registers).
         steps: number of steps for fixed-grid and discrete solvers (>= 1); None for adaptive ones.
         grid: where the steps go (:mod:`rfbench.samplers.grids`): for fixed-grid solvers a grid name ("uniform",
             the default but for edm-heun's karras, "quadratic", "logsnr", "karras", "karras:rho=5", or a registered
