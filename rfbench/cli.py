@@ -6,13 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import errno
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from rfbench.registry import UnknownNameError, describe_origin
 from rfbench.results import markdown_table
 from rfbench.results.gate import GateMismatch
 from rfbench.results.store import StoreWriteError
+from rfbench.signals import Terminated, sigterm_as_interrupt
 from rfbench.samplers import GRIDS, PRECISIONS, SOLVERS
 from rfbench.subcommands import COMMANDS
 from rfbench.suites.base import SUITES
@@ -255,7 +254,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("RFBENCH_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             if argv and argv[0] in COMMANDS:          # rfbench table ... / rfbench spread ... / rfbench score ...
                 return COMMANDS[argv[0]](argv[1:], prog=f"{prog} {argv[0]}")
             return _main(argv, prog)
@@ -271,28 +270,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             raise
         _note(f"{prog}: error: {_unexpected(exc)}")
         return 1
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so that it stops as Ctrl-C stops it."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """While the block runs, SIGTERM (what SLURM and most schedulers send before they kill a job) raises
-    :class:`Terminated`; the previous handler is put back after it. Only the main thread may set a handler: from
-    another thread SIGTERM keeps its default."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise Terminated()
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _unexpected(exc: BaseException) -> str:

@@ -87,8 +87,8 @@ def sniff(path: str | Path) -> str:
 
 
 def _why_unreadable(exc: Exception) -> str:
-    """What torch.load's failure means, in a few words. Its advice to retry with weights_only=False is never right
-    here: rfbench reads weights only, never pickled code (which would run on loading)."""
+    """What torch.load's failure means, in a few words. Its advice to retry without weights-only loading is never
+    right here: rfbench reads weights only, never pickled code (which would run on loading)."""
     text = str(exc).strip()
     if "Weights only load failed" in text or "weights_only" in text:
         return ("it holds pickled Python objects, not only tensors; rfbench loads weights only (torch.load with "
