@@ -15,9 +15,11 @@ that is taken, is one :class:`PluginError` naming the plugin and the cause, and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 import traceback
 from importlib import metadata
@@ -130,3 +132,46 @@ def load_plugins(specs=()) -> list[str]:
     """The installed plugins (entry points, rfbench's baselines among them), then ``specs`` in order."""
     labels = load_entry_points()
     return labels + [load_plugin(spec) for spec in specs]
+
+
+def import_module_here(module_name: str):
+    """Import ``module_name`` from the Python path, or else from the current folder (as a ``--plugin`` file is found
+    beside the user); a module that cannot be imported is one ImportError "cannot import module X: why"."""
+    try:
+        with _current_folder_importable():
+            return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):   # the module itself
+            raise ImportError(f"cannot import module {module_name}: no module named {exc.name!r} on the Python "
+                              f"path nor in the current folder {os.getcwd()}") from None
+        raise ImportError(f"cannot import module {module_name}: ModuleNotFoundError: {exc}") from None
+    except Exception as exc:        # the module's own code failed (a missing dependency, a syntax error, ...)
+        text = " ".join(str(exc).split())
+        raise ImportError(f"cannot import module {module_name}: {type(exc).__name__}: {text}") from None
+
+
+def module_file(module_name: str) -> str | None:
+    """The file :func:`import_module_here` would import ``module_name`` from, without importing it (None: none)."""
+    try:
+        with _current_folder_importable():
+            spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    origin = getattr(spec, "origin", None)
+    return origin if origin and Path(origin).is_file() else None
+
+
+@contextlib.contextmanager
+def _current_folder_importable():
+    """The current folder at the end of the Python path for the block (when it is not there already), so that a
+    factory's module beside the user is found, as ``python -m`` would find it; installed modules still come first."""
+    cwd = os.getcwd()
+    if "" in sys.path or cwd in sys.path:
+        yield
+        return
+    sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if cwd in sys.path:
+            sys.path.remove(cwd)

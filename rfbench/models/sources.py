@@ -20,14 +20,9 @@ The kinds of source:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import inspect
-import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +37,7 @@ from rfbench.models.edm import load_edm_pickle
 from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
                                     load_model, sniff)
 from rfbench.protocols import KINDS, is_diffusion_model
+from rfbench.plugins import import_module_here, module_file
 from rfbench.registry import Registry
 
 
@@ -284,17 +280,7 @@ class Factory(ModelSource):
         if not isinstance(self.fn, str):
             return self.fn
         module_name, _, attr = self.fn.partition(":")
-        try:
-            with _current_folder_importable():
-                obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and (module_name + ".").startswith(exc.name + "."):   # the module itself
-                raise ImportError(f"cannot import module {module_name}: no module named {exc.name!r} on the Python "
-                                  f"path nor in the current folder {os.getcwd()}") from None
-            raise ImportError(f"cannot import module {module_name}: ModuleNotFoundError: {exc}") from None
-        except Exception as exc:        # the module's own code failed (a missing dependency, a syntax error, ...)
-            text = " ".join(str(exc).split())
-            raise ImportError(f"cannot import module {module_name}: {type(exc).__name__}: {text}") from None
+        obj: Any = import_module_here(module_name)
         for part in attr.split("."):
             try:
                 obj = getattr(obj, part)
@@ -309,14 +295,8 @@ class Factory(ModelSource):
         self.resolve()
 
     def _module_sha1(self) -> str:
-        module = self.qualified_name().partition(":")[0]
-        try:
-            with _current_folder_importable():
-                spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            spec = None
-        origin = getattr(spec, "origin", None)
-        return sha1_files(origin)[:12] if origin and Path(origin).is_file() else "unknown"
+        origin = module_file(self.qualified_name().partition(":")[0])
+        return sha1_files(origin)[:12] if origin is not None else "unknown"
 
     def describe(self) -> str:
         return self.description or f"{self.kind}, from the factory {self.qualified_name()}"
@@ -359,22 +339,6 @@ class Factory(ModelSource):
                 model = model.to(ctx.device)
             self._loaded[key] = model
         return self._loaded[key]
-
-
-@contextlib.contextmanager
-def _current_folder_importable():
-    """The current folder at the end of the Python path for the block (when it is not there already), so that a
-    factory's module beside the user is found, as ``python -m`` would find it; installed modules still come first."""
-    cwd = os.getcwd()
-    if "" in sys.path or cwd in sys.path:
-        yield
-        return
-    sys.path.append(cwd)
-    try:
-        yield
-    finally:
-        if cwd in sys.path:
-            sys.path.remove(cwd)
 
 
 class ModelObject(ModelSource):
