@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from baselines.ddpm import DDPM, DDPMRecipe
 from baselines.rectified_flow import FlowRecipe, RectifiedFlow
+from baselines.toy2d import MULTISTEP, STOCHASTIC
 from rfbench.data.images import ImageProblem
 from rfbench.models import UNetConfig
 from rfbench.suites import Cell, Suite, SuiteModel, fixed_grid, register_suite
@@ -73,10 +74,12 @@ def image_models(flows: FlowRecipe, ddpm: DDPMRecipe) -> tuple[SuiteModel, ...]:
 
 
 def fast_cells(model: str) -> tuple[Cell, ...]:
-    """The field's fast solvers at small NFE on uniform and log-SNR grids (EDM's Heun on its karras grid)."""
+    """The field's fast solvers at small NFE on uniform and log-SNR grids (EDM's Heun on its karras grid, iPNDM and
+    DEIS on theirs, the stochastic samplers on karras)."""
     return (fixed_grid(model, ("dpm++2m", "unipc"), FAST_STEPS, grids=("uniform", "logsnr"))
             + fixed_grid(model, ("dpm++3m",), FAST_STEPS[1:], grids=("uniform", "logsnr"))
-            + fixed_grid(model, ("edm-heun",), EDM_STEPS))
+            + fixed_grid(model, ("edm-heun",), EDM_STEPS)
+            + fixed_grid(model, MULTISTEP, FAST_STEPS) + fixed_grid(model, STOCHASTIC, FAST_STEPS, grids=("karras",)))
 
 
 def image_cells() -> tuple[Cell, ...]:
@@ -90,8 +93,9 @@ def image_cells() -> tuple[Cell, ...]:
 DIGITS = register_suite(Suite(
     name="digits",
     # v2: the independent row holds each held-out image once (360), not 1,000 draws with repeats; v3: the fast solvers
-    # (dpm++2m/3m, unipc, edm-heun) and solver_error, the v2 cells unchanged
-    version=3,
+    # (dpm++2m/3m, unipc, edm-heun) and solver_error, the v2 cells unchanged; v4: ipndm, deis and the stochastic
+    # samplers (edm-heun's cells move by round-off: every solver now starts a karras grid from the same state)
+    version=4,
     description="N(0, I) -> sklearn's 8x8 digits (1,437 training images); U-Nets trained on the CPU; "
                 "FID/IS/precision/recall on the digits CNN",
     problem=ImageProblem("digits", (1, 8, 8)),
@@ -112,7 +116,7 @@ DIGITS = register_suite(Suite(
 def _mnist_family(name: str, title: str) -> Suite:
     return Suite(
         name=name,
-        version=2,                 # v2: the fast solvers and solver_error
+        version=3,                 # v3: ipndm, deis, stochastic samplers; v2: the fast solvers and solver_error
         description=f"N(0, I) -> {title} 28x28 (60,000 training images; --data-dir); U-Nets sized for a GPU; "
                     f"FID/IS/precision/recall on Inception (else a classifier trained by rfbench)",
         problem=ImageProblem(name, (1, 28, 28)),

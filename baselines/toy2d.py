@@ -19,7 +19,9 @@ FLOW_STEPS = (1, 2, 4, 8, 16, 32)
 DDIM_STEPS = (4, 8, 16, 32, 100)
 FAST_STEPS = (2, 4, 8, 16)          # DPM-Solver++, UniPC: NFE = steps
 EDM_STEPS = (2, 4, 8)               # EDM's Heun: NFE 3, 7, 15 on the flows, 5, 9, 17 on the DDPM
-FAST_SOLVERS = ("dpm++2m", "dpm++3m", "unipc", "edm-heun")
+MULTISTEP = ("ipndm", "deis")       # on their default grids: karras, and time_uniform rho = 2 (diff-sampler's DEIS)
+STOCHASTIC = ("euler-ancestral", "dpm++2m-sde")    # on karras, as k-diffusion runs them; per-sample seeded noise
+FAST_SOLVERS = ("dpm++2m", "dpm++3m", "unipc", "edm-heun") + MULTISTEP + STOCHASTIC
 # w2's exact solve is the costliest metric of a toy2d cell, and on the fast solvers' cells it tells nothing: they
 # sit at w2's finite-sample floor (the independent row's value) or far above it, where energy and solver_error (which
 # ranks solvers) say the same. The paper's claims use w2 on euler, heun and rk45 cells, which keep it.
@@ -49,9 +51,10 @@ def flow_cells(model: str) -> tuple[Cell, ...]:
 
 def fast_cells(model: str) -> tuple[Cell, ...]:
     """The field's fast solvers at small NFE: DPM-Solver++(2M, 3M) and UniPC on uniform and log-SNR grids, EDM's Heun
-    on its karras grid."""
-    return (fixed_grid(model, FAST_SOLVERS[:3], FAST_STEPS, grids=("uniform", "logsnr"))
-            + fixed_grid(model, ("edm-heun",), EDM_STEPS))
+    on its karras grid, iPNDM and DEIS on theirs, and the stochastic samplers on karras."""
+    return (fixed_grid(model, ("dpm++2m", "dpm++3m", "unipc"), FAST_STEPS, grids=("uniform", "logsnr"))
+            + fixed_grid(model, ("edm-heun",), EDM_STEPS)
+            + fixed_grid(model, MULTISTEP, FAST_STEPS) + fixed_grid(model, STOCHASTIC, FAST_STEPS, grids=("karras",)))
 
 
 def reflows(recipe: FlowRecipe) -> tuple[SuiteModel, ...]:
@@ -60,7 +63,10 @@ def reflows(recipe: FlowRecipe) -> tuple[SuiteModel, ...]:
 
 TOY2D = register_suite(Suite(
     name="toy2d",
-    version=5,    # v5: no w2 on the fast solvers' cells; v4: energy, 10,000 reference points, 100,000 crossing draws
+    # v6: ipndm, deis and the stochastic samplers (the older cells unchanged but for edm-heun's round-off: every
+    # solver now starts a karras grid from the same state); v5: no w2 on the fast solvers' cells; v4: energy,
+    # 10,000 reference points, 100,000 crossing draws
+    version=6,
     description="N(0, I) -> 8 Gaussians on a circle (radius 4, std 0.3) in 2D; 1/2/3-RF, distilled 2-RF, DDPM",
     problem=ToyProblem(StandardNormal(2), circle_mixture(8, radius=4.0, std=0.3)),
     models=reflows(TOY_RECIPE) + (SuiteModel("2-rf-distill", RectifiedFlow(2, TOY_RECIPE, distilled=True)),
@@ -80,7 +86,7 @@ TOY2D = register_suite(Suite(
 
 TOY2D_TRANSFER = register_suite(Suite(
     name="toy2d-transfer",
-    version=5,    # v5: no w2 on the fast solvers' cells; v4: energy, 10,000 reference points, 100,000 crossing draws
+    version=6,    # v6: ipndm, deis, stochastic samplers; v5: no w2 on the fast solvers' cells; v4: energy
     description="data to data in 2D: 3 Gaussians on the left -> 2 Gaussians on the right; 1/2/3-RF",
     problem=ToyProblem(GaussianMixture(((-4.0, -3.0), (-4.0, 0.0), (-4.0, 3.0)), std=0.4),
                        GaussianMixture(((4.0, -2.0), (4.0, 2.0)), std=0.4)),
@@ -105,7 +111,8 @@ TOY2D_TRANSFER = register_suite(Suite(
 RINGS_STEPS = (1, 2, 4, 8, 16)
 TOY2D_RINGS = register_suite(Suite(
     name="toy2d-rings",
-    version=1,
+    # v2: ipndm, deis and the stochastic samplers (which assume a Gaussian source: here they show what that costs)
+    version=2,
     description="data to data in 2D: 4 Gaussians on a ring of radius 2 -> 12 on a ring of radius 5 (std 0.3); "
                 "1/2/3-RF, 1-RF and 2-RF distilled, and the independent coupling distilled",
     problem=ToyProblem(circle_mixture(4, radius=2.0, std=0.3), circle_mixture(12, radius=5.0, std=0.3, offset_deg=15)),
@@ -113,6 +120,8 @@ TOY2D_RINGS = register_suite(Suite(
             + tuple(SuiteModel(f"{k}-rf-distill", RectifiedFlow(k, TOY_RECIPE, distilled=True)) for k in (1, 2))
             + (SuiteModel("indep-distill", IndependentDistill(TOY_RECIPE)),)),
     cells=(sum((fixed_grid(m, ("euler",), RINGS_STEPS) + (Cell(m, "rk45"),) for m in ("1-rf", "2-rf", "3-rf")), ())
+           + sum((fixed_grid(m, MULTISTEP, FAST_STEPS) + fixed_grid(m, STOCHASTIC, FAST_STEPS, grids=("karras",))
+                  for m in ("1-rf", "2-rf", "3-rf")), ())
            + tuple(Cell(m, "euler", 1) for m in ("1-rf-distill", "2-rf-distill", "indep-distill"))),
     metrics=("crossing_prob", "transport_cost", "straightness", "energy", "solver_error"),
     num_samples=10_000,

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from rfbench.models import linear_betas
+from rfbench.models.paths import path_of
 from rfbench.models.score_sde import VPSDEFlow
 from rfbench.samplers import sample
 from tests.problems import GaussianEpsNet, GaussianFlow
@@ -168,6 +170,12 @@ def _diffusers_loop(scheduler, x, output):
     return x
 
 
+def _sigma(model, t0: float) -> float:
+    """sigma(t0) on the model's path, or 1 at t0 = 0: rfbench starts a grid from t0 > 0 at the state sigma(t0) x0
+    (rfbench.samplers.start_state), diffusers' schedulers from x0 itself."""
+    return float(path_of(model).alpha_sigma(np.array([t0]))[1][0]) if t0 > 0 else 1.0
+
+
 @pytest.mark.parametrize("name", ["dpm++2m", "dpm++3m", "unipc2", "unipc3"])
 def test_equal_to_diffusers_on_flows_and_ddpm_models(name):
     diffusers = pytest.importorskip("diffusers")
@@ -187,7 +195,8 @@ def test_equal_to_diffusers_on_flows_and_ddpm_models(name):
         expected = x.clone()
         for t, sigma in zip(scheduler.timesteps, scheduler.sigmas[:-1]):
             expected = scheduler.step(-flow(expected, torch.full((50,), 1 - float(sigma))), t, expected).prev_sample
-        ours = sample(flow, x, solver, grid=(1 - scheduler.sigmas.double().numpy()).tolist(), **options)
+        grid = (1 - scheduler.sigmas.double().numpy()).tolist()
+        ours = sample(flow, x / _sigma(flow, grid[0]), solver, grid=grid, **options)   # diffusers starts from x
         torch.testing.assert_close(ours.x, expected, rtol=0, atol=1e-5)    # diffusers computes in float32
     # a DDPM eps model on its discrete schedule, ending at timestep 0 (final_sigmas_type sigma_min)
     net = GaussianEpsNet(torch.tensor([0.5, -1.0, 2.0]), 0.6, linear_betas(1000))
@@ -198,7 +207,7 @@ def test_equal_to_diffusers_on_flows_and_ddpm_models(name):
         scheduler.set_timesteps(steps)
         expected = _diffusers_loop(scheduler, x.clone(), lambda z, t: net(z, torch.full((6,), int(t))))
         grid = [1 - float(t) / 999 for t in scheduler.timesteps] + [1.0]      # integer timesteps in flow time
-        ours = sample(net.model, x, solver, grid=grid, **options)
+        ours = sample(net.model, x / _sigma(net.model, grid[0]), solver, grid=grid, **options)
         torch.testing.assert_close(ours.x, expected, rtol=0, atol=5e-5)
 
 

@@ -141,9 +141,10 @@ def test_explicit_grids_fix_the_steps_and_start_where_they_start():
     same = sample(flow, x0, "euler", grid=[0.0, 0.25, 0.5, 0.75, 1.0])
     torch.testing.assert_close(same.x, full.x, rtol=0, atol=0)
     assert same.steps == 4 and same.nfe == 4
-    # from t = 0.5 with x0 as the state there: the exact solution from (0.5, x0) is tan(sin 1 - sin 0.5 + atan x0)
+    # from t = 0.5, with the state sigma(0.5) x0 = x0 / 2 there (the starting rule; a plain callable is a flow): the
+    # exact solution from (0.5, x0 / 2) is tan(sin 1 - sin 0.5 + atan(x0 / 2))
     late = sample(flow, x0, "rk4", grid=np.linspace(0.5, 1.0, 65).tolist())
-    exact = torch.tan(math.sin(1.0) - math.sin(0.5) + torch.atan(x0))
+    exact = torch.tan(math.sin(1.0) - math.sin(0.5) + torch.atan(x0 / 2))
     torch.testing.assert_close(late.x, exact, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="a grid of 3 entries makes 2 steps; steps=4 differs"):
         sample(flow, x0, "euler", 4, grid=[0.0, 0.5, 1.0])
@@ -161,6 +162,23 @@ def test_higher_order_solvers_keep_their_order_on_every_grid():
     for grid in ("uniform", "quadratic", "logsnr"):
         errors = [float((sample(flow, x0, "heun", n, grid=grid).x - exact).abs().max()) for n in (32, 64)]
         assert 1.7 < math.log2(errors[0] / errors[1]) < 2.3, (grid, errors)
+
+
+def test_every_solver_on_a_grid_that_starts_late_starts_from_the_same_state():
+    """The starting rule: x0 is the source noise; on a grid from t0 > 0 every fixed-grid solver starts from
+    sigma(t0) x0 (1 - t0 on a flow, EDM's sigma_max x0 in its variables), edm-heun as the others."""
+    flow = GaussianFlow(torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for grid in ("karras", [0.25, 0.5, 1.0]):
+        t0 = time_grid(grid, 2, flow)[0]
+        for solver in ("euler", "heun", "dpm++2m", "unipc", "edm-heun", "ipndm", "deis", "euler-ancestral",
+                       "dpm++2m-sde"):
+            first = []
+            seeds = list(range(5)) if solver in ("euler-ancestral", "dpm++2m-sde") else None
+            sample(flow, x, solver, 2, grid=grid, seeds=seeds,
+                   callback=lambda i, t, s, v: first.append((t, s)) if i == 0 else None)
+            assert first[0][0] == t0
+            torch.testing.assert_close(first[0][1], (1 - t0) * x, rtol=1e-14, atol=0)
 
 
 def test_a_grid_that_starts_after_the_source_levels_off():

@@ -155,13 +155,13 @@ def _run(key: str) -> tuple[torch.Tensor, int | float]:
     options = {"max_order": int(solver[-1])} if solver.startswith("ipndm") else {"order": int(solver[-1])}
     model, x = (GaussianFlow(MU[0], S), x0()) if data == "gauss" else (MIXTURE, x0_2d())
     if end == "flow":
-        result, alpha = sample(model, x, solver[:-1], int(nfe), **options), 1.0
+        result, alpha = sample(model, x, solver[:-1], int(nfe), grid="karras", **options), 1.0
     elif end == "end":
         times = (1 / (1 + edm_sigmas(int(nfe) + 1))).tolist()
         result, alpha = sample(model, x, solver[:-1], grid=times, **options), times[-1]
     else:
         vp = VPSDEFlow(vp_eps_net)
-        result = sample(vp, x, solver[:-1], int(nfe), **options)
+        result = sample(vp, x, solver[:-1], int(nfe), grid="karras", **options)
         alpha = float(vp.gaussian_path.alpha_sigma(np.array([1.0]))[0][0])
     return (result.x / alpha).reshape(4, -1), result.nfe
 
@@ -231,11 +231,10 @@ def test_orders_of_convergence_on_edms_grid():
 
 def test_ipndm_of_order_1_is_euler_from_the_same_state():
     """Euler's step on EDM's ODE is DDIM's, which on a rectified flow is Euler's step in t: iPNDM with max_order=1
-    from x0 equals euler from (1 - t_0) x0 on the same grid (the state EDM's sigma_max x0 stands for)."""
+    equals euler on the same grid, both starting from the state (1 - t_0) x0 (the starting rule: EDM's sigma_max x0)."""
     times = (1 / (1 + edm_sigmas(6))).tolist() + [1.0]
-    start = (1 - times[0]) * x0_2d()
     torch.testing.assert_close(sample(MIXTURE, x0_2d(), "ipndm", grid=times, max_order=1).x,
-                               sample(MIXTURE, start, "euler", grid=times).x, rtol=0, atol=1e-13)
+                               sample(MIXTURE, x0_2d(), "euler", grid=times).x, rtol=0, atol=1e-13)
 
 
 def test_one_evaluation_per_step_on_every_kind_of_model():
@@ -263,3 +262,13 @@ def test_ipndm_and_deis_refuse_what_they_cannot_do():
         sample(flow, x, "deis", 4, order=4)
     with pytest.raises(ValueError, match="deis option order takes a number \\(default 3\\), got True"):
         sample(flow, x, "deis", 4, order=True)
+
+
+def test_deis_runs_on_diff_samplers_schedule_unless_asked_otherwise():
+    """diff-sampler's table runs DEIS-tAB on its time_uniform schedule with rho = 2 (in VP time): deis's default
+    grid, on a flow and on VP; ipndm keeps EDM's karras."""
+    for model, x in ((MIXTURE, x0_2d()), (VPSDEFlow(vp_eps_net), x0())):
+        default = sample(model, x, "deis", 6)
+        assert torch.equal(default.x, sample(model, x, "deis", 6, grid="time_uniform:rho=2").x)
+        assert not torch.allclose(default.x, sample(model, x, "deis", 6, grid="karras").x)
+    assert torch.equal(sample(MIXTURE, x0_2d(), "ipndm", 6).x, sample(MIXTURE, x0_2d(), "ipndm", 6, grid="karras").x)

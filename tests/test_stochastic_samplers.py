@@ -10,7 +10,6 @@ import torch
 from rfbench.models.paths import path_of
 from rfbench.models.score_sde import VPSDEFlow
 from rfbench.samplers import sample
-from rfbench.samplers.grids import time_grid
 from tests.problems import GaussianFlow
 
 MU, S = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), 0.6
@@ -124,13 +123,13 @@ def test_equal_to_the_official_code_with_the_same_noise(key):
     vp, solver, steps, options = _case(key)
     model = VPSDEFlow(vp_eps_net) if vp else GaussianFlow(MU, S)
     noise, asked = injected()
-    if solver == "edm-heun":                       # it starts from sigma_max * latents itself, as EDM does
-        result = sample(model, latents(), solver, steps, noise=noise, **options)
+    # from the state sigma(t0) latents() (EDM's and k-diffusion's x = sigma_max * latents)
+    result = sample(model, latents(), solver, steps, grid="karras", noise=noise, **options)
+    if solver == "edm-heun":
         x, nfe, draws = result.x, 2 * steps + (1 if vp else -1), steps + vp
-    else:                                          # k-diffusion's x = sigma_max * latents, here the state sigma(t0) x
-        alpha, sigma = path_of(model).alpha_sigma(torch.tensor(time_grid("karras", steps, model)).numpy())
-        result = sample(model, float(sigma[0]) * latents(), solver, steps, grid="karras", noise=noise, **options)
-        x, nfe, draws = result.x / float(alpha[-1]), steps, steps - (not vp)   # no draw on a step to sigma = 0
+    else:                                          # k-diffusion's x on VP is x / alpha; no draw on a step to sigma = 0
+        alpha = path_of(model).alpha_sigma(torch.tensor([1.0], dtype=torch.float64).numpy())[0]
+        x, nfe, draws = result.x / float(alpha[0]), steps, steps - (not vp)
     assert result.nfe == nfe and len(asked) == draws and asked == list(range(draws))
     torch.testing.assert_close(x, torch.tensor(OFFICIAL[key], dtype=torch.float64), rtol=0, atol=1e-9)
 

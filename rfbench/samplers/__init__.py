@@ -12,8 +12,10 @@ import operator
 import reprlib
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
+from rfbench.models.paths import path_of
 from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model, network_module, stated_kind
 from rfbench.registry import describe_origin
@@ -61,7 +63,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         grid: where the steps go (:mod:`rfbench.samplers.grids`): for fixed-grid solvers a grid name ("uniform",
             the default but for edm-heun's karras, "quadratic", "logsnr", "karras", "karras:rho=5", or a registered
             one) or a sequence of
-            flow times from its first entry (x0 is the state there) to its last (steps = len(grid) - 1); for
+            flow times from its first entry to its last (steps = len(grid) - 1; a grid that starts at t0 > 0 starts
+            from the state sigma(t0) x0, :func:`start_state`); for
             discrete samplers a spacing ("uniform", "leading", "linspace", "trailing") or a sequence of the model's
             integer timesteps in sampling order. None for adaptive solvers.
         trajectory: also return the states (and, for ODE solvers, the velocities) at every step point.
@@ -99,6 +102,7 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     kwargs: dict[str, Any] = dict(options)
     if spec.kind == "fixed":
         kwargs["times"] = time_grid(spec.default_grid if grid is None else grid, steps, model)
+        x0 = start_state(model, x0, kwargs["times"][0])
     elif spec.kind == "discrete":
         kwargs["timesteps"] = discrete_timesteps(spec.default_grid if grid is None else grid, steps,
                                                  model.num_timesteps)
@@ -148,6 +152,15 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         raise NonFiniteError(f"{run} produced non-finite samples: {int(bad.sum())} of "
                              f"{x.shape[0]} rows contain NaN or inf after {_nfe_text(counted.nfe)} model evaluations")
     return SampleResult(x=x, nfe=counted.nfe, solver=solver, steps=steps, stats=stats, trajectory=traj)
+
+
+def start_state(model: Any, x0: torch.Tensor, t0: float) -> torch.Tensor:
+    """The state a fixed-grid solver starts from: x0 is the source noise; a grid that starts at a flow time t0 > 0
+    starts from sigma(t0) x0 on the model's Gaussian path (1 - t0 on a rectified flow: EDM's x = sigma_max * noise
+    in rfbench's variables), so every solver on one grid starts from the same state."""
+    if t0 <= 0:
+        return x0
+    return x0 * float(path_of(model).alpha_sigma(np.array([t0]))[1][0])
 
 
 def _miscount_message(spec: SolverSpec, steps: int, expected: int, counted: int | float) -> str:

@@ -193,7 +193,7 @@ def edm_heun(model, x, *, times, s_churn: float = 0.0, s_tmin: float = 0.0, s_tm
              callback: Callback | None = None):
     """EDM's sampler in its scaled variables x_edm = x / alpha, sigma_edm = sigma / alpha: Heun's method on
     dx_edm / dsigma = (x_edm - D) / sigma, Euler on the step to sigma = 0. As EDM, it starts from sigma_max * x0 in
-    those variables (the state sigma(t_0) x0 in rfbench's).
+    those variables: its x is that state, sigma(t_0) x0 in rfbench's (:func:`rfbench.samplers.start_state`).
 
     On a flow the grid's last step goes to sigma = 0 (t=1): N steps, 2N - 1 evaluations, EDM's sampler with
     num_steps = N on the karras grid. Where the path ends at a smallest sigma > 0 (score-SDE's VP / sub-VP, DDPM
@@ -214,7 +214,7 @@ def edm_heun(model, x, *, times, s_churn: float = 0.0, s_tmin: float = 0.0, s_tm
         s = sigma / alpha                                  # EDM's sigma; 0 at a flow's data end
     steps = len(times) - 1
     churn = _Churn(model, s_churn, s_tmin, s_tmax, s_noise, noise, steps + (s[-1] > 0))
-    x_edm = x * float(s[0])                                # EDM: latents * sigma_max
+    x_edm = x / float(alpha[0])                            # EDM's latents * sigma_max
     for i in range(steps):
         if callback is not None:
             callback(i, times[i], x_edm * float(alpha[i]), None)

@@ -20,10 +20,10 @@ On score-SDE's VP / sub-VP models (sampled from SDE time 1 to eps) ``uniform``, 
 official DPM-Solver code's grids, mapped to flow time. A rectified flow's log-SNR is -inf at t=0 and +inf at t=1:
 ``logsnr`` and ``karras`` are computed on [delta, 1 - delta] (delta = 1e-3). ``logsnr`` then runs the whole path,
 its ends moved to t=0 (the source, where x0 is drawn) and t=1; ``karras`` starts at its sigma_max (t = 1/81 for
-EDM's 80), as EDM does, with x0 as the state there (edm-heun starts from sigma_max x0 in EDM's variables, as EDM
-does), and ends as EDM's does, with a step from its smallest sigma to the data (sigma = 0, t=1). An explicit
-sequence of flow times (increasing, in [0, 1]) is a grid too: the sampler starts at its first entry, with x0 as the
-state there (edm-heun: sigma(t_0) x0, as on karras), and steps = len(grid) - 1.
+EDM's 80), as EDM does, and ends as EDM's does, with a step from its smallest sigma to the data (sigma = 0, t=1). An
+explicit sequence of flow times (increasing, in [0, 1]) is a grid too: the sampler starts at its first entry, and
+steps = len(grid) - 1. Every fixed-grid solver on a grid that starts at t0 > 0 starts from the state sigma(t0) x0
+(:func:`rfbench.samplers.start_state`; EDM's sigma_max x0 in its variables), x0 being the source noise.
 
 A grid that starts after t=0 (karras always; an explicit one) leaves out the first stretch of the path: its samples
 differ from the model's ODE solution from x0 even at many steps. solver_error, measured against that solution, keeps

@@ -108,7 +108,7 @@ def _multistep(model, x, times, solver: str, max_points: int, weights, callback:
     max_points); one evaluation per step."""
     alpha, sigmas = _edm_variables(model, times, solver)
     steps = len(times) - 1
-    x_edm = x * float(sigmas[0])                           # EDM: latents * sigma_max
+    x_edm = x / float(alpha[0])                            # EDM's latents * sigma_max
     slopes: list[torch.Tensor] = []                        # d at the current and earlier steps, newest first
     for i in range(steps):
         if callback is not None:
@@ -137,7 +137,7 @@ def ipndm(model, x, *, times, max_order: int = 4, callback: Callback | None = No
     return _multistep(model, x, times, "ipndm", max_order, weights, callback)
 
 
-@register_solver("deis", "fixed", order=4, expected_nfe=lambda n: n, default_grid="karras",
+@register_solver("deis", "fixed", order=4, expected_nfe=lambda n: n, default_grid="time_uniform:rho=2",
                  description="DEIS-tAB (Zhang & Chen 2023): Lagrange extrapolation in VP time on EDM's ODE; option "
                              "order 1-3")
 def deis(model, x, *, times, order: int = 3, callback: Callback | None = None):
