@@ -18,7 +18,7 @@ from rfbench.metrics.features import InceptionWeightsError
 from rfbench.registry import UnknownNameError
 from rfbench.results import markdown_table
 from rfbench.results.gate import NUISANCES, spread_table
-from rfbench.results.report import FORMATS, load_results, render_table
+from rfbench.results.report import FORMATS, best_within_budgets, load_results, render_budgets, render_table
 from rfbench.suites.plan import RunConfig
 
 
@@ -40,6 +40,11 @@ def table_main(argv: list[str], prog: str = "rfbench table") -> int:
                              "standard error and z (a run folder with --save-samples; markdown or csv)")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE|MODULE",
                         help="a plugin that registers the run's suite (with --paired-with)")
+    parser.add_argument("--best-by", default=None, metavar="METRIC",
+                        help="which solver wins at each budget: per NFE budget and model, the cell within the "
+                             "budget with the best METRIC (fid, solver_error, energy, ...) and the runner-up")
+    parser.add_argument("--budgets", nargs="+", type=float, default=None, metavar="NFE",
+                        help="the NFE budgets of --best-by (default: every NFE in the results)")
     parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
     parser.add_argument("--plots", default=None, choices=("png", "pdf", "none"),
                         help="quality against NFE and against wall-clock (Pareto front marked), written beside "
@@ -49,10 +54,20 @@ def table_main(argv: list[str], prog: str = "rfbench table") -> int:
     if args.paired_with is not None:
         plugins_first(argv, prog)          # the run's suite, for its problem and metrics
         return _paired_table(parser, args)
+    if args.budgets is not None and args.best_by is None:
+        parser.error("--budgets goes with --best-by METRIC")
     try:
         frame = load_results(args.results)
-        text = render_table(frame, args.format, args.columns, quality_directions(), intervals=args.intervals,
-                            include_failed=args.include_failed, methods=interval_methods())
+        if args.best_by is not None:
+            direction = quality_directions().get(args.best_by)
+            if direction is None:
+                raise ValueError(f"--best-by {args.best_by!r} is not a quality metric column; those are: "
+                                 f"{', '.join(sorted(quality_directions()))}")
+            text = render_budgets(best_within_budgets(frame, args.best_by, direction, args.budgets), args.best_by,
+                                  args.format)
+        else:
+            text = render_table(frame, args.format, args.columns, quality_directions(), intervals=args.intervals,
+                                include_failed=args.include_failed, methods=interval_methods())
     except (FileNotFoundError, ValueError) as exc:
         parser.error(str(exc))
     if args.output is not None:
