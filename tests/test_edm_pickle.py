@@ -204,8 +204,14 @@ def test_strict_key_shape_and_argument_checks(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (lambda r: setattr(r, "class_name", "EDM2Precond"),
      r"'ema' is a EDM2Precond; rfbench reads EDM's EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond$"),
+    (lambda r: setattr(r.state["_modules"]["model"], "class_name", "StyleGAN"),
+     r"EDMPrecond around StyleGAN; rfbench reads SongUNet \(DDPM\+\+, NCSN\+\+\) and DhariwalUNet \(ADM\)$"),
+    (lambda r: r.state["_init_kwargs"].update(model_type="UNet2D"),
+     r"EDMPrecond around UNet2D; rfbench reads SongUNet \(DDPM\+\+, NCSN\+\+\) and DhariwalUNet \(ADM\)$"),
     (lambda r: setattr(r.state["_modules"]["model"], "class_name", "DhariwalUNet"),
-     r"EDMPrecond around DhariwalUNet; rfbench reads SongUNet \(DDPM\+\+, NCSN\+\+\) and DhariwalUNet \(ADM\)$"),
+     r"EDMPrecond records model_type='SongUNet', and its network 'model' is a DhariwalUNet$"),
+    (lambda r: r.state["_modules"].pop("model"), r"EDMPrecond records model_type='SongUNet', and its network "
+                                                 r"'model' is missing$"),
     (lambda r: r.state["_modules"]["model"].state["_init_kwargs"].update(label_dim=10),
      r"the network's label_dim is 10; the edm preconditioning with .* label_dim=0 gives it 0$"),
     (lambda r: r.state["_init_kwargs"].update(model_channels=8),

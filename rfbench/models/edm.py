@@ -223,10 +223,14 @@ def edm_config(path: str | Path, record: PersistentRecord) -> PrecondConfig:
     kwargs.update(zip(names, args))
     model_type = kwargs.pop("model_type", default_model)
     inner = record.state.get("_modules", {}).get("model")
-    if model_type not in NETWORKS or not isinstance(inner, PersistentRecord) or inner.class_name != model_type:
-        found = inner.class_name if isinstance(inner, PersistentRecord) else model_type
-        raise CheckpointError(f"{path}: its network is {record.class_name} around {found}; rfbench reads "
-                              f"SongUNet (DDPM++, NCSN++) and DhariwalUNet (ADM)")
+    found = inner.class_name if isinstance(inner, PersistentRecord) else model_type
+    if found not in NETWORKS or model_type not in NETWORKS:
+        raise CheckpointError(f"{path}: its network is {record.class_name} around "
+                              f"{model_type if found in NETWORKS else found}; rfbench reads SongUNet (DDPM++, "
+                              f"NCSN++) and DhariwalUNet (ADM)")
+    if found != model_type or not isinstance(inner, PersistentRecord):
+        raise CheckpointError(f"{path}: {record.class_name} records model_type={model_type!r}, and its network "
+                              f"'model' is {'a ' + found if isinstance(inner, PersistentRecord) else 'missing'}")
     own = {k: kwargs.pop(k) for k in names if k in kwargs}
     recorded = inner.init_kwargs
     for key, value in kwargs.items():      # what the precond passed on to its network is what the network records
