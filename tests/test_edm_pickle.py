@@ -343,6 +343,21 @@ def test_fp16_network_runs_in_float32_off_cuda(tmp_path, outputs):
     assert model.net.use_fp16 and _network_input_dtype(model, outputs["x"], outputs["sigma"]) == torch.float32
 
 
+def test_fp16_arithmetic_of_the_network(tmp_path, outputs):
+    """The network's float16 path (what a use_fp16 file runs on CUDA), here on the CPU: the preconditioning in
+    float32 around it, within half precision of EDM's float32 output."""
+    model = rfbench.load_model(pickle_file(tmp_path, "adm-cond-fp16"), device="cpu")
+    model.net.network_dtype = lambda device, force_fp32=False: torch.float32 if force_fp32 else torch.float16
+    x, sigma, expected = outputs["x"], outputs["sigma"], outputs["adm-cond-fp16"]
+    assert _network_input_dtype(model, x, sigma) == torch.float16
+    with torch.no_grad():
+        half = model.net(x, sigma)
+        full = model.net(x, sigma, force_fp32=True)
+    scale = expected.abs().max().item()
+    assert half.dtype == torch.float32 and 1e-6 * scale < (half - expected).abs().max().item() <= 2e-3 * scale
+    assert (full - expected).abs().max().item() <= 1e-5 * scale
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fp16_network_runs_in_float16_on_cuda(tmp_path, outputs):
     """On CUDA a use_fp16 network runs in float16, as EDM's does (its output within half precision of EDM's float32
