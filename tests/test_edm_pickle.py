@@ -2,15 +2,18 @@
 equal to EDM's own networks.
 
 The fixtures in tests/data/edm (see BUILD.md there) were made with NVlabs/edm's code (commit 008a4e5) outside this
-repository: three random-weight networks pickled as EDM's training loop pickles a snapshot (EDMPrecond around a
-DDPM++ SongUNet, VPPrecond around an NCSN++ one, VEPrecond around one with skip encoder and decoder), gzipped, and
-EDM's outputs on fixed inputs: the networks' D(x, sigma) and generate.py's edm_sampler (4 steps, S_churn=0).
+repository: random-weight networks pickled as EDM's training loop pickles a snapshot (EDMPrecond around a DDPM++
+SongUNet, VPPrecond around an NCSN++ one, VEPrecond around one with skip encoder and decoder, EDMPrecond around a
+class-conditional use_fp16 DhariwalUNet (ADM), iDDPMPrecond around a DhariwalUNet with one and two attention heads
+and around a class-conditional SongUNet), compressed, and EDM's outputs on fixed inputs: the networks' D(x, sigma)
+(without and with class labels) and generate.py's edm_sampler (4 steps, S_churn=0).
 """
 
 from __future__ import annotations
 
 import copy
 import gzip
+import lzma
 import os
 import pickle
 from pathlib import Path
@@ -22,10 +25,15 @@ import rfbench
 from rfbench.models.checkpoint import CheckpointError
 from rfbench.models.edm import EDMFlow, network_from_record, read_edm_pickle
 from rfbench.models.formats import file_kind, sniff
-from rfbench.models.sources import ModelFile
+from rfbench.cli_parsing import parse_model
+from rfbench.models.sources import LoadContext, ModelFile
+from rfbench.samplers.grids import time_grid
+from rfbench.samplers.precision import float32_mode
 
 DATA = Path(__file__).parent / "data" / "edm"
-NETWORKS = ("edm-ddpmpp", "vp-ncsnpp", "ve-skip")
+NETWORKS = ("edm-ddpmpp", "vp-ncsnpp", "ve-skip", "adm-cond-fp16", "iddpm-adm-heads", "iddpm-ddpmpp-cond")
+CONDITIONAL = {"adm-cond-fp16": 5, "iddpm-ddpmpp-cond": 3}      # label_dim
+ROW_CLASSES = (1, -1, 0)     # the class of each row of x in the pinned outputs with labels (-1: the last class)
 # the first line of both embedded sources (training/networks.py, training/loss.py), and code of the same length that
 # writes a marker into the current folder when the source is exec'd, as EDM's own loader does
 LICENCE_LINE = b"# Copyright (c) 2022, NVIDIA CORPORATION & AFFILIATES. All rights reserved."
@@ -38,7 +46,9 @@ def outputs():
 
 
 def pickle_file(tmp_path: Path, name: str, tamper: bool = False) -> Path:
-    data = gzip.decompress((DATA / f"{name}.pkl.gz").read_bytes())
+    packed = DATA / f"{name}.pkl.gz"
+    data = (gzip.decompress(packed.read_bytes()) if packed.exists()
+            else lzma.decompress((DATA / f"{name}.pkl.xz").read_bytes()))
     if tamper:
         assert data.count(LICENCE_LINE) == 2
         data = data.replace(LICENCE_LINE, MARKER_CODE)
@@ -121,7 +131,7 @@ def test_formats_and_model_file(tmp_path):
     assert model.sigma_max == pytest.approx(112.72605, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["edm-ddpmpp", "vp-ncsnpp"])
+@pytest.mark.parametrize("name", ["edm-ddpmpp", "vp-ncsnpp", "adm-cond-fp16"])
 def test_edm_heun_equals_edm_sampler(tmp_path, outputs, name):
     """rfbench's edm-heun on the karras grid, on the flow (sigma = (1 - t) / t), is EDM's edm_sampler on its network
     (num_steps 4, its sigma range clipped to the network's: 0.002013 for the VP file)."""
@@ -192,11 +202,18 @@ def test_strict_key_shape_and_argument_checks(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda r: setattr(r, "class_name", "iDDPMPrecond"), r"iDDPMPrecond, not supported yet"),
+    (lambda r: setattr(r, "class_name", "EDM2Precond"),
+     r"'ema' is a EDM2Precond; rfbench reads EDM's EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond$"),
+    (lambda r: setattr(r.state["_modules"]["model"], "class_name", "StyleGAN"),
+     r"EDMPrecond around StyleGAN; rfbench reads SongUNet \(DDPM\+\+, NCSN\+\+\) and DhariwalUNet \(ADM\)$"),
+    (lambda r: r.state["_init_kwargs"].update(model_type="UNet2D"),
+     r"EDMPrecond around UNet2D; rfbench reads SongUNet \(DDPM\+\+, NCSN\+\+\) and DhariwalUNet \(ADM\)$"),
     (lambda r: setattr(r.state["_modules"]["model"], "class_name", "DhariwalUNet"),
-     r"EDMPrecond around DhariwalUNet; not supported yet"),
+     r"EDMPrecond records model_type='SongUNet', and its network 'model' is a DhariwalUNet$"),
+    (lambda r: r.state["_modules"].pop("model"), r"EDMPrecond records model_type='SongUNet', and its network "
+                                                 r"'model' is missing$"),
     (lambda r: r.state["_modules"]["model"].state["_init_kwargs"].update(label_dim=10),
-     r"label_dim=10 \(class-conditional\) is not supported yet"),
+     r"the network's label_dim is 10; the edm preconditioning with .* label_dim=0 gives it 0$"),
     (lambda r: r.state["_init_kwargs"].update(model_channels=8),
      r"EDMPrecond was given model_channels=8 for its network, which records model_channels=4$"),
 ])
@@ -218,3 +235,140 @@ def test_not_a_network_pickle(tmp_path):
     truncated.write_bytes(gzip.decompress((DATA / "ve-skip.pkl.gz").read_bytes())[:5000])
     with pytest.raises(CheckpointError, match=r"truncated.pkl: not a readable EDM network pickle"):
         rfbench.load_model(truncated, device="cpu")
+
+
+def _labels(label_dim: int, classes=ROW_CLASSES) -> torch.Tensor:
+    labels = torch.zeros(len(classes), label_dim)
+    labels[torch.arange(len(classes)), torch.tensor(classes) % label_dim] = 1
+    return labels
+
+
+@pytest.mark.parametrize("name", sorted(CONDITIONAL))
+def test_class_labels_equal_edm(tmp_path, outputs, name):
+    """A class-conditional file samples unconditionally by default (the all-zero label vector, EDM's default, pinned
+    in test_network_equals_edm); with ``class_label`` every sample is of that class; the denoiser takes per-row
+    labels as EDM's does."""
+    path = pickle_file(tmp_path, name)
+    label_dim = CONDITIONAL[name]
+    x, sigma, expected = outputs["x"], outputs["sigma"], outputs[f"{name}-labels"]
+    scale = expected.abs().max().item()
+    plain = rfbench.load_model(path, device="cpu")
+    assert plain.class_label is None and plain.net.label_dim == label_dim
+    with torch.no_grad():
+        assert (plain.net(x, sigma, _labels(label_dim)) - expected).abs().max().item() <= 1e-5 * scale
+        assert (plain.net(x, sigma) - expected).abs().max().item() > 1e-2 * scale     # the labels matter
+        t = 1 / (1 + sigma.double())
+        for row, cls in enumerate(ROW_CLASSES):
+            model = rfbench.load_model(path, device="cpu", class_label=cls % label_dim)
+            got = model.denoise(x.double() * t[:, None, None, None], t)[row]
+            assert (got - expected[row].double()).abs().max().item() <= 1e-5 * scale
+
+
+def test_class_label_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"^class_label must be an integer in 0..4 or None \(unconditional\), "
+                                         r"got 5$"):
+        rfbench.load_model(pickle_file(tmp_path, "adm-cond-fp16"), device="cpu", class_label=5)
+    with pytest.raises(ValueError, match=r"^class_label must be None: the network is unconditional \(label_dim 0\), "
+                                         r"got 0$"):
+        rfbench.load_model(pickle_file(tmp_path, "edm-ddpmpp"), device="cpu", class_label=0)
+    checkpoint = tmp_path / "flow.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), checkpoint)
+    with pytest.raises(CheckpointError, match=r"flow.pt is a TorchScript file; class_label applies to "
+                                              r"class-conditional EDM network pickles only$"):
+        rfbench.load_model(checkpoint, device="cpu", class_label=1)
+
+
+def test_class_label_from_the_command_line(tmp_path):
+    """``--model NAME:classN=PATH``: every sample of class N, and the class part of the model's identity (another
+    cell than the unconditional file's); checked against the file before any work."""
+    path = pickle_file(tmp_path, "adm-cond-fp16")
+    name, source = parse_model(f"imagenet:class3={path}")
+    plain = parse_model(f"imagenet={path}")[1]
+    assert name == "imagenet" and source.class_label == 3 and plain.class_label is None
+    assert source.identity(None).id == plain.identity(None).id + ":class3"
+    assert source.identity(None).checkpoint == plain.identity(None).checkpoint[:-1] + ", class 3)"
+    source.check()
+    model = source.load(LoadContext(suite=None, cache=None, device=torch.device("cpu")))
+    assert isinstance(model, EDMFlow) and model.class_label == 3
+    assert model.class_labels.tolist() == [[0, 0, 0, 1, 0]]
+    with pytest.raises(ValueError, match=r"^class_label must be an integer in 0..4 or None"):
+        parse_model(f"imagenet:class5={path}")[1].check()
+    with pytest.raises(ValueError, match=r"^class_label must be None: the network is unconditional"):
+        parse_model(f"x:class0={pickle_file(tmp_path, 'edm-ddpmpp')}")[1].check()
+    with pytest.raises(ValueError, match=r"class2 applies to a class-conditional EDM network pickle, and "
+                                         r"'/nowhere/f.pkl' is not a file$"):
+        parse_model("x:class2=/nowhere/f.pkl")
+    checkpoint = tmp_path / "flow.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), checkpoint)
+    with pytest.raises(ValueError, match=r"flow.pt is a TorchScript file; a class label applies to "
+                                         r"class-conditional EDM network pickles only$"):
+        ModelFile(checkpoint, class_label=1).check()
+
+
+def test_iddpm_sigma_range_reaches_the_grids(tmp_path):
+    """iDDPM's sigma range is its noise-level table's [u_{M-1}, u_0] (EDM's values, pinned), computed from C_1, C_2
+    and M; the karras grid clips EDM's 0.002 .. 80 to it."""
+    model = rfbench.load_model(pickle_file(tmp_path, "iddpm-adm-heads"), device="cpu")     # C_1 .002, C_2 .01, M 500
+    assert (model.sigma_min, model.sigma_max) == (0.010317649692296982, 7187.9326171875)
+    assert model.net.u.shape == (501,) and model.net.u[-1] == 0
+    cond = rfbench.load_model(pickle_file(tmp_path, "iddpm-ddpmpp-cond"), device="cpu")     # EDM's defaults
+    assert (cond.sigma_min, cond.sigma_max) == (0.006422337144613266, 20291.169921875)
+    times = time_grid("karras", 4, cond)
+    sigmas = [(1 - t) / t for t in times]
+    assert sigmas[0] == pytest.approx(80.0) and sigmas[-2] == pytest.approx(0.006422337144613266) and times[-1] == 1
+
+
+def test_iddpm_levels_are_checked_against_its_arguments(tmp_path):
+    record = _record(tmp_path, "iddpm-ddpmpp-cond")
+    record.state["_buffers"]["u"] = record.state["_buffers"]["u"].clone()
+    record.state["_buffers"]["u"][7] *= 1.001
+    with pytest.raises(CheckpointError, match=r"^f.pkl: its iDDPM noise levels u differ from those of its C_1, C_2, "
+                                              r"M \(first at u\[7\]: .* in the file, .* computed\)$"):
+        network_from_record(record, "f.pkl")
+
+
+def _network_input_dtype(model, x, sigma) -> torch.dtype:
+    seen = []
+    hook = model.net.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    try:
+        with torch.no_grad():
+            model.net(x, sigma)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def test_fp16_network_runs_in_float32_off_cuda(tmp_path, outputs):
+    model = rfbench.load_model(pickle_file(tmp_path, "adm-cond-fp16"), device="cpu")
+    assert model.net.use_fp16 and _network_input_dtype(model, outputs["x"], outputs["sigma"]) == torch.float32
+
+
+def test_fp16_arithmetic_of_the_network(tmp_path, outputs):
+    """The network's float16 path (what a use_fp16 file runs on CUDA), here on the CPU: the preconditioning in
+    float32 around it, within half precision of EDM's float32 output."""
+    model = rfbench.load_model(pickle_file(tmp_path, "adm-cond-fp16"), device="cpu")
+    model.net.network_dtype = lambda device, force_fp32=False: torch.float32 if force_fp32 else torch.float16
+    x, sigma, expected = outputs["x"], outputs["sigma"], outputs["adm-cond-fp16"]
+    assert _network_input_dtype(model, x, sigma) == torch.float16
+    with torch.no_grad():
+        half = model.net(x, sigma)
+        full = model.net(x, sigma, force_fp32=True)
+    scale = expected.abs().max().item()
+    assert half.dtype == torch.float32 and 1e-6 * scale < (half - expected).abs().max().item() <= 2e-3 * scale
+    assert (full - expected).abs().max().item() <= 1e-5 * scale
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_network_runs_in_float16_on_cuda(tmp_path, outputs):
+    """On CUDA a use_fp16 network runs in float16, as EDM's does (its output within half precision of EDM's float32
+    one), and in float32 with force_fp32."""
+    model = rfbench.load_model(pickle_file(tmp_path, "adm-cond-fp16"), device="cuda")
+    x, sigma, expected = outputs["x"].cuda(), outputs["sigma"].cuda(), outputs["adm-cond-fp16"].cuda()
+    assert _network_input_dtype(model, x, sigma) == torch.float16
+    scale = expected.abs().max().item()
+    with torch.no_grad(), float32_mode("fp32"):
+        half = model.net(x, sigma)
+        full = model.net(x, sigma, force_fp32=True)
+    assert half.dtype == torch.float32
+    assert 1e-6 * scale < (half - expected).abs().max().item() <= 2e-2 * scale
+    assert (full - expected).abs().max().item() <= 1e-5 * scale

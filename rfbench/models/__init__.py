@@ -1,4 +1,4 @@
-"""Models: the DDPM-style adapter, the networks (toy MLP, image U-Net, DDPM++, EDM's SongUNet), checkpoint I/O,
+"""Models: the DDPM-style adapter, the networks (toy MLP, image U-Net, DDPM++, EDM's SongUNet and ADM), checkpoint I/O,
 models from files of other codebases (EDM's network pickles among them, read without running them), and model
 sources (what a suite's model is: a recipe trained by rfbench, a file, a factory)."""
 

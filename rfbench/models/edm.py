@@ -13,7 +13,8 @@ and maps the persistence function to :class:`PersistentRecord`, which only recor
 refused in one line naming the file and the global. The embedded source is kept as text and never executed: a file
 whose source was altered loads exactly as the same file with the original source.
 
-:func:`load_edm_pickle` then builds rfbench's own network (:mod:`rfbench.models.songunet`) from the constructor
+:func:`load_edm_pickle` then builds rfbench's own network (:mod:`rfbench.models.edm_precond` around
+:mod:`rfbench.models.songunet` or :mod:`rfbench.models.dhariwal`) from the constructor
 arguments recorded in the file, checks it against the file (the class of every layer, the plain attributes EDM
 records for it, every parameter and buffer by name and shape; one line naming the file and the first mismatch) and
 loads the weights. :class:`EDMFlow` samples it in rfbench's time: sigma = (1 - t) / t, x_sigma = x_t / t.
@@ -27,7 +28,7 @@ import io
 import math
 import pickle
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,13 @@ import torch
 
 from rfbench.models.checkpoint import CheckpointError, load_state_dict_strict
 from rfbench.models.paths import FLOW_DELTA, RectifiedPath
-from rfbench.models.songunet import EDMDenoiser, PrecondConfig, SongUNetConfig
+from rfbench.models.dhariwal import DhariwalUNetConfig
+from rfbench.models.edm_precond import EDMDenoiser, PrecondConfig, iddpm_sigmas
+from rfbench.models.songunet import SongUNetConfig
 
 PERSISTENCE = ("torch_utils.persistence", "_reconstruct_persistent_obj")
-PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
-NOT_YET = ("iDDPMPrecond", "DhariwalUNet")
+PRECONDS = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve", "iDDPMPrecond": "iddpm"}
+NETWORKS = {"SongUNet": SongUNetConfig, "DhariwalUNet": DhariwalUNetConfig}
 # each precond's constructor arguments in EDM's order (positional arguments are matched to them), and the default
 # network class it builds
 PRECOND_ARGS = {
@@ -50,8 +53,9 @@ PRECOND_ARGS = {
             "model_type"), "SongUNet"),
     "ve": (("img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min", "sigma_max", "model_type"),
            "SongUNet"),
+    "iddpm": (("img_resolution", "img_channels", "label_dim", "use_fp16", "C_1", "C_2", "M", "model_type"),
+              "DhariwalUNet"),
 }
-UNET_ARGS = tuple(f.name for f in fields(SongUNetConfig))
 EDM_MAGIC = b"torch_utils.persistence"
 
 
@@ -209,9 +213,6 @@ def edm_config(path: str | Path, record: PersistentRecord) -> PrecondConfig:
     """The precond and network configuration recorded in the file (the constructor arguments of both)."""
     kind = PRECONDS.get(record.class_name)
     if kind is None:
-        if record.class_name in NOT_YET:
-            raise CheckpointError(f"{path}: its network is an EDM {record.class_name}, not supported yet; rfbench "
-                                  f"reads {', '.join(PRECONDS)} around SongUNet")
         raise CheckpointError(f"{path}: 'ema' is a {record.class_name}; rfbench reads EDM's "
                               f"{', '.join(PRECONDS)}")
     names, default_model = PRECOND_ARGS[kind]
@@ -222,23 +223,29 @@ def edm_config(path: str | Path, record: PersistentRecord) -> PrecondConfig:
     kwargs.update(zip(names, args))
     model_type = kwargs.pop("model_type", default_model)
     inner = record.state.get("_modules", {}).get("model")
-    if model_type != "SongUNet" or not isinstance(inner, PersistentRecord) or inner.class_name != "SongUNet":
-        found = inner.class_name if isinstance(inner, PersistentRecord) else model_type
-        raise CheckpointError(f"{path}: its network is {record.class_name} around {found}; "
-                              + ("not supported yet (rfbench reads SongUNet, DDPM++ and NCSN++)"
-                                 if found in NOT_YET else "rfbench reads SongUNet (DDPM++, NCSN++)"))
+    found = inner.class_name if isinstance(inner, PersistentRecord) else model_type
+    if found not in NETWORKS or model_type not in NETWORKS:
+        raise CheckpointError(f"{path}: its network is {record.class_name} around "
+                              f"{model_type if found in NETWORKS else found}; rfbench reads SongUNet (DDPM++, "
+                              f"NCSN++) and DhariwalUNet (ADM)")
+    if found != model_type or not isinstance(inner, PersistentRecord):
+        raise CheckpointError(f"{path}: {record.class_name} records model_type={model_type!r}, and its network "
+                              f"'model' is {'a ' + found if isinstance(inner, PersistentRecord) else 'missing'}")
     own = {k: kwargs.pop(k) for k in names if k in kwargs}
     recorded = inner.init_kwargs
     for key, value in kwargs.items():      # what the precond passed on to its network is what the network records
         if key not in recorded or recorded[key] != value:
             raise CheckpointError(f"{path}: {record.class_name} was given {key}={value!r} for its network, which "
                                   f"records {key}={recorded.get(key, '<missing>')!r}")
+    if inner.init_args:
+        raise CheckpointError(f"{path}: its {model_type} was built with positional arguments; EDM's preconditionings "
+                              f"pass only keyword arguments")
     try:
-        unet = SongUNetConfig(**_plain(inner.init_kwargs))
+        unet = NETWORKS[model_type](**_plain(inner.init_kwargs))
         return PrecondConfig(precond=kind, unet=unet, **_plain(own))
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: the recorded constructor arguments of {record.class_name} / SongUNet do "
-                              f"not build rfbench's network: {exc}") from None
+        raise CheckpointError(f"{path}: the recorded constructor arguments of {record.class_name} / {model_type} "
+                              f"do not build rfbench's network: {exc}") from None
 
 
 def _plain(kwargs: dict) -> dict:
@@ -266,7 +273,7 @@ def _recorded_state(record: Any, where: str, path: Path, out: dict) -> dict:
     return out
 
 
-RECORD_NAMES = {EDMDenoiser: ("EDMPrecond", "VPPrecond", "VEPrecond")}
+RECORD_NAMES = {EDMDenoiser: tuple(PRECONDS)}
 
 
 def _check_tree(module: torch.nn.Module, record: Any, where: str, path: Path) -> None:
@@ -309,10 +316,22 @@ def network_from_record(record: PersistentRecord, path: str | Path) -> EDMDenois
     """rfbench's network built from a recorded EDM network (``path`` names it in errors), checked against the record
     layer by layer and key by key, with the record's weights."""
     path = Path(path)
-    net = EDMDenoiser(edm_config(path, record))
+    config = edm_config(path, record)
+    net = EDMDenoiser(config)
     _check_tree(net, record, "", path)
     load_state_dict_strict(net, _recorded_state(record, "", path, {}), source=f"{path} ('ema')")
+    if config.precond == "iddpm":
+        _check_iddpm_levels(net.u, iddpm_sigmas(config.C_1, config.C_2, config.M), path)
     return net.eval()
+
+
+def _check_iddpm_levels(found: torch.Tensor, expected: torch.Tensor, path: Path) -> None:
+    """That the file's iDDPM noise levels (its buffer ``u``) are those its C_1, C_2 and M give."""
+    bad = ~torch.isclose(found.double(), expected.double(), rtol=1e-5, atol=0)
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
+        raise CheckpointError(f"{path}: its iDDPM noise levels u differ from those of its C_1, C_2, M (first at "
+                              f"u[{j}]: {found[j].item():.7g} in the file, {expected[j].item():.7g} computed)")
 
 
 def edm_input_shape(path: str | Path) -> tuple[int, ...]:
@@ -343,13 +362,27 @@ class EDMFlow(torch.nn.Module):
 
     Both take t (B,) in (0, 1]; denoise at t = 1 (sigma = 0) is x itself. The velocity is not defined at t = 0
     (sigma = inf; grids such as karras start at EDM's sigma_max) nor at t = 1. ``net(x_sigma, sigma)`` is EDM's
-    denoiser itself."""
+    denoiser itself.
 
-    def __init__(self, net: EDMDenoiser):
+    ``class_label`` (class-conditional networks, label_dim > 0): every sample is of that class (its one-hot label
+    vector); None (the default) samples unconditionally, with the all-zero label vector, as EDM's networks do when
+    given no labels. A ``use_fp16`` network runs in float16 on CUDA, as EDM's does."""
+
+    def __init__(self, net: EDMDenoiser, class_label: int | None = None):
         super().__init__()
         self.net = net
         self.input_shape = net.input_shape
         self.sigma_min, self.sigma_max = float(net.sigma_min), float(net.sigma_max)
+        if class_label is not None and (isinstance(class_label, bool) or not isinstance(class_label, int)
+                                        or not 0 <= class_label < net.label_dim):
+            allowed = (f"an integer in 0..{net.label_dim - 1} or None (unconditional)" if net.label_dim
+                       else "None: the network is unconditional (label_dim 0)")
+            raise ValueError(f"class_label must be {allowed}, got {class_label!r}")
+        self.class_label = class_label
+        labels = torch.zeros(1, net.label_dim)
+        if class_label is not None:
+            labels[0, class_label] = 1
+        self.register_buffer("class_labels", labels if net.label_dim else None, persistent=False)
 
     @property
     def gaussian_path(self) -> EDMPath:
@@ -368,7 +401,7 @@ class EDMFlow(torch.nn.Module):
         t = self._times(x, t, upper=True)
         shape = (-1,) + (1,) * (x.ndim - 1)
         sigma = (1 - t) / t
-        out = self.net((x / t.reshape(shape).to(x.dtype)), sigma).to(x.dtype)
+        out = self.net(x / t.reshape(shape).to(x.dtype), sigma, self.class_labels).to(x.dtype)
         return torch.where((sigma == 0).reshape(shape), x, out)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -172,13 +172,14 @@ def file_input_shape(path: str | Path, network: NCSNppConfig | None = None) -> t
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, *, flavor: str | None = None,
-               network: NCSNppConfig | None = None):
+               network: NCSNppConfig | None = None, class_label: int | None = None):
     """The sampler-ready model in the file (or diffusers folder) ``path``, in any format rfbench reads (see the module
     docstring; the format is read from the file): a flow ``v(x, t)`` (an EDM network: :class:`EDMFlow`, with
     ``denoise``) or a :class:`DiffusionModel`, on ``device`` (default: cuda when there is one, else cpu).
 
     ``flavor`` (official files only): "rf" (default), "vp" or "subvp". ``network``: the DDPM++ configuration of an
-    official file (default: the published CIFAR-10 one)."""
+    official file (default: the published CIFAR-10 one). ``class_label`` (class-conditional EDM networks only): the
+    class of every sample (default None: unconditional, the all-zero label vector, as EDM does)."""
     path = Path(path).expanduser()
     device = resolve_device(device)
     fmt = sniff(path)
@@ -187,6 +188,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None, *, fl
     if flavor not in (None, "rf") and fmt != "official":
         raise CheckpointError(f"{path} is a {FORMATS[fmt]}; the score-SDE flavor {flavor!r} applies to official "
                               f"score-SDE checkpoints only")
+    if class_label is not None and fmt != "edm":
+        raise CheckpointError(f"{path} is a {FORMATS[fmt]}; class_label applies to class-conditional EDM network "
+                              f"pickles only")
     if fmt == "diffusers":
         return load_diffusers_ddpm(path, device)
     if fmt == "torchscript":
@@ -194,7 +198,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None, *, fl
     if fmt == "rfbench":
         return _rfbench_model(path, device)
     if fmt == "edm":
-        return EDMFlow(load_edm_pickle(path)).to(device).eval()
+        return EDMFlow(load_edm_pickle(path), class_label).to(device).eval()
     net = NCSNpp(network or PUBLISHED)
     load_score_sde_checkpoint(path, net, use_ema=True)
     net = net.to(device).eval()

@@ -1,20 +1,14 @@
-"""The networks of EDM's CIFAR-10 / FFHQ / AFHQ files (Karras et al. 2022, "Elucidating the Design Space of
-Diffusion-Based Generative Models", NVlabs/edm): Song et al.'s U-Net in its DDPM++ and NCSN++ variants
-(:class:`SongUNet`) behind one of three preconditionings, which turn it into a denoiser ``D(x, sigma)`` of
-x = data + sigma * noise (Table 1 of the paper):
-
-* :class:`EDMDenoiser` with ``precond="edm"``: c_skip = s_d^2 / (sigma^2 + s_d^2), c_out = sigma s_d / sqrt(sigma^2 +
-  s_d^2), c_in = 1 / sqrt(sigma^2 + s_d^2), c_noise = ln(sigma) / 4 (s_d = ``sigma_data``);
-* ``"vp"`` (DDPM++ trained as a variance-preserving model): c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(sigma^2 + 1),
-  c_noise = (M - 1) t(sigma) with sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1);
-* ``"ve"`` (NCSN++ trained as a variance-exploding model): c_skip = 1, c_out = sigma, c_in = 1, c_noise = ln(sigma / 2).
+"""Song et al.'s U-Net in its DDPM++ and NCSN++ variants (:class:`SongUNet`) as EDM configures it (Karras et al. 2022,
+"Elucidating the Design Space of Diffusion-Based Generative Models", NVlabs/edm), and the layers EDM's networks share
+(ADM's :class:`~rfbench.models.dhariwal.DhariwalUNet` uses them too). The preconditionings around these networks
+are in :mod:`rfbench.models.edm_precond`.
 
 The module tree and the names of parameters and buffers are those of EDM's networks, so that a state read from an
-EDM pickle (:mod:`rfbench.models.edm_pickle`) loads with strict key and shape checks, and every layer keeps the
-attributes under which EDM's pickles record its constructor arguments (``num_groups``, ``eps``, ``num_heads``,
-``skip_scale``, ``up``, ``down`` ...), which the reader compares with the file's. The code is rfbench's own, written
-from the papers and the constructor arguments; the networks compute in float32 (EDM's ``use_fp16`` half precision is
-not used). Class labels (``label_dim > 0``) and EDM's ADM network (DhariwalUNet) are not built here yet.
+EDM pickle (:mod:`rfbench.models.edm`) loads with strict key and shape checks, and every layer keeps the attributes
+under which EDM's pickles record its constructor arguments (``num_groups``, ``eps``, ``num_heads``, ``skip_scale``,
+``up``, ``down`` ...), which the reader compares with the file's. The code is rfbench's own, written from the papers
+and the constructor arguments. Every layer computes in its input's dtype (weights cast to it), so a network runs in
+float16 when given float16 input, as EDM's ``use_fp16`` networks do on CUDA; attention's softmax runs in float32.
 """
 
 from __future__ import annotations
@@ -29,18 +23,38 @@ from torch.nn import functional as F
 EMBEDDINGS = ("positional", "fourier")
 ENCODERS = ("standard", "skip", "residual")
 DECODERS = ("standard", "skip")
-PRECONDS = ("edm", "vp", "ve")
 
 
 @dataclass(frozen=True)
-class SongUNetConfig:
-    """EDM's ``SongUNet`` constructor arguments, with its defaults (DDPM++ at 32x32)."""
+class UNetArgs:
+    """The constructor arguments every EDM network takes from its preconditioning (image size, channels in and out,
+    label and augmentation dimensions), and the checks of its own that both networks share."""
 
     img_resolution: int
     in_channels: int
     out_channels: int
     label_dim: int = 0
     augment_dim: int = 0
+
+    def check(self, network: str, lists: tuple[str, ...], positive: tuple[str, ...]) -> None:
+        """``lists`` made tuples, label_dim and augment_dim >= 0, the widths and ``positive`` >= 1."""
+        for name in lists:
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("label_dim", "augment_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{network} {name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("img_resolution", "in_channels", "out_channels", "model_channels", "num_blocks",
+                     "channel_mult_emb") + positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{network} {name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(f"{network} channel_mult must be positive integers, got {list(self.channel_mult)}")
+
+
+@dataclass(frozen=True)
+class SongUNetConfig(UNetArgs):
+    """EDM's ``SongUNet`` constructor arguments, with its defaults (DDPM++ at 32x32)."""
+
     model_channels: int = 128
     channel_mult: tuple[int, ...] = (1, 2, 2, 2)
     channel_mult_emb: int = 4
@@ -55,50 +69,14 @@ class SongUNetConfig:
     resample_filter: tuple[int, ...] = (1, 1)
 
     def __post_init__(self):
-        for name in ("channel_mult", "attn_resolutions", "resample_filter"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.check("SongUNet", ("channel_mult", "attn_resolutions", "resample_filter"), ("channel_mult_noise",))
         for name, allowed in (("embedding_type", EMBEDDINGS), ("encoder_type", ENCODERS),
                               ("decoder_type", DECODERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SongUNet {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.label_dim:
-            raise ValueError(f"SongUNet with label_dim={self.label_dim} (class-conditional) is not supported yet; "
-                             f"rfbench reads unconditional EDM networks (label_dim 0)")
-        for name in ("img_resolution", "in_channels", "out_channels", "model_channels", "num_blocks",
-                     "channel_mult_emb", "channel_mult_noise"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"SongUNet {name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(f"SongUNet channel_mult must be positive integers, got {list(self.channel_mult)}")
         if not self.resample_filter or sum(self.resample_filter) == 0:
             raise ValueError(f"SongUNet resample_filter must be a non-empty filter with a non-zero sum, got "
                              f"{list(self.resample_filter)}")
-
-
-@dataclass(frozen=True)
-class PrecondConfig:
-    """A preconditioning's constructor arguments (EDM's ``EDMPrecond``, ``VPPrecond``, ``VEPrecond``) and its
-    network's: ``precond`` is "edm", "vp" or "ve"; the others keep EDM's names and defaults."""
-
-    precond: str
-    unet: SongUNetConfig
-    img_resolution: int
-    img_channels: int
-    label_dim: int = 0
-    use_fp16: bool = False
-    sigma_min: float | None = None
-    sigma_max: float | None = None
-    sigma_data: float = 0.5
-    beta_d: float = 19.9
-    beta_min: float = 0.1
-    M: int = 1000
-    epsilon_t: float = 1e-5
-
-    def __post_init__(self):
-        if self.precond not in PRECONDS:
-            raise ValueError(f"precond must be one of {', '.join(PRECONDS)}, got {self.precond!r}")
-        if self.label_dim:
-            raise ValueError(f"label_dim={self.label_dim} (class-conditional) is not supported yet")
 
 
 def _group_norm_groups(channels: int) -> int:
@@ -171,25 +149,29 @@ class GroupNorm(nn.Module):
 
 
 class UNetBlock(nn.Module):
-    """A residual block (DDPM++ / NCSN++, Song et al. 2021): GroupNorm-SiLU-conv (resampling in the conv), the
-    embedding added, GroupNorm-SiLU-(dropout)-conv, plus the (projected) input, times ``skip_scale``; then, with
-    ``attention``, one-head self-attention over the H*W positions with its own skip, times ``skip_scale`` again."""
+    """A residual block (DDPM++ / NCSN++, Song et al. 2021; ADM, Dhariwal & Nichol 2021): GroupNorm-SiLU-conv
+    (resampling in the conv), the embedding added (``adaptive_scale``: ADM's scale and shift, norm(h) (1 + scale) +
+    shift), GroupNorm-SiLU-(dropout)-conv, plus the input (projected by a 1x1 conv when the widths differ or, with
+    ``resample_proj``, when it is resampled; else only resampled), times ``skip_scale``; then, with ``attention``,
+    ``num_heads``-head self-attention over the H*W positions with its own skip, times ``skip_scale`` again."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False, down: bool = False,
-                 attention: bool = False, dropout: float = 0.0, skip_scale: float = math.sqrt(0.5),
-                 eps: float = 1e-6, resample_filter: tuple[int, ...] = (1, 1)):
+                 attention: bool = False, num_heads: int = 1, dropout: float = 0.0,
+                 skip_scale: float = math.sqrt(0.5), eps: float = 1e-6, resample_filter: tuple[int, ...] = (1, 1),
+                 resample_proj: bool = True, adaptive_scale: bool = False):
         super().__init__()
         self.in_channels, self.out_channels, self.emb_channels = in_channels, out_channels, emb_channels
-        self.num_heads = 1 if attention else 0
-        self.dropout, self.skip_scale, self.adaptive_scale = dropout, skip_scale, False
+        self.num_heads = num_heads if attention else 0
+        self.dropout, self.skip_scale, self.adaptive_scale = dropout, skip_scale, adaptive_scale
         self.norm0 = GroupNorm(in_channels, eps)
         self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter)
-        self.affine = Linear(emb_channels, out_channels)
+        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1))
         self.norm1 = GroupNorm(out_channels, eps)
         self.conv1 = Conv2d(out_channels, out_channels, 3)
         self.skip = None
-        if out_channels != in_channels or up or down:   # a 1x1 projection (resample_proj), resampling with it
-            self.skip = Conv2d(in_channels, out_channels, 1, up=up, down=down, resample_filter=resample_filter)
+        if out_channels != in_channels or up or down:
+            kernel = 1 if resample_proj or out_channels != in_channels else 0
+            self.skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down, resample_filter=resample_filter)
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps)
             self.qkv = Conv2d(out_channels, 3 * out_channels, 1)
@@ -197,27 +179,45 @@ class UNetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv0(F.silu(self.norm0(x)))
-        h = h + self.affine(emb)[:, :, None, None].to(h.dtype)
-        h = F.silu(self.norm1(h))
+        params = self.affine(emb)[:, :, None, None].to(h.dtype)
+        if self.adaptive_scale:
+            scale, shift = params.chunk(2, dim=1)
+            h = F.silu(shift + self.norm1(h) * (scale + 1))
+        else:
+            h = F.silu(self.norm1(h + params))
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
         x = (h + (x if self.skip is None else self.skip(x))) * self.skip_scale
         if not self.num_heads:
             return x
         b, c, hh, ww = x.shape
         heads = self.num_heads
-        # qkv's channels are grouped per head, then per channel, then (q, k, v)
+        # qkv's channels are grouped per head, then per channel, then (q, k, v); the softmax runs in float32
         q, k, v = self.qkv(self.norm2(x)).reshape(b * heads, c // heads, 3, hh * ww).unbind(2)
-        weights = torch.einsum("ncq,nck->nqk", q.float(), k.float() / math.sqrt(k.shape[1])).softmax(dim=2)
+        k = (k / math.sqrt(k.shape[1])).float()
+        weights = torch.einsum("ncq,nck->nqk", q.float(), k).softmax(dim=2)
         attended = torch.einsum("nqk,nck->ncq", weights.to(q.dtype), v)
         return (self.proj(attended.reshape(b, c, hh, ww)) + x) * self.skip_scale
 
 
-class PositionalEmbedding(nn.Module):
-    """Sinusoidal features of the noise label: frequencies (1 / max_positions)^(i / (C/2 - 1)) (``endpoint``)."""
+def enter_level(dec: nn.ModuleDict, res: int, coarsest: bool, width: int, block) -> None:
+    """The first blocks of a decoder level (EDM's U-Nets): at the coarsest, two of the encoder's width (the first
+    attends); at the others, one that upsamples. ``block(in, out, **kw)`` makes a :class:`UNetBlock`."""
+    if coarsest:
+        dec[f"{res}x{res}_in0"] = block(width, width, attention=True)
+        dec[f"{res}x{res}_in1"] = block(width, width)
+    else:
+        dec[f"{res}x{res}_up"] = block(width, width, up=True)
 
-    def __init__(self, num_channels: int, max_positions: int = 10_000, endpoint: bool = True):
+
+class PositionalEmbedding(nn.Module):
+    """Sinusoidal features of the noise label: frequencies (1 / max_positions)^(i / (C/2 - 1)) (``endpoint``, else
+    i / (C/2)); the sines first (DDPM++) or the cosines first (``sin_first=False``: ADM)."""
+
+    def __init__(self, num_channels: int, max_positions: int = 10_000, endpoint: bool = True,
+                 sin_first: bool = True):
         super().__init__()
         self.num_channels, self.max_positions, self.endpoint = num_channels, max_positions, endpoint
+        self.sin_first = sin_first
 
     def frequencies(self, device) -> torch.Tensor:
         half = self.num_channels // 2
@@ -226,7 +226,8 @@ class PositionalEmbedding(nn.Module):
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         angles = torch.outer(labels, self.frequencies(labels.device).to(labels.dtype))
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
+        pair = [angles.sin(), angles.cos()]
+        return torch.cat(pair if self.sin_first else pair[::-1], dim=1)
 
 
 class FourierEmbedding(nn.Module):
@@ -242,11 +243,12 @@ class FourierEmbedding(nn.Module):
 
 
 class SongUNet(nn.Module):
-    """DDPM++ / NCSN++ (Song et al. 2021) as EDM configures them: ``forward(x, noise_labels)`` with x (B, C, H, W)
-    and noise_labels (B,) -> (B, out_channels, H, W). Encoder levels at resolutions img_resolution / 2^level, each
-    with ``num_blocks`` blocks (attention at ``attn_resolutions``); the decoder mirrors it with one block more per
-    level, fed the encoder's outputs; ``encoder_type`` "skip" / "residual" and ``decoder_type`` "skip" add the
-    progressive input / output paths of NCSN++."""
+    """DDPM++ / NCSN++ (Song et al. 2021) as EDM configures them: ``forward(x, noise_labels, class_labels)`` with x
+    (B, C, H, W) and noise_labels (B,) -> (B, out_channels, H, W). Encoder levels at resolutions img_resolution /
+    2^level, each with ``num_blocks`` blocks (attention at ``attn_resolutions``); the decoder mirrors it with one
+    block more per level, fed the encoder's outputs; ``encoder_type`` "skip" / "residual" and ``decoder_type`` "skip"
+    add the progressive input / output paths of NCSN++. ``class_labels`` (B or 1, label_dim) are required when
+    label_dim > 0 (one-hot, or all zero for none)."""
 
     def __init__(self, config: SongUNetConfig):
         super().__init__()
@@ -261,7 +263,7 @@ class SongUNet(nn.Module):
 
         self.map_noise = (PositionalEmbedding(noise_channels) if cfg.embedding_type == "positional"
                           else FourierEmbedding(noise_channels))
-        self.map_label = None
+        self.map_label = Linear(cfg.label_dim, noise_channels) if cfg.label_dim else None
         self.map_augment = Linear(cfg.augment_dim, noise_channels, bias=False) if cfg.augment_dim else None
         self.map_layer0 = Linear(noise_channels, emb_channels)
         self.map_layer1 = Linear(emb_channels, emb_channels)
@@ -292,11 +294,7 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             res = cfg.img_resolution >> level
-            if level == len(cfg.channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = block(width, width, attention=True)
-                self.dec[f"{res}x{res}_in1"] = block(width, width)
-            else:
-                self.dec[f"{res}x{res}_up"] = block(width, width, up=True)
+            enter_level(self.dec, res, level == len(cfg.channel_mult) - 1, width, block)
             for idx in range(cfg.num_blocks + 1):
                 self.dec[f"{res}x{res}_block{idx}"] = block(width + skips.pop(), cfg.model_channels * mult,
                                                             attention=idx == cfg.num_blocks
@@ -309,8 +307,12 @@ class SongUNet(nn.Module):
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(width, eps=1e-6)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(width, cfg.out_channels, 3)
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor) -> torch.Tensor:
-        emb = F.silu(self.map_layer0(self.map_noise(noise_labels)))
+    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.map_noise(noise_labels)
+        if self.map_label is not None:
+            emb = emb + self.map_label(class_labels * math.sqrt(self.map_label.in_features))
+        emb = F.silu(self.map_layer0(emb))
         emb = F.silu(self.map_layer1(emb))
 
         skips, aux = [], x
@@ -339,55 +341,3 @@ class SongUNet(nn.Module):
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = module(x, emb)
         return out
-
-
-class EDMDenoiser(nn.Module):
-    """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) around a :class:`SongUNet` F (see the module docstring);
-    x (B, C, H, W) at noise level sigma (B,) or a scalar; computed in float32 as EDM does."""
-
-    def __init__(self, config: PrecondConfig):
-        super().__init__()
-        self.config = config
-        self.precond = config.precond
-        self.img_resolution, self.img_channels = config.img_resolution, config.img_channels
-        self.label_dim, self.use_fp16 = config.label_dim, config.use_fp16
-        self.input_shape = (config.img_channels, config.img_resolution, config.img_resolution)
-        if config.precond == "edm":
-            self.sigma_data = config.sigma_data
-            self.sigma_min = 0.0 if config.sigma_min is None else config.sigma_min
-            self.sigma_max = math.inf if config.sigma_max is None else config.sigma_max
-        elif config.precond == "vp":
-            self.beta_d, self.beta_min, self.M, self.epsilon_t = (config.beta_d, config.beta_min, config.M,
-                                                                  config.epsilon_t)
-            self.sigma_min = float(self.vp_sigma(torch.tensor(config.epsilon_t)))
-            self.sigma_max = float(self.vp_sigma(torch.tensor(1.0)))
-        else:
-            self.sigma_min = 0.02 if config.sigma_min is None else config.sigma_min
-            self.sigma_max = 100 if config.sigma_max is None else config.sigma_max
-        self.model = SongUNet(config.unet)
-
-    def vp_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) of the VP preconditioning."""
-        return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
-
-    def vp_sigma_inv(self, sigma: torch.Tensor) -> torch.Tensor:
-        return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
-        if self.precond == "edm":
-            sd2 = self.sigma_data ** 2
-            c_skip = sd2 / (sigma ** 2 + sd2)
-            c_out = sigma * self.sigma_data / (sigma ** 2 + sd2).sqrt()
-            c_in = 1 / (sd2 + sigma ** 2).sqrt()
-            c_noise = sigma.log() / 4
-        elif self.precond == "vp":
-            c_skip, c_out, c_in = 1, -sigma, 1 / (sigma ** 2 + 1).sqrt()
-            c_noise = (self.M - 1) * self.vp_sigma_inv(sigma)
-        else:
-            c_skip, c_out, c_in = 1, sigma, 1
-            c_noise = (0.5 * sigma).log()
-        out = self.model(c_in * x, c_noise.flatten().expand(x.shape[0]) if c_noise.numel() == 1
-                         else c_noise.flatten())
-        return c_skip * x + c_out * out.to(torch.float32)

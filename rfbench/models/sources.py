@@ -33,7 +33,7 @@ from rfbench.files import sha1_files
 from rfbench.models.cache import TRAINING_CODE_VERSION, Cache
 from rfbench.models.checkpoint import config_hash, jsonable, stated_id, weights_sha1
 from rfbench.models.diffusers_folder import folder_sha1
-from rfbench.models.edm import load_edm_pickle
+from rfbench.models.edm import EDMFlow, load_edm_pickle
 from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
                                     load_model, sniff)
 from rfbench.protocols import KINDS, is_diffusion_model
@@ -141,15 +141,21 @@ class ModelFile(ModelSource):
 
     ``kind``: what it is sampled as (default: what the file says; an official or TorchScript file is a flow).
     ``flavor`` (official score-SDE files): "vp" or "subvp" (probability-flow ODE); default "rf".
-    ``network``: the DDPM++ configuration of an official file (default: the published CIFAR-10 one)."""
+    ``network``: the DDPM++ configuration of an official file (default: the published CIFAR-10 one).
+    ``class_label`` (class-conditional EDM network pickles): the class of every sample, part of the model's identity
+    (default None: unconditional)."""
 
-    def __init__(self, path: str | Path, kind: str | None = None, flavor: str | None = None, network=None):
+    def __init__(self, path: str | Path, kind: str | None = None, flavor: str | None = None, network=None,
+                 class_label: int | None = None):
         self.path = Path(path).expanduser()
         if kind is not None:
             check_kind(kind)
         if flavor is not None and flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
-        self._kind, self.flavor, self.network = kind, flavor, network
+        if class_label is not None and (isinstance(class_label, bool) or not isinstance(class_label, int)
+                                        or class_label < 0):
+            raise ValueError(f"class_label must be an integer >= 0 or None (unconditional), got {class_label!r}")
+        self._kind, self.flavor, self.network, self.class_label = kind, flavor, network, class_label
         self._sha1: str | None = None
         self.probe = True
         self.claimed: str | None = None    # the suite model this file is loaded as (--checkpoint MODEL=PATH)
@@ -160,7 +166,8 @@ class ModelFile(ModelSource):
         return self
 
     def __repr__(self) -> str:
-        return f"ModelFile({str(self.path)!r}, kind={self._kind!r}, flavor={self.flavor!r})"
+        label = "" if self.class_label is None else f", class_label={self.class_label}"
+        return f"ModelFile({str(self.path)!r}, kind={self._kind!r}, flavor={self.flavor!r}{label})"
 
     @property
     def kind(self) -> str:
@@ -184,7 +191,9 @@ class ModelFile(ModelSource):
 
     def identity(self, suite) -> ModelIdentity:
         name = f"{self.path.name}/" if self.path.is_dir() else self.path.name
-        return ModelIdentity(self.format(), f"sha1:{self.sha1()[:12]}", f"{name} (sha1 {self.sha1()[:12]})")
+        label = "" if self.class_label is None else f", class {self.class_label}"
+        return ModelIdentity(self.format(), f"sha1:{self.sha1()[:12]}{label.replace(', class ', ':class')}",
+                             f"{name} (sha1 {self.sha1()[:12]}{label})")
 
     def input_shape(self, suite) -> tuple[int, ...] | None:
         return file_input_shape(self.path, self.network)
@@ -207,8 +216,11 @@ class ModelFile(ModelSource):
             if own != self._kind:
                 raise ValueError(f"{self.path} ({FORMATS[fmt]}) holds a {own} model, not a {self._kind} "
                                  f"one{as_what}")
+        if self.class_label is not None and fmt != "edm":
+            raise ValueError(f"{self.path} is a {FORMATS[fmt]}; a class label applies to class-conditional EDM "
+                             f"network pickles only")
         if fmt == "edm":        # built and checked against the file, key by key, before any work
-            load_edm_pickle(self.path)
+            EDMFlow(load_edm_pickle(self.path), self.class_label)
         if fmt != "rfbench":
             return
         check_rfbench_weights(self.path)
@@ -234,10 +246,12 @@ class ModelFile(ModelSource):
                                  f"on this suite's data")
 
     def load(self, ctx: LoadContext) -> Any:
-        return load_model(self.path, ctx.device, flavor=self.flavor, network=self.network)
+        return load_model(self.path, ctx.device, flavor=self.flavor, network=self.network,
+                          class_label=self.class_label)
 
     def with_file(self, path: str | Path) -> "ModelSource":
-        return ModelFile(path, kind=self._kind, flavor=self.flavor, network=self.network)
+        return ModelFile(path, kind=self._kind, flavor=self.flavor, network=self.network,
+                         class_label=self.class_label)
 
 
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
