@@ -1,6 +1,7 @@
 """GITS's searched grid: the whole search (iPNDM teacher, cost, dynamic programming) against the official code's on
 the same inputs, the cost matrix and dynamic programming on an exact trajectory, and a suite cell that searches it
-once, records the times and keeps the search's evaluations out of the row's NFE."""
+once, records the times, keeps the search's evaluations out of the row's NFE and puts them on the progress bar and
+in --dry-run."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import torch
 
 from rfbench.cli import main
 from rfbench.models.paths import data_prediction, path_of
+from rfbench.progress import Progress
 from rfbench.samplers import sample
 from rfbench.samplers.gits import dynamic_programming, is_searched, search, search_nfe, step_costs
 from rfbench.samplers.grids import time_grid
-from rfbench.suites import Cell
+from rfbench.suites import Cell, runner
 from tests.problems import GaussianFlow, GaussianMixtureFlow
 from tests.standins import registered, standin
 
@@ -205,3 +207,32 @@ def test_a_suite_cell_on_gits_records_the_times_and_the_search_apart_from_its_nf
         times = [float(t) for t in row["grid_times"].split(",")]
         assert times == search(MIXTURE, x0, steps, **options).times and len(times) == steps + 1
     assert heun["grid_times"] != ipndm["grid_times"]                    # dev and l2 chose differently here
+
+
+def test_the_progress_bar_and_the_dry_run_count_the_search(tmp_path, monkeypatch, capsys):
+    """A gits cell's work is its NFE x samples and its search's NFE x searched rows, on the bar from the start
+    and in --dry-run's sample-evaluations."""
+    finished: dict[str, tuple[float, float]] = {}
+
+    class Ledger(Progress):
+        def finish(self, key, work):
+            finished[key] = (self.pending.get(key, (0.0,))[0], work)
+            super().finish(key, work)
+    suite = _gits_suite("toy2d-gits-work", (Cell("mix", "euler", 4, grid="gits:fine=12"),
+                                            Cell("mix", "ipndm", 3, grid="gits"), Cell("mix", "euler", 4)))
+    common = ["--suite", "toy2d-gits-work", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+              "--device", "cpu", "--no-plots"]
+    with registered(suite):
+        assert main(common + ["--dry-run"]) == 0
+        dry = capsys.readouterr().out
+        monkeypatch.setattr(runner, "Progress", Ledger)
+        assert main(common + ["--quiet"]) == 0
+    assert search_nfe("gits:fine=12") == 24 and search_nfe("gits") == 120 and search_nfe("karras") is None
+    assert finished["mix/euler/4@gits:fine=12"] == (4 * 100 + 24 * 100,) * 2
+    assert finished["mix/ipndm/3@gits"] == (3 * 100 + 120 * 100,) * 2
+    assert finished["mix/euler/4"] == (4 * 100,) * 2
+    lines = {line.split()[0]: line for line in dry.splitlines() if line.startswith("    mix/")}
+    assert lines["mix/euler/4@gits:fine=12"].endswith("to compute (+ its grid's search: 2.4k sample-evaluations)")
+    assert lines["mix/ipndm/3@gits"].endswith("to compute (+ its grid's search: 12k sample-evaluations)")
+    assert lines["mix/euler/4"].endswith("to compute")
+    assert "3 cell(s) to compute, 15.5k sample-evaluations" in dry     # (4 + 3 + 4) x 100 + 2400 + 12000
