@@ -116,17 +116,16 @@ def search(model: Any, x0: torch.Tensor, steps: int, *, coeff: float = COEFF, fi
     fine_times = time_grid("karras", fine, model)
     points: list[tuple[float, torch.Tensor]] = []
     run = sample(model, x0, teacher, fine, grid=fine_times, precision=precision,
-                 callback=lambda i, t, x, v: points.append((t, x.detach().cpu())))
+                 callback=lambda i, t, x, v: points.append((t, x.detach().to(x0.device))))
     if [t for t, _ in points] != fine_times:
         raise ValueError(f"grid gits: the teacher {teacher} must hand the callback its state at each of the fine "
                          f"grid's {fine + 1} times; it gave {len(points)} points")
-    states = torch.stack([x for _, x in points])               # (fine + 1, B, ...) in rfbench's variables
+    states = torch.stack([x for _, x in points])       # (fine + 1, B, ...) in rfbench's variables, on x0's device
     counted = CountingModel(model, precision=precision, batch=x0.shape[0])
     with torch.no_grad(), float32_mode(precision):
-        denoised = torch.stack([data_prediction(counted, states[i].to(x0.device), fine_times[i]).cpu()
-                                for i in range(fine)])
+        denoised = torch.stack([data_prediction(counted, states[i], fine_times[i]) for i in range(fine)])
     alpha, sigma = path_of(model).alpha_sigma(np.array(fine_times))
-    scale = torch.as_tensor(alpha, dtype=states.dtype).reshape(-1, *[1] * (states.ndim - 1))
+    scale = torch.as_tensor(alpha, dtype=states.dtype, device=states.device).reshape(-1, *[1] * (states.ndim - 1))
     cost = step_costs(states / scale, denoised, sigma / alpha, metric)
     indices = dynamic_programming(cost, steps, coeff)
     return GitsSearch(times=[fine_times[i] for i in indices], indices=indices, fine_times=fine_times, cost=cost,
