@@ -66,6 +66,12 @@ class GridSpec:
     def options(self) -> list[str]:
         return [p for p in inspect.signature(self.fn).parameters if p not in ("steps", "path")]
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Each option's default (an option whose default is a word takes words: ``gits:metric=l2``)."""
+        return {p.name: p.default for p in inspect.signature(self.fn).parameters.values()
+                if p.name not in ("steps", "path")}
+
 
 GRIDS: Registry[GridSpec] = Registry("grid")
 
@@ -86,18 +92,21 @@ def register_grid(name: str, description: str = ""):
     return deco
 
 
-def parse_grid(spec: str) -> tuple[str, dict[str, float]]:
-    """``"karras:rho=5"`` -> ("karras", {"rho": 5.0}); ``"logsnr"`` -> ("logsnr", {})."""
+def parse_grid(spec: str) -> tuple[str, dict[str, float | str]]:
+    """``"karras:rho=5"`` -> ("karras", {"rho": 5.0}); ``"gits:metric=l2"`` -> ("gits", {"metric": "l2"}) (a word
+    for an option whose default is one, :func:`named_grid`); ``"logsnr"`` -> ("logsnr", {})."""
     name, _, rest = spec.partition(":")
-    options: dict[str, float] = {}
+    options: dict[str, float | str] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         try:
             options[key.strip()] = float(value)
         except ValueError:
-            sep = ""
+            if not value.strip().isidentifier():
+                sep = ""
+            options[key.strip()] = value.strip()
         if not sep:
-            raise ValueError(f"grid {spec!r}: options are written name:key=number[,key=number], e.g. karras:rho=5")
+            raise ValueError(f"grid {spec!r}: options are written name:key=value[,key=value], e.g. karras:rho=5")
     return name, options
 
 
@@ -201,6 +210,22 @@ def _snap(t: Sequence[float], path: GaussianPath) -> list[float]:
     return t
 
 
+def named_grid(grid: str) -> tuple[GridSpec, dict[str, float | str]]:
+    """The registered grid that ``grid`` (a name with options) names, and its options, checked: known to the grid,
+    and a word exactly where the option's default is one."""
+    name, options = parse_grid(grid)
+    spec = GRIDS[name]
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"grid {name} got unknown option(s) {', '.join(unknown)}; it takes: "
+                         f"{', '.join(spec.options) or 'no options'}")
+    for key, value in options.items():
+        word = isinstance(spec.defaults[key], str)
+        if isinstance(value, str) != word:
+            raise ValueError(f"grid {name}: option {key} takes a {'word' if word else 'number'}, got {value!r}")
+    return spec, options
+
+
 def describe_grid(grid: Any) -> str | None:
     """The ``grid`` column of a cell: the name (with options) of a named grid, ``custom (N steps)`` for a sequence,
     None when there is none (adaptive solvers)."""
@@ -231,11 +256,7 @@ def check_grid(solver_kind: str, grid: Any, steps: Any) -> int | None:
             if options:
                 raise ValueError(f"grid {grid!r}: a spacing takes no options")
             return steps
-        spec = GRIDS[name]
-        unknown = sorted(set(options) - set(spec.options))
-        if unknown:
-            raise ValueError(f"grid {name} got unknown option(s) {', '.join(unknown)}; it takes: "
-                             f"{', '.join(spec.options) or 'no options'}")
+        named_grid(grid)
         return steps
     try:
         values = list(grid)
@@ -254,8 +275,8 @@ def time_grid(grid: Any, steps: int, model: Any) -> list[float]:
     if grid is None:
         grid = DEFAULT
     if isinstance(grid, str):
-        name, options = parse_grid(grid)
-        times = list(map(float, GRIDS[name].fn(steps, path_of(model), **options)))
+        spec, options = named_grid(grid)
+        times = list(map(float, spec.fn(steps, path_of(model), **options)))
     else:
         times = [float(v) for v in grid]
     if len(times) != steps + 1 or not all(math.isfinite(v) and 0 <= v <= 1 for v in times) or any(

@@ -18,6 +18,7 @@ from rfbench.models.sources import ModelSource
 from rfbench.registry import Registry
 from rfbench.results.schema import MODEL_NAME_RULE, model_name_ok
 from rfbench.samplers import SOLVERS, check_call, models_taken
+from rfbench.samplers.gits import SEARCH_ROWS, search_nfe
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,14 @@ def cell_nfe(cell: Cell, model: Any = None) -> int | None:
         return None
     nfe = spec.nfe(cell.steps, model)
     return cell.steps if nfe is None and spec.kind == "discrete" else nfe
+
+
+def search_work(cell: Cell, samples: int, model: Any = None) -> int:
+    """The model evaluations on one sample each that the search of the cell's grid spends before the cell samples
+    (a searched grid, gits: its NFE per row on the first ``SEARCH_ROWS`` of the ``samples``, on ``model`` where the
+    teacher's NFE depends on it); 0 for a grid known in advance."""
+    nfe = search_nfe(cell.grid, model)
+    return 0 if nfe is None else nfe * min(samples, SEARCH_ROWS)
 
 
 def applies(solver: str, kind: str) -> bool:

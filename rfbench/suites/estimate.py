@@ -27,7 +27,7 @@ from rfbench.protocols import is_diffusion_model
 from rfbench.results.resume import finished_cells, with_samples
 from rfbench.results.schema import record_steps
 from rfbench.results.store import ResultStore
-from rfbench.suites.base import Cell, cell_nfe, ode_cell
+from rfbench.suites.base import Cell, cell_nfe, ode_cell, search_work
 from rfbench.suites.evaluate import INDEPENDENT, Evaluation
 from rfbench.suites.plan import Plan, metric_columns
 from rfbench.suites.runner import wanted_cells
@@ -42,6 +42,7 @@ class CellEstimate:
     cell: Cell
     kept: bool
     nfe: float | None            # per sample: the solver's count, an earlier run's, or None (adaptive, unknown)
+    search: float = 0.0          # sample-evaluations of its grid's search (gits), before it samples
 
 
 @dataclass
@@ -73,14 +74,16 @@ class RunEstimate:
     models: list[ModelEstimate]
 
     def evaluations(self, model: ModelEstimate) -> float:
-        """Sample-evaluations (NFE x samples x timed runs) of the model's cells to compute whose NFE is known."""
-        return sum(_nfe(c) for c in model.to_compute) * self.plan.num_samples * self.repeats
+        """Sample-evaluations (NFE x samples x timed runs, and their grids' searches) of the model's cells to
+        compute."""
+        return sum(_nfe(c) for c in model.to_compute) * self.plan.num_samples * self.repeats \
+            + sum(c.search for c in model.to_compute)
 
     def sampling_seconds(self, model: ModelEstimate) -> float | None:
         if model.seconds_per_batch_eval is None:
             return None
-        return sum(_nfe(c) for c in model.to_compute) * self.batches * self.repeats \
-            * model.seconds_per_batch_eval
+        return (sum(_nfe(c) for c in model.to_compute) * self.batches * self.repeats
+                + sum(c.search for c in model.to_compute) / self.batch_size) * model.seconds_per_batch_eval
 
     def training_seconds(self, model: ModelEstimate) -> float | None:
         if model.seconds_per_batch_eval is None:
@@ -211,7 +214,8 @@ def estimate(plan: Plan, out: str | Path, device: torch.device, resume: bool = T
             except Exception as exc:
                 est.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         for cell in plan.grid(model.name):
-            est.cells.append(CellEstimate(cell, cell.label in kept, _known_nfe(cell, net, stored_nfe)))
+            est.cells.append(CellEstimate(cell, cell.label in kept, _known_nfe(cell, net, stored_nfe),
+                                          search_work(cell, plan.num_samples, net)))
         if est.to_compute:      # as the run: the reference trajectory, and the reference solution for ODE cells
             est.reference_evals = evaluation.model_scope_work(model.kind, shape_only)
             if any(ode_cell(c.cell) for c in est.to_compute):
@@ -288,7 +292,8 @@ def describe(est: RunEstimate, origin: Callable[[str], str] = lambda model: "",
         lines.append(f"  {model.name}: {model.description}{origin(model.name)}{state}")
         for c in model.cells:
             nfe = f"NFE ~{ADAPTIVE_NFE_GUESS}" if c.nfe is None else f"NFE {c.nfe:g}"
-            lines.append(f"    {c.cell.label:34s} {nfe:10s} {'kept' if c.kept else 'to compute'}"
+            search = f" (+ its grid's search: {_count(c.search)} sample-evaluations)" if c.search and not c.kept else ""
+            lines.append(f"    {c.cell.label:34s} {nfe:10s} {'kept' if c.kept else 'to compute'}{search}"
                          f"{solver_origin(c.cell.solver)}")
         if model.error:
             lines.append(f"    cannot estimate: {model.error}")

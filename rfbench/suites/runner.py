@@ -31,7 +31,7 @@ from rfbench.results import ResultStore, cell_key, provenance, write_tables
 from rfbench.results.plots import plot_model_grids, plot_paths, plot_quality_vs_costs
 from rfbench.results.resume import Wanted, finished_cells, with_samples
 from rfbench.results.store import is_scored
-from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell
+from rfbench.suites.base import Suite, SuiteModel, cell_nfe, ode_cell, search_work
 from rfbench.suites.work import exact_key, scope_key, expect_training, expect_work
 from rfbench.suites.evaluate import INDEPENDENT, INDEPENDENT_FIELDS, PLOT_PATHS, Evaluation, empty_metrics, image_eval
 from rfbench.suites.execute import network_fields, probed_batch_size, sample_arrays, sample_cell, timing_protocol
@@ -155,7 +155,7 @@ def _sample_and_score(run: Sweep, model: SuiteModel, net) -> None:
     for cell in cells:      # NFE that depend on the model (edm-heun: 2N + 1 where the path ends short of sigma 0)
         nfe = cell_nfe(cell, net)
         if nfe is not None and cell.label in progress.pending:
-            progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats)
+            progress.expect(cell.label, nfe * run.x0.shape[0] * plan.repeats + search_work(cell, run.x0.shape[0], net))
     threads = threads_for(net, run.threads, run.device)
     torch.set_num_threads(threads)     # for this model's cells, reference flow and solution (restored by run_suite)
     with run.timed("sampling"):
@@ -192,7 +192,8 @@ def _sample_and_score(run: Sweep, model: SuiteModel, net) -> None:
         sampled.error = sampled.error or shared_error
         sampled.fields.update(threads=threads, load_start=load_start, load_end=load_average())
         progress.finish(cell.label, None if sampled.error is not None else
-                        sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats)
+                        sampled.fields["nfe"] * run.x0.shape[0] * plan.repeats
+                        + sampled.fields.get("grid_search_nfe", 0) * sampled.fields.get("grid_search_rows", 0))
         exact, why = None, None
         if ode_cell(cell) and sampled.error is None:   # what deterministic ODE solvers approximate
             if not reference:

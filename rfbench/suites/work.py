@@ -5,7 +5,7 @@ of every model the cache lacks."""
 from __future__ import annotations
 
 from rfbench.progress import TRAIN_EVALS_PER_SAMPLE
-from rfbench.suites.base import SuiteModel, cell_nfe, ode_cell
+from rfbench.suites.base import SuiteModel, cell_nfe, ode_cell, search_work
 
 
 def scope_key(model: SuiteModel) -> str:
@@ -18,11 +18,11 @@ def exact_key(model: SuiteModel) -> str:
 
 def expect_work(run) -> None:
     """Put the sweep's known work on the bar, in model evaluations on one sample each: per cell to compute its NFE
-    x samples x timed runs (the untimed warm-up, a few evaluations of one batch, is not counted); per
-    model to load its reference trajectory and, when a cell needs it, its reference solution. Adaptive solvers
-    are estimated (:meth:`Progress.expect`) and corrected as they are measured; training and reflow pairs are put
-    on the bar when they start (a cached model costs nothing). Resumed cells, and models all of whose cells are
-    resumed, count nothing."""
+    x samples x timed runs, and its grid's search where it has one (the untimed warm-up, a few evaluations of one
+    batch, is not counted); per model to load its reference trajectory and, when a cell needs it, its reference
+    solution. Adaptive solvers are estimated (:meth:`Progress.expect`) and corrected as they are measured; training
+    and reflow pairs are put on the bar when they start (a cached model costs nothing). Resumed cells, and models
+    all of whose cells are resumed, count nothing."""
     plan, progress, n = run.plan, run.progress, run.x0.shape[0]
     for model in plan.models:
         todo = [cell for cell in plan.grid(model.name) if cell.label not in run.resumed]
@@ -37,7 +37,7 @@ def expect_work(run) -> None:
             if nfe is None:
                 progress.expect(cell.label, adaptive=cell.solver, rows=n * plan.repeats)
             else:
-                progress.expect(cell.label, nfe * n * plan.repeats)
+                progress.expect(cell.label, nfe * n * plan.repeats + search_work(cell, n))
 
 
 def expect_training(run) -> None:
