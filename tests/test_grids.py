@@ -261,8 +261,14 @@ def test_the_grid_is_an_axis_of_a_sweep_with_its_column(tmp_path, capsys):
         plan = make_plan(SUITES["toy2d"], RunConfig(models=("1-rf",), solvers=("unipc", "edm-heun"), steps=(4,),
                                                     grids=grids))
         assert [c.label for c in plan.cells] == edm
-    with pytest.raises(ValueError, match="no cell of this run takes them .*; edm-heun takes only karras grids"):
+    with pytest.raises(ValueError, match=r"no cell of this run takes them .*; edm-heun takes only karras and the other "
+                                         r"grids from a finite sigma \(karras, polynomial, time_uniform, gits\)"):
         make_plan(SUITES["toy2d"], RunConfig(models=("1-rf",), solvers=("edm-heun",), grids=("logsnr",)))
+    # ... and every grid that starts at a finite sigma: deis's own time_uniform (with options), karras, gits
+    sigma = make_plan(SUITES["toy2d"], RunConfig(models=("1-rf",), solvers=("deis", "ipndm", "edm-heun"), steps=(4,),
+                                                 grids=("uniform", "time_uniform:rho=3", "gits")))
+    assert sorted(c.label for c in sigma.cells) == sorted(f"1-rf/{s}/4@{g}" for s in ("ipndm", "deis", "edm-heun")
+                                                          for g in ("time_uniform:rho=3", "gits"))
 
     class Pull(torch.nn.Module):
         input_shape = (2,)

@@ -76,6 +76,11 @@ class GridSpec:
 GRIDS: Registry[GridSpec] = Registry("grid")
 
 
+# the grids that start at a model's largest finite sigma (EDM's sigma_max, clipped to the model's range), not at a
+# flow's source: every solver that needs a finite starting sigma (edm-heun, ipndm, deis) takes each of them
+SIGMA_GRIDS = ("karras", "polynomial", "time_uniform", "gits")
+
+
 def register_grid(name: str, description: str = ""):
     """Decorator registering ``fn(steps, path, **options)`` (``path``: the model's
     :class:`~rfbench.models.paths.GaussianPath`) as a named time grid for fixed-grid solvers."""

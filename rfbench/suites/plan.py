@@ -29,7 +29,7 @@ from rfbench.models.cache import PlanningCache, Training
 from rfbench.models.sources import MODELS, LoadContext, ModelFile, ModelSource, Recipe
 from rfbench.models.speed import check_compile_mode
 from rfbench.samplers import SOLVERS, models_taken
-from rfbench.samplers.grids import GRIDS, SPACINGS, check_grid
+from rfbench.samplers.grids import GRIDS, SIGMA_GRIDS, SPACINGS, check_grid
 from rfbench.samplers.precision import check_precision
 from rfbench.suites.base import Cell, Suite, SuiteModel, applies, check_cells
 from rfbench.suites.options import parse_solver_options, with_options
@@ -420,8 +420,9 @@ def _with_origins(suite: Suite, cells: tuple[Cell, ...], config: RunConfig) -> t
 def _gridded(cells: tuple[Cell, ...], grids: tuple[str, ...], models) -> tuple[Cell, ...]:
     """Each fixed-grid and discrete cell on each of ``grids`` that applies to its solver (time grids to fixed-grid
     solvers, timestep spacings to discrete ones); adaptive cells and one-step models as they are. A solver that
-    declares its own default grid (edm-heun: karras, which starts at a finite sigma) takes only the asked grids of
-    that family (karras:rho=5, say) and otherwise keeps its cell as it is: the others start where it cannot."""
+    declares its own default grid (edm-heun: karras, deis: time_uniform:rho=2, which start at a finite sigma) takes
+    only the asked grids of that family or of the others that start there (``SIGMA_GRIDS``: karras:rho=5,
+    time_uniform, gits, ...) and otherwise keeps its cell as it is: the others start where it cannot."""
     usable: dict[str, list[str]] = {"fixed": [], "discrete": []}
     for grid in grids:
         fits = []
@@ -444,14 +445,16 @@ def _gridded(cells: tuple[Cell, ...], grids: tuple[str, ...], models) -> tuple[C
             out.append(cell)
             continue
         own = SOLVERS[cell.solver].default_grid
-        fitting = usable[kind] if own == "uniform" else [g for g in usable[kind] if g.split(":")[0] == own]
+        family = {own.split(":")[0], *SIGMA_GRIDS}
+        fitting = usable[kind] if own == "uniform" else [g for g in usable[kind] if g.split(":")[0] in family]
         if own != "uniform":
             own_grids[cell.solver] = own
         out += [Cell(cell.model, cell.solver, cell.steps, cell.options, grid) for grid in fitting] or [cell]
     if not any(c.grid is not None for c in out):
         raise ValueError(f"--grids {' '.join(grids)}: no cell of this run takes them (time grids apply to fixed-grid "
                          f"solvers, spacings to discrete ones"
-                         + "".join(f"; {solver} takes only {grid} grids" for solver, grid in own_grids.items()) + ")")
+                         + "".join(f"; {solver} takes only {grid.split(':')[0]} and the other grids from a finite "
+                                   f"sigma ({', '.join(SIGMA_GRIDS)})" for solver, grid in own_grids.items()) + ")")
     return tuple(dict.fromkeys(out))
 
 
