@@ -1,7 +1,8 @@
 """The cifar-edm suite end to end on the CPU: a CIFAR-10 folder in the real pickle format (photo crops) and a tiny
 random-weights EDM network pickled by NVlabs/edm's own code in the published file's configuration
-(tests/data/edm-cifar/BUILD.md), found in --checkpoint-dir under the published file's name, through the CLI; the
-cells' schedules and NFE against diff-sampler's table; the one-line error for the missing checkpoint."""
+(tests/data/edm-cifar/BUILD.md), found in --checkpoint-dir under the published file's name, through the CLI; each
+cell against zju-pi/diff-sampler's own sampler for its row (pinned), its schedule and NFE against diff-sampler's
+table; --dry-run; the one-line error for the missing checkpoint."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from rfbench.cli import main
 from rfbench.metrics.features import InceptionWeightsError, find_inception_weights
 from rfbench.models.edm import load_edm_pickle
 from rfbench.models.sources import CheckpointSlot
+from rfbench.samplers import sample
 from rfbench.samplers.grids import time_grid
 from rfbench.suites import SUITES
 from tests.image_files import write_cifar10
@@ -72,6 +74,42 @@ def test_cells_are_the_tables_columns_on_diff_samplers_schedules(tmp_path):
         name = next(g for (_, g) in by_solver if g.startswith(grid))
         times = np.array(time_grid(name, 5, model))
         np.testing.assert_allclose((1 - times) / times, sigmas, rtol=1e-12, atol=0)
+
+
+# zju-pi/diff-sampler (68d5ce4), diff-solvers-main/solvers.py, run outside this repository in float64 on the fixture's
+# network loaded by EDM's own pickle.load, latents x0 below, num_steps = NFE + 1, sigma 80 to 0.002, afs=False,
+# denoise_to_zero=False, each with its row's settings (README "General Settings", launch.sh): euler_sampler and
+# ipndm_sampler (max_order 4) on polynomial rho 7; dpm_pp_sampler (max_order 3) and unipc_sampler (max_order 3,
+# bh2) on logsnr, predict_x0, lower_order_final; deis_sampler (max_order 4, tab, get_deis_coeff_list N = 10^6) on
+# time_uniform rho 2. Their x at sigma 0.002, every 4th pixel (x[..., ::4, ::4]). diff-sampler's DPM-Solver++ and
+# UniPC clip each data prediction (dynamic_thresholding_fn: clamp to [-s, s] and divide by s, s = max(1, the 0.995
+# quantile of |x0|)); rfbench's do not, so those two are pinned with it made the identity ("thresholded/..." with it).
+# Measured differences: euler 2e-16, ipndm 5e-14; dpm++3m 2.3e-7 and unipc 2.4e-7 (the network's float32 arithmetic
+# on inputs that differ in the last bit: rfbench steps in flow variables); deis 1.7e-6 (the official weights' Riemann
+# sum, C / N).
+OFFICIAL = torch.load(DATA / "diff-sampler.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("solver,nfe", [("euler", 5), ("ipndm", 5), ("deis", 5), ("dpm++3m", 5), ("unipc", 5),
+                                        ("dpm++3m", 10)])
+def test_cells_equal_diff_samplers_own_samplers(tmp_path, solver, nfe):
+    """Each cell of the suite equals diff-sampler's sampler for its row on the same network and latents, as x at
+    sigma 0.002 (rfbench's x_t / t). euler, dpm++3m and unipc take x0 as the state at sigma 80 (t = 1/81), where
+    diff-sampler starts from 80 x0: they are given 80 x0 / 81."""
+    model = load_model(_checkpoints(tmp_path / "ckpts") / EDM_FILE, "cpu")
+    cell = next(c for c in SUITES["cifar-edm"].cells if (c.solver, c.steps) == (solver, nfe) and c.grid != "gits")
+    x0 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    start = x0 * (80 / 81) if solver in ("euler", "dpm++3m", "unipc") else x0
+    result = sample(model, start, solver, nfe, grid=cell.grid, **dict(cell.options))
+    assert result.nfe == nfe
+    got = (result.x * 1.002)[..., ::4, ::4]
+    official = OFFICIAL[solver if nfe == 5 else f"{solver}/{nfe}"]
+    torch.testing.assert_close(got, official, rtol=0, atol=1e-5 if solver == "deis" else 1e-6)
+    if solver in ("dpm++3m", "unipc") and nfe == 5:       # the clipping changes this network's samples
+        assert (got - OFFICIAL[f"thresholded/{solver}"]).abs().max() > 0.1
+    if nfe == 10:                                         # rfbench's default lowers the final order below 10 steps
+        default = sample(model, start, solver, nfe, grid=cell.grid).x * 1.002
+        assert (default[..., ::4, ::4] - official).abs().max() > 1e-3
 
 
 def test_cifar_edm_runs_from_the_published_file_name(tmp_path):
