@@ -23,7 +23,10 @@ Where a row may still differ from diff-sampler's beyond sampling noise: its samp
 last time, x_t = x_sigma / (1 + sigma) at sigma 0.002 (0.2 % smaller than diff-sampler's x_sigma: at most a quarter
 of a uint8 level); euler, dpm++3m and unipc take x0 as the state at the grid's first time (sigma 80, t = 1/81), so
 they start from 81 x0 in EDM's variables where EDM and diff-sampler start from 80 x0 (ipndm, deis and edm-heun start
-from 80 x0); rfbench has no AFS (the table does not use it either). The metrics are the cifar suite's image metrics
+from 80 x0); diff-sampler's DPM-Solver++ and UniPC clip each data prediction (DPM-Solver's dynamic thresholding:
+clamped to [-s, s] and divided by s, s = max(1, the 0.995 quantile of |x0|)), rfbench's dpm++3m and unipc do not;
+rfbench has no AFS (the table does not use it either). tests/test_cifar_edm_suite.py checks each cell against
+diff-sampler's sampler for its row with these set aside. The metrics are the cifar suite's image metrics
 (FID, IS, precision/recall, KID); its solver_error and straightness are left out (both solve the model's ODE from
 the source, where an EDM network has no velocity: sigma is infinite there), and so are the coupling metrics.
 """
