@@ -142,6 +142,19 @@ def test_cifar_edm_runs_from_the_published_file_name(tmp_path):
     assert "cifar-edm-tiny" in table and "logsnr:to_data=0" in table
 
 
+def test_the_readme_table_is_the_published_one():
+    """The README's table beside the rows: diff-sampler's numbers as baselines/edm.py records them."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = {"Euler": "euler", "EDM Heun": "edm-heun", "DPM-Solver++(3M)": "dpm++3m", "UniPC-3": "unipc",
+            "DEIS-tAB3": "deis", "iPNDM-4": "ipndm"}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] in rows and len(cells) == 6:
+            numbers = tuple(None if c == "-" else float(c) for c in cells[2:])
+            assert numbers == PUBLISHED[rows.pop(cells[0])], line
+    assert not rows, f"rows missing from the README's table: {', '.join(rows)}"
+
+
 def test_dry_run_lists_every_cell_with_its_nfe(tmp_path, capsys):
     write_cifar10(tmp_path / "data", per_batch=4, n_test=6)
     code = main(["--suite", "cifar-edm", "--data-dir", str(tmp_path / "data"), "--checkpoint-dir",
