@@ -129,10 +129,12 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                              "IDX files; cifar: cifar-10-batches-py); default: the offline install locations (README)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="MODEL=PATH",
                         help="load the suite's MODEL from a checkpoint file instead of training it (repeatable): the "
-                             "published rectified-flow / score-SDE format or an rfbench checkpoint")
+                             "published rectified-flow / score-SDE format, an EDM network pickle or an rfbench "
+                             "checkpoint")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
                         help="a folder holding MODEL.pth (or .pt) for each model of the suite, e.g. 1-rf.pth, "
-                             "2-rf-distill.pth, vp-ode.pth; for ddpm also a diffusers UNet2DModel folder ddpm/")
+                             "2-rf-distill.pth, vp-ode.pth, or a published file under its own name (cifar-edm: "
+                             "edm-cifar10-32x32-uncond-vp.pkl); for ddpm also a diffusers UNet2DModel folder ddpm/")
     parser.add_argument("--ref-stats", type=Path, default=None, metavar="NPZ",
                         help="the image metrics' reference as a file instead of computed from the training images: "
                              "mu/sigma (clean-fid's cifar10_clean_train_32.npz; FID only) or pool_3 features "

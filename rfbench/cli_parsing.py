@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rfbench import distributed
-from rfbench.models.sources import KINDS, ModelFile, as_source
+from rfbench.models.sources import KINDS, CheckpointSlot, ModelFile, as_source
 from rfbench.plugins import PluginError, load_plugins
 from rfbench.suites.base import SUITES
 from rfbench.suites.plan import RunConfig
@@ -43,13 +43,16 @@ def plugins_first(argv: list[str], prog: str) -> None:
 
 
 def _checkpoints(args, suite) -> dict[str, str]:
-    """--checkpoint-dir's MODEL.pth / MODEL.pt files for the suite's models, then --checkpoint MODEL=PATH."""
+    """--checkpoint-dir's MODEL.pth / MODEL.pt files (or a slot's published file names) for the suite's models, then
+    --checkpoint MODEL=PATH."""
     found: dict[str, str] = {}
     if args.checkpoint_dir is not None:
         if not args.checkpoint_dir.is_dir():
             raise ValueError(f"--checkpoint-dir {args.checkpoint_dir} is not a folder")
-        for model in suite.model_names:
-            for name in (f"{model}.pth", f"{model}.pt", model):   # a folder: diffusers' UNet2DModel (ddpm)
+        for entry in suite.models:
+            model = entry.name
+            published = entry.source.file_names if isinstance(entry.source, CheckpointSlot) else ()
+            for name in (f"{model}.pth", f"{model}.pt", *published, model):   # a folder: diffusers' UNet2DModel
                 candidate = args.checkpoint_dir / name
                 if candidate.is_file() or (candidate.is_dir() and name == model):
                     found[model] = str(candidate)

@@ -83,6 +83,44 @@ def test_time_uniform_and_polynomial_are_diff_samplers_own(kind, rho, points, si
         assert time_grid("time_uniform", steps, model) == time_grid("time_uniform:rho=1", steps, model)
 
 
+# diff-sampler's get_schedule(num_steps, 0.002, 80., schedule_type="logsnr") in float64, as DIFF_SAMPLER above
+DIFF_SAMPLER_LOGSNR = {
+    6: [79.99999999999997, 9.608995471851447, 1.1541599247257706, 0.1386289686310293, 0.01665106414803746,
+        0.0020000000000000005],
+    11: [79.99999999999997, 27.72579372620585, 9.608995471851447, 3.3302128296074915, 1.1541599247257706,
+         0.4000000000000001, 0.1386289686310293, 0.04804497735925727, 0.01665106414803746, 0.005770799623628854,
+         0.0020000000000000005],
+}
+
+
+@pytest.mark.parametrize("name,official", [("polynomial", DIFF_SAMPLER[("polynomial", 7, 6, 0.002)]),
+                                           ("time_uniform:rho=2", DIFF_SAMPLER[("time_uniform", 2, 6, 0.002)]),
+                                           ("logsnr", DIFF_SAMPLER_LOGSNR[6]), ("logsnr", DIFF_SAMPLER_LOGSNR[11])])
+def test_to_data_0_ends_a_flows_grid_at_sigma_min_as_diff_sampler(name, official):
+    """With to_data=0 a flow's grid is diff-sampler's own: its N + 1 sigmas from 80 to 0.002 and no step to the data;
+    on a VP model (whose path ends at a sigma > 0) the option changes nothing."""
+    flow, steps = GaussianFlow(torch.zeros(2), 0.5), len(official) - 1
+    option = ",to_data=0" if ":" in name else ":to_data=0"
+    np.testing.assert_allclose(time_grid(name + option, steps, flow), 1 / (1 + np.array(official)), rtol=0,
+                               atol=1e-12)
+    if name != "logsnr":     # logsnr's default is the path's whole range
+        vp = VPSDEFlow(lambda x, t: x)
+        assert time_grid(name + option, steps, vp) == time_grid(name, steps, vp)
+    with pytest.raises(ValueError, match=r"grid polynomial: to_data must be 1 \(a flow's last step goes to the data\) "
+                                         r"or 0 \(the grid ends at sigma_min\), got 0.5"):
+        time_grid("polynomial:to_data=0.5", 3, flow)
+
+
+def test_logsnr_with_a_sigma_range_is_uniform_in_log_sigma():
+    """logsnr with an option: diff-sampler's uniform log sigma on karras's range, ends as karras (to the data on a
+    flow); without one, the path's whole range as before."""
+    flow = GaussianFlow(torch.zeros(2), 0.5)
+    times = time_grid("logsnr:sigma_max=80", 6, flow)
+    assert times[-1] == 1.0 and times[:-1] == time_grid("logsnr:to_data=0", 5, flow)
+    np.testing.assert_allclose(times[:-1], 1 / (1 + np.array(DIFF_SAMPLER_LOGSNR[6])), rtol=0, atol=1e-12)
+    assert time_grid("logsnr", 5, flow)[0] == 0.0
+
+
 def test_time_uniform_on_a_vp_models_whole_range_is_its_own_sde_time():
     """The VP SDE time_uniform fits to score-SDE's whole sigma range is that model's own (beta 0.1 to 20, from SDE
     time 1 to 1e-3): rho=1 then gives rfbench's uniform grid there (DPM-Solver's time_uniform)."""

@@ -394,12 +394,17 @@ class ModelObject(ModelSource):
 
 class CheckpointSlot(ModelSource):
     """A model that exists only as a published file the user gives (``--model NAME=PATH`` or
-    ``--checkpoint-dir``); nothing trains it. ``flavor`` and ``network`` say how an official file of it is read."""
+    ``--checkpoint-dir``); nothing trains it. ``flavor`` and ``network`` say how an official file of it is read;
+    ``file_names``: the published file's own names, which ``--checkpoint-dir`` also finds it under (besides
+    ``NAME.pth`` and ``NAME.pt``)."""
 
     def __init__(self, kind: str = "flow", flavor: str | None = None, network=None, description: str = "",
-                 folder: bool = False):
+                 folder: bool = False, file_names: tuple[str, ...] = ()):
         self.kind, self.flavor, self.network = check_kind(kind), flavor, network
         self.description, self.folder = description, folder
+        if isinstance(file_names, str) or not all(isinstance(n, str) and n and "/" not in n for n in file_names):
+            raise ValueError(f"file_names must be a tuple of file names (no folders), got {file_names!r}")
+        self.file_names = tuple(file_names)
 
     def describe(self) -> str:
         return self.description or f"{self.kind}, from a checkpoint file"
@@ -411,7 +416,8 @@ class CheckpointSlot(ModelSource):
         return None
 
     def missing(self, name: str) -> str:
-        where = f"{name}.pth" + (f" or a diffusers folder {name}/" if self.folder else "")
+        where = " or ".join((f"{name}.pth",) + self.file_names) + (f" or a diffusers folder {name}/" if self.folder
+                                                                   else "")
         return (f"no checkpoint for {name}: pass --checkpoint {name}=PATH or put {where} in --checkpoint-dir (or "
                 f"leave it out with --models)")
 

@@ -14,7 +14,10 @@ Named grids for fixed-grid solvers, registered by name (``GRIDS``; a plugin adds
   clipped to the model's range); ``polynomial`` is the same grid under zju-pi/diff-sampler's name;
 * ``time_uniform``: diff-sampler's ``time_uniform``: uniform in u^(1/rho) (default rho = 1; DEIS uses
   ``time_uniform:rho=2``), u the time of the VP SDE whose sigma runs from sigma_max (u = 1) to sigma_min
-  (u = 1e-3), on the same sigma range and with the same ends as ``karras``.
+  (u = 1e-3), on the same sigma range and with the same ends as ``karras``;
+* ``polynomial``, ``time_uniform`` and ``logsnr`` with ``to_data=0``: on a flow, N + 1 points from sigma_max to
+  sigma_min and no step to the data, as diff-sampler's schedules (``denoise_to_zero=False``); ``logsnr`` with any
+  option (``sigma_min``, ``sigma_max``, ``to_data``) is diff-sampler's, uniform in log sigma on karras's range.
 
 On score-SDE's VP / sub-VP models (sampled from SDE time 1 to eps) ``uniform``, ``quadratic`` and ``logsnr`` are the
 official DPM-Solver code's grids, mapped to flow time. A rectified flow's log-SNR is -inf at t=0 and +inf at t=1:
@@ -128,10 +131,14 @@ def quadratic(steps, path):
 
 
 @register_grid("logsnr", "uniform in log(alpha / sigma) (DPM-Solver's logSNR)")
-def logsnr(steps, path):
-    lam_lo, lam_hi = log_snr_range(path)
-    t = path.t_of_log_snr(np.linspace(lam_lo, lam_hi, steps + 1))
-    return _snap(_ends(t, path), path)
+def logsnr(steps, path, sigma_min: float | None = None, sigma_max: float | None = None, to_data: float = 1.0):
+    """The path's whole finite log-SNR range, its ends moved to t=0 and t=1 where lambda is infinite there; with any
+    option, diff-sampler's logsnr instead: uniform in log sigma from sigma_max to sigma_min, ends as karras's."""
+    if sigma_min is None and sigma_max is None and to_data == 1.0:
+        lam_lo, lam_hi = log_snr_range(path)
+        t = path.t_of_log_snr(np.linspace(lam_lo, lam_hi, steps + 1))
+        return _snap(_ends(t, path), path)
+    return _sigma_grid("logsnr", _log_sigmas, steps, path, 1.0, sigma_min, sigma_max, to_data)
 
 
 @register_grid("karras", "EDM's rho schedule of sigma = exp(-lambda) (Karras et al. 2022, eq. 5)")
@@ -142,22 +149,28 @@ def karras(steps, path, rho: float = 7.0, sigma_min: float | None = None, sigma_
 
 
 @register_grid("polynomial", "karras under diff-sampler's name (its schedule_type='polynomial'): the same times")
-def polynomial(steps, path, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None):
-    return _sigma_grid("polynomial", _polynomial_sigmas, steps, path, rho, sigma_min, sigma_max)
+def polynomial(steps, path, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None,
+               to_data: float = 1.0):
+    return _sigma_grid("polynomial", _polynomial_sigmas, steps, path, rho, sigma_min, sigma_max, to_data)
 
 
 @register_grid("time_uniform", "uniform in u^(1/rho), u the time of a VP SDE fitted to the sigma range "
                                "(diff-sampler's time_uniform; DEIS: rho=2)")
-def time_uniform(steps, path, rho: float = 1.0, sigma_min: float | None = None, sigma_max: float | None = None):
+def time_uniform(steps, path, rho: float = 1.0, sigma_min: float | None = None, sigma_max: float | None = None,
+                 to_data: float = 1.0):
     """The VP SDE beta(u) = beta_min + beta_d u whose sigma(u) = sqrt(exp(beta_d u^2 / 2 + beta_min u) - 1) runs
     from sigma_max at u = 1 to sigma_min at u = 1e-3; the times u_i are uniform in u^(1/rho) (rho = 1: uniform in u,
     DPM-Solver's time_uniform on that SDE). Ends and sigma range as karras."""
-    return _sigma_grid("time_uniform", _vp_time_sigmas, steps, path, rho, sigma_min, sigma_max)
+    return _sigma_grid("time_uniform", _vp_time_sigmas, steps, path, rho, sigma_min, sigma_max, to_data)
 
 
 def _polynomial_sigmas(points: int, s_min: float, s_max: float, rho: float) -> np.ndarray:
     ramp = np.linspace(0.0, 1.0, points) if points > 1 else np.zeros(1)
     return (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+
+
+def _log_sigmas(points: int, s_min: float, s_max: float, rho: float) -> np.ndarray:
+    return np.exp(-np.linspace(-math.log(s_max), -math.log(s_min), points))
 
 
 VP_TIME_EPS = 1e-3      # the VP SDE time at sigma_min of time_uniform (diff-sampler's epsilon_s)
@@ -174,12 +187,16 @@ def _vp_time_sigmas(points: int, s_min: float, s_max: float, rho: float) -> np.n
 
 
 def _sigma_grid(name: str, sigmas: Callable[[int, float, float, float], np.ndarray], steps: int, path: GaussianPath,
-                rho: float, sigma_min: float | None, sigma_max: float | None) -> list[float]:
+                rho: float, sigma_min: float | None, sigma_max: float | None, to_data: float = 1.0) -> list[float]:
     """A grid given as decreasing sigmas = exp(-lambda) from sigma_max to sigma_min, ``sigmas(points, sigma_min,
     sigma_max, rho)``, in flow time: N + 1 points where the path ends at a smallest sigma > 0, else (a flow) N
-    points and EDM's last step to the data (sigma 0, t=1)."""
+    points and EDM's last step to the data (sigma 0, t=1); on a flow ``to_data=0`` gives N + 1 points, ending at
+    sigma_min as diff-sampler's schedules do (its denoise_to_zero=False)."""
     if not rho > 0:
         raise ValueError(f"grid {name}: rho must be > 0, got {rho}")
+    if to_data not in (0.0, 1.0):
+        raise ValueError(f"grid {name}: to_data must be 1 (a flow's last step goes to the data) or 0 (the grid ends "
+                         f"at sigma_min), got {to_data:g}")
     lam_lo, lam_hi = log_snr_range(path)
     s_max = min(EDM_SIGMA_MAX, math.exp(-lam_lo)) if sigma_max is None else float(sigma_max)
     s_min = max(EDM_SIGMA_MIN, math.exp(-lam_hi)) if sigma_min is None else float(sigma_min)
@@ -188,7 +205,8 @@ def _sigma_grid(name: str, sigmas: Callable[[int, float, float, float], np.ndarr
     if s_max > math.exp(-lam_lo) * (1 + 1e-9) or s_min < math.exp(-lam_hi) * (1 - 1e-9):
         raise ValueError(f"grid {name}: sigma in [{s_min:g}, {s_max:g}] leaves the model's range "
                          f"[{math.exp(-lam_hi):g}, {math.exp(-lam_lo):g}]")
-    to_data = not np.isfinite(path.log_snr(np.array([1.0])))[0]     # sigma reaches 0 at t=1 (a flow): EDM's last step
+    # sigma reaches 0 at t=1 (a flow): EDM's last step, unless to_data=0
+    to_data = bool(to_data) and not np.isfinite(path.log_snr(np.array([1.0])))[0]
     t = path.t_of_log_snr(-np.log(sigmas(steps if to_data else steps + 1, s_min, s_max, rho)))
     return np.append(_ends(t), 1.0).tolist() if to_data else _ends(t, path)   # starts at sigma_max, as EDM does
 
