@@ -21,14 +21,13 @@ no AFS, ``denoise_to_zero=False``): N + 1 sigmas from 80 to 0.002 and no step to
 
 Where a row may still differ from diff-sampler's beyond sampling noise: its samples are rfbench's state at the grid's
 last time, x_t = x_sigma / (1 + sigma) at sigma 0.002 (0.2 % smaller than diff-sampler's x_sigma: at most a quarter
-of a uint8 level); euler, dpm++3m and unipc take x0 as the state at the grid's first time (sigma 80, t = 1/81), so
-they start from 81 x0 in EDM's variables where EDM and diff-sampler start from 80 x0 (ipndm, deis and edm-heun start
-from 80 x0); diff-sampler's DPM-Solver++ and UniPC clip each data prediction (DPM-Solver's dynamic thresholding:
-clamped to [-s, s] and divided by s, s = max(1, the 0.995 quantile of |x0|)), rfbench's dpm++3m and unipc do not;
-rfbench has no AFS (the table does not use it either). tests/test_cifar_edm_suite.py checks each cell against
-diff-sampler's sampler for its row with these set aside. The metrics are the cifar suite's image metrics
-(FID, IS, precision/recall, KID); its solver_error and straightness are left out (both solve the model's ODE from
-the source, where an EDM network has no velocity: sigma is infinite there), and so are the coupling metrics.
+of a uint8 level). diff-sampler's DPM-Solver++ and UniPC clip each data prediction (DPM-Solver's dynamic
+thresholding: clamped to [-s, s] and divided by s, s = max(1, the 0.995 quantile of |x0|)), and so do this suite's
+dpm++3m and unipc cells (their option ``thresholding=0.995``). rfbench has no AFS (the table does not use it
+either). tests/test_cifar_edm_suite.py checks each cell against diff-sampler's sampler for its row. The metrics are the
+cifar suite's image metrics (FID, IS, precision/recall, KID); its solver_error and straightness are left out (both solve
+the model's ODE from the source, where an EDM network has no velocity: sigma is infinite there), and so are the coupling
+metrics.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ METRICS = ("fid", "inception_score", "precision_recall", "kid")
 NFE = (5, 6, 8, 10)                     # the table's columns rfbench fills
 EDM_HEUN_STEPS = (3, 4, 5, 6)           # NFE 5, 7, 9, 11
 POLYNOMIAL, LOGSNR, TIME_UNIFORM = "polynomial:to_data=0", "logsnr:to_data=0", "time_uniform:rho=2,to_data=0"
+THRESHOLDING = 0.995                    # diff-sampler's DPM-Solver++ and UniPC threshold each data prediction
 
 # diff-sampler's table (FID, 50k samples) by solver and NFE; None: "-" (Heun at odd NFE)
 PUBLISHED = {
@@ -63,8 +63,10 @@ def edm_models() -> tuple[SuiteModel, ...]:
 
 def edm_cells(model: str = "edm-vp") -> tuple[Cell, ...]:
     return (fixed_grid(model, ("euler", "ipndm"), NFE, grids=(POLYNOMIAL,))
-            + fixed_grid(model, ("dpm++3m",), NFE, grids=(LOGSNR,), options=(("lower_order_final", 11),))
-            + fixed_grid(model, ("unipc",), NFE, grids=(LOGSNR,), options=(("order", 3),))
+            + fixed_grid(model, ("dpm++3m",), NFE, grids=(LOGSNR,),
+                         options=(("lower_order_final", 11), ("thresholding", THRESHOLDING)))
+            + fixed_grid(model, ("unipc",), NFE, grids=(LOGSNR,),
+                         options=(("order", 3), ("thresholding", THRESHOLDING)))
             + fixed_grid(model, ("deis",), NFE, grids=(TIME_UNIFORM,))
             + fixed_grid(model, ("edm-heun",), EDM_HEUN_STEPS)
             + fixed_grid(model, ("euler", "ipndm"), NFE, grids=("gits",)))

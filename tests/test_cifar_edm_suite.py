@@ -69,7 +69,8 @@ def test_cells_are_the_tables_columns_on_diff_samplers_schedules(tmp_path):
     assert all(steps == [5, 6, 8, 10] for key, steps in by_solver.items() if key[0] != "edm-heun")
     assert by_solver[("edm-heun", "karras")] == [3, 4, 5, 6] and set(PUBLISHED) == {c.solver for c in suite.cells}
     options = {c.solver: dict(c.options) for c in suite.cells}
-    assert options["unipc"] == {"order": 3} and options["dpm++3m"] == {"lower_order_final": 11}
+    assert options["unipc"] == {"order": 3, "thresholding": 0.995}
+    assert options["dpm++3m"] == {"lower_order_final": 11, "thresholding": 0.995}
     for grid, sigmas in SIGMAS_5.items():
         name = next(g for (_, g) in by_solver if g.startswith(grid))
         times = np.array(time_grid(name, 5, model))
@@ -83,7 +84,8 @@ def test_cells_are_the_tables_columns_on_diff_samplers_schedules(tmp_path):
 # bh2) on logsnr, predict_x0, lower_order_final; deis_sampler (max_order 4, tab, get_deis_coeff_list N = 10^6) on
 # time_uniform rho 2. Their x at sigma 0.002, every 4th pixel (x[..., ::4, ::4]). diff-sampler's DPM-Solver++ and
 # UniPC clip each data prediction (dynamic_thresholding_fn: clamp to [-s, s] and divide by s, s = max(1, the 0.995
-# quantile of |x0|)); rfbench's do not, so those two are pinned with it made the identity ("thresholded/..." with it).
+# quantile of |x0|)), as the suite's cells do (option thresholding=0.995): pinned with it ("thresholded/...") and with
+# it made the identity (the others: rfbench's without the option).
 # Measured differences: euler 2e-16, ipndm 5e-14; dpm++3m 2.3e-7 and unipc 2.4e-7 (the network's float32 arithmetic
 # on inputs that differ in the last bit: rfbench steps in flow variables); deis 1.7e-6 (the official weights' Riemann
 # sum, C / N).
@@ -94,21 +96,27 @@ OFFICIAL = torch.load(DATA / "diff-sampler.pt", weights_only=True)
                                         ("dpm++3m", 10)])
 def test_cells_equal_diff_samplers_own_samplers(tmp_path, solver, nfe):
     """Each cell of the suite equals diff-sampler's sampler for its row on the same network and latents, as x at
-    sigma 0.002 (rfbench's x_t / t). euler, dpm++3m and unipc take x0 as the state at sigma 80 (t = 1/81), where
-    diff-sampler starts from 80 x0: they are given 80 x0 / 81."""
+    sigma 0.002 (rfbench's x_t / t). Every solver starts from the state (1 - t0) x0 at sigma 80 (t0 = 1/81), which
+    is diff-sampler's 80 x0 in EDM's variables (the starting rule)."""
     model = load_model(_checkpoints(tmp_path / "ckpts") / EDM_FILE, "cpu")
     cell = next(c for c in SUITES["cifar-edm"].cells if (c.solver, c.steps) == (solver, nfe) and c.grid != "gits")
     x0 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    start = x0 * (80 / 81) if solver in ("euler", "dpm++3m", "unipc") else x0
-    result = sample(model, start, solver, nfe, grid=cell.grid, **dict(cell.options))
+    options = dict(cell.options)
+    result = sample(model, x0, solver, nfe, grid=cell.grid, **options)
     assert result.nfe == nfe
     got = (result.x * 1.002)[..., ::4, ::4]
+    tolerance = 1e-5 if solver == "deis" else 1e-6
+    if "thresholding" in options:
+        if nfe == 5:                                      # the suite's cell: with diff-sampler's thresholding
+            torch.testing.assert_close(got, OFFICIAL[f"thresholded/{solver}"], rtol=0, atol=tolerance)
+        options["thresholding"] = 0                       # ... and without, against diff-sampler's made the identity
+        unclipped = (sample(model, x0, solver, nfe, grid=cell.grid, **options).x * 1.002)[..., ::4, ::4]
+        assert (got - unclipped).abs().max() > 0.1        # the clipping changes this network's samples
+        got = unclipped
     official = OFFICIAL[solver if nfe == 5 else f"{solver}/{nfe}"]
-    torch.testing.assert_close(got, official, rtol=0, atol=1e-5 if solver == "deis" else 1e-6)
-    if solver in ("dpm++3m", "unipc") and nfe == 5:       # the clipping changes this network's samples
-        assert (got - OFFICIAL[f"thresholded/{solver}"]).abs().max() > 0.1
+    torch.testing.assert_close(got, official, rtol=0, atol=tolerance)
     if nfe == 10:                                         # rfbench's default lowers the final order below 10 steps
-        default = sample(model, start, solver, nfe, grid=cell.grid).x * 1.002
+        default = sample(model, x0, solver, nfe, grid=cell.grid, thresholding=0).x * 1.002
         assert (default[..., ::4, ::4] - official).abs().max() > 1e-3
 
 
@@ -120,8 +128,8 @@ def test_cifar_edm_runs_from_the_published_file_name(tmp_path):
     write_cifar10(tmp_path / "data", per_batch=4, n_test=6)
     ckpts = _checkpoints(tmp_path / "ckpts")
     suite = SUITES["cifar-edm"]
-    picked = tuple(c for c in suite.cells if c.solver in ("ipndm", "unipc", "edm-heun") and c.grid != "gits"
-                   and c.steps == (3 if c.solver == "edm-heun" else 5))     # polynomial, logsnr and karras
+    picked = tuple(c for c in suite.cells if c.solver in ("ipndm", "unipc", "edm-heun")
+                   and c.steps == (3 if c.solver == "edm-heun" else 5))     # polynomial, logsnr, karras and gits
     tiny = dataclasses.replace(suite, name="cifar-edm-tiny", cells=picked)
     with registered(tiny):
         code = main(["--suite", "cifar-edm-tiny", "--data-dir", str(tmp_path / "data"), "--checkpoint-dir",
@@ -130,11 +138,15 @@ def test_cifar_edm_runs_from_the_published_file_name(tmp_path):
     assert code == 0
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["model", "solver", "error"]]
-    assert list(frame["solver"]) == ["none", "ipndm", "unipc", "edm-heun"]
+    assert list(frame["solver"]) == ["none", "ipndm", "unipc", "edm-heun", "ipndm"]
     sampled = frame.iloc[1:]
-    assert list(sampled["nfe"]) == [5] * 3 and (sampled["model"] == "edm-vp").all()
-    assert list(sampled["grid"]) == ["polynomial:to_data=0", "logsnr:to_data=0", "karras"]
-    assert list(sampled["options"].fillna("")) == ["", "order=3", ""]
+    assert list(sampled["nfe"]) == [5] * 4 and (sampled["model"] == "edm-vp").all()
+    assert list(sampled["grid"]) == ["polynomial:to_data=0", "logsnr:to_data=0", "karras", "gits"]
+    assert list(sampled["options"].fillna("")) == ["", "order=3,thresholding=0.995", "", ""]
+    # the gits cell's searched times: from sigma 80 (t = 1/81) to the data, 5 steps, searched on the 4 rows
+    times = [float(t) for t in sampled["grid_times"].iloc[-1].split(",")]
+    assert len(times) == 6 and times[0] == pytest.approx(1 / 81) and times[-1] == 1.0
+    assert sampled["grid_search_rows"].iloc[-1] == 4 and sampled["grid_search_nfe"].iloc[-1] > 0
     assert sampled["fid"].notna().all() and sampled["kid"].notna().all() and (frame["n_samples"] == 4).all()
     assert sampled["model_checkpoint"].str.fullmatch(rf"{EDM_FILE} \(sha1 [0-9a-f]{{12}}\)").all()
     assert sampled["model_source"].eq("EDM network pickle").all()

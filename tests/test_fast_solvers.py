@@ -5,6 +5,7 @@ on flows and DDPM-style models, and their convergence orders."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -252,3 +253,29 @@ def test_the_fast_solvers_refuse_what_they_cannot_do():
         assert result.nfe == (5 if solver == "edm-heun" else 3) and torch.isfinite(result.x).all()
     ddpm = GaussianEpsNet(torch.tensor([0.5, -1.0]), 0.6, linear_betas(1000)).model   # ends at sigma > 0
     assert sample(ddpm, x, "edm-heun", 3).nfe == 7
+
+
+@pytest.mark.parametrize("solver", ["dpm++2m", "dpm++3m", "unipc"])
+def test_dynamic_thresholding_clips_each_data_prediction(solver):
+    """thresholding=p: each data prediction x0 becomes clamp(x0, -s, s) / s, s = max(1, the p-quantile of |x0|) per
+    sample (DPM-Solver's, diff-sampler's; pinned against diff-sampler on an EDM network in test_cifar_edm_suite).
+    Predictions inside [-1, 1] pass unchanged; a wide target is pulled into [-1, 1]."""
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    narrow = GaussianFlow(torch.tensor([0.2, -0.3, 0.1], dtype=torch.float64), 0.05)
+    torch.testing.assert_close(sample(narrow, x, solver, 6, thresholding=0.995).x, sample(narrow, x, solver, 6).x,
+                               rtol=0, atol=0)
+    wide = GaussianFlow(torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64), 0.5)
+    free, clipped = sample(wide, x, solver, 6).x, sample(wide, x, solver, 6, thresholding=0.995).x
+    assert free.abs().max() > 2.5 and clipped.abs().max() <= 1 + 1e-9
+    # one step of dpm++ from a flow's source is its data prediction there: the clipped one, computed by hand
+    if solver != "unipc":
+        x0 = x + wide(x, torch.zeros(64, dtype=torch.float64))      # X1 = x + (1 - t) v at t = 0
+        s = torch.quantile(x0.abs(), 0.995, dim=1).clamp(min=1.0)[:, None]
+        torch.testing.assert_close(sample(wide, x, solver, 1, thresholding=0.995).x, torch.clamp(x0, -s, s) / s,
+                                   rtol=0, atol=1e-12)
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match=f"thresholding must be a quantile ratio in \\(0, 1\\] .*got {bad!r}"):
+            sample(wide, x, solver, 4, thresholding=bad)
+    for bad in (True, "0.9"):
+        with pytest.raises(ValueError, match=f"{re.escape(solver)} option thresholding takes a number .*got {bad!r}"):
+            sample(wide, x, solver, 4, thresholding=bad)

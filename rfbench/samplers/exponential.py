@@ -40,6 +40,25 @@ def _lower_below(lower_order_final: bool | int) -> int:
     raise ValueError(f"lower_order_final must be True, False or a number of steps >= 0, got {lower_order_final!r}")
 
 
+def _predictor(model, thresholding: float):
+    """The data prediction x0(x, t), with DPM-Solver's dynamic thresholding when ``thresholding`` (its ratio p) is
+    > 0: per sample s = max(1, the p-quantile of |x0|), x0 <- clamp(x0, -s, s) / s (Saharia et al. 2022; the official
+    DPM-Solver's and zju-pi/diff-sampler's ``dynamic_thresholding_fn`` with p = 0.995 and its floor 1), for data
+    scaled to [-1, 1]. 0: none."""
+    if isinstance(thresholding, bool) or not isinstance(thresholding, (int, float)) or not 0 <= thresholding <= 1:
+        raise ValueError(f"thresholding must be a quantile ratio in (0, 1] (0.995: DPM-Solver's), or 0 for none; got "
+                         f"{thresholding!r}")
+    if thresholding == 0:
+        return lambda x, t: data_prediction(model, x, t)
+
+    def thresholded(x, t):
+        x0 = data_prediction(model, x, t)
+        s = torch.quantile(x0.abs().reshape(x0.shape[0], -1), float(thresholding), dim=1).clamp(min=1.0)
+        s = s.reshape(-1, *[1] * (x0.ndim - 1))
+        return torch.clamp(x0, -s, s) / s
+    return thresholded
+
+
 def _schedule(model, times: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     alpha, sigma = path_of(model).alpha_sigma(np.asarray(times, dtype=np.float64))
     with np.errstate(divide="ignore"):
@@ -47,11 +66,13 @@ def _schedule(model, times: list[float]) -> tuple[np.ndarray, np.ndarray, np.nda
     return alpha, sigma, lam
 
 
-def _dpm_multistep(model, x, times, order: int, lower_order_final: bool | int, callback: Callback | None):
+def _dpm_multistep(model, x, times, order: int, lower_order_final: bool | int, thresholding: float,
+                   callback: Callback | None):
     below = _lower_below(lower_order_final)
+    predict = _predictor(model, thresholding)
     alpha, sigma, lam = _schedule(model, times)
     steps = len(times) - 1
-    x0s = [data_prediction(model, x, times[0])]
+    x0s = [predict(x, times[0])]
     for i in range(1, steps + 1):
         if callback is not None:
             callback(i - 1, times[i - 1], x, None)
@@ -79,7 +100,7 @@ def _dpm_multistep(model, x, times, order: int, lower_order_final: bool | int, c
             phi_3 = phi_2 / h - 0.5
             x = base + (alpha[i] * phi_2) * d1 - (alpha[i] * phi_3) * d2
         if i < steps:                                      # the final value is never evaluated
-            x0s = (x0s + [data_prediction(model, x, times[i])])[-3:]
+            x0s = (x0s + [predict(x, times[i])])[-3:]
     if callback is not None:
         callback(steps, times[-1], x, None)
     return x, {}
@@ -87,18 +108,21 @@ def _dpm_multistep(model, x, times, order: int, lower_order_final: bool | int, c
 
 @register_solver("dpm++2m", "fixed", order=2, expected_nfe=lambda n: n,
                  description="DPM-Solver++(2M), data prediction, lower order at the final steps")
-def dpm_2m(model, x, *, times, lower_order_final: bool | int = True, callback: Callback | None = None):
+def dpm_2m(model, x, *, times, lower_order_final: bool | int = True, thresholding: float = 0.0,
+           callback: Callback | None = None):
     """DPM-Solver++ multistep of order 2 (Lu et al. 2022, "DPM-Solver++", Algorithm 2), one evaluation per step.
     ``lower_order_final``: True lowers the order of the final steps below 10 steps, as the official code does;
-    an int n below n steps (15: diffusers' DPMSolverMultistepScheduler); False never."""
-    return _dpm_multistep(model, x, times, 2, lower_order_final, callback)
+    an int n below n steps (15: diffusers' DPMSolverMultistepScheduler); False never. ``thresholding``: the ratio
+    of DPM-Solver's dynamic thresholding of each data prediction (0.995 as diff-sampler's tables; 0: none)."""
+    return _dpm_multistep(model, x, times, 2, lower_order_final, thresholding, callback)
 
 
 @register_solver("dpm++3m", "fixed", order=3, expected_nfe=lambda n: n,
                  description="DPM-Solver++(3M), data prediction, lower order at the final steps")
-def dpm_3m(model, x, *, times, lower_order_final: bool | int = True, callback: Callback | None = None):
-    """DPM-Solver++ multistep of order 3, one evaluation per step."""
-    return _dpm_multistep(model, x, times, 3, lower_order_final, callback)
+def dpm_3m(model, x, *, times, lower_order_final: bool | int = True, thresholding: float = 0.0,
+           callback: Callback | None = None):
+    """DPM-Solver++ multistep of order 3, one evaluation per step; options as dpm++2m's."""
+    return _dpm_multistep(model, x, times, 3, lower_order_final, thresholding, callback)
 
 
 def _unipc_step(x, x0s, lams, lam_t, alpha_t, ratio, order: int, corrector):
@@ -139,18 +163,20 @@ def _unipc_step(x, x0s, lams, lam_t, alpha_t, ratio, order: int, corrector):
 
 @register_solver("unipc", "fixed", order=3, expected_nfe=lambda n: n,
                  description="UniPC-bh2 (predictor UniP, corrector UniC), data prediction; option order 1-3")
-def unipc(model, x, *, times, order: int = 2, lower_order_final: bool | int = True,
+def unipc(model, x, *, times, order: int = 2, lower_order_final: bool | int = True, thresholding: float = 0.0,
           callback: Callback | None = None):
     """UniPC (Zhao et al. 2023) with B(h) = e^h - 1 ("bh2"), multistep, order ``order``; the corrector reuses the
     evaluation the next step needs, so the cost stays one evaluation per step (none at the last).
     ``lower_order_final``: True lowers the order of the final steps at any number of steps, as the official code
-    and diffusers' UniPCMultistepScheduler do; an int n only below n steps (as the DPM solvers take it); False never."""
+    and diffusers' UniPCMultistepScheduler do; an int n only below n steps (as the DPM solvers take it); False never.
+    ``thresholding``: as dpm++2m's (each data prediction, the corrector's included)."""
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise ValueError(f"unipc: order must be 1, 2 or 3, got {order!r}")
     below = math.inf if lower_order_final is True else _lower_below(lower_order_final)
+    predict = _predictor(model, thresholding)
     alpha, sigma, lam = _schedule(model, times)
     steps = len(times) - 1
-    x0s, lams = [data_prediction(model, x, times[0])], [lam[0]]
+    x0s, lams = [predict(x, times[0])], [lam[0]]
     for i in range(1, steps + 1):
         if callback is not None:
             callback(i - 1, times[i - 1], x, None)
@@ -159,7 +185,7 @@ def unipc(model, x, *, times, order: int = 2, lower_order_final: bool | int = Tr
             step_order = min(step_order, steps + 1 - i)
         if not math.isfinite(lam[i]):
             step_order = 1
-        corrector = (lambda xt, t=times[i]: data_prediction(model, xt, t)) if i < steps else None
+        corrector = (lambda xt, t=times[i]: predict(xt, t)) if i < steps else None
         x, x0_t = _unipc_step(x, x0s, lams, lam[i], alpha[i], sigma[i] / sigma[i - 1], step_order, corrector)
         if x0_t is not None:
             x0s, lams = (x0s + [x0_t])[-3:], (lams + [lam[i]])[-3:]
