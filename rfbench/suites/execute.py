@@ -106,6 +106,7 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
         share.warmup_s = time.perf_counter() - start
     except Exception:   # left for the timed run, whose sampler checks its input and reports the cause
         pass
+    stochastic = SOLVERS[cell.solver].is_stochastic(dict(cell.options))
     for run in range(repeats):
         inputs, run_seeds, which = x0, seeds, ""
         if run > 0 and batches and share.error is None:
@@ -114,17 +115,23 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
                 inputs, run_seeds = fresh(run)
             except Exception as exc:
                 share.error = f"{which}{type(exc).__name__}: {exc}"
+        models = []
+        if share.error is None:
+            try:     # each batch's classes, for a model that draws them from the seeds: outside the run's time too
+                models = [seeded(model, run_seeds[a:b] if run_seeds is not None else None) for a, b in batches]
+            except Exception as exc:
+                share.error = f"{which}{type(exc).__name__}: {exc}"
         world.barrier()
         if share.error is not None:
             share.run_times.append(float("nan"))
             continue
         try:
             start = time.perf_counter()
-            for a, b in batches:
+            for (a, b), bound in zip(batches, models):
                 begin = time.perf_counter()
-                result = sample(model, inputs[a:b], cell.solver, cell.steps, grid=cell.grid if times is None else times,
-                                seeds=run_seeds[a:b] if run_seeds is not None else None, precision=precision,
-                                **dict(cell.options))
+                result = sample(bound, inputs[a:b], cell.solver, cell.steps, grid=cell.grid if times is None else times,
+                                seeds=run_seeds[a:b] if run_seeds is not None and stochastic else None,
+                                precision=precision, **dict(cell.options))
                 synchronize(device)
                 share.ms_per_nfe.append(1000 * (time.perf_counter() - begin) / max(result.nfe, 1))
                 if run == 0:
