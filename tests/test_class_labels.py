@@ -67,6 +67,10 @@ def test_samples_do_not_depend_on_the_batch_and_are_refused_without_seeds(tmp_pa
                  for a in (4, 0, 2)]
         assert whole.nfe == 3      # per-sample computations, batched BLAS
         torch.testing.assert_close(torch.cat([parts[1], parts[2], parts[0]]), whole.x, rtol=1e-5, atol=1e-6)
+    # the per-step noise may come from a noise= hook instead: the classes still come from the seeds
+    hooked = rfbench.sample(model, x0, "euler-ancestral", 3, grid="karras", seeds=seeds,
+                            noise=noise.StepNoise(seeds, (3, 8, 8)))
+    assert torch.equal(hooked.x, rfbench.sample(model, x0, "euler-ancestral", 3, grid="karras", seeds=seeds).x)
     # the row of a seed of class 3 is what the fixed class 3 gives it
     row = int(noise.classes(seeds, 5).tolist().index(3))
     one = rfbench.sample(fixed, x0[row:row + 1], "ipndm", 3, grid="karras").x

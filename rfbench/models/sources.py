@@ -169,7 +169,7 @@ class ModelFile(ModelSource):
         return self
 
     def __repr__(self) -> str:
-        label = "" if self.class_label is None else f", class_label={self.class_label}"
+        label = "" if self.class_label is None else f", class_label={self.class_label!r}"
         return f"ModelFile({str(self.path)!r}, kind={self._kind!r}, flavor={self.flavor!r}{label})"
 
     @property
