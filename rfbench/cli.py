@@ -105,7 +105,8 @@ def build_parser(prog: str = "benchmark.py") -> argparse.ArgumentParser:
                              "file of model(x, t), an EDM network pickle, or package.module:factory (a module on the "
                              "Python path or in the current folder); KIND (flow, one-step, diffusion; vp or subvp for "
                              "score-SDE files) when the file cannot say; classN: a class-conditional EDM file sampled "
-                             "with class N (default: unconditional) (repeatable)")
+                             "with class N, classes: with each sample's class drawn from its seed (default: "
+                             "unconditional) (repeatable)")
     parser.add_argument("--solvers", nargs="+", default=None, metavar="S",
                         help="run only these solvers; a registered solver the suite does not sweep is added to the "
                              "models whose kind it takes (not to one-step models), at their step counts")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from rfbench import distributed
+from rfbench.models.labels import SEEDS
 from rfbench.models.sources import KINDS, CheckpointSlot, ModelFile, as_source
 from rfbench.plugins import PluginError, load_plugins
 from rfbench.suites.base import SUITES
@@ -67,22 +68,23 @@ def _checkpoints(args, suite) -> dict[str, str]:
 
 def parse_model(item: str):
     """``--model NAME[:KIND]=PATH|package.module:factory`` -> (name, source); KIND ``classN``: a class-conditional
-    EDM file sampled with class N."""
+    EDM file sampled with class N; ``classes``: with each sample's class drawn from its seed."""
     head, sep, spec = item.partition("=")
     name, _, kind = head.partition(":")
     if not sep or not name or not spec:
         raise ValueError(f"--model takes NAME=PATH or NAME=package.module:factory (NAME:KIND=... to say its kind), "
                          f"got {item!r}")
-    label = re.fullmatch(r"class(\d+)", kind)
+    label = re.fullmatch(r"class(\d+)|classes", kind)
     if label:
         if not Path(spec).expanduser().is_file():
             raise ValueError(f"--model {item}: {kind} applies to a class-conditional EDM network pickle, and "
                              f"{spec!r} is not a file")
-        return name, ModelFile(spec, class_label=int(label.group(1)))
+        return name, ModelFile(spec, class_label=int(label.group(1)) if label.group(1) else SEEDS)
     allowed = KINDS + ("vp", "subvp")
     if kind and kind not in allowed:
-        raise ValueError(f"--model {item}: KIND must be one of {', '.join(allowed)} or classN (a class-conditional "
-                         f"EDM file sampled with class N), got {kind!r}")
+        raise ValueError(f"--model {item}: KIND must be one of {', '.join(allowed)}, classN (a class-conditional "
+                         f"EDM file sampled with class N) or classes (each sample's class from its seed), got "
+                         f"{kind!r}")
     return name, as_source(spec, kind or None, what=f"--model {item}")
 
 

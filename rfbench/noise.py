@@ -15,12 +15,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-# Streams separate independent uses of one seed: x0, the per-step noise of stochastic samplers, data draws, and
-# the seeds of a cell's timed repeats (:func:`repeat_seeds`).
+# Streams separate independent uses of one seed: x0, the per-step noise of stochastic samplers, data draws, the
+# seeds of a cell's timed repeats (:func:`repeat_seeds`) and a sample's class (:func:`classes`).
 STREAM_INITIAL = 0
 STREAM_STEPS = 1
 STREAM_DATA = 2
 STREAM_REPEATS = 3
+STREAM_CLASSES = 4
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -86,6 +87,15 @@ def initial(seeds: Sequence[int], shape: Sequence[int], *, device: str | torch.d
     shape = _shape(shape)
     return per_seed(seeds, lambda g: torch.randn(shape, generator=g, dtype=torch.float32),
                     device=device, dtype=dtype)
+
+
+def classes(seeds: Sequence[int], num_classes: int) -> torch.Tensor:
+    """The class of each sample, uniform over 0 .. num_classes - 1: a (len(seeds),) int64 tensor on the CPU, row i
+    drawn from seed ``seeds[i]`` alone (its own stream, apart from its noise), so a seed's class does not depend on
+    the batch, the process or the device that samples it."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    return per_seed(seeds, lambda g: torch.randint(num_classes, (), generator=g), stream=STREAM_CLASSES)
 
 
 class StepNoise:

@@ -265,8 +265,8 @@ def test_class_labels_equal_edm(tmp_path, outputs, name):
 
 
 def test_class_label_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"^class_label must be an integer in 0..4 or None \(unconditional\), "
-                                         r"got 5$"):
+    with pytest.raises(ValueError, match=r"^class_label must be an integer in 0..4, 'seeds' \(each sample's class "
+                                         r"from its seed\) or None \(unconditional\), got 5$"):
         rfbench.load_model(pickle_file(tmp_path, "adm-cond-fp16"), device="cpu", class_label=5)
     with pytest.raises(ValueError, match=r"^class_label must be None: the network is unconditional \(label_dim 0\), "
                                          r"got 0$"):
@@ -291,7 +291,7 @@ def test_class_label_from_the_command_line(tmp_path):
     model = source.load(LoadContext(suite=None, cache=None, device=torch.device("cpu")))
     assert isinstance(model, EDMFlow) and model.class_label == 3
     assert model.class_labels.tolist() == [[0, 0, 0, 1, 0]]
-    with pytest.raises(ValueError, match=r"^class_label must be an integer in 0..4 or None"):
+    with pytest.raises(ValueError, match=r"^class_label must be an integer in 0..4, 'seeds'"):
         parse_model(f"imagenet:class5={path}")[1].check()
     with pytest.raises(ValueError, match=r"^class_label must be None: the network is unconditional"):
         parse_model(f"x:class0={pickle_file(tmp_path, 'edm-ddpmpp')}")[1].check()

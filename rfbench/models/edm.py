@@ -39,6 +39,7 @@ from rfbench.models.checkpoint import CheckpointError, load_state_dict_strict
 from rfbench.models.paths import FLOW_DELTA, RectifiedPath
 from rfbench.models.dhariwal import DhariwalUNetConfig
 from rfbench.models.edm_precond import EDMDenoiser, PrecondConfig, iddpm_sigmas
+from rfbench.models.labels import SEEDS, unbound_error
 from rfbench.models.songunet import SongUNetConfig
 
 PERSISTENCE = ("torch_utils.persistence", "_reconstruct_persistent_obj")
@@ -365,22 +366,27 @@ class EDMFlow(torch.nn.Module):
     denoiser itself.
 
     ``class_label`` (class-conditional networks, label_dim > 0): every sample is of that class (its one-hot label
-    vector); None (the default) samples unconditionally, with the all-zero label vector, as EDM's networks do when
-    given no labels. A ``use_fp16`` network runs in float16 on CUDA, as EDM's does."""
+    vector); "seeds": each sample's class is drawn from its seed (uniform over the label_dim classes,
+    :mod:`rfbench.models.labels`), and the evaluations take the rows' classes, ``model(x, t, class_labels=...)``
+    with class indices (B,), which :func:`rfbench.sample` passes from its ``seeds``; None (the default) samples
+    unconditionally, with the all-zero label vector, as EDM's networks do when given no labels. A ``use_fp16``
+    network runs in float16 on CUDA, as EDM's does."""
 
-    def __init__(self, net: EDMDenoiser, class_label: int | None = None):
+    def __init__(self, net: EDMDenoiser, class_label: int | str | None = None):
         super().__init__()
         self.net = net
         self.input_shape = net.input_shape
         self.sigma_min, self.sigma_max = float(net.sigma_min), float(net.sigma_max)
-        if class_label is not None and (isinstance(class_label, bool) or not isinstance(class_label, int)
-                                        or not 0 <= class_label < net.label_dim):
-            allowed = (f"an integer in 0..{net.label_dim - 1} or None (unconditional)" if net.label_dim
-                       else "None: the network is unconditional (label_dim 0)")
+        fixed = class_label is None or (not isinstance(class_label, bool) and isinstance(class_label, int)
+                                        and 0 <= class_label < net.label_dim)
+        if not fixed and not (class_label == SEEDS and net.label_dim):
+            allowed = (f"an integer in 0..{net.label_dim - 1}, {SEEDS!r} (each sample's class from its seed) or None "
+                       f"(unconditional)" if net.label_dim else "None: the network is unconditional (label_dim 0)")
             raise ValueError(f"class_label must be {allowed}, got {class_label!r}")
         self.class_label = class_label
+        self.classes_from_seeds = net.label_dim if class_label == SEEDS else 0
         labels = torch.zeros(1, net.label_dim)
-        if class_label is not None:
+        if isinstance(class_label, int):
             labels[0, class_label] = 1
         self.register_buffer("class_labels", labels if net.label_dim else None, persistent=False)
 
@@ -397,14 +403,32 @@ class EDMFlow(torch.nn.Module):
                              f"{' (sigma = inf): use a grid that starts at t > 0, such as karras' if bad <= 0 else ''}")
         return t.expand(x.shape[0]) if t.numel() == 1 else t
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _labels(self, x: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The network's label vectors: the one-hot rows of ``class_labels`` (class indices (B,), from the seeds)
+        where the model draws its classes from the seeds, else its own fixed vector."""
+        if not self.classes_from_seeds:
+            if class_labels is not None:
+                raise TypeError(f"class_labels are taken only by a model whose classes come from the seeds "
+                                f"(class_label={SEEDS!r}); this one has class_label={self.class_label!r}")
+            return self.class_labels
+        if class_labels is None:
+            raise unbound_error(self)
+        class_labels = torch.as_tensor(class_labels).reshape(-1)
+        if class_labels.shape[0] != x.shape[0]:
+            raise ValueError(f"class_labels has {class_labels.shape[0]} entries but x has {x.shape[0]} rows: pass "
+                             f"one class per row")
+        return torch.nn.functional.one_hot(class_labels.to(device=x.device, dtype=torch.long),
+                                           self.classes_from_seeds).float()
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = self._labels(x, class_labels)
         t = self._times(x, t, upper=True)
         shape = (-1,) + (1,) * (x.ndim - 1)
         sigma = (1 - t) / t
-        out = self.net(x / t.reshape(shape).to(x.dtype), sigma, self.class_labels).to(x.dtype)
+        out = self.net(x / t.reshape(shape).to(x.dtype), sigma, labels).to(x.dtype)
         return torch.where((sigma == 0).reshape(shape), x, out)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         t = self._times(x, t, upper=False)
         shape = (-1,) + (1,) * (x.ndim - 1)
-        return (self.denoise(x, t) - x) / (1 - t).reshape(shape).to(x.dtype)
+        return (self.denoise(x, t, class_labels) - x) / (1 - t).reshape(shape).to(x.dtype)

@@ -172,14 +172,16 @@ def file_input_shape(path: str | Path, network: NCSNppConfig | None = None) -> t
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, *, flavor: str | None = None,
-               network: NCSNppConfig | None = None, class_label: int | None = None):
+               network: NCSNppConfig | None = None, class_label: int | str | None = None):
     """The sampler-ready model in the file (or diffusers folder) ``path``, in any format rfbench reads (see the module
     docstring; the format is read from the file): a flow ``v(x, t)`` (an EDM network: :class:`EDMFlow`, with
     ``denoise``) or a :class:`DiffusionModel`, on ``device`` (default: cuda when there is one, else cpu).
 
     ``flavor`` (official files only): "rf" (default), "vp" or "subvp". ``network``: the DDPM++ configuration of an
     official file (default: the published CIFAR-10 one). ``class_label`` (class-conditional EDM networks only): the
-    class of every sample (default None: unconditional, the all-zero label vector, as EDM does)."""
+    class of every sample, or "seeds": each sample's class drawn from its seed (:mod:`rfbench.models.labels`; sample
+    it with ``rfbench.sample(..., seeds=...)``) (default None: unconditional, the all-zero label vector, as EDM
+    does)."""
     path = Path(path).expanduser()
     device = resolve_device(device)
     fmt = sniff(path)

@@ -34,6 +34,7 @@ from rfbench.models.cache import TRAINING_CODE_VERSION, Cache
 from rfbench.models.checkpoint import config_hash, jsonable, stated_id, weights_sha1
 from rfbench.models.diffusers_folder import folder_sha1
 from rfbench.models.edm import EDMFlow, load_edm_pickle
+from rfbench.models.labels import SEEDS
 from rfbench.models.formats import (FLAVORS, FORMATS, check_rfbench_weights, file_config, file_input_shape, file_kind,
                                     load_model, sniff)
 from rfbench.protocols import KINDS, is_diffusion_model
@@ -142,19 +143,21 @@ class ModelFile(ModelSource):
     ``kind``: what it is sampled as (default: what the file says; an official or TorchScript file is a flow).
     ``flavor`` (official score-SDE files): "vp" or "subvp" (probability-flow ODE); default "rf".
     ``network``: the DDPM++ configuration of an official file (default: the published CIFAR-10 one).
-    ``class_label`` (class-conditional EDM network pickles): the class of every sample, part of the model's identity
-    (default None: unconditional)."""
+    ``class_label`` (class-conditional EDM network pickles): the class of every sample, or "seeds" (each sample's
+    class drawn from its seed, :mod:`rfbench.models.labels`), part of the model's identity (default None:
+    unconditional)."""
 
     def __init__(self, path: str | Path, kind: str | None = None, flavor: str | None = None, network=None,
-                 class_label: int | None = None):
+                 class_label: int | str | None = None):
         self.path = Path(path).expanduser()
         if kind is not None:
             check_kind(kind)
         if flavor is not None and flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
-        if class_label is not None and (isinstance(class_label, bool) or not isinstance(class_label, int)
-                                        or class_label < 0):
-            raise ValueError(f"class_label must be an integer >= 0 or None (unconditional), got {class_label!r}")
+        if class_label is not None and class_label != SEEDS and (
+                isinstance(class_label, bool) or not isinstance(class_label, int) or class_label < 0):
+            raise ValueError(f"class_label must be an integer >= 0, {SEEDS!r} (each sample's class from its seed) or "
+                             f"None (unconditional), got {class_label!r}")
         self._kind, self.flavor, self.network, self.class_label = kind, flavor, network, class_label
         self._sha1: str | None = None
         self.probe = True
@@ -166,7 +169,7 @@ class ModelFile(ModelSource):
         return self
 
     def __repr__(self) -> str:
-        label = "" if self.class_label is None else f", class_label={self.class_label}"
+        label = "" if self.class_label is None else f", class_label={self.class_label!r}"
         return f"ModelFile({str(self.path)!r}, kind={self._kind!r}, flavor={self.flavor!r}{label})"
 
     @property
@@ -191,9 +194,13 @@ class ModelFile(ModelSource):
 
     def identity(self, suite) -> ModelIdentity:
         name = f"{self.path.name}/" if self.path.is_dir() else self.path.name
-        label = "" if self.class_label is None else f", class {self.class_label}"
-        return ModelIdentity(self.format(), f"sha1:{self.sha1()[:12]}{label.replace(', class ', ':class')}",
-                             f"{name} (sha1 {self.sha1()[:12]}{label})")
+        if self.class_label is None:
+            label = tag = ""
+        elif self.class_label == SEEDS:
+            label, tag = ", classes from the seeds", ":classes=seeds"
+        else:
+            label, tag = f", class {self.class_label}", f":class{self.class_label}"
+        return ModelIdentity(self.format(), f"sha1:{self.sha1()[:12]}{tag}", f"{name} (sha1 {self.sha1()[:12]}{label})")
 
     def input_shape(self, suite) -> tuple[int, ...] | None:
         return file_input_shape(self.path, self.network)

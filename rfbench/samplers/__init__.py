@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from rfbench.models.labels import seed_classes, seeded, unbound_error
 from rfbench.models.paths import path_of
 from rfbench.noise import StepNoise
 from rfbench.protocols import is_diffusion_model, network_module, stated_kind
@@ -70,7 +71,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
         trajectory: also return the states (and, for ODE solvers, the velocities) at every step point.
         callback: ``callback(i, t, x, v)`` at every step point.
         seeds: one seed per row of x0, for the per-step noise of stochastic samplers (or pass ``noise``, a callable
-            ``noise(i) -> tensor like x0`` for step i).
+            ``noise(i) -> tensor like x0`` for step i), and for the class of each row of a model that draws its
+            classes from the seeds (:mod:`rfbench.models.labels`; such a model needs them with every solver).
         precision: the network evaluations' arithmetic: fp32, tf32 (CUDA's TensorFloat-32), bf16 or fp16 (autocast);
             the solver's state and steps stay in x0's dtype (:mod:`rfbench.samplers.precision`).
         **options: solver options (rk45/dopri5: rtol, atol, max_nfe; ddim, euler-ancestral, dpm++2m-sde: eta;
@@ -106,9 +108,17 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     elif spec.kind == "discrete":
         kwargs["timesteps"] = discrete_timesteps(spec.default_grid if grid is None else grid, steps,
                                                  model.num_timesteps)
+    labelled = seed_classes(model) > 0           # its classes come from the seeds (rfbench.models.labels)
+    if labelled:
+        if seeds is None:
+            raise unbound_error(model)
+        seeds = list(seeds)
+        if len(seeds) != x0.shape[0]:
+            raise ValueError(f"seeds has {len(seeds)} entries but x0 has {x0.shape[0]} rows: pass one seed per row")
+        model = seeded(model, seeds)
     if spec.is_stochastic(options):
-        kwargs["noise"] = _step_noise(solver, x0, seeds, noise)
-    elif seeds is not None or noise is not None:
+        kwargs["noise"] = _step_noise(solver, x0, None if labelled and noise is not None else seeds, noise)
+    elif (seeds is not None and not labelled) or noise is not None:
         raise TypeError(f"{solver} is deterministic with these options: seeds/noise would be ignored")
 
     counted = CountingModel(model, solver, steps, precision, batch=x0.shape[0])

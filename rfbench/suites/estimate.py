@@ -21,6 +21,7 @@ import torch
 from rfbench.device import device_name
 from rfbench.distributed import World, batch_plan
 from rfbench.models.cache import PlanningCache, Training
+from rfbench.models.labels import seeded
 from rfbench.models.sources import LoadContext, ModelIdentity
 from rfbench.progress import ADAPTIVE_NFE_GUESS, TRAIN_EVALS_PER_SAMPLE, duration
 from rfbench.protocols import is_diffusion_model
@@ -120,9 +121,12 @@ def _known_nfe(cell: Cell, model, stored: dict[tuple, float]) -> float | None:
 def _probe(net, plan: Plan, batch: int, device: torch.device, train: bool = False) -> float:
     """Seconds of one evaluation of ``net`` on a batch of ``batch`` of the suite's samples (the fastest of a few);
     ``train``: of a forward and backward pass (a training step but for the optimizer's update)."""
-    x = plan.problem.initial(list(plan.seeds)[:batch]).to(device)
+    seeds = list(plan.seeds)[:batch]
+    x = plan.problem.initial(seeds).to(device)
     if len(x) < batch:
         x = x.repeat(math.ceil(batch / len(x)), *([1] * (x.dim() - 1)))[:batch]
+        seeds = (seeds * math.ceil(batch / len(seeds)))[:batch]
+    net = seeded(net, seeds)      # each row with its seed's class, where the model draws them from the seeds
 
     def once():
         with torch.set_grad_enabled(train):

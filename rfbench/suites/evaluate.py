@@ -22,6 +22,7 @@ from rfbench.files import sha1_files
 from rfbench.metrics import METRICS, PR_K, GaussianStats, MetricInput, knn_radii
 from rfbench.metrics.features import EXTRACTORS, FeatureExtractor, NoInceptionWeightsError
 from rfbench.metrics.reference import ReferenceKey, load_reference_file, reference_features, reference_stats
+from rfbench.models.labels import seeded
 from rfbench.samplers import SOLVERS, sample
 
 PLOT_PATHS = 300  # trajectories drawn per model
@@ -211,19 +212,21 @@ class Evaluation:
         rows = self.plan.suite.solver_error_samples
         return min(rows, x0.shape[0]) if rows else x0.shape[0]
 
-    def exact(self, kind: str, model, x0: torch.Tensor, batch: int | None,
-              say: Callable[[str], None]) -> tuple[torch.Tensor | None, str | None, int | None]:
+    def exact(self, kind: str, model, x0: torch.Tensor, batch: int | None, say: Callable[[str], None],
+              seeds: list[int]) -> tuple[torch.Tensor | None, str | None, int | None]:
         """The model's own ODE solution from the first ``solver_error_samples`` rows of x0 (rk45 at rtol = atol =
         the suite's ``solver_error_tolerance``, ``batch`` rows per call), when a metric needs it (solver_error), why
         it is missing when it failed, and the model evaluations it took (NFE x rows of each call; None when it
-        failed): (None, None, 0) for one-step models and runs without the metric."""
+        failed): (None, None, 0) for one-step models and runs without the metric. ``seeds``: x0's rows' (the classes
+        of a model that draws them from the seeds)."""
         rows, tol = self.exact_rows(kind, x0), self.plan.suite.solver_error_tolerance
         if not rows:
             return None, None, 0
-        x0 = x0[:rows]
+        x0, seeds = x0[:rows], seeds[:rows]
         size = batch or x0.shape[0]
         try:
-            results = [sample(model, x0[i:i + size], "rk45", rtol=tol, atol=tol) for i in range(0, rows, size)]
+            results = [sample(seeded(model, seeds[i:i + size]), x0[i:i + size], "rk45", rtol=tol, atol=tol)
+                       for i in range(0, rows, size)]
         except Exception as exc:   # the cells keep their other metrics; a rerun computes solver_error again
             why = f"solver_error: the model's reference solution (rk45, tolerance {tol:g}) failed: " \
                   f"{type(exc).__name__}: {exc}"
@@ -241,10 +244,11 @@ class Evaluation:
         rows = min(self.plan.straightness_samples or x0.shape[0], x0.shape[0])
         return SOLVERS["rk4"].nfe(self.plan.straightness_steps) * rows
 
-    def model_scope(self, kind: str, model, x0: torch.Tensor,
-                    say: Callable[[str], None]) -> tuple[dict, tuple[str, np.ndarray] | None]:
-        """Model-scope metrics (straightness) on a fine rk4 reference trajectory from the suite's x0, and the
-        trajectories to plot. A one-step model is not a flow: its metrics stay empty and its plot is its one step."""
+    def model_scope(self, kind: str, model, x0: torch.Tensor, say: Callable[[str], None],
+                    seeds: list[int]) -> tuple[dict, tuple[str, np.ndarray] | None]:
+        """Model-scope metrics (straightness) on a fine rk4 reference trajectory from the suite's x0 (whose rows'
+        ``seeds`` give the classes of a model that draws them from the seeds), and the trajectories to plot. A
+        one-step model is not a flow: its metrics stay empty and its plot is its one step."""
         plan = self.plan
         metrics = [METRICS[name] for name in self.metrics if METRICS[name].scope == "model"]
         values: dict = {col: None for metric in metrics for col in metric.columns}
@@ -253,7 +257,8 @@ class Evaluation:
             if not plottable:
                 return values, None
             try:
-                traj = sample(model, x0[:PLOT_PATHS], "euler", 1, trajectory=True).trajectory
+                traj = sample(seeded(model, seeds[:PLOT_PATHS]), x0[:PLOT_PATHS], "euler", 1,
+                              trajectory=True).trajectory
             except Exception:  # the cell itself will record the failure
                 return values, None
             return values, ("euler, 1 step", traj.states.numpy())
@@ -262,7 +267,7 @@ class Evaluation:
             return values, None
         x0 = x0[:plan.straightness_samples] if plan.straightness_samples else x0
         try:
-            result = sample(model, x0, "rk4", steps, trajectory=True)
+            result = sample(seeded(model, seeds[:x0.shape[0]]), x0, "rk4", steps, trajectory=True)
         except Exception as exc:
             say(f"reference trajectory (rk4, {steps} steps) failed: {type(exc).__name__}: {exc}")
             return values, None

@@ -21,6 +21,7 @@ import torch
 from rfbench.data.base import quantize
 from rfbench.device import synchronize
 from rfbench.distributed import World, batch_plan
+from rfbench.models.labels import seed_classes, seeded
 from rfbench.noise import repeat_seeds
 from rfbench.samplers import SOLVERS, CountingModel, sample
 from rfbench.samplers.gits import SEARCH_ROWS, is_searched, search_grid
@@ -83,11 +84,11 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
     """Sample the rows of ``batches`` ``repeats`` times, timing each run and each batch (synchronised with the
     device) after ``WARMUP_EVALS`` untimed model evaluations at each batch shape, in the run's ``precision`` (a
     compiled network compiles there, once per shape). The first run samples ``x0`` (``seeds``: its rows' seeds, for
-    a stochastic solver's per-step noise) and its samples are kept; run r >= 1 samples ``fresh(r)``, an (x0, seeds)
-    pair of the same shape made before the run starts, so that no run can return an earlier run's samples from
-    memory. All processes start each run together; an error stops the sampling, not the taking part in the
-    collectives, so the other processes never wait for this one. ``times``: the grid a searched grid (gits) chose,
-    run in place of the cell's grid name."""
+    a stochastic solver's per-step noise and a model's classes from the seeds) and its samples are kept; run r >= 1
+    samples ``fresh(r)``, an (x0, seeds) pair of the same shape made before the run starts, so that no run can return
+    an earlier run's samples from memory. All processes start each run together; an error stops the sampling, not
+    the taking part in the collectives, so the other processes never wait for this one. ``times``: the grid a
+    searched grid (gits) chose, run in place of the cell's grid name."""
     if repeats > 1 and fresh is None:
         raise ValueError(f"sample_share: {repeats} timed runs need fresh(run), the inputs of the runs after the first")
     world = world or World()
@@ -95,9 +96,9 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
     xs = []
     try:
         start = time.perf_counter()
-        counted = CountingModel(model, precision=precision)
         with torch.no_grad(), float32_mode(precision):
             for a, b in {b - a: (a, b) for a, b in batches}.values():     # each batch shape once
+                counted = CountingModel(seeded(model, seeds[a:b] if seeds is not None else None), precision=precision)
                 t = torch.full((b - a,), 0.5, dtype=x0.dtype, device=x0.device)
                 for _ in range(WARMUP_EVALS):
                     counted(x0[a:b], t)
@@ -105,6 +106,7 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
         share.warmup_s = time.perf_counter() - start
     except Exception:   # left for the timed run, whose sampler checks its input and reports the cause
         pass
+    stochastic = SOLVERS[cell.solver].is_stochastic(dict(cell.options))
     for run in range(repeats):
         inputs, run_seeds, which = x0, seeds, ""
         if run > 0 and batches and share.error is None:
@@ -113,17 +115,23 @@ def sample_share(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None, b
                 inputs, run_seeds = fresh(run)
             except Exception as exc:
                 share.error = f"{which}{type(exc).__name__}: {exc}"
+        models = []
+        if share.error is None:
+            try:     # each batch's classes, for a model that draws them from the seeds: outside the run's time too
+                models = [seeded(model, run_seeds[a:b] if run_seeds is not None else None) for a, b in batches]
+            except Exception as exc:
+                share.error = f"{which}{type(exc).__name__}: {exc}"
         world.barrier()
         if share.error is not None:
             share.run_times.append(float("nan"))
             continue
         try:
             start = time.perf_counter()
-            for a, b in batches:
+            for (a, b), bound in zip(batches, models):
                 begin = time.perf_counter()
-                result = sample(model, inputs[a:b], cell.solver, cell.steps, grid=cell.grid if times is None else times,
-                                seeds=run_seeds[a:b] if run_seeds is not None else None, precision=precision,
-                                **dict(cell.options))
+                result = sample(bound, inputs[a:b], cell.solver, cell.steps, grid=cell.grid if times is None else times,
+                                seeds=run_seeds[a:b] if run_seeds is not None and stochastic else None,
+                                precision=precision, **dict(cell.options))
                 synchronize(device)
                 share.ms_per_nfe.append(1000 * (time.perf_counter() - begin) / max(result.nfe, 1))
                 if run == 0:
@@ -182,7 +190,8 @@ def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_siz
     if repeats > 1 and initial is None:
         raise ValueError(f"sample_cell: {repeats} timed runs need initial(seeds), the suite's source, to draw the "
                          f"fresh noise of the runs after the first")
-    stochastic = SOLVERS[cell.solver].is_stochastic(dict(cell.options))
+    # the rows' seeds go to the sampler for a stochastic solver's noise and a model's classes from the seeds
+    takes_seeds = SOLVERS[cell.solver].is_stochastic(dict(cell.options)) or seed_classes(model) > 0
     size, mine = batch_plan(x0.shape[0], batch_size, world)
     # this process's rows only, made before anything is timed (x0 may be a SeedRows that makes them on demand)
     lo, hi = (mine[0][0], mine[-1][1]) if mine else (0, 0)
@@ -190,12 +199,12 @@ def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_siz
 
     def fresh(run: int) -> tuple[torch.Tensor, list[int] | None]:
         derived = repeat_seeds(seeds[lo:hi], run, cell.label)
-        return initial(derived).to(rows.device), derived if stochastic else None
+        return initial(derived).to(rows.device), derived if takes_seeds else None
 
     searched, error = {}, None
     if is_searched(cell.grid) and world.is_main:     # once per cell, before its timed runs, from the first seeds
         try:
-            found = search_grid(cell.grid, model, x0[:SEARCH_ROWS], cell.steps, precision)
+            found = search_grid(cell.grid, seeded(model, seeds[:SEARCH_ROWS]), x0[:SEARCH_ROWS], cell.steps, precision)
             searched = {"grid_times": ",".join(map(repr, found.times)), "grid_search_nfe": found.nfe,
                         "grid_search_rows": found.rows}
         except Exception as exc:
@@ -205,7 +214,7 @@ def sample_cell(model, x0: torch.Tensor, cell: Cell, seeds: list[int], batch_siz
     if error is not None:
         return Sampled(error=error) if world.is_main else Sampled()
     times = [float(t) for t in searched["grid_times"].split(",")] if searched else None
-    share = sample_share(model, rows, cell, seeds[lo:hi] if stochastic else None, batches, device, repeats, world,
+    share = sample_share(model, rows, cell, seeds[lo:hi] if takes_seeds else None, batches, device, repeats, world,
                          precision, fresh, times)
     errors = world.check(share.error, "sample")
     if errors:
@@ -252,15 +261,17 @@ def sample_batched(model, x0: torch.Tensor, cell: Cell, seeds: list[int] | None,
 
 
 def probed_batch_size(model_name: str, model, x0: torch.Tensor, batch_size: int | None, device: torch.device,
-                      world: World, say: Callable[[str], None]) -> int | None:
+                      world: World, say: Callable[[str], None], seed: int = 0) -> int | None:
     """``--batch-size auto``: the probed batch size on CUDA (the smallest over the processes, so that all use the
-    same batches); on the CPU the suite's own batch size."""
+    same batches); on the CPU the suite's own batch size. ``seed``: x0's first row's (every probed row's class, for
+    a model with classes from the seeds)."""
     if device.type != "cuda":
         say(f"{model_name}: --batch-size auto probes GPU memory; on the CPU the suite's batch size "
             f"({batch_size or 'all samples at once'}) is kept")
         return batch_size
     try:
-        size, error = auto_batch_size(model, x0[:1], device, limit=min(LIMIT, x0.shape[0])), None
+        probe = model if not seed_classes(model) else (lambda x, t: seeded(model, [seed] * x.shape[0])(x, t))
+        size, error = auto_batch_size(probe, x0[:1], device, limit=min(LIMIT, x0.shape[0])), None
     except Exception as exc:   # every process must reach the collective below, whatever happened here
         size, error = None, f"{type(exc).__name__}: {exc}"
     shared = world.all_objects((size, error))

@@ -14,6 +14,7 @@ from rfbench.data.base import DatasetNotFoundError
 from rfbench.data.registry import check_dataset
 from rfbench.files import size_text
 from rfbench.metrics import METRICS
+from rfbench.models.labels import seeded
 from rfbench.protocols import is_diffusion_model
 from rfbench.samplers import SOLVERS
 from rfbench.suites.base import SuiteModel
@@ -181,7 +182,7 @@ def model_problems(plan: Plan, load=None, device: torch.device | str = "cpu") ->
                 if is_diffusion_model(net):
                     out = net.eps(x, torch.full((2,), net.num_timesteps // 2, dtype=torch.long, device=device))
                 else:
-                    out = net(x, torch.full((2,), 0.5, device=device))
+                    out = seeded(net, [plan.seeds[0]] * 2)(x, torch.full((2,), 0.5, device=device))
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, *shape):
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 problems.append(f"model {model.name} ({source.describe()}) returned {got} for an input of shape "

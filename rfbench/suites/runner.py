@@ -160,13 +160,13 @@ def _sample_and_score(run: Sweep, model: SuiteModel, net) -> None:
     torch.set_num_threads(threads)     # for this model's cells, reference flow and solution (restored by run_suite)
     with run.timed("sampling"):
         batch = plan.batch_size if not plan.auto_batch else probed_batch_size(
-            model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say)
+            model.name, net, run.x0, plan.batch_size, run.device, run.world, run.say, seed=plan.seeds[0])
     scope: dict = {}
     reference: list = []      # the model's own ODE solution for solver_error, made when a cell first needs it
     if main:
         progress.status(f"{model.name}: reference flow")
         with run.timed("metrics"):
-            scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say)
+            scope, plot = run.evaluation.model_scope(model.kind, net, run.x0, run.say, list(plan.seeds))
         progress.finish(scope_key(model), run.evaluation.model_scope_work(model.kind, run.x0))
         if plot is not None:
             run.trajectories[model.name] = plot
@@ -199,7 +199,8 @@ def _sample_and_score(run: Sweep, model: SuiteModel, net) -> None:
             if not reference:
                 progress.status(f"{model.name}: reference solution")
                 with run.timed("metrics"):
-                    made, made_why, work = run.evaluation.exact(model.kind, net, run.x0, batch, run.say)
+                    made, made_why, work = run.evaluation.exact(model.kind, net, run.x0, batch, run.say,
+                                                                list(plan.seeds))
                 reference.append((made, made_why))
                 progress.finish(exact_key(model), work)
             exact, why = reference[0]
