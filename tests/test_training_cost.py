@@ -64,6 +64,22 @@ def test_a_forward_counts_its_rows_a_backward_as_many_again_and_nested_blocks_co
     assert outer.cost.forward == 8
 
 
+def test_a_jvp_through_a_network_is_one_forward_and_its_backward_one_backward():
+    net = MLP(MLPConfig(hidden=8, depth=2))
+    x, t = torch.randn(6, 2), torch.rand(6)
+    with counting() as block:
+        for _ in range(2):        # MeanFlow's step: u and du/dt by one JVP, the loss's gradient through u
+            u, dudt = torch.func.jvp(net, (x, t), (torch.ones_like(x), torch.ones_like(t)))
+            (u - (u - dudt).detach()).pow(2).sum().backward()
+        torch.func.jvp(net, (x, t), (torch.ones_like(x), torch.ones_like(t)))    # no backward follows
+    assert (block.cost.forward, block.cost.backward) == (18, 12)
+    for p in net.parameters():    # a backward after the block ends counts nowhere
+        p.grad = None
+    u, _ = torch.func.jvp(net, (x, t), (torch.ones_like(x), torch.ones_like(t)))
+    u.sum().backward()
+    assert block.backward == 12          # the live count: no hook of the block was left behind
+
+
 def _chain(cache: Cache) -> tuple[TrainingCost, str]:
     cache.start_chain()
     load_distilled(2, RECIPE, SUITES["toy2d-rings"].problem, cache, "cpu")

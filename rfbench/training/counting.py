@@ -5,8 +5,9 @@ the backward pass through that forward's graph counts B more. So one plain train
 student's forward and backward), a teacher evaluated under ``torch.no_grad`` costs B per call (no backward), and
 generating N reflow pairs with a solver of NFE n costs n N. A network is any ``torch.nn.Module`` with parameters;
 only the outermost network of a call counts (its submodules are part of it), so a network wrapped in another
-counts once. A forward-mode JVP through a network (``torch.func.jvp``) is one forward; the backward through a
-JVP's outputs is not seen (the output hook is not reached inside a ``torch.func`` transform).
+counts once. A forward-mode JVP through a network (``torch.func.jvp``) is one forward, and the backward through
+it one backward: inside a ``torch.func`` transform a forward's output does not show that it needs a gradient, so
+there the backward is counted when it reaches the network's first trainable parameter.
 
 :func:`counting` is the training-side twin of the sampling counter (:class:`rfbench.samplers.CountingModel` and
 its forward pre-hook): the counts come from hooks on every module call in the block, never from a formula a
@@ -64,6 +65,7 @@ class _Counter:
         self.forward = 0
         self.backward = 0
         self.inner_seconds = 0.0     # seconds spent in blocks nested in this one
+        self.pending: list = []      # parameter hooks waiting for a backward (forwards inside a torch.func transform)
         self.cost: TrainingCost | None = None
 
 
@@ -103,6 +105,17 @@ def _post_hook(module, args, kwargs, output):
         def backward(grad):
             counter.backward += rows
         out.register_hook(backward)
+        return
+    # inside a torch.func transform (jvp) the output does not show that it requires grad though the network's
+    # parameters do: the backward is seen where it reaches the first of them instead
+    param = next((p for p in module.parameters() if p.requires_grad), None) if torch.is_grad_enabled() else None
+    if param is not None:
+        def reached(p):
+            counter.backward += rows
+            handle.remove()
+            counter.pending.remove(handle)
+        handle = param.register_post_accumulate_grad_hook(reached)
+        counter.pending.append(handle)
 
 
 @contextlib.contextmanager
@@ -120,6 +133,8 @@ def counting():
     finally:
         elapsed = time.perf_counter() - start
         _open.pop()
+        while counter.pending:          # forwards no backward reached within the block
+            counter.pending.pop().remove()
         if _open:
             _open[-1].inner_seconds += elapsed
         else:
