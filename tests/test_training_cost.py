@@ -4,6 +4,7 @@ survives the cache, and a model rfbench did not train leaves it empty and says w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pandas as pd
@@ -21,8 +22,8 @@ from rfbench.results.gate import compare, parse_tolerance
 from rfbench.samplers import sample
 from rfbench.suites import SUITES, Cell, SuiteModel
 from rfbench.suites.runner import run_suite
-from rfbench.training import TrainConfig
-from rfbench.training.counting import TrainingCost, counting
+from rfbench.training import TrainConfig, fit, independent_pairs, rectified_flow_loss, seeded_init
+from rfbench.training.counting import TrainingCost, counted, counting
 from tests.standins import factory
 
 NET = MLPConfig(hidden=32, depth=2)
@@ -49,25 +50,34 @@ class Wrapper(torch.nn.Module):
 
 
 def test_a_forward_counts_its_rows_a_backward_as_many_again_and_nested_blocks_count_once():
-    net = Wrapper(MLP(MLPConfig(hidden=8, depth=2)))
-    with counting() as outer:
+    inner_net = MLP(MLPConfig(hidden=8, depth=2))
+    net, other = Wrapper(inner_net), MLP(MLPConfig(hidden=8, depth=2))
+    with counting() as outer, counted(net, inner_net), counted(net):      # counted twice, or wrapped: once
         net(torch.randn(5, 2), torch.rand(5)).sum().backward()        # a training step of batch 5: 5 + 5
         with torch.no_grad():
             net(torch.randn(3, 2), torch.rand(3))                     # a teacher's call: 3, no backward
+        inner_net(torch.randn(2, 2), torch.rand(2))                   # the inner network alone: 2
+        other(torch.randn(9, 2), torch.rand(9))                       # a network not counted: nothing
         torch.nn.functional.mse_loss(torch.randn(4), torch.zeros(4))  # no network
         with counting() as inner:
             net(torch.randn(7, 2), torch.rand(7))                     # counted in the inner block only
-    assert (outer.cost.forward, outer.cost.backward) == (8, 5)
+    assert (outer.cost.forward, outer.cost.backward) == (10, 5)
     assert (inner.cost.forward, inner.cost.backward) == (7, 0)
-    assert outer.cost.nfe == 13 and inner.cost.seconds <= outer.cost.seconds + inner.cost.seconds
-    net(torch.randn(2, 2), torch.rand(2))                             # outside any block: nothing counts it
-    assert outer.cost.forward == 8
+    assert outer.cost.nfe == 15 and inner.cost.seconds <= outer.cost.seconds + inner.cost.seconds
+    with counting() as after:
+        net(torch.randn(2, 2), torch.rand(2))                         # after counted(): no hook is left on it
+    with counted(net):
+        net(torch.randn(2, 2), torch.rand(2))                         # outside any block: nothing counts it
+    assert outer.cost.forward == 10 and after.cost.nfe == 0
+    with pytest.raises(TypeError, match="counted.. takes torch modules.*got function"):
+        with counted(lambda x, t: x):
+            pass
 
 
 def test_a_jvp_through_a_network_is_one_forward_and_its_backward_one_backward():
     net = MLP(MLPConfig(hidden=8, depth=2))
     x, t = torch.randn(6, 2), torch.rand(6)
-    with counting() as block:
+    with counting() as block, counted(net):
         for _ in range(2):        # MeanFlow's step: u and du/dt by one JVP, the loss's gradient through u
             u, dudt = torch.func.jvp(net, (x, t), (torch.ones_like(x), torch.ones_like(t)))
             (u - (u - dudt).detach()).pow(2).sum().backward()
@@ -78,6 +88,40 @@ def test_a_jvp_through_a_network_is_one_forward_and_its_backward_one_backward():
     u, _ = torch.func.jvp(net, (x, t), (torch.ones_like(x), torch.ones_like(t)))
     u.sum().backward()
     assert block.backward == 12          # the live count: no hook of the block was left behind
+
+
+def test_fit_counts_its_network_a_teacher_its_loss_evaluates_counts_inside_counted_and_sampling_counts_once():
+    config = TrainConfig(steps=4, batch_size=8, lr=1e-3, ema_decay=0.9, seed=0)
+    teacher, student = MLP(MLPConfig(hidden=8, depth=2)), MLP(MLPConfig(hidden=8, depth=2))
+
+    def loss(net, gen, n, device):              # regress the student on a teacher under no_grad (distillation)
+        x, t = torch.randn(n, 2, generator=gen), torch.rand(n, generator=gen)
+        with torch.no_grad():
+            target = teacher(x, t)
+        return (net(x, t) - target).pow(2).mean()
+
+    with counting() as alone:
+        fit(student, loss, config)              # the teacher not counted: the student's steps only
+    with counting() as block, counted(teacher):
+        fit(student, loss, config)
+        x0 = torch.randn(5, 2)
+        result = sample(teacher, x0, "rk45", rtol=1e-3, atol=1e-3)     # counted by the solver's counter, once
+        plain = sample(lambda x, t: -x, x0, "heun", steps=3)            # a model without a network: counted too
+    assert (alone.cost.forward, alone.cost.backward) == (4 * 8, 4 * 8)
+    assert block.cost.backward == 4 * 8
+    assert block.cost.forward == 4 * 8 + 4 * 8 + 5 * result.nfe + 5 * plain.nfe and result.nfe > 6
+
+
+def test_counting_leaves_the_trained_weights_bit_identical():
+    config = TrainConfig(steps=5, batch_size=16, lr=1e-3, ema_decay=0.9, seed=0)
+    pairs = independent_pairs(lambda gen, n: torch.randn(n, 2, generator=gen), torch.randn(64, 2))
+    nets = []
+    for block in (contextlib.nullcontext(), counting()):
+        with block:
+            nets.append(fit(seeded_init(lambda: MLP(MLPConfig(hidden=8, depth=2)), 0), rectified_flow_loss(pairs),
+                            config)[0])
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def _chain(cache: Cache) -> tuple[TrainingCost, str]:
