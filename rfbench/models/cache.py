@@ -18,6 +18,11 @@ from rfbench.files import disk_full, exclusive, free_space, size_text
 from rfbench.models.checkpoint import (CheckpointError, atomic_torch_save, config_hash, jsonable, load_checkpoint,
                                        save_checkpoint)
 from rfbench.progress import Progress
+from rfbench.training.counting import TrainingCost, counting
+
+# where an entry stores what making it cost (TrainingCost.to_dict): a network's in its checkpoint's info, a dict of
+# tensors' beside them
+COST_KEY = "training_cost"
 
 # Bump when training code changes in a way that changes the weights, so stale caches are not reused.
 TRAINING_CODE_VERSION = 1
@@ -66,6 +71,34 @@ class Cache:
         self.trained: list[str] = []  # names trained (not loaded) during this run
         self.keys: dict[str, str] = {}  # name -> checkpoint file stem, for the provenance of result rows
         self.last_key: str | None = None  # the entry of the last network() call: the model a recipe just loaded
+        # cache entry -> (its name, what making it cost; None: stored without its cost), of the entries asked for
+        # since start_chain(): everything a model's load used, so what it cost to make (chain_cost)
+        self.chain: dict[str, tuple[str, TrainingCost | None]] = {}
+
+    def start_chain(self) -> None:
+        """Forget the entries asked for so far: those asked for from now on are one model's chain (the runner calls
+        it before each model's load)."""
+        self.chain = {}
+
+    def chain_cost(self) -> tuple[TrainingCost | None, str]:
+        """What making every entry asked for since :meth:`start_chain` cost together, counted when each was made
+        (:func:`rfbench.training.counting.counting`: the model's own training, its parents', its teachers' and the
+        pairs they generated, each entry once), and a line listing them; (None, why) where no entry was asked for or
+        one holds no cost."""
+        if not self.chain:
+            return None, "not counted: no training through rfbench's cache made this model"
+        unknown = [name for name, cost in self.chain.values() if cost is None]
+        if unknown:
+            return None, (f"not counted: cache entry {', '.join(unknown)} was stored without its training cost (made "
+                          f"before costs were recorded; delete it to train it again)")
+        total = TrainingCost()
+        for _, cost in self.chain.values():
+            total = total + cost
+        return total, "; ".join(f"{name} {cost.forward}+{cost.backward} ({cost.seconds:.1f} s)"
+                                for name, cost in self.chain.values())
+
+    def _charge(self, name: str, path: Path, cost: TrainingCost | None) -> None:
+        self.chain[path.stem] = (name, cost)
 
     def network_path(self, name: str, config: dict) -> Path:
         return self.root / "models" / f"{name}-{config_key(config)}.pt"
@@ -90,7 +123,10 @@ class Cache:
             if free is not None and free < need:
                 raise CacheFullError(f"cannot train {name}", path, need, free)
             self.log(f"training {name} ...")
-            net, info = train()
+            with counting() as count:
+                net, info = train()
+            info = {**info, COST_KEY: count.cost.to_dict()}
+            self._charge(name, path, count.cost)
             _saved(f"trained {name}, but could not store it", path,
                    lambda: save_checkpoint(path, net, jsonable(config), info=info),
                    entry_bytes(net.state_dict().values()))
@@ -107,10 +143,12 @@ class Cache:
             return None
         net = make()
         try:
-            load_checkpoint(path, net, expected_config=jsonable(config))
+            payload = load_checkpoint(path, net, expected_config=jsonable(config))
         except CheckpointError as exc:
             self.log(f"ignoring unusable cache entry ({exc}); training {name} again")
             return None
+        info = payload.get("info")
+        self._charge(name, path, TrainingCost.from_dict(info.get(COST_KEY) if isinstance(info, dict) else None))
         self.log(f"loaded {name} from {path}")
         return net.to(device).eval()
 
@@ -133,11 +171,21 @@ class Cache:
         path = self.tensors_path(name, config)
 
         def make_entry():
-            data = build()
+            with counting() as count:
+                data = build()
+            data = {**data, COST_KEY: count.cost.to_dict()}
+            self._charge(name, path, count.cost)
             _saved(f"made {name}, but could not store it", path, lambda: atomic_torch_save(data, path),
                    entry_bytes(v for v in data.values() if isinstance(v, torch.Tensor)))
             return data
-        return self._load_or_make(name, path, "making", lambda: self._load_tensors(path), make_entry)
+
+        def load():
+            data = self._load_tensors(path)
+            if data is not None:
+                self._charge(name, path, TrainingCost.from_dict(data.get(COST_KEY)))
+            return data
+        data = self._load_or_make(name, path, "making", load, make_entry)
+        return {key: value for key, value in data.items() if key != COST_KEY}
 
     def _load_or_make(self, name: str, path: Path, doing: str, load: Callable[[], object | None],
                       make: Callable[[], object]):

@@ -85,6 +85,13 @@ SCHEMA: tuple[Column, ...] = (
     Column("model_id", "str", "the model's identity: its recipe's hash, its file's sha1, its factory", key=True,
            gate="model"),
     Column("model_checkpoint", "str", "the trained model's cache entry, or the file's name and sha1"),
+    Column("train_nfe", "int", "network evaluations that training the model took, counted (one sample through one "
+           "network's forward = 1, its backward = 1 more; the model's own training, its parents' and teachers' "
+           "training and the pairs they generated, each once; docs/results.md); empty: not trained by rfbench"),
+    Column("train_wall_s", "number", "seconds that making the same entries took, summed (each as long as it took "
+           "when it was made, on the machine that made it)"),
+    Column("train_cost", "str", "the cache entries behind train_nfe, each with its forward+backward evaluations and "
+           "seconds; or why train_nfe is empty"),
     Column("device", "str", "what the cell ran on", resume=True),
     Column("cpu_kernels", "str", "ATen's CPU kernels (torch.backends.cpu.get_cpu_capability(); ATEN_CPU_CAPABILITY "
                                  "chooses them): round-off differs between them"),

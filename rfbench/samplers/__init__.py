@@ -25,6 +25,7 @@ from rfbench.samplers.grids import GRIDS, check_grid, discrete_timesteps, regist
 from rfbench.samplers.precision import PRECISIONS, check_precision, float32_mode
 from rfbench.samplers.base import (SOLVER_KINDS, SOLVERS, BudgetExceeded, CountingModel, NonFiniteError, SamplerError,
                                    SampleResult, SolverSpec, Trajectory, TrajectoryRecorder, register_solver)
+from rfbench.training.counting import solving
 
 __all__ = ["sample", "check_call", "solver_options", "models_taken", "register_solver", "register_grid", "GRIDS",
            "SOLVER_KINDS", "SOLVERS", "SampleResult",
@@ -81,7 +82,8 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
     Returns:
         SampleResult with ``.x`` (shaped like x0) and ``.nfe``, the model evaluations counted on the batch: rows
         evaluated over x0's rows, through the counted model the solver gets (:class:`CountingModel`) or around it
-        (a forward pre-hook on the model's torch module while the solver runs).
+        (a forward pre-hook on the model's torch module while the solver runs). Inside a training's counting
+        block (:func:`rfbench.training.counting.counting`) the rows evaluated count as its forwards.
 
     Raises:
         SamplerError: the solver failed; the model's first evaluation failed (naming what was passed to it); a
@@ -135,7 +137,9 @@ def sample(model: Any, x0: torch.Tensor, solver: str, steps: int | None = None, 
 
     with torch.no_grad(), float32_mode(precision):
         try:
-            with counted._watching(network_module(model)):   # evaluations that go around the wrapper count too
+            # evaluations that go around the wrapper count too; inside a training's counting block, the rows
+            # evaluated count as its forwards (rfbench.training.counting)
+            with counted._watching(network_module(model)), solving(lambda: counted._rows):
                 x, stats = spec.fn(counted, x0, **kwargs)
         except SamplerError as exc:
             hint = _dtype_hint(model, x0, exc.__cause__) if exc is counted._first_failure else None

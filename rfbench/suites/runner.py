@@ -24,7 +24,7 @@ from rfbench.distributed import World, batch_plan, main_first, main_then_others
 from rfbench.metrics import column_directions
 from rfbench.models.cache import Cache
 from rfbench.noise import SeedRows
-from rfbench.models.sources import LoadContext, ModelIdentity
+from rfbench.models.sources import LoadContext, ModelIdentity, Recipe
 from rfbench.models.speed import prepare
 from rfbench.progress import Progress
 from rfbench.results import ResultStore, cell_key, provenance, write_tables
@@ -79,6 +79,7 @@ class Sweep:
     resumed: dict[str, str] = field(default_factory=dict)    # cell label -> stored key kept from an earlier run
     keys: list[str] = field(default_factory=list)            # stored keys of this run's rows, in order
     cache_entries: dict[str, str] = field(default_factory=dict)  # model -> the cache entry it was loaded from
+    training: dict[str, dict] = field(default_factory=dict)  # model -> its train_nfe, train_wall_s, train_cost
     trajectories: dict = field(default_factory=dict)         # model -> (title, states) to plot (2D)
     grid: dict = field(default_factory=dict)                 # cell label -> (model, NFE, first images)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
@@ -275,7 +276,19 @@ def _model_fields(run: Sweep, model: SuiteModel | None) -> dict:
         return {"model_id": None}
     identity = run.identities[model.name]
     return {"model_kind": model.kind, "model_source": identity.source, "model_id": identity.id,
-            "model_checkpoint": identity.checkpoint or run.cache_entries.get(model.name)}
+            "model_checkpoint": identity.checkpoint or run.cache_entries.get(model.name),
+            **run.training.get(model.name, {})}
+
+
+def _training_fields(source, identity: ModelIdentity, cache: Cache) -> dict:
+    """A loaded model's training cost columns: what making the cache entries its load used cost (a recipe's
+    chain, :meth:`Cache.chain_cost`); empty, with the reason in train_cost, for a model rfbench did not train."""
+    if isinstance(source, Recipe):
+        cost, text = cache.chain_cost()
+    else:
+        cost, text = None, f"not counted: not trained by rfbench ({identity.source})"
+    return {"train_nfe": None if cost is None else cost.nfe,
+            "train_wall_s": None if cost is None else round(cost.seconds, 3), "train_cost": text}
 
 
 def _store(run: Sweep, record: dict, fields: dict, model: SuiteModel | None = None) -> str:
@@ -365,11 +378,13 @@ def _run_suite(suite: Suite | Plan, out_dir: str | Path, config: RunConfig, *, p
     def load(model: SuiteModel):
         def step():
             cache.last_key = None
+            cache.start_chain()
             try:
                 net = model.source.load(LoadContext(plan.suite, cache, device, say))
                 net = prepare(net, compile_mode=config.compile, channels_last=config.channels_last)
             except Exception as exc:
                 return None, f"{type(exc).__name__}: {exc}"
+            run.training[model.name] = _training_fields(model.source, run.identities[model.name], cache)
             if cache.last_key is not None:      # a trained model: the cache entry it came from
                 run.cache_entries[model.name] = cache.last_key
             return net, None

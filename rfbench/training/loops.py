@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from rfbench.training.counting import counted
+
 
 # batch(generator, batch_size) -> (x0, x1) on the CPU
 PairSampler = Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]
@@ -127,7 +129,11 @@ def fit(net: nn.Module, loss_fn: Callable, config: TrainConfig, device: str | to
     """Train ``net`` in place with Adam and return (EMA copy of the weights, loss per 100 steps).
 
     ``progress(step, loss)`` is called after every step with the steps done and that step's loss (a
-    :meth:`rfbench.progress.Progress.training` job shows them); it sees the numbers, never changes them."""
+    :meth:`rfbench.progress.Progress.training` job shows them); it sees the numbers, never changes them.
+
+    Inside a :func:`rfbench.training.counting.counting` block (the cache opens one while it makes an entry) each step's
+    forward and backward of ``net`` count (:func:`rfbench.training.counted`); a loss that evaluates other networks
+    (a teacher, an EMA target) counts them when fit runs inside ``with counted(teacher, ...):``."""
     net.to(device).train()
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -135,24 +141,25 @@ def fit(net: nn.Module, loss_fn: Callable, config: TrainConfig, device: str | to
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
     history: list[float] = []
     running = 0.0
-    for step in range(1, config.steps + 1):
-        loss = loss_fn(net, gen, config.batch_size, device)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at step {step} of {config.steps}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-        opt.step()
-        sched.step()
-        ema.update_parameters(net)
-        value = loss.item()
-        running += value
-        if step % 100 == 0 or step == config.steps:
-            history.append(running / (step % 100 or 100))
-            running = 0.0
-        if progress is not None:
-            progress(step, value)
+    with counted(net):       # its forwards and backwards, in the training's counting block (if any)
+        for step in range(1, config.steps + 1):
+            loss = loss_fn(net, gen, config.batch_size, device)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {step} of {config.steps}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            ema.update_parameters(net)
+            value = loss.item()
+            running += value
+            if step % 100 == 0 or step == config.steps:
+                history.append(running / (step % 100 or 100))
+                running = 0.0
+            if progress is not None:
+                progress(step, value)
     out = copy.deepcopy(ema.module).eval()
     net.eval()
     return out, history
