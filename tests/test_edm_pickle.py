@@ -341,6 +341,7 @@ def _network_input_dtype(model, x, sigma) -> torch.dtype:
 def test_fp16_network_runs_in_float32_off_cuda(tmp_path, outputs):
     model = rfbench.load_model(pickle_file(tmp_path, "adm-cond-fp16"), device="cpu")
     assert model.net.use_fp16 and _network_input_dtype(model, outputs["x"], outputs["sigma"]) == torch.float32
+    assert model.notes is None          # nothing for its rows to say: it ran as net_dtype says
 
 
 def test_fp16_arithmetic_of_the_network(tmp_path, outputs):
@@ -350,6 +351,7 @@ def test_fp16_arithmetic_of_the_network(tmp_path, outputs):
     model.net.network_dtype = lambda device, force_fp32=False: torch.float32 if force_fp32 else torch.float16
     x, sigma, expected = outputs["x"], outputs["sigma"], outputs["adm-cond-fp16"]
     assert _network_input_dtype(model, x, sigma) == torch.float16
+    assert model.notes.startswith("the network ran in float16 on CUDA")      # each row says so
     with torch.no_grad():
         half = model.net(x, sigma)
         full = model.net(x, sigma, force_fp32=True)
@@ -364,7 +366,7 @@ def test_fp16_network_runs_in_float16_on_cuda(tmp_path, outputs):
     one), and in float32 with force_fp32."""
     model = rfbench.load_model(pickle_file(tmp_path, "adm-cond-fp16"), device="cuda")
     x, sigma, expected = outputs["x"].cuda(), outputs["sigma"].cuda(), outputs["adm-cond-fp16"].cuda()
-    assert _network_input_dtype(model, x, sigma) == torch.float16
+    assert _network_input_dtype(model, x, sigma) == torch.float16 and "float16" in model.notes
     scale = expected.abs().max().item()
     with torch.no_grad(), float32_mode("fp32"):
         half = model.net(x, sigma)

@@ -394,6 +394,16 @@ class EDMFlow(torch.nn.Module):
     def gaussian_path(self) -> EDMPath:
         return EDMPath(self.sigma_min, self.sigma_max)
 
+    @property
+    def notes(self) -> str | None:
+        """What each of its result rows says (the runner reads a model's ``notes``): that its network ran in float16,
+        which ``net_dtype`` (the run's --dtype) does not show, where it does."""
+        device = next(self.net.parameters()).device
+        if self.net.network_dtype(device) != torch.float16:
+            return None
+        return ("the network ran in float16 on CUDA (the EDM file's use_fp16, as EDM runs it), whatever net_dtype "
+                "says")
+
     def _times(self, x: torch.Tensor, t: torch.Tensor, upper: bool) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device, dtype=torch.float64).reshape(-1)
         if bool((t <= 0).any()) or bool((t > 1).any() if upper else (t >= 1).any()):
