@@ -39,7 +39,7 @@ def test_a_skipped_metric_is_empty_on_its_solvers_cells_and_computed_on_the_othe
 def test_toy2d_skips_w2_on_the_fast_solvers_only():
     toy2d = SUITES["toy2d"]
     skipped = {cell.solver for cell in toy2d.cells if "w2" in toy2d.skipped(cell)}
-    assert skipped == {"dpm++2m", "dpm++3m", "unipc", "edm-heun"}
+    assert skipped == {"dpm++2m", "dpm++3m", "unipc", "edm-heun", "ipndm", "deis", "euler-ancestral", "dpm++2m-sde"}
     kept = {(cell.model, cell.solver) for cell in toy2d.cells if not toy2d.skipped(cell)}
     # the cells of the claims that use w2: one euler step of each model, every flow's rk45
     assert {("1-rf", "euler"), ("2-rf", "euler"), ("2-rf-distill", "euler"), ("1-rf", "rk45"),
